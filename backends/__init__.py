@@ -1,0 +1,1 @@
+"""Storage backends: they move opaque (already sealed) bytes and never see keys."""

@@ -1,0 +1,187 @@
+"""The one small storage interface every backend implements.
+
+Backends move opaque bytes: everything they see is already sealed, and names are
+already encrypted. Paths are relative POSIX strings inside the store ("" is the
+store root, components joined by "/"). Errors are OSError with the errno a local
+filesystem would give (FileNotFoundError, FileExistsError, ...); transport failures
+are BackendError (EIO). Nothing above this layer branches on the backend type: what
+differs is declared in Capabilities.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import stat as stat_module
+from dataclasses import dataclass
+
+
+class BackendError(OSError):
+    """The backend could not complete a request (connection lost, server error)."""
+
+    def __init__(self, message: str, err: int = errno.EIO) -> None:
+        super().__init__(err, message)
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class TransportSecurityError(BackendError):
+    """The server would not give the transport protection sealfs requires (e.g. SMB encryption)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, errno.EPROTO)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the volume may rely on; declared by the backend, never guessed above it."""
+
+    case_insensitive: bool = False
+    max_name_length: int = 255
+    max_path_length: int = 4096
+    hard_links: bool = True
+    # SMB keeps an unlinked open file's name (delete pending) and refuses to rename over
+    # an open target; such backends need the volume to hide victims NFS-style.
+    unlink_open_files: bool = True
+
+
+@dataclass(frozen=True)
+class BackendStat:
+    size: int
+    is_dir: bool
+    mtime_ns: int
+    atime_ns: int
+    ctime_ns: int
+    nlink: int = 1
+    ino: int = 0
+
+    @classmethod
+    def from_os(cls, st) -> "BackendStat":
+        return cls(
+            size=st.st_size,
+            is_dir=stat_module.S_ISDIR(st.st_mode),
+            mtime_ns=st.st_mtime_ns,
+            atime_ns=st.st_atime_ns,
+            ctime_ns=st.st_ctime_ns,
+            nlink=st.st_nlink,
+            ino=st.st_ino,
+        )
+
+
+@dataclass(frozen=True)
+class BackendStatvfs:
+    block_size: int
+    blocks: int
+    blocks_free: int
+    blocks_available: int
+    files: int
+    files_free: int
+    max_name_length: int
+
+
+class Handle(abc.ABC):
+    """An open backend file. Backends subclass it to carry their own state."""
+
+    path: str
+
+
+class Backend(abc.ABC):
+    """Async, handle-based storage. Blocking client libraries run in worker threads."""
+
+    capabilities: Capabilities = Capabilities()
+
+    #: A short human-readable location, e.g. "/srv/vol" or "smb://host/share/path".
+    location: str = ""
+
+    # -- files -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self, path: str, *, write: bool = False, create: bool = False,
+                   exclusive: bool = False) -> Handle:
+        """Open a file. create+exclusive fails with FileExistsError if it exists."""
+
+    @abc.abstractmethod
+    async def read(self, handle: Handle, offset: int, size: int) -> bytes:
+        """Read up to size bytes; fewer only at end of file."""
+
+    @abc.abstractmethod
+    async def write(self, handle: Handle, offset: int, data: bytes | memoryview) -> None:
+        """Write all of data at offset (the file grows with zeros if offset is past EOF)."""
+
+    async def write_many(self, handle: Handle, writes: list[tuple[int, bytes]]) -> None:
+        """Write several (offset, data) pieces; backends may pipeline them."""
+        for offset, data in writes:
+            await self.write(handle, offset, data)
+
+    async def read_many(self, handle: Handle, reads: list[tuple[int, int]]) -> list[bytes]:
+        """Read several (offset, size) pieces; backends may pipeline them."""
+        return [await self.read(handle, offset, size) for offset, size in reads]
+
+    @abc.abstractmethod
+    async def truncate(self, handle: Handle, size: int) -> None: ...
+
+    @abc.abstractmethod
+    async def flush(self, handle: Handle) -> None:
+        """Make written data durable on the server (fsync / SMB FLUSH)."""
+
+    @abc.abstractmethod
+    async def close(self, handle: Handle) -> None: ...
+
+    @abc.abstractmethod
+    async def fstat(self, handle: Handle) -> BackendStat: ...
+
+    # -- namespace ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def stat(self, path: str) -> BackendStat: ...
+
+    @abc.abstractmethod
+    async def listdir(self, path: str) -> list[str]: ...
+
+    async def scandir(self, path: str) -> list[tuple[str, BackendStat]]:
+        """List a directory with each entry's stat (backends that get both at once override)."""
+        names = await self.listdir(path)
+        out = []
+        for name in names:
+            try:
+                out.append((name, await self.stat(join(path, name))))
+            except FileNotFoundError:
+                continue
+        return out
+
+    @abc.abstractmethod
+    async def mkdir(self, path: str) -> None: ...
+
+    @abc.abstractmethod
+    async def rmdir(self, path: str) -> None: ...
+
+    @abc.abstractmethod
+    async def unlink(self, path: str) -> None: ...
+
+    @abc.abstractmethod
+    async def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
+        """Rename; with replace=False fail with FileExistsError if dst exists (atomically)."""
+
+    @abc.abstractmethod
+    async def link(self, src: str, dst: str) -> None: ...
+
+    @abc.abstractmethod
+    async def set_times(self, path: str, atime_ns: int, mtime_ns: int) -> None: ...
+
+    @abc.abstractmethod
+    async def statvfs(self) -> BackendStatvfs: ...
+
+    async def aclose(self) -> None:
+        """Release connections and cached handles."""
+
+
+def join(*parts: str) -> str:
+    """Join backend path components; "" is the root."""
+    return "/".join(p for p in parts if p)
+
+
+def parent_of(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def basename(path: str) -> str:
+    return path.rpartition("/")[2]

@@ -1,0 +1,28 @@
+"""STORE strings -> backends. The only place that knows which backends exist."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .base import Backend
+
+
+@dataclass
+class BackendOptions:
+    """Connection settings that never live in the STORE string (passwords come lazily)."""
+
+    smb_password: Callable[[], str | None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def open_backend(store: str, options: BackendOptions | None = None) -> Backend:
+    options = options or BackendOptions()
+    if store.startswith("smb://"):
+        from .smb import SmbBackend
+        return SmbBackend.from_url(store, options)
+    if "://" in store:
+        scheme = store.split("://", 1)[0]
+        raise ValueError(f"unsupported store URL scheme {scheme!r} (use a local path or smb://)")
+    from .local import LocalBackend
+    return LocalBackend(store)

@@ -1,0 +1,1 @@
+"""Format, key hierarchy and key providers. No storage I/O happens here."""

@@ -1,0 +1,46 @@
+"""Every constant of the on-storage format, in one place (docs/FORMAT.md explains them)."""
+
+from __future__ import annotations
+
+FORMAT_VERSION = 1
+MAGIC = b"SEALFS"                     # first bytes of every file header
+
+CONFIG_NAME = "sealfs.json"           # volume config at the store root
+DIR_META_NAME = "sealfs.dir"          # per-directory id + sealed metadata
+LONGNAME_PREFIX = "sealfs.ln."        # hashed long-name entries; sidecar adds ".name"
+LONGNAME_SIDECAR_SUFFIX = ".name"
+TEMP_PREFIX = "sealfs.tmp."           # in-flight creations, renamed into place
+HIDDEN_PREFIX = "sealfs.del."         # NFS-style hidden victims of unlink-while-open
+RESERVED_PREFIX = "sealfs."           # no encoded name starts with this (base32 has no '.')
+
+KEY_SIZE = 32                         # AES-256
+NONCE_SIZE = 12                       # GCM nonce
+TAG_SIZE = 16                         # GCM / SIV tag
+FILE_ID_SIZE = 16
+DIR_ID_SIZE = 16
+CHUNK_OVERHEAD = NONCE_SIZE + TAG_SIZE
+
+MIN_CHUNK_SIZE = 4 * 1024
+MAX_CHUNK_SIZE = 4 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 64 * 1024
+
+NAME_PAD = 16                         # plaintext names are zero-padded to a multiple of this
+MAX_NAME_BYTES = 255                  # POSIX NAME_MAX for plaintext names
+MAX_SHORT_ENCODED_NAME = 255          # longer encodings take the long-name form
+
+# HKDF info strings (the key hierarchy)
+INFO_FILE = b"sealfs/v1/file"
+INFO_NAMES = b"sealfs/v1/names"
+INFO_CONFIG = b"sealfs/v1/config"
+INFO_DIRS = b"sealfs/v1/dirs"
+INFO_PIN = b"sealfs/v1/pin"
+
+# AAD prefixes
+CHUNK_AAD_PREFIX = b"sealfs"
+DIR_AAD_PREFIX = b"sealfs.dir"
+
+# scrypt defaults for passphrase KEKs (about 0.5 s and 128 MiB here)
+SCRYPT_N = 1 << 17
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_SALT_SIZE = 32

@@ -1,0 +1,1 @@
+"""The filesystem: the Volume library, the FUSE glue and the command line."""
