@@ -171,11 +171,12 @@ def _pwrite_full(fd: int, data: bytes | memoryview, offset: int) -> None:
 
 
 def _coalesce(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-    """Merge adjacent pieces so a run of chunks becomes one pwrite."""
+    """Merge pieces that continue each other, keeping the caller's order (it may matter
+    for crash safety), so a run of chunks becomes one pwrite."""
     out: list[tuple[int, bytes]] = []
     pending: list[bytes] = []
     start = end = -1
-    for offset, data in sorted(writes, key=lambda w: w[0]):
+    for offset, data in writes:
         if pending and offset == end:
             pending.append(data)
             end += len(data)

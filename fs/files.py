@@ -1,0 +1,392 @@
+"""One open encrypted file: random-access reads and writes over sealed chunks.
+
+Writes land in dirty plaintext chunks and are sealed and written back in batches
+(on flush, fsync, release, memory pressure and a timer), in the crash-safe order of
+docs/FORMAT.md: grow = new chunks, then the old final chunk, then the header;
+shrink = header, then the new final chunk, then truncate. Reads decrypt whole
+chunks into a shared cache and read ahead on sequential access.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..backends.base import Backend, Handle
+from ..crypto.chunks import ChunkCipher
+from ..crypto.constants import CHUNK_OVERHEAD, NONCE_SIZE
+from ..crypto.errors import IntegrityError
+from ..crypto.header import HEADER_SIZE, FileHeader, Metadata, open_header, seal_header
+from ..crypto.kdf import file_key
+from ..crypto.layout import (chunk_count, chunk_plain_length, final_index, logical_size,
+                             slot_offset, stored_size)
+
+if TYPE_CHECKING:
+    from .cache import ChunkCache
+
+log = logging.getLogger("sealfs.files")
+
+# Crypto below this many bytes stays on the event loop: a thread hop costs ~50 us,
+# AES-GCM of 64 KiB about 30 us.
+_INLINE_CRYPTO = 128 * 1024
+# Work handed to one worker thread at a time when sealing or opening in parallel.
+_THREAD_BATCH = 1024 * 1024
+_ZERO_NONCE = bytes(NONCE_SIZE)
+
+
+@dataclass
+class FileTuning:
+    """Per-volume I/O knobs (set from the CLI / config file)."""
+
+    readahead_bytes: int = 4 * 1024 * 1024
+    file_dirty_limit: int = 32 * 1024 * 1024
+    crypto_threads: int = 2
+
+
+class FileState:
+    """Shared by every handle (and hard link) open on one file id."""
+
+    def __init__(self, *, backend: Backend, handle: Handle, bpath: str, header: FileHeader,
+                 dek: bytes, chunk_size: int, cache: "ChunkCache", tuning: FileTuning,
+                 limiter: trio.CapacityLimiter, committed: int) -> None:
+        self.backend = backend
+        self.handle = handle
+        self.bpath = bpath
+        self.file_id = header.file_id
+        self.dek_id = header.dek_id
+        self._file_key = file_key(dek, header.file_id)
+        self.cipher = ChunkCipher(self._file_key, header.file_id)
+        self.meta = header.meta
+        self.cs = chunk_size
+        self.cache = cache
+        self.tuning = tuning
+        self.limiter = limiter
+        self.committed = committed            # logical size as laid out on the backend
+        self.header_size = header.meta.size   # size recorded in the backend header
+        self.size = committed                 # logical size seen by users
+        self.low_water = committed            # lowest size since the last flush
+        self.dirty: dict[int, bytearray] = {}
+        self.dirty_bytes = 0
+        self.header_dirty = False
+        self.pending_times: tuple[int, int] | None = None
+        self.mtime_ns: int | None = None      # set by writes not yet on the backend
+        self.refs = 0
+        self.writable = False
+        self.unlinked = False
+        self.hidden_path: str | None = None
+        self.lock = trio.Lock()
+        self._next_sequential = -1
+
+    # -- opening -------------------------------------------------------------------------
+    @staticmethod
+    async def resolve_size(backend: Backend, handle: Handle, header: FileHeader,
+                           cipher: ChunkCipher, chunk_size: int, stored: int) -> int:
+        """The committed logical size, by the reader rule of docs/FORMAT.md."""
+        by_header = header.meta.size
+        by_length = logical_size(stored, chunk_size)
+        if by_header == by_length:
+            return by_header
+        for candidate in (by_header, by_length):
+            if candidate is None or stored_size(candidate, chunk_size) > stored:
+                continue
+            index = final_index(candidate, chunk_size)
+            length = chunk_plain_length(index, candidate, chunk_size) + CHUNK_OVERHEAD
+            sealed = await backend.read(handle, slot_offset(index, chunk_size), length)
+            if cipher.verifies(index, sealed, True):
+                if candidate != by_header:
+                    log.info("%s: header is stale after an interrupted write; using size %d",
+                             handle.path, candidate)
+                elif stored != stored_size(candidate, chunk_size):
+                    log.info("%s: ignoring an uncommitted tail after size %d", handle.path, candidate)
+                return candidate
+        raise IntegrityError(f"final chunk failed authentication (file truncated or damaged)")
+
+    # -- reading -------------------------------------------------------------------------
+    async def read(self, offset: int, size: int) -> bytes:
+        end = min(self.size, offset + size)
+        if offset >= end:
+            return b""
+        cs = self.cs
+        first, last = offset // cs, (end - 1) // cs
+        sequential = offset == self._next_sequential
+        self._next_sequential = end
+        loaded: dict[int, bytes] = {}
+        missing = [i for i in range(first, last + 1) if self._missing(i)]
+        if missing:
+            if sequential:
+                ahead_end = min(chunk_count(self.committed, cs) - 1,
+                                last + max(1, self.tuning.readahead_bytes // cs))
+                missing += [i for i in range(last + 1, ahead_end + 1) if self._missing(i)]
+            loaded = await self._load_chunks(missing)
+        parts = []
+        for i in range(first, last + 1):
+            chunk = self._logical_chunk_cached(i, loaded)
+            lo = offset - i * cs if i == first else 0
+            hi = end - i * cs if i == last else len(chunk)
+            parts.append(chunk[lo:hi])
+        return b"".join(parts)
+
+    def _needs_backend(self, index: int) -> bool:
+        return index not in self.dirty and index * self.cs < min(self.low_water, self.committed)
+
+    def _missing(self, index: int) -> bool:
+        return self._needs_backend(index) and self.cache.get(self.file_id, index) is None
+
+    def _logical_chunk_cached(self, index: int, loaded: dict[int, bytes]) -> bytes | bytearray:
+        """Current plaintext of a chunk, assuming its committed part is cached or loaded."""
+        length = chunk_plain_length(index, self.size, self.cs)
+        dirty = self.dirty.get(index)
+        if dirty is not None:
+            data = dirty
+        elif index * self.cs >= min(self.low_water, self.committed):
+            return bytes(length)
+        else:
+            data = loaded.get(index)
+            if data is None:
+                data = self.cache.get(self.file_id, index)
+            if data is None:
+                raise AssertionError(f"chunk {index} was not loaded")
+            valid = min(self.low_water, self.committed) - index * self.cs
+            if valid < len(data):
+                data = data[:valid]
+        if len(data) == length:
+            return data
+        if len(data) > length:
+            return data[:length]
+        return bytes(data) + bytes(length - len(data))
+
+    async def _logical_chunk(self, index: int) -> bytearray:
+        loaded = await self._load_chunks([index]) if self._missing(index) else {}
+        return bytearray(self._logical_chunk_cached(index, loaded))
+
+    async def _load_chunks(self, indices: list[int]) -> dict[int, bytes]:
+        """Read and open committed chunks, contiguous runs in one backend request each."""
+        cs = self.cs
+        committed_final = final_index(self.committed, cs)
+        indices = sorted(set(indices))
+        runs: list[list[int]] = []
+        for i in indices:
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        reads = []
+        for run in runs:
+            start = slot_offset(run[0], cs)
+            end = slot_offset(run[-1], cs) + chunk_plain_length(run[-1], self.committed, cs) + CHUNK_OVERHEAD
+            reads.append((start, end - start))
+        blobs = await self.backend.read_many(self.handle, reads)
+        jobs: list[tuple[int, memoryview]] = []
+        for run, blob in zip(runs, blobs):
+            view = memoryview(blob)
+            for i in run:
+                lo = slot_offset(i, cs) - slot_offset(run[0], cs)
+                length = chunk_plain_length(i, self.committed, cs) + CHUNK_OVERHEAD
+                jobs.append((i, view[lo:lo + length]))
+        results = await self._run_crypto(
+            [(i, sealed, i == committed_final) for i, sealed in jobs], self._open_batch)
+        for i, plain in results:
+            self.cache.put(self.file_id, i, plain)
+        return dict(results)
+
+    def _open_batch(self, batch: list[tuple[int, memoryview, bool]]) -> list[tuple[int, bytes]]:
+        out = []
+        for i, sealed, final in batch:
+            expected = chunk_plain_length(i, self.committed, self.cs) + CHUNK_OVERHEAD
+            if len(sealed) < expected:
+                raise IntegrityError(f"chunk {i} is missing or short (file truncated)")
+            if not final and sealed[:NONCE_SIZE] == _ZERO_NONCE and sealed == bytes(len(sealed)):
+                out.append((i, bytes(expected - CHUNK_OVERHEAD)))   # a hole
+                continue
+            out.append((i, self.cipher.open(i, sealed, final)))
+        return out
+
+    async def _run_crypto(self, jobs: list, fn) -> list:
+        total = sum(len(j[1]) for j in jobs)
+        if total <= _INLINE_CRYPTO or len(jobs) == 1 and total <= 4 * _INLINE_CRYPTO:
+            return fn(jobs)
+        batches: list[list] = [[]]
+        size = 0
+        per_batch = max(_THREAD_BATCH, total // max(1, self.tuning.crypto_threads))
+        for job in jobs:
+            if size >= per_batch:
+                batches.append([])
+                size = 0
+            batches[-1].append(job)
+            size += len(job[1])
+        results: list = [None] * len(batches)
+
+        async def run(k: int) -> None:
+            results[k] = await trio.to_thread.run_sync(fn, batches[k], limiter=self.limiter)
+
+        async with trio.open_nursery() as nursery:
+            for k in range(len(batches)):
+                nursery.start_soon(run, k)
+        return [item for batch in results for item in batch]
+
+    # -- writing -------------------------------------------------------------------------
+    async def write(self, offset: int, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        cs = self.cs
+        pos, remaining = offset, len(view)
+        taken = 0
+        while remaining:
+            index, within = divmod(pos, cs)
+            n = min(cs - within, remaining)
+            buf = self.dirty.get(index)
+            if buf is None:
+                if within == 0 and n == cs:
+                    buf = bytearray()
+                else:
+                    buf = await self._logical_chunk(index)
+                self.dirty[index] = buf
+                self.dirty_bytes += cs
+            if len(buf) < within:
+                buf.extend(bytes(within - len(buf)))
+            buf[within:within + n] = view[taken:taken + n]
+            pos += n
+            taken += n
+            remaining -= n
+        if offset + len(view) > self.size:
+            self.size = offset + len(view)
+        self.mtime_ns = time.time_ns()
+        self.pending_times = None
+        return len(view)
+
+    async def truncate(self, size: int) -> None:
+        cs = self.cs
+        if size < self.size:
+            for index in [i for i in self.dirty if i * cs >= size]:
+                del self.dirty[index]
+                self.dirty_bytes -= cs
+            index, within = divmod(size, cs)
+            if within and index * cs < self.size:
+                buf = self.dirty.get(index)
+                if buf is None:
+                    buf = await self._logical_chunk(index)
+                    self.dirty[index] = buf
+                    self.dirty_bytes += cs
+                del buf[within:]
+            self.low_water = min(self.low_water, size)
+        self.size = size
+        self.mtime_ns = time.time_ns()
+
+    # -- write-back ----------------------------------------------------------------------
+    @property
+    def needs_flush(self) -> bool:
+        return bool(self.dirty) or self.header_dirty or self.size != self.committed \
+            or self.low_water < self.committed or self.header_size != self.committed
+
+    async def flush(self) -> None:
+        """Write dirty state back in crash-safe order. Caller holds self.lock."""
+        if not self.needs_flush:
+            return
+        if not self.writable:
+            raise OSError(9, "file is not open for writing")
+        cs = self.cs
+        if self.low_water < self.committed:
+            await self._shrink_to(self.low_water)
+        old, new = self.committed, self.size
+        old_final, new_final = final_index(old, cs), final_index(new, cs)
+        chunks: dict[int, bytearray] = {i: b for i, b in self.dirty.items() if i <= new_final}
+        if new != old and new_final not in chunks:
+            chunks[new_final] = await self._logical_chunk(new_final)
+        reseal_old_final = old_final < new_final
+        if reseal_old_final and old_final not in chunks:
+            chunks[old_final] = await self._logical_chunk(old_final)
+        jobs = []
+        for i in sorted(chunks):
+            plain = _fit(chunks[i], chunk_plain_length(i, new, cs))
+            jobs.append((i, plain, i == new_final))
+        sealed = dict(await self._run_crypto(jobs, self._seal_batch))
+        first_writes = [(slot_offset(i, cs), sealed[i]) for i in sorted(sealed)
+                        if not (reseal_old_final and i == old_final)]
+        header_needed = new != self.header_size or self.header_dirty
+        header = self._sealed_header(new) if header_needed else None
+        if header is not None and not reseal_old_final and first_writes \
+                and first_writes[0][0] == HEADER_SIZE:
+            # Header and chunk 0 are contiguous: one request (every small file), written
+            # last, so the header still follows every other chunk.
+            first_writes.append((0, header + first_writes.pop(0)[1]))
+            header = None
+        if first_writes:
+            await self.backend.write_many(self.handle, first_writes)
+        if reseal_old_final:
+            await self.backend.write(self.handle, slot_offset(old_final, cs), sealed[old_final])
+        if header is not None:
+            await self.backend.write(self.handle, 0, header)
+        self.header_size = new
+        self.header_dirty = False
+        self.committed = new
+        self.low_water = new
+        for i, plain, _final in jobs:
+            self.cache.put(self.file_id, i, bytes(plain))
+        self.dirty.clear()
+        self.dirty_bytes = 0
+        self.meta = self.meta.with_(size=new)
+        self.mtime_ns = None
+        if self.pending_times is not None:
+            await self.backend.set_times(self.bpath_for_io, *self.pending_times)
+
+    async def _shrink_to(self, size: int) -> None:
+        cs = self.cs
+        index = final_index(size, cs)
+        plain = _fit(await self._logical_chunk_at_most(index, size), chunk_plain_length(index, size, cs))
+        await self.backend.write(self.handle, 0, self._sealed_header(size))
+        self.header_size = size
+        sealed = self.cipher.seal(index, plain, True)
+        await self.backend.write(self.handle, slot_offset(index, cs), sealed)
+        await self.backend.truncate(self.handle, stored_size(size, cs))
+        self.cache.drop_file(self.file_id, index)
+        self.cache.put(self.file_id, index, bytes(plain))
+        self.committed = size
+        self.header_dirty = False
+
+    async def _logical_chunk_at_most(self, index: int, size: int) -> bytearray:
+        """Current plaintext of chunk index, cut at size (used for the shrink phase)."""
+        buf = await self._logical_chunk(index)
+        return buf[:max(0, size - index * self.cs)]
+
+    def _seal_batch(self, batch: list[tuple[int, bytes, bool]]) -> list[tuple[int, bytes]]:
+        return [(i, self.cipher.seal(i, plain, final)) for i, plain, final in batch]
+
+    def _sealed_header(self, size: int) -> bytes:
+        self.meta = self.meta.with_(size=size)
+        return seal_header(self._file_key, FileHeader(self.dek_id, self.file_id, self.meta))
+
+    @property
+    def bpath_for_io(self) -> str:
+        return self.hidden_path or self.bpath
+
+    async def write_metadata(self, meta: Metadata) -> None:
+        """chmod/chown: one small header write; the backend mtime is restored after it."""
+        self.meta = meta.with_(size=self.header_size)
+        before = await self.backend.fstat(self.handle)
+        await self.backend.write(self.handle, 0, seal_header(
+            self._file_key, FileHeader(self.dek_id, self.file_id, self.meta)))
+        times = self.pending_times or (before.atime_ns, before.mtime_ns)
+        await self.backend.set_times(self.bpath_for_io, *times)
+
+    def forget_secrets(self) -> None:
+        self._file_key = b""
+
+
+def _fit(data: bytes | bytearray, length: int) -> bytes:
+    if len(data) == length:
+        return bytes(data)
+    if len(data) > length:
+        return bytes(data[:length])
+    return bytes(data) + bytes(length - len(data))
+
+
+async def read_header(backend: Backend, handle: Handle, dek_lookup) -> tuple[FileHeader, bytes]:
+    """Read and open a file header; dek_lookup(dek_id) -> awaitable DEK bytes."""
+    from ..crypto.header import read_header_public
+    raw = await backend.read(handle, 0, HEADER_SIZE)
+    dek_id, file_id = read_header_public(raw)
+    dek = await dek_lookup(dek_id)
+    return open_header(file_key(dek, file_id), raw), dek

@@ -1,0 +1,863 @@
+"""The encrypted filesystem as a library: used by the FUSE mount and by the CLI alike.
+
+Plaintext paths in, backend calls out. A plaintext path maps to a backend path by
+encrypting each component under its parent directory's id; directories are
+resolved once and cached. File contents go through FileState (fs/files.py), shared
+by every handle and hard link of one file id.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as stat_module
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import trio
+
+from ..backends.base import Backend, BackendStat, Handle, join
+from ..crypto.broker import KeyBroker
+from ..crypto.config import VolumeConfig, WrappedDek
+from ..crypto.constants import (CONFIG_NAME, DEFAULT_CHUNK_SIZE, DIR_META_NAME, HIDDEN_PREFIX,
+                                TEMP_PREFIX)
+from ..crypto.errors import ConfigError, IntegrityError, UsageError
+from ..crypto.header import (DIR_META_SIZE, HEADER_SIZE, FileHeader, Kind, Metadata,
+                             new_dir_id, new_file_id, open_dir_meta, open_header,
+                             read_header_public, seal_dir_meta, seal_header)
+from ..crypto.kdf import config_mac_key, dir_meta_key, file_key, name_key, pin_fingerprint
+from ..crypto.kms import KekProvider, KeySecrets, provider_from_config
+from ..crypto.layout import logical_size, stored_size
+from ..crypto.names import NameCipher, is_long_name_entry, is_reserved, sidecar_of
+from ..crypto.chunks import ChunkCipher
+from .cache import ChunkCache
+from .files import FileState, FileTuning
+from .pins import PinStore
+
+log = logging.getLogger("sealfs.volume")
+
+_KIND_TO_IFMT = {
+    Kind.REGULAR: stat_module.S_IFREG, Kind.SYMLINK: stat_module.S_IFLNK,
+    Kind.FIFO: stat_module.S_IFIFO, Kind.CHAR: stat_module.S_IFCHR,
+    Kind.BLOCK: stat_module.S_IFBLK, Kind.SOCKET: stat_module.S_IFSOCK,
+    Kind.DIRECTORY: stat_module.S_IFDIR,
+}
+IFMT_TO_KIND = {v: k for k, v in _KIND_TO_IFMT.items()}
+
+
+@dataclass(frozen=True)
+class Attr:
+    """What stat(2) shows for a path: sealed metadata + backend size, times, links."""
+
+    kind: Kind
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    nlink: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int
+    identity: bytes           # file id (shared by hard links) or directory id
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == Kind.DIRECTORY
+
+    @property
+    def st_mode(self) -> int:
+        return _KIND_TO_IFMT[self.kind] | (self.mode & 0o7777)
+
+
+@dataclass
+class DirInfo:
+    bpath: str
+    dir_id: bytes
+    meta: Metadata
+
+
+@dataclass
+class VolumeTuning:
+    cache_bytes: int = 128 * 1024 * 1024
+    dirty_bytes: int = 64 * 1024 * 1024
+    files: FileTuning = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.files is None:
+            self.files = FileTuning()
+
+
+def split_path(path: str) -> list[str]:
+    return [p for p in path.split("/") if p and p != "."]
+
+
+class OpenFile:
+    """One open(2) of a file: the handle the CLI and FUSE hold."""
+
+    def __init__(self, volume: "Volume", state: FileState, writable: bool, append: bool) -> None:
+        self.volume = volume
+        self.state = state
+        self.writable = writable
+        self.append = append
+        self.closed = False
+
+    async def read(self, offset: int, size: int) -> bytes:
+        async with self.state.lock:
+            return await self.state.read(offset, size)
+
+    async def write(self, offset: int, data: bytes | memoryview) -> int:
+        if not self.writable:
+            raise OSError(errno.EBADF, "file not open for writing")
+        async with self.state.lock:
+            if self.append:
+                offset = self.state.size
+            n = await self.state.write(offset, data)
+        await self.volume._after_write(self.state)
+        return n
+
+    async def truncate(self, size: int) -> None:
+        if not self.writable:
+            raise OSError(errno.EBADF, "file not open for writing")
+        async with self.state.lock:
+            await self.state.truncate(size)
+
+    async def flush(self) -> None:
+        if self.writable:
+            async with self.state.lock:
+                await self.state.flush()
+
+    async def fsync(self) -> None:
+        await self.flush()
+        if self.writable:
+            await self.volume.backend.flush(self.state.handle)
+
+    async def stat(self) -> Attr:
+        return await self.volume._attr_of_state(self.state)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.volume._release(self)
+
+    async def read_all(self) -> bytes:
+        return await self.read(0, self.state.size)
+
+
+class Volume:
+    def __init__(self, backend: Backend, config: VolumeConfig, broker: KeyBroker,
+                 names_dek: bytes, tuning: VolumeTuning | None = None) -> None:
+        self.backend = backend
+        self.config = config
+        self.broker = broker
+        self.tuning = tuning or VolumeTuning()
+        self.chunk_size = config.chunk_size
+        self.names = NameCipher(name_key(names_dek), backend.capabilities.max_name_length)
+        self._dir_key = dir_meta_key(names_dek)
+        self.cache = ChunkCache(self.tuning.cache_bytes)
+        self._dirs: dict[str, DirInfo] = {}
+        self._headers: dict[str, tuple[tuple, FileHeader, int]] = {}
+        self._states: dict[bytes, FileState] = {}
+        self._stamps: dict[bytes, tuple[int, int]] = {}
+        self._crypto_limiter = trio.CapacityLimiter(max(1, self.tuning.files.crypto_threads))
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @classmethod
+    async def init(cls, backend: Backend, provider: KekProvider, *,
+                     chunk_size: int = DEFAULT_CHUNK_SIZE, pins: PinStore | None = None,
+                     uid: int | None = None, gid: int | None = None) -> VolumeConfig:
+        """`sealfs init`: a new volume with one DEK wrapped by the provider's KEK."""
+        try:
+            await backend.stat(CONFIG_NAME)
+            raise UsageError(f"{backend.location} already holds a sealfs volume")
+        except FileNotFoundError:
+            pass
+        dek = os.urandom(32)
+        wrapped = await trio.to_thread.run_sync(provider.wrap, dek)
+        config = VolumeConfig.new(chunk_size, provider.config_entry(),
+                                  WrappedDek(1, wrapped.wrapped, wrapped.algorithm, wrapped.kek_version))
+        root_meta = Metadata(Kind.DIRECTORY, 0o755, os.getuid() if uid is None else uid,
+                             os.getgid() if gid is None else gid)
+        await _write_new_file(backend, DIR_META_NAME,
+                              seal_dir_meta(dir_meta_key(dek), new_dir_id(), root_meta))
+        await _write_new_file(backend, CONFIG_NAME, config.serialize(config_mac_key(dek)))
+        if pins is not None:
+            pins.check(backend.location, config.volume_id.hex(), pin_fingerprint(dek))
+        return config
+
+    @classmethod
+    async def load(cls, backend: Backend, secrets: KeySecrets, *, pins: PinStore | None = None,
+                   tuning: VolumeTuning | None = None) -> "Volume":
+        config, claimed_mac = await read_config(backend)
+        provider = provider_from_config(config.kek, secrets)
+        broker = KeyBroker(provider, config)
+        try:
+            names_dek = await broker.dek(config.name_dek_id)
+            config.verify(config_mac_key(names_dek), claimed_mac)
+            if pins is not None:
+                pins.check(backend.location, config.volume_id.hex(), pin_fingerprint(names_dek))
+            volume = cls(backend, config, broker, names_dek, tuning)
+            await volume._root()
+        except BaseException:
+            broker.close()
+            raise
+        return volume
+
+    async def close(self) -> None:
+        """Flush everything and release handles; keys are zeroed."""
+        try:
+            await self.flush_all()
+        finally:
+            for state in list(self._states.values()):
+                await self._drop_state(state)
+            self.cache.clear()
+            self.broker.close()
+            await self.backend.aclose()
+
+    async def save_config(self) -> None:
+        """Rewrite sealfs.json atomically (key rotation): temp file, then rename."""
+        names_dek = await self.broker.dek(self.config.name_dek_id)
+        data = self.config.serialize(config_mac_key(names_dek))
+        tmp = TEMP_PREFIX + os.urandom(8).hex()
+        await _write_new_file(self.backend, tmp, data)
+        await self.backend.rename(tmp, CONFIG_NAME, replace=True)
+
+    # -- path resolution -----------------------------------------------------------------
+    async def _root(self) -> DirInfo:
+        info = self._dirs.get("")
+        if info is None:
+            info = await self._read_dir_info("")
+            self._dirs[""] = info
+        return info
+
+    async def _read_dir_info(self, bpath: str) -> DirInfo:
+        try:
+            raw = await _read_small(self.backend, join(bpath, DIR_META_NAME), DIR_META_SIZE + 1)
+        except FileNotFoundError:
+            raise IntegrityError(f"directory {bpath or '/'} has no {DIR_META_NAME}") from None
+        dir_id, meta = open_dir_meta(self._dir_key, raw)
+        return DirInfo(bpath, dir_id, meta)
+
+    async def _dir(self, parts: list[str]) -> DirInfo:
+        key = "/".join(parts)
+        info = self._dirs.get(key)
+        if info is not None:
+            return info
+        if not parts:
+            return await self._root()
+        parent = await self._dir(parts[:-1])
+        bpath = self._child_bpath(parent, parts[-1])
+        try:
+            bstat = await self.backend.stat(bpath)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/" + key) from None
+        if not bstat.is_dir:
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", "/" + key)
+        info = await self._read_dir_info(bpath)
+        if len(self._dirs) > 50_000:
+            self._dirs.clear()
+        self._dirs[key] = info
+        return info
+
+    def _child_bpath(self, parent: DirInfo, name: str) -> str:
+        entry, _long = self.names.entry_for(name, parent.dir_id)
+        return join(parent.bpath, entry)
+
+    async def _entry(self, path: str) -> tuple[DirInfo, str, str, str | None]:
+        """(parent dir, name, backend path, long encoding or None) of a path's last component."""
+        parts = split_path(path)
+        if not parts:
+            raise OSError(errno.EBUSY, "the volume root", "/")
+        parent = await self._dir(parts[:-1])
+        entry, long = self.names.entry_for(parts[-1], parent.dir_id)
+        bpath = join(parent.bpath, entry)
+        limit = self.backend.capabilities.max_path_length
+        if len(bpath) > limit:
+            raise OSError(errno.ENAMETOOLONG, "File name too long (backend path limit)", path)
+        return parent, parts[-1], bpath, long
+
+    async def _bstat(self, bpath: str, path: str) -> BackendStat:
+        try:
+            return await self.backend.stat(bpath)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
+
+    # -- attributes ------------------------------------------------------------------------
+    async def stat(self, path: str) -> Attr:
+        parts = split_path(path)
+        if not parts:
+            root = await self._root()
+            return _dir_attr(root, await self.backend.stat(""))
+        parent, name, bpath, _ = await self._entry(path)
+        bstat = await self._bstat(bpath, path)
+        return await self._attr(parts, bpath, bstat)
+
+    async def _attr(self, parts: list[str], bpath: str, bstat: BackendStat) -> Attr:
+        if bstat.is_dir:
+            key = "/".join(parts)
+            info = self._dirs.get(key)
+            if info is None or info.bpath != bpath:
+                info = await self._read_dir_info(bpath)
+                self._dirs[key] = info
+            return _dir_attr(info, bstat)
+        header, size = await self._header(bpath, bstat)
+        state = self._states.get(header.file_id)
+        if state is not None:
+            return self._state_attr(state, bstat)
+        meta = header.meta
+        return Attr(meta.kind, meta.mode, meta.uid, meta.gid, size, bstat.nlink, bstat.atime_ns,
+                    bstat.mtime_ns, bstat.ctime_ns, meta.rdev, header.file_id)
+
+    def _state_attr(self, state: FileState, bstat: BackendStat) -> Attr:
+        meta = state.meta
+        mtime = state.mtime_ns or bstat.mtime_ns
+        if state.pending_times is not None:
+            mtime = state.pending_times[1]
+        return Attr(meta.kind, meta.mode, meta.uid, meta.gid, state.size, bstat.nlink,
+                    state.pending_times[0] if state.pending_times else bstat.atime_ns,
+                    mtime, bstat.ctime_ns, meta.rdev, state.file_id)
+
+    async def _attr_of_state(self, state: FileState) -> Attr:
+        return self._state_attr(state, await self.backend.fstat(state.handle))
+
+    async def _header(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int]:
+        """A file's header and committed size, cached while the backend file is unchanged."""
+        stamp = (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)
+        cached = self._headers.get(bpath)
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
+        handle = await self.backend.open(bpath)
+        try:
+            header, dek = await self._open_header(handle, bpath)
+            size = header.meta.size
+            if logical_size(bstat.size, self.chunk_size) != size:
+                cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
+                size = await FileState.resolve_size(self.backend, handle, header, cipher,
+                                                    self.chunk_size, bstat.size)
+        finally:
+            await self.backend.close(handle)
+        if len(self._headers) > 100_000:
+            self._headers.clear()
+        self._headers[bpath] = (stamp, header, size)
+        return header, size
+
+    async def _open_header(self, handle: Handle, bpath: str) -> tuple[FileHeader, bytes]:
+        raw = await self.backend.read(handle, 0, HEADER_SIZE)
+        try:
+            dek_id, file_id = read_header_public(raw)
+            dek = await self.broker.dek(dek_id)
+            return open_header(file_key(dek, file_id), raw), dek
+        except IntegrityError as exc:
+            raise IntegrityError(f"{bpath}: {exc}") from None
+
+    # -- directories ---------------------------------------------------------------------
+    async def listdir(self, path: str) -> list[tuple[str, Attr]]:
+        """Entries with attributes. Names that fail to decrypt are logged and left out."""
+        parts = split_path(path)
+        info = await self._dir(parts)
+        entries = await self.backend.scandir(info.bpath)
+        out = []
+        for entry, bstat in entries:
+            try:
+                name = await self._decode_entry(info, entry)
+                if name is None:
+                    continue
+                out.append((name, await self._attr(parts + [name], join(info.bpath, entry), bstat)))
+            except IntegrityError as exc:
+                log.warning("skipping %s in /%s: %s", join(info.bpath, entry), "/".join(parts), exc)
+            except FileNotFoundError:
+                continue
+        return out
+
+    async def _decode_entry(self, info: DirInfo, entry: str) -> str | None:
+        if is_long_name_entry(entry):
+            try:
+                encoded = (await _read_small(self.backend, join(info.bpath, sidecar_of(entry)),
+                                             4096)).decode("ascii")
+            except (FileNotFoundError, UnicodeDecodeError):
+                raise IntegrityError("long name has no readable sidecar") from None
+            return self.names.decode(encoded, info.dir_id)
+        if is_reserved(entry):
+            return None
+        return self.names.decode(entry, info.dir_id)
+
+    async def mkdir(self, path: str, mode: int = 0o755, uid: int | None = None,
+                    gid: int | None = None) -> Attr:
+        parent, name, bpath, long = await self._entry(path)
+        tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
+        meta = Metadata(Kind.DIRECTORY, mode & 0o7777, _uid(uid), _gid(gid))
+        dir_id = new_dir_id()
+        await self.backend.mkdir(tmp)
+        try:
+            await _write_new_file(self.backend, join(tmp, DIR_META_NAME),
+                                  seal_dir_meta(self._dir_key, dir_id, meta))
+            if long is not None:
+                await self._write_sidecar(bpath, long)
+            await self.backend.rename(tmp, bpath, replace=False)
+        except BaseException:
+            await _remove_quietly(self.backend, join(tmp, DIR_META_NAME))
+            await _remove_quietly(self.backend, tmp, is_dir=True)
+            raise
+        info = DirInfo(bpath, dir_id, meta)
+        self._dirs["/".join(split_path(path))] = info
+        return _dir_attr(info, await self.backend.stat(bpath))
+
+    async def rmdir(self, path: str) -> None:
+        parent, name, bpath, long = await self._entry(path)
+        bstat = await self._bstat(bpath, path)
+        if not bstat.is_dir:
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
+        await self._check_empty(bpath, path)
+        tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
+        await self.backend.rename(bpath, tmp, replace=False)
+        await _remove_quietly(self.backend, join(tmp, DIR_META_NAME))
+        await self.backend.rmdir(tmp)
+        if long is not None:
+            await _remove_quietly(self.backend, sidecar_of(bpath))
+        self._forget_dir(path)
+
+    async def _check_empty(self, bpath: str, path: str) -> None:
+        for entry in await self.backend.listdir(bpath):
+            if entry == DIR_META_NAME:
+                continue
+            if entry.startswith(TEMP_PREFIX):      # leftovers of an interrupted create
+                await _remove_quietly(self.backend, join(bpath, entry))
+                continue
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
+
+    def _forget_dir(self, path: str) -> None:
+        key = "/".join(split_path(path))
+        for k in [k for k in self._dirs if k == key or k.startswith(key + "/")]:
+            del self._dirs[k]
+
+    # -- files -----------------------------------------------------------------------------
+    async def create(self, path: str, mode: int = 0o644, uid: int | None = None,
+                     gid: int | None = None, *, kind: Kind = Kind.REGULAR, rdev: int = 0,
+                     content: bytes = b"", append: bool = False) -> OpenFile:
+        """Create a new file (EEXIST if the name exists), complete on the backend before its
+        name appears, and return it open for writing."""
+        parent, name, bpath, long = await self._entry(path)
+        dek_id = self.config.current_dek_id
+        dek = await self.broker.dek(dek_id)
+        file_id = new_file_id()
+        meta = Metadata(kind, mode & 0o7777, _uid(uid), _gid(gid), rdev, len(content))
+        key = file_key(dek, file_id)
+        header = FileHeader(dek_id, file_id, meta)
+        cipher = ChunkCipher(key, file_id)
+        body = _seal_whole(cipher, content, self.chunk_size)
+        tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
+        handle = await self.backend.open(tmp, write=True, create=True, exclusive=True)
+        try:
+            await self.backend.write(handle, 0, seal_header(key, header) + body)
+            if long is not None:
+                await self._write_sidecar(bpath, long)
+            await self.backend.rename(tmp, bpath, replace=False)
+        except BaseException:
+            await self.backend.close(handle)
+            await _remove_quietly(self.backend, tmp)
+            raise
+        state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
+                          chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
+                          limiter=self._crypto_limiter, committed=len(content))
+        state.writable = True
+        self._states[file_id] = state
+        state.refs += 1
+        return OpenFile(self, state, True, append)
+
+    async def open(self, path: str, *, write: bool = False, truncate: bool = False,
+                   append: bool = False) -> OpenFile:
+        parent, name, bpath, long = await self._entry(path)
+        bstat = await self._bstat(bpath, path)
+        if bstat.is_dir:
+            if write:
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        state = await self._state_for(bpath, path)
+        state.refs += 1
+        handle = OpenFile(self, state, write, append)
+        if write and not state.writable:
+            await handle.close()
+            raise OSError(errno.EROFS, "the backend file is read-only", path)
+        if truncate:
+            await handle.truncate(0)
+        return handle
+
+    async def _state_for(self, bpath: str, path: str) -> FileState:
+        try:
+            handle = await self.backend.open(bpath, write=True)
+            writable = True
+        except PermissionError:
+            handle = await self.backend.open(bpath)
+            writable = False
+        try:
+            header, dek = await self._open_header(handle, bpath)
+            existing = self._states.get(header.file_id)
+            if existing is not None:
+                await self.backend.close(handle)
+                return existing
+            fst = await self.backend.fstat(handle)
+            cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
+            committed = await FileState.resolve_size(self.backend, handle, header, cipher,
+                                                     self.chunk_size, fst.size)
+        except BaseException:
+            await self.backend.close(handle)
+            raise
+        stamp = self._stamps.pop(header.file_id, None)
+        if stamp != (fst.size, fst.mtime_ns):
+            self.cache.drop_file(header.file_id)     # close-to-open: someone else changed it
+        state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
+                          chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
+                          limiter=self._crypto_limiter, committed=committed)
+        state.writable = writable
+        if writable and (fst.size != stored_size(committed, self.chunk_size)
+                         or header.meta.size != committed):
+            # The next writer cuts an uncommitted tail and rewrites a stale header.
+            await self.backend.truncate(handle, stored_size(committed, self.chunk_size))
+            state.header_size = -1
+            async with state.lock:
+                await state.flush()
+        self._states[header.file_id] = state
+        return state
+
+    async def _release(self, handle: OpenFile) -> None:
+        state = handle.state
+        try:
+            if handle.writable:
+                await handle.flush()
+        finally:
+            state.refs -= 1
+            if state.refs <= 0:
+                await self._drop_state(state)
+
+    async def _drop_state(self, state: FileState) -> None:
+        self._states.pop(state.file_id, None)
+        try:
+            if state.writable and state.needs_flush:
+                async with state.lock:
+                    await state.flush()
+            fst = await self.backend.fstat(state.handle)
+            self._stamps[state.file_id] = (fst.size, fst.mtime_ns)
+        finally:
+            await self.backend.close(state.handle)
+            if state.hidden_path is not None:
+                await _remove_quietly(self.backend, state.hidden_path)
+            state.forget_secrets()
+
+    async def _after_write(self, state: FileState) -> None:
+        """Write-back under memory pressure: bound dirty data per file and per volume."""
+        if state.dirty_bytes >= self.tuning.files.file_dirty_limit:
+            async with state.lock:
+                await state.flush()
+        total = sum(s.dirty_bytes for s in self._states.values())
+        if total > self.tuning.dirty_bytes:
+            victim = max(self._states.values(), key=lambda s: s.dirty_bytes)
+            async with victim.lock:
+                await victim.flush()
+
+    async def flush_all(self) -> None:
+        for state in list(self._states.values()):
+            if state.writable and state.needs_flush:
+                async with state.lock:
+                    await state.flush()
+
+    async def read_file(self, path: str) -> bytes:
+        f = await self.open(path)
+        try:
+            return await f.read_all()
+        finally:
+            await f.close()
+
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        try:
+            f = await self.create(path, mode)
+        except FileExistsError:
+            f = await self.open(path, write=True, truncate=True)
+        try:
+            await f.write(0, data)
+        finally:
+            await f.close()
+
+    # -- namespace changes -----------------------------------------------------------------
+    async def unlink(self, path: str) -> None:
+        parent, name, bpath, long = await self._entry(path)
+        bstat = await self._bstat(bpath, path)
+        if bstat.is_dir:
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        await self._remove_file_entry(parent, bpath, long)
+
+    async def _remove_file_entry(self, parent: DirInfo, bpath: str, long: str | None) -> None:
+        state = self._open_state_at(bpath)
+        if state is not None and not self.backend.capabilities.unlink_open_files:
+            hidden = join(parent.bpath, HIDDEN_PREFIX + os.urandom(8).hex())
+            await self.backend.rename(bpath, hidden, replace=False)
+            state.hidden_path = hidden
+        else:
+            await self.backend.unlink(bpath)
+        if state is not None:
+            state.unlinked = True
+        self._headers.pop(bpath, None)
+        if long is not None:
+            await _remove_quietly(self.backend, sidecar_of(bpath))
+
+    def _open_state_at(self, bpath: str) -> FileState | None:
+        for state in self._states.values():
+            if state.bpath == bpath and state.hidden_path is None:
+                return state
+        return None
+
+    async def rename(self, src: str, dst: str, *, noreplace: bool = False) -> None:
+        src_parts, dst_parts = split_path(src), split_path(dst)
+        if src_parts == dst_parts:
+            await self.stat(src)
+            return
+        if src_parts and dst_parts[:len(src_parts)] == src_parts:
+            raise OSError(errno.EINVAL, "cannot move a directory into itself", dst)
+        s_parent, s_name, s_bpath, s_long = await self._entry(src)
+        d_parent, d_name, d_bpath, d_long = await self._entry(dst)
+        s_stat = await self._bstat(s_bpath, src)
+        victim_dir = None
+        try:
+            d_stat = await self.backend.stat(d_bpath)
+        except FileNotFoundError:
+            d_stat = None
+        if d_stat is not None:
+            if noreplace:
+                raise FileExistsError(errno.EEXIST, "File exists", dst)
+            if s_stat.is_dir and not d_stat.is_dir:
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", dst)
+            if not s_stat.is_dir and d_stat.is_dir:
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", dst)
+            if d_stat.is_dir:
+                await self._check_empty(d_bpath, dst)
+                victim_dir = join(d_parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
+                await self.backend.rename(d_bpath, victim_dir, replace=False)
+            else:
+                victim = self._open_state_at(d_bpath)
+                if victim is not None and not self.backend.capabilities.unlink_open_files:
+                    await self._remove_file_entry(d_parent, d_bpath, None)
+                elif victim is not None:
+                    victim.unlinked = True
+        if d_long is not None:
+            await self._write_sidecar(d_bpath, d_long)
+        await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
+        if s_long is not None:
+            await _remove_quietly(self.backend, sidecar_of(s_bpath))
+        if victim_dir is not None:
+            await _remove_quietly(self.backend, join(victim_dir, DIR_META_NAME))
+            await _remove_quietly(self.backend, victim_dir, is_dir=True)
+        self._headers.pop(s_bpath, None)
+        self._headers.pop(d_bpath, None)
+        if s_stat.is_dir:
+            self._forget_dir(src)
+            self._forget_dir(dst)
+            prefix = s_bpath + "/"
+            for state in self._states.values():
+                if state.bpath.startswith(prefix):
+                    state.bpath = d_bpath + "/" + state.bpath[len(prefix):]
+            self._headers.clear()
+        else:
+            for state in self._states.values():
+                if state.bpath == s_bpath:
+                    state.bpath = d_bpath
+
+    async def link(self, src: str, dst: str) -> Attr:
+        if not self.backend.capabilities.hard_links:
+            raise OSError(errno.EPERM, "the backend does not support hard links", dst)
+        s_parent, s_name, s_bpath, _ = await self._entry(src)
+        s_stat = await self._bstat(s_bpath, src)
+        if s_stat.is_dir:
+            raise OSError(errno.EPERM, "hard links to directories are not allowed", src)
+        d_parent, d_name, d_bpath, d_long = await self._entry(dst)
+        try:
+            await self.backend.stat(d_bpath)
+            raise FileExistsError(errno.EEXIST, "File exists", dst)
+        except FileNotFoundError:
+            pass
+        if d_long is not None:
+            await self._write_sidecar(d_bpath, d_long)
+        await self.backend.link(s_bpath, d_bpath)
+        self._headers.pop(s_bpath, None)
+        return await self.stat(dst)
+
+    async def symlink(self, path: str, target: str, uid: int | None = None,
+                      gid: int | None = None) -> Attr:
+        f = await self.create(path, 0o777, uid, gid, kind=Kind.SYMLINK,
+                              content=os.fsencode(target))
+        await f.close()
+        return await self.stat(path)
+
+    async def readlink(self, path: str) -> str:
+        attr = await self.stat(path)
+        if attr.kind != Kind.SYMLINK:
+            raise OSError(errno.EINVAL, "Invalid argument", path)
+        return os.fsdecode(await self.read_file(path))
+
+    async def mknod(self, path: str, kind: Kind, mode: int, rdev: int = 0,
+                    uid: int | None = None, gid: int | None = None) -> Attr:
+        f = await self.create(path, mode, uid, gid, kind=kind, rdev=rdev)
+        await f.close()
+        return await self.stat(path)
+
+    async def _write_sidecar(self, bpath: str, encoded: str) -> None:
+        """Long-name sidecars are deterministic, so rewriting an existing one is harmless."""
+        sidecar = sidecar_of(bpath)
+        tmp = sidecar + "." + os.urandom(4).hex()
+        await _write_new_file(self.backend, tmp, encoded.encode("ascii"))
+        await self.backend.rename(tmp, sidecar, replace=True)
+
+    # -- metadata changes --------------------------------------------------------------------
+    async def setattr(self, path: str, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, size: int | None = None,
+                      atime_ns: int | None = None, mtime_ns: int | None = None,
+                      handle: OpenFile | None = None) -> Attr:
+        """chmod/chown/truncate/utimens. Times left None keep their value."""
+        if handle is not None:
+            state = handle.state
+            bpath = state.bpath_for_io
+            is_dir = False
+        else:
+            parts = split_path(path)
+            if parts:
+                _parent, _name, bpath, _long = await self._entry(path)
+            else:
+                bpath = ""
+            bstat = await self._bstat(bpath, path)
+            is_dir = bstat.is_dir
+            state = None
+        if is_dir:
+            if size is not None:
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            if mode is not None or uid is not None or gid is not None:
+                key = "/".join(split_path(path))
+                info = await self._dir(split_path(path))
+                info.meta = info.meta.with_(
+                    mode=info.meta.mode if mode is None else mode & 0o7777,
+                    uid=info.meta.uid if uid is None else uid,
+                    gid=info.meta.gid if gid is None else gid)
+                await _overwrite_small(self.backend, join(bpath, DIR_META_NAME),
+                                       seal_dir_meta(self._dir_key, info.dir_id, info.meta))
+                self._dirs[key] = info
+            if atime_ns is not None or mtime_ns is not None:
+                cur = await self.backend.stat(bpath)
+                await self.backend.set_times(bpath, cur.atime_ns if atime_ns is None else atime_ns,
+                                             cur.mtime_ns if mtime_ns is None else mtime_ns)
+            return await self.stat(path)
+        opened = None
+        if state is None:
+            opened = await self.open(path, write=size is not None or mode is not None
+                                     or uid is not None or gid is not None)
+            state = opened.state
+        try:
+            async with state.lock:
+                if size is not None:
+                    if not state.writable:
+                        raise OSError(errno.EROFS, "read-only", path)
+                    await state.truncate(size)
+                    await state.flush()
+                if mode is not None or uid is not None or gid is not None:
+                    meta = state.meta.with_(
+                        mode=state.meta.mode if mode is None else mode & 0o7777,
+                        uid=state.meta.uid if uid is None else uid,
+                        gid=state.meta.gid if gid is None else gid)
+                    await state.write_metadata(meta)
+                if atime_ns is not None or mtime_ns is not None:
+                    cur = await self.backend.fstat(state.handle)
+                    times = (cur.atime_ns if atime_ns is None else atime_ns,
+                             (state.mtime_ns or cur.mtime_ns) if mtime_ns is None else mtime_ns)
+                    state.pending_times = times
+                    state.mtime_ns = None
+                    await self.backend.set_times(state.bpath_for_io, *times)
+            self._headers.pop(state.bpath, None)
+            return await self._attr_of_state(state)
+        finally:
+            if opened is not None:
+                await opened.close()
+
+    async def statfs(self):
+        return await self.backend.statvfs()
+
+    # -- whole-tree helpers (CLI, sync, fsck) ----------------------------------------------
+    async def walk(self, path: str = "") -> "list[tuple[str, Attr]]":
+        """Every entry below path, depth first, as (plaintext path, attr)."""
+        out: list[tuple[str, Attr]] = []
+        stack = ["/".join(split_path(path))]
+        while stack:
+            current = stack.pop()
+            for name, attr in sorted(await self.listdir(current)):
+                child = f"{current}/{name}" if current else name
+                out.append((child, attr))
+                if attr.is_dir:
+                    stack.append(child)
+        return out
+
+
+def _dir_attr(info: DirInfo, bstat: BackendStat) -> Attr:
+    meta = info.meta
+    return Attr(Kind.DIRECTORY, meta.mode, meta.uid, meta.gid, 4096, max(2, bstat.nlink),
+                bstat.atime_ns, bstat.mtime_ns, bstat.ctime_ns, 0, info.dir_id)
+
+
+def _uid(uid: int | None) -> int:
+    return os.getuid() if uid is None else uid
+
+
+def _gid(gid: int | None) -> int:
+    return os.getgid() if gid is None else gid
+
+
+def _seal_whole(cipher: ChunkCipher, content: bytes, chunk_size: int) -> bytes:
+    """The chunk area of a file written in one go (creation)."""
+    if not content:
+        return cipher.seal(0, b"", True)
+    pieces = []
+    count = -(-len(content) // chunk_size)
+    for i in range(count):
+        pieces.append(cipher.seal(i, content[i * chunk_size:(i + 1) * chunk_size], i == count - 1))
+    return b"".join(pieces)
+
+
+async def read_config(backend: Backend) -> tuple[VolumeConfig, str]:
+    try:
+        raw = await _read_small(backend, CONFIG_NAME, 1 << 20)
+    except FileNotFoundError:
+        raise ConfigError(f"{backend.location} is not a sealfs volume (no {CONFIG_NAME}); "
+                          f"create one with `sealfs init`") from None
+    return VolumeConfig.parse(raw)
+
+
+async def _read_small(backend: Backend, bpath: str, limit: int) -> bytes:
+    handle = await backend.open(bpath)
+    try:
+        return await backend.read(handle, 0, limit)
+    finally:
+        await backend.close(handle)
+
+
+async def _write_new_file(backend: Backend, bpath: str, data: bytes) -> None:
+    handle = await backend.open(bpath, write=True, create=True, exclusive=True)
+    try:
+        await backend.write(handle, 0, data)
+        await backend.flush(handle)
+    finally:
+        await backend.close(handle)
+
+
+async def _overwrite_small(backend: Backend, bpath: str, data: bytes) -> None:
+    """One request, so a reader never sees a torn record."""
+    handle = await backend.open(bpath, write=True)
+    try:
+        await backend.write(handle, 0, data)
+    finally:
+        await backend.close(handle)
+
+
+async def _remove_quietly(backend: Backend, bpath: str, is_dir: bool = False) -> None:
+    try:
+        if is_dir:
+            await backend.rmdir(bpath)
+        else:
+            await backend.unlink(bpath)
+    except FileNotFoundError:
+        pass
