@@ -1,0 +1,387 @@
+"""The `sealfs` command line. Every failure is one line on stderr and a documented exit code.
+
+Exit codes: 0 success; 1 I/O or runtime error; 2 usage; 3 config; 4 integrity
+(tampered or damaged data); 5 key access (wrong key, KMS refusal or outage);
+6 volume pin mismatch; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import stat as stat_module
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import click
+import trio
+
+from ..backends.base import Backend
+from ..backends.registry import BackendOptions, open_backend
+from ..crypto.constants import DEFAULT_CHUNK_SIZE
+from ..crypto.errors import SealfsError, UsageError
+from ..crypto.header import Kind
+from ..crypto.kms import provider_for_init
+from .errors import exit_code_of, one_line
+from .keysource import resolve_secrets
+from .pins import PinStore
+from .units import format_size, parse_size
+from .volume import Attr, Volume
+
+log = logging.getLogger("sealfs")
+COPY_BLOCK = 1024 * 1024
+
+
+class Context:
+    """Options shared by every command that opens a store."""
+
+    def __init__(self) -> None:
+        self.debug = False
+        self.keyfile: str | None = None
+        self.passphrase_file: str | None = None
+
+    def secrets(self, confirm: bool = False):
+        return resolve_secrets(self.keyfile, self.passphrase_file, confirm_prompt=confirm)
+
+    def backend(self, store: str) -> Backend:
+        try:
+            return open_backend(store, BackendOptions())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def key_options(fn: Callable) -> Callable:
+    """--keyfile / --passphrase-file, accepted by every command (and on the group)."""
+    @click.option("--keyfile", type=click.Path(dir_okay=False), default=None,
+                  help="32-byte keyfile (local KEK). Env: SEALFS_KEYFILE.")
+    @click.option("--passphrase-file", type=click.Path(dir_okay=False), default=None,
+                  help="File holding the passphrase (local KEK). Env: SEALFS_PASSPHRASE.")
+    @functools.wraps(fn)
+    def wrapper(*args, keyfile=None, passphrase_file=None, **kwargs):
+        ctx = click.get_current_context().find_object(Context)
+        if keyfile:
+            ctx.keyfile = keyfile
+        if passphrase_file:
+            ctx.passphrase_file = passphrase_file
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def run(async_fn: Callable, *args) -> None:
+    trio.run(async_fn, *args)
+
+
+@contextlib.asynccontextmanager
+async def opened_volume(store: str) -> AsyncIterator[Volume]:
+    ctx = click.get_current_context().find_object(Context)
+    volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore())
+    try:
+        yield volume
+    finally:
+        await volume.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Informational logs on stderr.")
+@click.version_option(package_name="sealfs")
+@click.pass_context
+def cli(click_ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """sealfs: a transparent encrypting filesystem (AES-256-GCM chunks, wrapped keys)."""
+    ctx = click_ctx.ensure_object(Context)
+    ctx.debug = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--chunk-size", default=format_size(DEFAULT_CHUNK_SIZE), show_default=True,
+              help="Chunk size, a power of two from 4K to 4M.")
+@click.option("--kek", default=None, help="KEK URI: https://VAULT.vault.azure.net/keys/NAME or pkcs11:...")
+@click.option("--scrypt-n", type=int, default=None, hidden=True,
+              help="scrypt cost for passphrase volumes (tests use a small one).")
+@key_options
+def init(store: str, chunk_size: str, kek: str | None, scrypt_n: int | None) -> None:
+    """Create a new encrypted volume in STORE (a local directory)."""
+    ctx = click.get_current_context().find_object(Context)
+    try:
+        size = parse_size(chunk_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if ctx.keyfile is None and ctx.passphrase_file is None and kek is None \
+            and not os.environ.get("SEALFS_KEYFILE") and not os.environ.get("SEALFS_PASSPHRASE") \
+            and not sys.stdin.isatty():
+        raise UsageError("init needs --keyfile FILE, --passphrase-file FILE or --kek URI")
+    options = {"scrypt_n": scrypt_n} if scrypt_n else {}
+    secrets = resolve_secrets(ctx.keyfile, ctx.passphrase_file, confirm_prompt=True, options=options)
+    backend = ctx.backend(store)
+
+    async def main() -> None:
+        if store and "://" not in store:
+            Path(store).mkdir(parents=True, exist_ok=True)
+        provider = provider_for_init(kek, secrets)
+        try:
+            config = await Volume.init(backend, provider, chunk_size=size, pins=PinStore())
+        finally:
+            provider.close()
+            await backend.aclose()
+        click.echo(f"created volume {config.volume_id.hex()} in {backend.location} "
+                   f"(chunk size {format_size(config.chunk_size)}, KEK {provider.kek_id})")
+    run(main)
+
+
+@cli.command()
+@click.argument("store")
+@key_options
+def info(store: str) -> None:
+    """Show a volume's parameters (after verifying its config)."""
+    async def main() -> None:
+        async with opened_volume(store) as vol:
+            cfg = vol.config
+            click.echo(f"location:     {vol.backend.location}")
+            click.echo(f"volume id:    {cfg.volume_id.hex()}")
+            click.echo(f"format:       sealfs v{cfg.version}")
+            click.echo(f"chunk size:   {format_size(cfg.chunk_size)}")
+            click.echo(f"KEK:          {cfg.kek.get('provider')} ({vol.broker.provider.kek_id})")
+            click.echo(f"DEKs:         {', '.join(str(d.id) for d in cfg.deks)} "
+                       f"(current {cfg.current_dek_id}, names {cfg.name_dek_id})")
+            click.echo(f"created:      {cfg.created}")
+    run(main)
+
+
+def _format_entry(name: str, attr: Attr, long: bool) -> str:
+    if not long:
+        return name + ("/" if attr.is_dir else "")
+    mtime = datetime.fromtimestamp(attr.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
+    return (f"{stat_module.filemode(attr.st_mode)} {attr.nlink:>3} {attr.uid:>5} {attr.gid:>5} "
+            f"{attr.size:>12} {mtime} {name}")
+
+
+@cli.command(name="ls")
+@click.argument("store")
+@click.argument("path", default="/")
+@click.option("-l", "long", is_flag=True, help="Long listing.")
+@click.option("-R", "recursive", is_flag=True, help="List subdirectories recursively.")
+@key_options
+def ls_cmd(store: str, path: str, long: bool, recursive: bool) -> None:
+    """List a directory of the volume (decrypted names)."""
+    async def main() -> None:
+        async with opened_volume(store) as vol:
+            attr = await vol.stat(path)
+            if not attr.is_dir:
+                click.echo(_format_entry(path.rstrip("/").rsplit("/", 1)[-1], attr, long))
+                return
+            if recursive:
+                for child, cattr in await vol.walk(path):
+                    click.echo(_format_entry(child, cattr, long))
+                return
+            for name, cattr in sorted(await vol.listdir(path)):
+                click.echo(_format_entry(name, cattr, long))
+    run(main)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("path")
+@key_options
+def cat(store: str, path: str) -> None:
+    """Write a file's plaintext to stdout. Only authenticated bytes are ever printed."""
+    async def main() -> None:
+        out = sys.stdout.buffer
+        async with opened_volume(store) as vol:
+            f = await vol.open(path)
+            try:
+                offset = 0
+                while True:
+                    block = await f.read(offset, COPY_BLOCK)
+                    if not block:
+                        break
+                    out.write(block)
+                    offset += len(block)
+                out.flush()
+            finally:
+                await f.close()
+    run(main)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("local", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path")
+@key_options
+def put(store: str, local: str, path: str) -> None:
+    """Copy a local file into the volume (replacing PATH if it exists)."""
+    async def main() -> None:
+        async with opened_volume(store) as vol:
+            target = path
+            with contextlib.suppress(FileNotFoundError):
+                if (await vol.stat(path)).is_dir:
+                    target = path.rstrip("/") + "/" + os.path.basename(local)
+            st = os.stat(local)
+            try:
+                f = await vol.create(target, stat_module.S_IMODE(st.st_mode))
+            except FileExistsError:
+                f = await vol.open(target, write=True, truncate=True)
+            try:
+                with open(local, "rb") as src:
+                    offset = 0
+                    while block := src.read(COPY_BLOCK):
+                        await f.write(offset, block)
+                        offset += len(block)
+            finally:
+                await f.close()
+            await vol.setattr(target, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
+    run(main)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("path")
+@click.argument("local", type=click.Path(dir_okay=True))
+@key_options
+def get(store: str, path: str, local: str) -> None:
+    """Copy a file out of the volume; LOCAL appears only once complete and verified."""
+    async def main() -> None:
+        target = Path(local)
+        if target.is_dir():
+            target = target / path.rstrip("/").rsplit("/", 1)[-1]
+        tmp = target.with_name(f".{target.name}.sealfs-part")
+        async with opened_volume(store) as vol:
+            attr = await vol.stat(path)
+            f = await vol.open(path)
+            try:
+                with open(tmp, "wb") as out:
+                    offset = 0
+                    while block := await f.read(offset, COPY_BLOCK):
+                        out.write(block)
+                        offset += len(block)
+                os.chmod(tmp, attr.mode & 0o7777)
+                os.utime(tmp, ns=(attr.atime_ns, attr.mtime_ns))
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            finally:
+                await f.close()
+    run(main)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("path")
+@click.option("-r", "recursive", is_flag=True, help="Remove directories and their contents.")
+@key_options
+def rm(store: str, path: str, recursive: bool) -> None:
+    """Remove a file (or, with -r, a directory tree)."""
+    async def main() -> None:
+        async with opened_volume(store) as vol:
+            attr = await vol.stat(path)
+            if not attr.is_dir:
+                await vol.unlink(path)
+                return
+            if not recursive:
+                raise IsADirectoryError(21, "Is a directory (use -r)", path)
+            for child, cattr in reversed(await vol.walk(path)):
+                await (vol.rmdir(child) if cattr.is_dir else vol.unlink(child))
+            await vol.rmdir(path)
+    run(main)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("path")
+@click.option("-p", "parents", is_flag=True, help="Create parents as needed; no error if it exists.")
+@key_options
+def mkdir(store: str, path: str, parents: bool) -> None:
+    """Create a directory in the volume."""
+    async def main() -> None:
+        async with opened_volume(store) as vol:
+            if not parents:
+                await vol.mkdir(path)
+                return
+            parts = [p for p in path.split("/") if p]
+            for i in range(1, len(parts) + 1):
+                with contextlib.suppress(FileExistsError):
+                    await vol.mkdir("/".join(parts[:i]))
+    run(main)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("src")
+@click.argument("dst")
+@key_options
+def mv(store: str, src: str, dst: str) -> None:
+    """Rename or move within the volume (replaces a file or empty directory at DST)."""
+    async def main() -> None:
+        async with opened_volume(store) as vol:
+            target = dst
+            with contextlib.suppress(FileNotFoundError):
+                if (await vol.stat(dst)).is_dir and not (await vol.stat(src)).is_dir:
+                    target = dst.rstrip("/") + "/" + src.rstrip("/").rsplit("/", 1)[-1]
+            await vol.rename(src, target)
+    run(main)
+
+
+@cli.command()
+@click.argument("store")
+@key_options
+def repin(store: str) -> None:
+    """Trust the volume now at STORE after a legitimate config change (re-pin it)."""
+    async def main() -> None:
+        ctx = click.get_current_context().find_object(Context)
+        pins = PinStore()
+        backend = ctx.backend(store)
+        forgot = pins.forget(backend.location)
+        volume = await Volume.load(backend, ctx.secrets(), pins=pins)
+        await volume.close()
+        click.echo(f"{'re-pinned' if forgot else 'pinned'} volume {volume.config.volume_id.hex()} "
+                   f"at {backend.location}")
+    run(main)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one line on stderr and a documented exit code on failure."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="sealfs", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("sealfs: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"sealfs: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (SealfsError, OSError, KeyboardInterrupt) as exc:
+        if debug:
+            raise
+        click.echo(f"sealfs: error: {one_line(exc)}", err=True)
+        sys.exit(exit_code_of(exc))
+    except BaseException as exc:   # an error we did not anticipate: still one line
+        if debug or isinstance(exc, SystemExit):
+            raise
+        group = _first_of_group(exc)
+        if group is not exc:
+            click.echo(f"sealfs: error: {one_line(group)}", err=True)
+            sys.exit(exit_code_of(group))
+        click.echo(f"sealfs: internal error: {type(exc).__name__}: {one_line(exc)} "
+                   f"(rerun with --debug for a traceback)", err=True)
+        sys.exit(1)
+
+
+def _first_of_group(exc: BaseException) -> BaseException:
+    """Trio nurseries wrap errors in ExceptionGroups; report the first real one."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+if __name__ == "__main__":
+    main()

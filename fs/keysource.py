@@ -1,0 +1,88 @@
+"""Where the local key comes from, in a documented order of precedence.
+
+1. --keyfile FILE / --passphrase-file FILE on the command line
+2. the environment: SEALFS_KEYFILE (a path) / SEALFS_PASSPHRASE (the passphrase)
+3. the config file (--config NAME) keys keyfile / passphrase_file
+4. systemd credentials: $CREDENTIALS_DIRECTORY/keyfile or .../passphrase
+5. an interactive prompt for the passphrase, only when stdin is a terminal
+
+Secrets never come from argv: only file paths do.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from ..crypto.errors import KeyAccessError, UsageError
+from ..crypto.kms import KeySecrets
+
+
+def _read_passphrase_file(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyAccessError(f"cannot read passphrase file {path}: {exc.strerror}") from None
+    data = data.rstrip(b"\r\n")
+    if not data:
+        raise KeyAccessError(f"passphrase file {path} is empty")
+    return data
+
+
+def resolve_secrets(keyfile: str | None, passphrase_file: str | None, *,
+                    config_keyfile: str | None = None, config_passphrase_file: str | None = None,
+                    confirm_prompt: bool = False, options: dict | None = None) -> KeySecrets:
+    if keyfile and passphrase_file:
+        raise UsageError("give either --keyfile or --passphrase-file, not both")
+    secrets = KeySecrets(options=dict(options or {}))
+    if keyfile:
+        secrets.keyfile = Path(keyfile)
+        return secrets
+    if passphrase_file:
+        path = Path(passphrase_file)
+        secrets.passphrase = lambda: _read_passphrase_file(path)
+        return secrets
+    env_keyfile = os.environ.get("SEALFS_KEYFILE")
+    env_pass = os.environ.get("SEALFS_PASSPHRASE")
+    if env_keyfile:
+        secrets.keyfile = Path(env_keyfile)
+        return secrets
+    if env_pass:
+        value = env_pass.encode("utf-8")
+        secrets.passphrase = lambda: value
+        return secrets
+    if config_keyfile:
+        secrets.keyfile = Path(config_keyfile)
+        return secrets
+    if config_passphrase_file:
+        path = Path(config_passphrase_file)
+        secrets.passphrase = lambda: _read_passphrase_file(path)
+        return secrets
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        if (Path(creds) / "keyfile").exists():
+            secrets.keyfile = Path(creds) / "keyfile"
+            return secrets
+        if (Path(creds) / "passphrase").exists():
+            path = Path(creds) / "passphrase"
+            secrets.passphrase = lambda: _read_passphrase_file(path)
+            return secrets
+    if sys.stdin.isatty():
+        secrets.passphrase = _prompt(confirm_prompt)
+    return secrets
+
+
+def _prompt(confirm: bool) -> Callable[[], bytes]:
+    cached: list[bytes] = []
+
+    def ask() -> bytes:
+        if not cached:
+            value = click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm,
+                                 err=True)
+            cached.append(value.encode("utf-8"))
+        return cached[0]
+    return ask
