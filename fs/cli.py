@@ -346,6 +346,64 @@ def repin(store: str) -> None:
     run(main)
 
 
+def _split_options(options: tuple[str, ...]) -> set[str]:
+    return {o.strip() for group in options for o in group.split(",") if o.strip()}
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("mountpoint")
+@click.option("-o", "options", multiple=True, help="Mount options, comma separated (e.g. ro,nonempty).")
+@click.option("--daemon", is_flag=True, help="Fork into the background once the mount is live.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Where a --daemon mount writes its log (default: discarded).")
+@key_options
+def mount(store: str, mountpoint: str, options: tuple[str, ...], daemon: bool,
+          log_file: str | None) -> None:
+    """Mount the volume in STORE on MOUNTPOINT (foreground unless --daemon)."""
+    from .mount import VolumeLock, check_mountpoint, serve
+    ctx = click.get_current_context().find_object(Context)
+    opts = _split_options(options)
+    mp = check_mountpoint(mountpoint, allow_nonempty="nonempty" in opts)
+    if daemon:
+        from .daemon import spawn_daemon
+        spawn_daemon(ctx.secrets(), log_file)
+        return
+    ready = _ready_reporter()
+
+    async def main() -> None:
+        volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore())
+        lock = VolumeLock(volume.config.volume_id.hex())
+        try:
+            lock.acquire(mp)
+            await serve(volume, mp, opts, on_ready=ready.ready)
+        finally:
+            try:
+                await volume.close()
+            finally:
+                lock.release()
+    try:
+        run(main)
+    except BaseException as exc:
+        ready.failed(exc)
+        raise
+
+
+def _ready_reporter():
+    from .daemon import ReadyReporter
+    return ReadyReporter.from_environment()
+
+
+@cli.command()
+@click.argument("mountpoint")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for the mount process to flush and exit.")
+def umount(mountpoint: str, timeout: float) -> None:
+    """Flush and unmount a sealfs mount."""
+    from .mount import unmount
+    unmount(mountpoint, timeout)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line on stderr and a documented exit code on failure."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

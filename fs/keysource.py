@@ -55,6 +55,11 @@ def resolve_secrets(keyfile: str | None, passphrase_file: str | None, *,
         value = env_pass.encode("utf-8")
         secrets.passphrase = lambda: value
         return secrets
+    if os.environ.get("SEALFS_PASSPHRASE_STDIN"):
+        # A --daemon child: the parent prompted and hands the passphrase over stdin.
+        line = sys.stdin.buffer.readline().rstrip(b"\r\n")
+        secrets.passphrase = lambda: line
+        return secrets
     if config_keyfile:
         secrets.keyfile = Path(config_keyfile)
         return secrets
