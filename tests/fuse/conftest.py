@@ -1,0 +1,45 @@
+"""Fixtures that mount real FUSE filesystems and always unmount them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.mounting import Mount, init_store
+
+pytestmark = pytest.mark.fuse
+
+
+@pytest.fixture
+def mount_env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env["SEALFS_STATE_DIR"] = str(tmp_path / "state")
+    env["SEALFS_RUN_DIR"] = str(tmp_path / "run")
+    for var in ("SEALFS_KEYFILE", "SEALFS_PASSPHRASE", "CREDENTIALS_DIRECTORY"):
+        env.pop(var, None)
+    return env
+
+
+@pytest.fixture(params=["64K"])
+def chunk_size(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def mounted(tmp_path: Path, keyfile: Path, mount_env: dict, chunk_size: str):
+    """A live sealfs mount on the local backend; yields the Mount (path: .mountpoint)."""
+    store = tmp_path / "store"
+    init_store(store, keyfile, chunk_size, env=mount_env)
+    mount = Mount(store, tmp_path / "mnt", keyfile, env=mount_env)
+    mount.start()
+    try:
+        yield mount
+    finally:
+        if mount.proc is not None:
+            try:
+                mount.stop()
+            except Exception:
+                mount.kill()
+                raise
