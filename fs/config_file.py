@@ -39,13 +39,16 @@ from sealfs.crypto.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_DIR",
     "ConfigFileError",
+    "SecretFiles",
     "SyncConfig",
     "VolumeConfigFile",
     "config_dir",
+    "credential_file",
     "load_config_file",
     "parse_config_text",
     "parse_size",
     "resolve_config_path",
+    "secret_files",
 ]
 
 DEFAULT_CONFIG_DIR = Path("/etc/sealfs")
@@ -106,6 +109,41 @@ class VolumeConfigFile:
     dirty_limit: int | None = None
     options: tuple[str, ...] = ()  # mount -o options, one per item
     sync: SyncConfig | None = None
+
+
+@dataclass(frozen=True)
+class SecretFiles:
+    """Where each secret is read from: a systemd credential first, else the config file's path."""
+
+    keyfile: Path | None
+    passphrase_file: Path | None
+    smb_password_file: Path | None
+
+
+def credential_file(name: str) -> Path | None:
+    """$CREDENTIALS_DIRECTORY/NAME if systemd passed that credential (LoadCredential=), else None.
+
+    An empty file counts as absent, so a `SetCredential=NAME:` default in a drop-in
+    means "not provided" rather than "empty passphrase".
+    """
+    base = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not base:
+        return None
+    p = Path(base) / name
+    try:
+        return p if p.is_file() and p.stat().st_size > 0 else None
+    except OSError:
+        return None
+
+
+def secret_files(cfg: VolumeConfigFile | None) -> SecretFiles:
+    """The secret file paths to use: credentials `keyfile`, `passphrase`, `smb-password`
+    (names fixed by systemd/sealfs@.service) win over the config file's keys."""
+    return SecretFiles(
+        keyfile=credential_file("keyfile") or (cfg.keyfile if cfg else None),
+        passphrase_file=credential_file("passphrase") or (cfg.passphrase_file if cfg else None),
+        smb_password_file=credential_file("smb-password") or (cfg.smb_password_file if cfg else None),
+    )
 
 
 def parse_size(text: str | int) -> int:

@@ -166,7 +166,7 @@ def find_sealfs() -> str:
     if env:
         return env
     candidates = []
-    if sys.argv and sys.argv[0]:
+    if sys.argv and "/" in sys.argv[0]:  # never a bare name: that would search the cwd
         candidates.append(Path(sys.argv[0]).resolve().parent / "sealfs")
     candidates.append(Path(sys.executable).parent / "sealfs")
     for c in candidates:

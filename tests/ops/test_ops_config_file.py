@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sealfs.crypto.errors import ConfigError
-from sealfs.fs.config_file import (ConfigFileError, SyncConfig, VolumeConfigFile, load_config_file,
+from sealfs.fs.config_file import (ConfigFileError, SecretFiles, SyncConfig, VolumeConfigFile,
+                                   credential_file, load_config_file, secret_files,
                                    parse_config_text, parse_size, resolve_config_path)
 
 FULL = """\
@@ -215,3 +216,24 @@ def test_parse_size_bad(text: object) -> None:
     with pytest.raises(ValueError) as info:
         parse_size(text)  # type: ignore[arg-type]
     assert "invalid size" in str(info.value)
+
+
+# --- systemd credentials ------------------------------------------------------------
+
+def test_credentials_win_over_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "v.toml"
+    f.write_text('store = "/s"\nkeyfile = "/etc/sealfs/v.key"\npassphrase_file = "/p"\n'
+                 'smb_password_file = "/smb"\n')
+    cfg = load_config_file(f)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "keyfile").write_bytes(b"k" * 32)
+    (creds / "smb-password").write_text("")          # empty: treated as absent
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    s = secret_files(cfg)
+    assert s.keyfile == creds / "keyfile"
+    assert s.passphrase_file == Path("/p") and s.smb_password_file == Path("/smb")
+    assert credential_file("passphrase") is None
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert secret_files(cfg).keyfile == Path("/etc/sealfs/v.key")
+    assert secret_files(None) == SecretFiles(None, None, None)

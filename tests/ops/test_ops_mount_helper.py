@@ -122,3 +122,21 @@ def test_main_execs_sealfs(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert json.loads(out.read_text()) == [str(stub), "mount", "smb://h/s", "/mnt/v", "--daemon",
                                            "--config", "vol1", "-o", "allow_other"]
+
+
+def test_find_sealfs_follows_helper_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/sbin/mount.fuse.sealfs -> /usr/local/bin/mount.sealfs finds /usr/local/bin/sealfs."""
+    from sealfs.fs import mount_helper
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("mount.sealfs", "sealfs"):
+        (bindir / name).write_text("#!/bin/sh\n")
+        (bindir / name).chmod(0o755)
+    link = tmp_path / "mount.fuse.sealfs"
+    link.symlink_to(bindir / "mount.sealfs")
+    monkeypatch.delenv("SEALFS_BIN", raising=False)
+    monkeypatch.setattr(sys, "argv", [str(link)])
+    assert mount_helper.find_sealfs() == str(bindir / "sealfs")
+    monkeypatch.chdir(bindir)                      # a bare argv[0] never searches the cwd
+    monkeypatch.setattr(sys, "argv", ["mount.sealfs"])
+    assert mount_helper.find_sealfs() != "sealfs" and mount_helper.find_sealfs() != str(bindir / "sealfs")
