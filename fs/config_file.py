@@ -58,7 +58,8 @@ CONFIG_DIR_ENV = "SEALFS_CONFIG_DIR"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]*$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([kmg])(?:i?b)?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+# Same rule as crypto.kms.provider_for_init: a Key Vault key URL or a PKCS#11 URI.
+_KEK_RE = re.compile(r"^(https://[^/\s]+/\S+|pkcs11:\S+)$")
 _SECRET_KEYS = {"passphrase", "password", "smb_password", "key", "secret"}
 
 
@@ -103,7 +104,7 @@ class VolumeConfigFile:
     keyfile: Path | None = None
     passphrase_file: Path | None = None
     smb_password_file: Path | None = None
-    kek: str | None = None         # KMS URI, e.g. azure-kv://..., pkcs11:..., local:
+    kek: str | None = None         # https://VAULT/keys/NAME[/VERSION] or pkcs11:...; None = local
     audit_log: Path | None = None
     chunk_cache: int | None = None
     dirty_limit: int | None = None
@@ -339,8 +340,9 @@ class _Validator:
             raise ConfigFileError(self.path, "missing required key", key="store")
         store = self._store(store)
         kek = self._string(data, "kek", "kek")
-        if kek is not None and not _URI_RE.match(kek):
-            raise self.fail("kek", f"expected a KEK URI such as azure-kv://..., pkcs11:... or local:..., got {kek!r}")
+        if kek is not None and not _KEK_RE.match(kek):
+            raise self.fail("kek", "expected an https:// Key Vault key URL or a pkcs11: URI, "
+                                   f"got {kek[:60]!r} (leave kek out for a local keyfile/passphrase)")
         options = self._str_list(data, "options", "options", _check_mount_option)
         return VolumeConfigFile(
             name=self.path.name.removesuffix(".toml"),

@@ -19,7 +19,7 @@ mountpoint = "/mnt/vol1"
 keyfile = "vol1.key"
 passphrase_file = "/root/pass"
 smb_password_file = "secrets/smb"
-kek = "azure-kv://myvault.vault.azure.net/keys/sealfs-kek"
+kek = "https://myvault.vault.azure.net/keys/sealfs-kek"
 audit_log = "/var/log/sealfs/audit.jsonl"
 chunk_cache = "256M"
 dirty_limit = 67108864
@@ -57,7 +57,7 @@ def test_full_file_by_name(config_dir: Path) -> None:
     assert cfg.keyfile == config_dir / "vol1.key"          # relative to the file
     assert cfg.passphrase_file == Path("/root/pass")
     assert cfg.smb_password_file == config_dir / "secrets/smb"
-    assert cfg.kek == "azure-kv://myvault.vault.azure.net/keys/sealfs-kek"
+    assert cfg.kek == "https://myvault.vault.azure.net/keys/sealfs-kek"
     assert cfg.audit_log == Path("/var/log/sealfs/audit.jsonl")
     assert cfg.chunk_cache == 256 << 20 and cfg.dirty_limit == 64 << 20
     assert cfg.options == ("allow_other", "ro")
@@ -152,7 +152,8 @@ def test_password_in_store_url_is_refused(tmp_path: Path) -> None:
     ("options = [\"allow_other,ro\"]", "options", "item 1 ('allow_other,ro'): one option per list item"),
     ("options = [1]", "options", "item 1: expected a string, got an integer"),
     ("kek = true", "kek", "expected a string, got a boolean"),
-    ("kek = \"just-a-name\"", "kek", "expected a KEK URI"),
+    ("kek = \"just-a-name\"", "kek", "expected an https:// Key Vault key URL or a pkcs11: URI"),
+    ("kek = \"azure://v/keys/k\"", "kek", "expected an https:// Key Vault key URL"),
     ("chunk_cache = [1]", "chunk_cache", "expected a size"),
     ("keyfile = \"\"", "keyfile", "must not be empty"),
 ])
@@ -192,6 +193,12 @@ def test_bad_size(tmp_path: Path) -> None:
     err = _error('store = "/s"\ndirty_limit = "64Q"\n', tmp_path)
     assert err.key == "dirty_limit" and err.line == 2
     assert "bad.toml:2: dirty_limit: invalid size '64Q'" in str(err)
+
+
+def test_pkcs11_kek(tmp_path: Path) -> None:
+    f = tmp_path / "v.toml"
+    f.write_text('store = "/s"\nkek = "pkcs11:token=hsm;object=sealfs-kek"\n')
+    assert load_config_file(f).kek == "pkcs11:token=hsm;object=sealfs-kek"
 
 
 def test_parse_config_text_directly() -> None:
