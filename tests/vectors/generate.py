@@ -1,0 +1,474 @@
+"""Generate the sealfs format v1 test vectors (run once; the outputs are checked into git).
+
+    python tests/vectors/generate.py            # writes format_v1.json and store_v1.json
+    python tests/vectors/generate.py --check    # regenerates in memory, diffs against the files
+
+Every value is produced by the sealfs code itself (sealfs.crypto) from fixed inputs and
+fixed nonces. tests/test_format_vectors.py recomputes them with sealfs (so a format change
+fails) and decrypts them with tests/independent_decryptor.py (so FORMAT.md is enough to
+read them). Never regenerate to make a failing test pass: a diff here is a format change.
+
+format_v1.json   primitives: HKDF outputs, headers, sealfs.dir records, chunks, names,
+                 layout sizes, sealfs.json (keyfile and passphrase), size resolution cases.
+store_v1.json    a complete small store (chunk size 4096) as {backend path: hex | null},
+                 with the plaintext tree a reader must produce from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from sealfs.crypto import kdf
+from sealfs.crypto.chunks import ChunkCipher, chunk_aad
+from sealfs.crypto.config import VolumeConfig, WrappedDek, canonical_json
+from sealfs.crypto.constants import (CONFIG_NAME, DIR_META_NAME, HIDDEN_PREFIX, INFO_CONFIG,
+                                     INFO_DIRS, INFO_FILE, INFO_NAMES, INFO_PIN, TEMP_PREFIX)
+from sealfs.crypto.header import (FileHeader, Kind, Metadata, seal_dir_meta, seal_header)
+from sealfs.crypto.kms_local import KeyfileKek, PassphraseKek
+from sealfs.crypto.layout import (chunk_plain_length, final_index, logical_size, slot_offset,
+                                  stored_size)
+from sealfs.crypto.names import NameCipher, pad_name, sidecar_of
+
+HERE = Path(__file__).resolve().parent
+CREATED = "2024-01-01T00:00:00Z"
+
+
+def h(data: bytes) -> str:
+    return data.hex()
+
+
+def fixed(label: str, n: int) -> bytes:
+    """Deterministic 'random' bytes: the first n bytes of SHA-256 chains over the label."""
+    out = b""
+    counter = 0
+    while len(out) < n:
+        out += hashlib.sha256(f"sealfs-vectors/{label}/{counter}".encode()).digest()
+        counter += 1
+    return out[:n]
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    return bytes((seed + i * 7) % 251 for i in range(n))
+
+
+# ---------------------------------------------------------------------------------------
+INPUTS = {
+    "dek1": bytes(range(0x00, 0x20)),          # DEK id 1: the volume's name DEK
+    "dek2": bytes(range(0x20, 0x40)),          # DEK id 2: the current DEK for new files
+    "keyfile": bytes(range(0x40, 0x60)),
+    "file_id": bytes(range(0xa0, 0xb0)),
+    "dir_id": bytes(range(0xd0, 0xe0)),
+    "other_dir_id": bytes(range(0xe0, 0xf0)),
+    "volume_id": bytes(range(0x70, 0x80)),
+}
+
+
+def hkdf_vectors() -> dict:
+    dek = INPUTS["dek1"]
+    fid = INPUTS["file_id"]
+    pin_key = kdf.hkdf(dek, INFO_PIN, 32)
+    return {
+        "ikm": h(dek),
+        "file_key": {"salt": h(fid), "info": INFO_FILE.decode(), "length": 32,
+                     "okm": h(kdf.file_key(dek, fid))},
+        "file_key_dek2": {"ikm": h(INPUTS["dek2"]), "salt": h(fid), "info": INFO_FILE.decode(),
+                          "length": 32, "okm": h(kdf.file_key(INPUTS["dek2"], fid))},
+        "name_key": {"salt": None, "info": INFO_NAMES.decode(), "length": 64,
+                     "okm": h(kdf.name_key(dek))},
+        "config_mac_key": {"salt": None, "info": INFO_CONFIG.decode(), "length": 32,
+                           "okm": h(kdf.config_mac_key(dek))},
+        "dir_meta_key": {"salt": None, "info": INFO_DIRS.decode(), "length": 32,
+                         "okm": h(kdf.dir_meta_key(dek))},
+        "pin_key": {"salt": None, "info": INFO_PIN.decode(), "length": 32, "okm": h(pin_key)},
+        "pin_fingerprint": kdf.pin_fingerprint(dek),
+    }
+
+
+def meta_json(meta: Metadata) -> dict:
+    return {"kind": int(meta.kind), "mode": meta.mode, "uid": meta.uid, "gid": meta.gid,
+            "rdev": meta.rdev, "size": meta.size}
+
+
+def header_vectors() -> list:
+    out = []
+    cases = [
+        ("regular file, dek 2", 2, INPUTS["dek2"], Metadata(Kind.REGULAR, 0o644, 1000, 1000, 0, 12345)),
+        ("empty file, dek 1", 1, INPUTS["dek1"], Metadata(Kind.REGULAR, 0o600, 0, 0, 0, 0)),
+        ("symlink", 2, INPUTS["dek2"], Metadata(Kind.SYMLINK, 0o777, 1000, 100, 0, 14)),
+        ("char device", 2, INPUTS["dek2"], Metadata(Kind.CHAR, 0o620, 0, 5, (4 << 8) | 1, 0)),
+        ("setuid, large ids and size", 2, INPUTS["dek2"],
+         Metadata(Kind.REGULAR, 0o4755, 0xfffffffe, 0xfffffffe, 0, (1 << 40) + 3)),
+    ]
+    for i, (label, dek_id, dek, meta) in enumerate(cases):
+        key = kdf.file_key(dek, INPUTS["file_id"])
+        nonce = fixed(f"header/{i}", 12)
+        raw = seal_header(key, FileHeader(dek_id, INPUTS["file_id"], meta), nonce=nonce)
+        out.append({"label": label, "dek_id": dek_id, "file_id": h(INPUTS["file_id"]),
+                    "file_key": h(key), "nonce": h(nonce), "meta": meta_json(meta),
+                    "aad": h(raw[:28]), "bytes": h(raw)})
+    return out
+
+
+def dir_meta_vectors() -> list:
+    out = []
+    key = kdf.dir_meta_key(INPUTS["dek1"])
+    cases = [("root", INPUTS["dir_id"], Metadata(Kind.DIRECTORY, 0o755, 1000, 1000)),
+             ("sticky tmp", INPUTS["other_dir_id"], Metadata(Kind.DIRECTORY, 0o1777, 0, 0))]
+    for i, (label, dir_id, meta) in enumerate(cases):
+        nonce = fixed(f"dir/{i}", 12)
+        raw = seal_dir_meta(key, dir_id, meta, nonce=nonce)
+        out.append({"label": label, "dir_id": h(dir_id), "dir_meta_key": h(key), "nonce": h(nonce),
+                    "meta": meta_json(meta), "aad": h(b"sealfs.dir" + raw[:24]), "bytes": h(raw)})
+    return out
+
+
+def chunk_vectors() -> dict:
+    cs = 4096
+    key = kdf.file_key(INPUTS["dek2"], INPUTS["file_id"])
+    cipher = ChunkCipher(key, INPUTS["file_id"])
+    cases = [
+        ("empty final (empty file)", 0, b"", True),
+        ("1-byte final", 0, b"A", True),
+        ("full non-final", 0, pattern(cs, 1), False),
+        ("full final", 1, pattern(cs, 2), True),
+        ("partial final at index 2", 2, pattern(100, 3), True),
+        ("index above 2^32", (1 << 32) + 5, b"big index", True),
+    ]
+    out = []
+    for i, (label, index, plain, final) in enumerate(cases):
+        nonce = fixed(f"chunk/{i}", 12)
+        sealed = cipher.seal(index, plain, final, nonce=nonce)
+        out.append({"label": label, "index": index, "final": final, "nonce": h(nonce),
+                    "plaintext": h(plain), "aad": h(chunk_aad(INPUTS["file_id"], index, final)),
+                    "sealed": h(sealed)})
+    return {"chunk_size": cs, "dek_id": 2, "file_id": h(INPUTS["file_id"]), "file_key": h(key),
+            "chunks": out}
+
+
+def name_vectors() -> dict:
+    nk = kdf.name_key(INPUTS["dek1"])
+    names = NameCipher(nk)
+    cases = [
+        ("short", "hello.txt", INPUTS["dir_id"]),
+        ("same name, other directory", "hello.txt", INPUTS["other_dir_id"]),
+        ("15 bytes", "a" * 15, INPUTS["dir_id"]),
+        ("16 bytes: no extra padding block", "b" * 16, INPUTS["dir_id"]),
+        ("17 bytes: two blocks", "c" * 17, INPUTS["dir_id"]),
+        ("128 bytes: longest short form", "d" * 128, INPUTS["dir_id"]),
+        ("129 bytes: long-name form", "e" * 129, INPUTS["dir_id"]),
+        ("255 bytes: longest name", "f" * 255, INPUTS["dir_id"]),
+        ("unicode", "Grüße, 日本語 🎉.txt", INPUTS["dir_id"]),
+        ("unicode, long (3-byte chars)", "日" * 60, INPUTS["dir_id"]),
+        ("leading dot", ".bashrc", INPUTS["dir_id"]),
+    ]
+    out = []
+    for label, name, dir_id in cases:
+        raw = name.encode("utf-8")
+        encoded = names.encode(name, dir_id)
+        entry, long = names.entry_for(name, dir_id)
+        out.append({"label": label, "name": name, "name_utf8": h(raw), "dir_id": h(dir_id),
+                    "padded": h(pad_name(raw)), "encoded": encoded, "entry": entry,
+                    "sidecar_name": sidecar_of(entry) if long else None,
+                    "sidecar_content": long})
+    errors = [
+        {"label": "256 bytes", "name": "g" * 256, "error": "ENAMETOOLONG"},
+        {"label": "86 x 3-byte chars = 258 bytes", "name": "日" * 86, "error": "ENAMETOOLONG"},
+        {"label": "empty", "name": "", "error": "EINVAL"},
+        {"label": "dot", "name": ".", "error": "EINVAL"},
+        {"label": "dotdot", "name": "..", "error": "EINVAL"},
+        {"label": "slash", "name": "a/b", "error": "EINVAL"},
+        {"label": "NUL", "name": "a\0b", "error": "EINVAL"},
+    ]
+    return {"name_key": h(nk), "names": out, "errors": errors}
+
+
+def layout_vectors() -> list:
+    out = []
+    for cs in (4096, 65536):
+        for size in (0, 1, cs - 1, cs, cs + 1, 2 * cs, 3 * cs + 100, 10**6):
+            out.append({"chunk_size": cs, "size": size, "stored": stored_size(size, cs),
+                        "final_index": final_index(size, cs),
+                        "final_length": chunk_plain_length(final_index(size, cs), size, cs),
+                        "final_offset": slot_offset(final_index(size, cs), cs)})
+    invalid = []
+    for cs in (4096,):
+        for stored in (0, 95, 96, 96 + 27, 96 + 4096 + 28 + 1, 96 + 4096 + 28 + 27):
+            invalid.append({"chunk_size": cs, "stored": stored,
+                            "size": logical_size(stored, cs)})
+    return out + invalid
+
+
+def config_vectors(tmp: Path) -> dict:
+    keyfile = tmp / "vectors.key"
+    keyfile.write_bytes(INPUTS["keyfile"])
+    kek = KeyfileKek(keyfile)
+    w1, w2 = kek.wrap(INPUTS["dek1"]), kek.wrap(INPUTS["dek2"])
+    cfg = VolumeConfig(
+        volume_id=INPUTS["volume_id"], chunk_size=4096, kek=kek.config_entry(),
+        deks=[WrappedDek(1, w1.wrapped, w1.algorithm, w1.kek_version, CREATED),
+              WrappedDek(2, w2.wrapped, w2.algorithm, w2.kek_version, "2024-06-01T12:00:00Z")],
+        name_dek_id=1, current_dek_id=2, created=CREATED)
+    mac_key = kdf.config_mac_key(INPUTS["dek1"])
+    keyfile_vol = {
+        "keyfile": h(INPUTS["keyfile"]),
+        "deks": {"1": h(INPUTS["dek1"]), "2": h(INPUTS["dek2"])},
+        "wrapped": {"1": h(w1.wrapped), "2": h(w2.wrapped)},
+        "config_mac_key": h(mac_key),
+        "canonical_body": canonical_json(cfg.body()).decode("ascii"),
+        "mac": cfg.mac(mac_key),
+        "pin": {"volume_id": INPUTS["volume_id"].hex(), "fingerprint": kdf.pin_fingerprint(INPUTS["dek1"])},
+        "sealfs_json": cfg.serialize(mac_key).decode("utf-8"),
+    }
+    # Passphrase volume: a small scrypt cost so that tests stay fast (real volumes use 2^17).
+    salt = fixed("scrypt-salt", 32)
+    passphrase = "correct horse battery staple".encode()
+    pk = PassphraseKek(passphrase, salt, 1 << 10, 8, 1)
+    pw = pk.wrap(INPUTS["dek1"])
+    pcfg = VolumeConfig(volume_id=fixed("pp-volume", 16), chunk_size=65536, kek=pk.config_entry(),
+                        deks=[WrappedDek(1, pw.wrapped, pw.algorithm, pw.kek_version, CREATED)],
+                        name_dek_id=1, current_dek_id=1, created=CREATED)
+    import hashlib as _h
+    passphrase_vol = {
+        "passphrase": passphrase.decode(),
+        "scrypt": {"salt": h(salt), "n": 1 << 10, "r": 8, "p": 1, "length": 32},
+        "kek": h(_h.scrypt(passphrase, salt=salt, n=1 << 10, r=8, p=1, dklen=32)),
+        "dek": h(INPUTS["dek1"]),
+        "wrapped": h(pw.wrapped),
+        "mac": pcfg.mac(mac_key),
+        "sealfs_json": pcfg.serialize(mac_key).decode("utf-8"),
+    }
+    return {"keyfile_volume": keyfile_vol, "passphrase_volume": passphrase_vol}
+
+
+# -- size resolution (crash ordering) ------------------------------------------------------
+def _file_bytes(cipher: ChunkCipher, key: bytes, dek_id: int, header_size: int,
+                content: bytes, cs: int, label: str, final_at: int | None = None) -> bytes:
+    """A backend file: header recording header_size, then chunks of content; the chunk at
+    final_at (default: the last) is sealed final, all others non-final."""
+    count = max(1, -(-len(content) // cs))
+    if final_at is None:
+        final_at = count - 1
+    meta = Metadata(Kind.REGULAR, 0o644, 1000, 1000, 0, header_size)
+    out = bytearray(seal_header(key, FileHeader(dek_id, INPUTS["file_id"], meta),
+                                nonce=fixed(f"{label}/header", 12)))
+    for i in range(count):
+        piece = content[i * cs:(i + 1) * cs]
+        out += cipher.seal(i, piece, i == final_at, nonce=fixed(f"{label}/chunk/{i}", 12))
+    return bytes(out)
+
+
+def size_resolution_vectors() -> dict:
+    cs = 4096
+    dek_id, dek = 2, INPUTS["dek2"]
+    key = kdf.file_key(dek, INPUTS["file_id"])
+    cipher = ChunkCipher(key, INPUTS["file_id"])
+    old = pattern(5000, 11)          # committed old content: 2 chunks, final chunk 1 (904 bytes)
+    new = old + pattern(4000, 12)    # grown content: 3 chunks, final chunk 2 (712 bytes)
+    small = old[:100]                # shrunk content: 1 chunk
+    cases = []
+
+    def add(label: str, data: bytes, size: int | None, explain: str, plaintext: bytes | None = None):
+        cases.append({"label": label, "file": h(data), "expected_size": size,
+                      "expected_sha256": (hashlib.sha256(plaintext).hexdigest()
+                                          if plaintext is not None else None),
+                      "explain": explain})
+
+    committed_old = _file_bytes(cipher, key, dek_id, 5000, old, cs, "old")
+    committed_new = _file_bytes(cipher, key, dek_id, 9000, new, cs, "new")
+    add("consistent", committed_old, 5000, "header and length agree", old)
+
+    # growth 5000 -> 9000, crash after step 1 (new chunk 2 written sealed final, old final
+    # chunk 1 untouched, header old): S_h=5000 authenticates; chunk 2 is an uncommitted tail.
+    grow1 = bytearray(committed_old)
+    grow1 += b"\0" * (slot_offset(1, cs) + cs + 28 - len(grow1))
+    grow1 += cipher.seal(2, new[2 * cs:], True, nonce=fixed("grow1/chunk/2", 12))
+    add("growth, crash after new chunks", bytes(grow1), 5000,
+        "S_h=5000: chunk 1 (904 bytes) authenticates final; the rest is an uncommitted tail", old)
+
+    # ... crash after step 2 (old final chunk 1 resealed full non-final): header stale.
+    grow2 = _file_bytes(cipher, key, dek_id, 5000, new, cs, "new")
+    add("growth, crash before header", grow2, 9000,
+        "S_h=5000: chunk 1 is now a full non-final chunk, fails; S_b=9000: chunk 2 authenticates final",
+        new)
+    add("growth, committed", committed_new, 9000, "header rewritten", new)
+
+    # shrink 5000 -> 100: step 1 header first (crash here: S_h=100 fails, S_b=5000 wins).
+    shrink1 = _file_bytes(cipher, key, dek_id, 100, old, cs, "old")
+    add("shrink, crash after header", shrink1, 5000,
+        "S_h=100: chunk 0 is a full non-final chunk, fails; S_b=5000: chunk 1 authenticates final", old)
+    # step 2: new final chunk 0 (100 bytes) written over the start of slot 0; old bytes remain.
+    shrink2 = bytearray(shrink1)
+    sealed0 = cipher.seal(0, small, True, nonce=fixed("small/chunk/0", 12))
+    shrink2[96:96 + len(sealed0)] = sealed0
+    add("shrink, crash before truncate", bytes(shrink2), 100,
+        "S_h=100: chunk 0 (100 bytes at its exact extent) authenticates final; the rest is a tail",
+        small)
+    add("shrink, committed", bytes(shrink2[:stored_size(100, cs)]), 100, "truncated", small)
+
+    # damage
+    add("truncated at a chunk boundary", committed_new[:stored_size(8192, cs)], None,
+        "S_h=9000 needs chunk 2; S_b=8192: chunk 1 is not final -> EIO")
+    flipped = bytearray(committed_old)
+    flipped[slot_offset(1, cs) + 20] ^= 1
+    add("final chunk flipped", bytes(flipped), None, "neither candidate authenticates -> EIO")
+    add("garbage appended", committed_old + b"x" * 50, 5000,
+        "S_h=5000 authenticates; the appended bytes are ignored as a tail", old)
+    add("final chunk sealed non-final", _file_bytes(cipher, key, dek_id, 5000, old, cs, "nf",
+                                                     final_at=-1), None,
+        "no chunk carries the final flag -> EIO")
+    # a hole: chunk 0 slot all zeros (non-final) reads as zeros
+    hole = bytearray(committed_old)
+    hole[96:96 + cs + 28] = bytes(cs + 28)
+    add("zeroed non-final slot is a hole", bytes(hole), 5000,
+        "size from S_h; chunk 0 reads as 4096 zero bytes", bytes(cs) + old[cs:])
+    return {"chunk_size": cs, "dek_id": dek_id, "dek": h(dek), "file_id": h(INPUTS["file_id"]),
+            "cases": cases}
+
+
+# -- a complete store ---------------------------------------------------------------------
+def store_vectors(tmp: Path, config_json: str) -> dict:
+    cs = 4096
+    nk = NameCipher(kdf.name_key(INPUTS["dek1"]))
+    dir_key = kdf.dir_meta_key(INPUTS["dek1"])
+    files: dict[str, str | None] = {CONFIG_NAME: config_json.encode().hex()}
+    tree: dict[str, dict] = {}
+    counter = iter(range(10_000))
+
+    def mkdir(bparent: str, parent_id: bytes, path: str, name: str | None, mode: int) -> tuple[str, bytes]:
+        n = next(counter)
+        dir_id = fixed(f"store/dir/{n}", 16)
+        if name is None:
+            bpath = ""
+        else:
+            entry, long = nk.entry_for(name, parent_id)
+            bpath = f"{bparent}/{entry}".lstrip("/")
+            files[bpath] = None
+            if long:
+                files[sidecar_of(bpath)] = long.encode().hex()
+            tree[path] = {"kind": int(Kind.DIRECTORY), "mode": mode, "uid": 1000, "gid": 1000}
+        meta = Metadata(Kind.DIRECTORY, mode, 1000, 1000)
+        files[f"{bpath}/{DIR_META_NAME}".lstrip("/")] = seal_dir_meta(
+            dir_key, dir_id, meta, nonce=fixed(f"store/dirmeta/{n}", 12)).hex()
+        return bpath, dir_id
+
+    def mkfile(bparent: str, parent_id: bytes, path: str, name: str, content: bytes,
+               kind: Kind = Kind.REGULAR, mode: int = 0o644, rdev: int = 0,
+               dek_id: int = 2, holes: tuple[int, ...] = (), raw: bytes | None = None) -> None:
+        n = next(counter)
+        dek = INPUTS["dek1"] if dek_id == 1 else INPUTS["dek2"]
+        fid = fixed(f"store/file/{n}", 16)
+        key = kdf.file_key(dek, fid)
+        cipher = ChunkCipher(key, fid)
+        entry, long = nk.entry_for(name, parent_id)
+        bpath = f"{bparent}/{entry}".lstrip("/")
+        if raw is None:
+            meta = Metadata(kind, mode, 1000, 1000, rdev, len(content))
+            data = bytearray(seal_header(key, FileHeader(dek_id, fid, meta),
+                                         nonce=fixed(f"store/header/{n}", 12)))
+            count = max(1, -(-len(content) // cs))
+            for i in range(count):
+                if i in holes:
+                    data += bytes(cs + 28)
+                else:
+                    data += cipher.seal(i, content[i * cs:(i + 1) * cs], i == count - 1,
+                                        nonce=fixed(f"store/chunk/{n}/{i}", 12))
+            raw = bytes(data)
+        files[bpath] = raw.hex()
+        if long:
+            files[sidecar_of(bpath)] = long.encode().hex()
+        tree[path] = {"kind": int(kind), "mode": mode, "uid": 1000, "gid": 1000, "rdev": rdev,
+                      "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+        if kind == Kind.SYMLINK:
+            tree[path]["target"] = content.decode()
+
+    root, root_id = mkdir("", b"", "", None, 0o755)
+    mkfile(root, root_id, "hello.txt", "hello.txt", b"hello, sealfs\n")
+    mkfile(root, root_id, "empty", "empty", b"", mode=0o600, dek_id=1)
+    docs, docs_id = mkdir(root, root_id, "docs", "docs", 0o750)
+    mkfile(docs, docs_id, "docs/multi.bin", "multi.bin", pattern(3 * cs + 100, 5))
+    mkfile(docs, docs_id, "docs/exact.bin", "exact.bin", pattern(2 * cs, 6))
+    long_name = "L" * 100 + "-long-name-" + "x" * 40          # 151 bytes -> long-name form
+    mkfile(docs, docs_id, f"docs/{long_name}", long_name, b"long name content\n")
+    long_dir = "D" * 200
+    ld, ld_id = mkdir(docs, docs_id, f"docs/{long_dir}", long_dir, 0o755)
+    mkfile(ld, ld_id, f"docs/{long_dir}/inner.txt", "inner.txt", b"inside a long-named directory\n")
+    uni, uni_id = mkdir(root, root_id, "Grüße", "Grüße", 0o755)
+    mkfile(uni, uni_id, "Grüße/日本語 🎉.txt", "日本語 🎉.txt", "こんにちは\n".encode())
+    mkfile(root, root_id, "link", "link", b"docs/multi.bin", kind=Kind.SYMLINK, mode=0o777)
+    mkfile(root, root_id, "fifo", "fifo", b"", kind=Kind.FIFO, mode=0o644)
+    mkfile(root, root_id, "sparse", "sparse", bytes(2 * cs) + b"tail", holes=(0, 1))
+    # crash states (see format_v1.json "size_resolution")
+    n = next(counter)
+    fid = fixed(f"store/file/{n}", 16)
+    key = kdf.file_key(INPUTS["dek2"], fid)
+    cipher = ChunkCipher(key, fid)
+    content = pattern(5000, 21)
+    hdr = seal_header(key, FileHeader(2, fid, Metadata(Kind.REGULAR, 0o644, 1000, 1000, 0, 5000)),
+                      nonce=fixed("store/tail/header", 12))
+    body = cipher.seal(0, content[:cs], False, nonce=fixed("store/tail/0", 12)) + \
+        cipher.seal(1, content[cs:], True, nonce=fixed("store/tail/1", 12))
+    tail = bytes(cs - len(content[cs:])) + cipher.seal(2, pattern(10, 1), True, nonce=fixed("store/tail/2", 12))
+    mkfile(root, root_id, "crash-tail", "crash-tail", content, raw=hdr + body + tail)
+    stale_hdr = seal_header(key, FileHeader(2, fid, Metadata(Kind.REGULAR, 0o644, 1000, 1000, 0, 10)),
+                            nonce=fixed("store/stale/header", 12))
+    mkfile(root, root_id, "crash-stale-header", "crash-stale-header", content, raw=stale_hdr + body)
+    # leftovers every reader ignores
+    files[TEMP_PREFIX + "0123456789abcdef"] = _file_bytes(
+        cipher, key, 2, 3, b"tmp", cs, "store/tmp").hex()
+    files[f"{docs}/{HIDDEN_PREFIX}fedcba9876543210"] = _file_bytes(
+        cipher, key, 2, 3, b"del", cs, "store/del").hex()
+    files[TEMP_PREFIX + "00dir"] = None
+    return {"chunk_size": cs, "keyfile": h(INPUTS["keyfile"]),
+            "root": {"dir_id": h(root_id), "mode": 0o755, "uid": 1000, "gid": 1000},
+            "files": dict(sorted(files.items())), "tree": dict(sorted(tree.items()))}
+
+
+def generate() -> tuple[dict, dict]:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        config = config_vectors(tmp)
+        fmt = {
+            "format": "sealfs", "version": 1,
+            "inputs": {k: h(v) for k, v in INPUTS.items()},
+            "hkdf": hkdf_vectors(),
+            "headers": header_vectors(),
+            "dir_meta": dir_meta_vectors(),
+            "chunks": chunk_vectors(),
+            "names": name_vectors(),
+            "layout": layout_vectors(),
+            "config": config,
+            "size_resolution": size_resolution_vectors(),
+        }
+        store = store_vectors(tmp, config["keyfile_volume"]["sealfs_json"])
+    return fmt, store
+
+
+def dump(obj: dict) -> str:
+    return json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare, do not write")
+    args = parser.parse_args()
+    fmt, store = generate()
+    outputs = {HERE / "format_v1.json": dump(fmt), HERE / "store_v1.json": dump(store)}
+    status = 0
+    for path, text in outputs.items():
+        if args.check:
+            same = path.exists() and path.read_text(encoding="utf-8") == text
+            print(f"{path.name}: {'unchanged' if same else 'DIFFERS'}")
+            status |= 0 if same else 1
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
