@@ -1,0 +1,393 @@
+"""An independent reader of sealfs format v1, written from docs/FORMAT.md only.
+
+It imports nothing from sealfs: only the standard library and `cryptography` (for
+AES-GCM, AES-SIV and the AES key wrap). HKDF, the canonical JSON and the base32 codec
+are written out here. Use it to check that FORMAT.md is enough to read a store, and
+that sealfs writes what FORMAT.md says.
+
+    result = decrypt_store("/path/to/store", keyfile=Path("vol.key").read_bytes())
+    result.files["docs/report.pdf"]      # bytes (regular files and symlink targets)
+    result.entries["docs"]               # Entry(kind, mode, uid, gid, rdev, size, ...)
+    result.errors                        # [(backend path, reason)] for damaged entries
+
+Command line: python tests/independent_decryptor.py STORE KEYFILE [OUTDIR]
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
+
+# -- constants (FORMAT.md sections 1, 6, 7) ------------------------------------------------
+VERSION = 1
+MAGIC = b"SEALFS"
+HEADER_SIZE = 96
+PUBLIC_SIZE = 28
+DIR_RECORD_SIZE = 92
+DIR_PUBLIC_SIZE = 24
+OVERHEAD = 28                     # nonce 12 + tag 16
+KINDS = {1: "regular", 2: "symlink", 3: "fifo", 4: "char", 5: "block", 6: "socket",
+         7: "directory"}
+LONG_NAME = re.compile(r"^sealfs\.ln\.[a-z2-7]{52}$")
+CANONICAL_B32 = re.compile(r"^[a-z2-7]+$")
+
+
+class FormatError(Exception):
+    """Anything that does not authenticate or does not parse: EIO for that object."""
+
+
+class KeyError_(Exception):
+    """Wrong keyfile / passphrase, or a provider this reader cannot use."""
+
+
+# -- primitives ------------------------------------------------------------------------------
+def hkdf(ikm: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
+    """RFC 5869 HKDF-SHA256."""
+    prk = hmac.new(salt if salt is not None else bytes(32), ikm, hashlib.sha256).digest()
+    out, block, counter = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        out += block
+        counter += 1
+    return out[:length]
+
+
+def b32encode(data: bytes) -> str:
+    return base64.b32encode(data).decode("ascii").rstrip("=").lower()
+
+
+def b32decode_canonical(text: str) -> bytes:
+    if not CANONICAL_B32.match(text) or len(text) % 8 in (1, 3, 6):
+        raise FormatError("not a base32 name")
+    data = base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+    if b32encode(data) != text:
+        raise FormatError("non-canonical base32 name")
+    return data
+
+
+def canonical_json(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+@dataclass(frozen=True)
+class Meta:
+    kind: int
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+
+
+def unpack_meta(raw: bytes) -> Meta:
+    kind, mode, uid, gid, rdev, size = struct.unpack(">B3xIIIQQ8x", raw)
+    if kind not in KINDS:
+        raise FormatError(f"unknown kind {kind}")
+    return Meta(kind, mode, uid, gid, rdev, size)
+
+
+# -- layout (section 7.3) ----------------------------------------------------------------------
+def chunk_count(size: int, cs: int) -> int:
+    return max(1, -(-size // cs))
+
+
+def slot_offset(i: int, cs: int) -> int:
+    return HEADER_SIZE + i * (cs + OVERHEAD)
+
+
+def stored_size(size: int, cs: int) -> int:
+    return HEADER_SIZE + size + OVERHEAD * chunk_count(size, cs)
+
+
+def size_from_length(length: int, cs: int) -> int | None:
+    body = length - HEADER_SIZE
+    if body < OVERHEAD:
+        return None
+    k = -(-body // (cs + OVERHEAD))
+    last = body - (k - 1) * (cs + OVERHEAD)
+    if last < OVERHEAD:
+        return None
+    return body - OVERHEAD * k
+
+
+def chunk_aad(file_id: bytes, index: int, final: bool) -> bytes:
+    return b"sealfs" + bytes([VERSION]) + file_id + struct.pack(">QB", index, 1 if final else 0)
+
+
+# -- config and keys (sections 2-4) ---------------------------------------------------------
+@dataclass
+class Keys:
+    deks: dict[int, bytes]
+    name_dek_id: int
+    chunk_size: int
+    volume_id: str
+    config: dict
+
+    @property
+    def name_dek(self) -> bytes:
+        return self.deks[self.name_dek_id]
+
+    @property
+    def name_key(self) -> bytes:
+        return hkdf(self.name_dek, b"sealfs/v1/names", 64)
+
+    @property
+    def dir_key(self) -> bytes:
+        return hkdf(self.name_dek, b"sealfs/v1/dirs", 32)
+
+    @property
+    def pin_fingerprint(self) -> str:
+        return hashlib.sha256(hkdf(self.name_dek, b"sealfs/v1/pin", 32)).hexdigest()
+
+    def file_key(self, dek_id: int, file_id: bytes) -> bytes:
+        if dek_id not in self.deks:
+            raise FormatError(f"header names DEK {dek_id}, which the config does not hold")
+        return hkdf(self.deks[dek_id], b"sealfs/v1/file", 32, salt=file_id)
+
+
+def kek_from(config: dict, keyfile: bytes | None, passphrase: bytes | None) -> bytes:
+    kek = config["kek"]
+    provider = kek.get("provider")
+    if provider == "keyfile":
+        if keyfile is None or len(keyfile) != 32:
+            raise KeyError_("a keyfile volume needs a 32-byte keyfile")
+        return keyfile
+    if provider == "passphrase":
+        if passphrase is None:
+            raise KeyError_("a passphrase volume needs the passphrase")
+        params = kek["scrypt"]
+        n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
+        if n > 1 << 22 or r > 32 or p > 16:
+            raise FormatError("unreasonable scrypt parameters")
+        salt = base64.b64decode(params["salt"], validate=True)
+        return hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, dklen=32,
+                              maxmem=256 * r * n + (1 << 20))
+    raise KeyError_(f"provider {provider!r} needs an external key store; not supported here")
+
+
+def open_config(raw: bytes, keyfile: bytes | None = None, passphrase: bytes | None = None) -> Keys:
+    doc = json.loads(raw.decode("utf-8"))
+    if not isinstance(doc, dict) or doc.get("format") != "sealfs" or doc.get("version") != VERSION:
+        raise FormatError("not a sealfs v1 config")
+    cs = doc["chunk_size"]
+    if not isinstance(cs, int) or cs < 4096 or cs > 4 << 20 or cs & (cs - 1):
+        raise FormatError(f"bad chunk size {cs!r}")
+    kek = kek_from(doc, keyfile, passphrase)
+    deks: dict[int, bytes] = {}
+    for entry in doc["deks"]:
+        if entry["algorithm"] != "A256KW":
+            raise KeyError_(f"DEK {entry['id']}: algorithm {entry['algorithm']} is not local")
+        try:
+            deks[int(entry["id"])] = aes_key_unwrap(kek, base64.b64decode(entry["wrapped"], validate=True))
+        except InvalidUnwrap:
+            raise KeyError_("wrong keyfile or passphrase") from None
+    keys = Keys(deks, int(doc["name_dek"]), cs, doc["volume_id"], doc)
+    body = {k: v for k, v in doc.items() if k != "mac"}
+    expected = hmac.new(hkdf(keys.name_dek, b"sealfs/v1/config", 32), canonical_json(body),
+                        hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, str(doc.get("mac", ""))):
+        raise FormatError("sealfs.json MAC does not verify")
+    return keys
+
+
+# -- records -----------------------------------------------------------------------------------
+def open_dir_record(keys: Keys, raw: bytes) -> tuple[bytes, Meta]:
+    if len(raw) != DIR_RECORD_SIZE or raw[:6] != MAGIC or raw[6] != VERSION or raw[7:8] != b"D":
+        raise FormatError("bad directory record")
+    public = raw[:DIR_PUBLIC_SIZE]
+    try:
+        meta = AESGCM(keys.dir_key).decrypt(raw[24:36], raw[36:], b"sealfs.dir" + public)
+    except InvalidTag:
+        raise FormatError("directory record does not authenticate") from None
+    return raw[8:24], unpack_meta(meta)
+
+
+def decode_name(keys: Keys, encoded: str, dir_id: bytes) -> str:
+    try:
+        padded = AESSIV(keys.name_key).decrypt(b32decode_canonical(encoded), [dir_id])
+    except InvalidTag:
+        raise FormatError("name does not authenticate in this directory") from None
+    raw = padded.rstrip(b"\0")
+    if not raw or b"/" in raw or b"\0" in raw or len(padded) % 16:
+        raise FormatError("malformed name")
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def resolve_size(cipher: AESGCM, file_id: bytes, data: bytes, header_size: int, cs: int
+                 ) -> tuple[int, str]:
+    """FORMAT.md 9.1. Returns (size, how): how is 'header', 'tail' or 'stale-header'."""
+    def final_ok(size: int) -> bool:
+        f = chunk_count(size, cs) - 1
+        start, end = slot_offset(f, cs), stored_size(size, cs)
+        if len(data) < end:
+            return False
+        try:
+            cipher.decrypt(data[start:start + 12], data[start + 12:end], chunk_aad(file_id, f, True))
+            return True
+        except InvalidTag:
+            return False
+
+    if final_ok(header_size):
+        return header_size, "header" if len(data) == stored_size(header_size, cs) else "tail"
+    by_length = size_from_length(len(data), cs)
+    if by_length is not None and final_ok(by_length):
+        return by_length, "stale-header"
+    raise FormatError("no authentic final chunk at the header size or the stored size")
+
+
+def read_content(cipher: AESGCM, file_id: bytes, data: bytes, size: int, cs: int) -> bytes:
+    n = chunk_count(size, cs)
+    parts = []
+    for i in range(n):
+        final = i == n - 1
+        length = (size - i * cs if final else cs) + OVERHEAD
+        start = slot_offset(i, cs)
+        slot = data[start:start + length]
+        if len(slot) < length:
+            raise FormatError(f"chunk {i} is short")
+        if not final and slot == bytes(length):
+            parts.append(bytes(cs))          # a hole
+            continue
+        try:
+            parts.append(cipher.decrypt(slot[:12], slot[12:], chunk_aad(file_id, i, final)))
+        except InvalidTag:
+            raise FormatError(f"chunk {i} does not authenticate") from None
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class DecryptedFile:
+    dek_id: int
+    file_id: bytes
+    meta: Meta
+    size: int
+    how: str
+    content: bytes
+
+
+def decrypt_file(keys: Keys, data: bytes) -> DecryptedFile:
+    if len(data) < HEADER_SIZE or data[:6] != MAGIC or data[6] != VERSION:
+        raise FormatError("bad file header")
+    dek_id, file_id = struct.unpack(">I16s", data[8:28])
+    cipher = AESGCM(keys.file_key(dek_id, file_id))
+    try:
+        meta = unpack_meta(cipher.decrypt(data[28:40], data[40:96], data[:PUBLIC_SIZE]))
+    except InvalidTag:
+        raise FormatError("file header does not authenticate") from None
+    if meta.kind == 7:
+        raise FormatError("directory kind in a file header")
+    size, how = resolve_size(cipher, file_id, data, meta.size, keys.chunk_size)
+    return DecryptedFile(dek_id, file_id, meta, size, how,
+                         read_content(cipher, file_id, data, size, keys.chunk_size))
+
+
+# -- walking a store ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    identity: bytes               # directory id or file id (hard links share it)
+    backend_path: str
+    size_source: str = "header"   # header | tail | stale-header (files)
+    target: str | None = None     # symlinks
+
+
+@dataclass
+class Result:
+    volume_id: str
+    pin_fingerprint: str
+    chunk_size: int
+    root: Entry
+    files: dict[str, bytes] = field(default_factory=dict)      # regular files and symlinks
+    entries: dict[str, Entry] = field(default_factory=dict)    # everything but the root
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def decrypt_store(store: str | os.PathLike, *, keyfile: bytes | None = None,
+                  passphrase: bytes | None = None) -> Result:
+    root = Path(store)
+    keys = open_config((root / "sealfs.json").read_bytes(), keyfile, passphrase)
+    root_id, root_meta = open_dir_record(keys, (root / "sealfs.dir").read_bytes())
+    result = Result(keys.volume_id, keys.pin_fingerprint, keys.chunk_size,
+                    Entry("directory", root_meta.mode, root_meta.uid, root_meta.gid, 0, 0,
+                          root_id, ""))
+    _walk(keys, root, "", "", root_id, result)
+    return result
+
+
+def _walk(keys: Keys, root: Path, bdir: str, pdir: str, dir_id: bytes, result: Result) -> None:
+    for entry in sorted(os.listdir(root / bdir)):
+        bpath = f"{bdir}/{entry}" if bdir else entry
+        try:
+            if LONG_NAME.match(entry):
+                sidecar = (root / (bpath + ".name")).read_bytes().decode("ascii")
+                if "sealfs.ln." + b32encode(hashlib.sha256(sidecar.encode()).digest()) != entry:
+                    raise FormatError("sidecar does not match its long-name entry")
+                encoded = sidecar
+            elif entry.startswith("sealfs."):
+                continue
+            else:
+                encoded = entry
+            name = decode_name(keys, encoded, dir_id)
+            path = f"{pdir}/{name}" if pdir else name
+            full = root / bpath
+            if full.is_dir():
+                child_id, meta = open_dir_record(keys, (full / "sealfs.dir").read_bytes())
+                if meta.kind != 7:
+                    raise FormatError("directory record without directory kind")
+                result.entries[path] = Entry("directory", meta.mode, meta.uid, meta.gid, 0, 0,
+                                             child_id, bpath)
+                _walk(keys, root, bpath, path, child_id, result)
+            else:
+                f = decrypt_file(keys, full.read_bytes())
+                kind = KINDS[f.meta.kind]
+                target = f.content.decode("utf-8", "surrogateescape") if kind == "symlink" else None
+                result.entries[path] = Entry(kind, f.meta.mode, f.meta.uid, f.meta.gid, f.meta.rdev,
+                                             f.size, f.file_id, bpath, f.how, target)
+                if kind in ("regular", "symlink"):
+                    result.files[path] = f.content
+        except (FormatError, OSError, UnicodeDecodeError, ValueError) as exc:
+            result.errors.append((bpath, str(exc)))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (2, 3):
+        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        return 2
+    result = decrypt_store(argv[0], keyfile=Path(argv[1]).read_bytes())
+    for path, e in sorted(result.entries.items()):
+        print(f"{e.kind:9} {e.mode:04o} {e.uid}:{e.gid} {e.size:>10} {path}"
+              + (f" -> {e.target}" if e.target else "") + ("" if e.size_source == "header"
+                                                             else f" [{e.size_source}]"))
+    for bpath, why in result.errors:
+        print(f"ERROR {bpath}: {why}", file=sys.stderr)
+    if len(argv) == 3:
+        out = Path(argv[2])
+        for path, e in result.entries.items():
+            if e.kind == "directory":
+                (out / path).mkdir(parents=True, exist_ok=True)
+        for path, data in result.files.items():
+            if result.entries[path].kind == "regular":
+                (out / path).parent.mkdir(parents=True, exist_ok=True)
+                (out / path).write_bytes(data)
+    return 1 if result.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
