@@ -1,0 +1,200 @@
+"""Volumes written by sealfs (the Volume library and the CLI), read by the independent
+decryptor (tests/independent_decryptor.py, written from docs/FORMAT.md alone)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sealfs.crypto.header import Kind
+from sealfs.crypto.layout import slot_offset
+
+sys.path.insert(0, str(Path(__file__).parent))
+import independent_decryptor as ind  # noqa: E402
+
+LONG_FILE = "a-rather-long-file-name-" * 6 + ".txt"                 # 148 bytes: long form
+LONG_DIR = "Ünïcödé directory with a long name " * 5                # 185 bytes: long form
+MAX_NAME = "m" * 255
+
+
+def blob(n: int, seed: int) -> bytes:
+    return bytes((seed * 31 + i * 13) % 256 for i in range(n))
+
+
+async def build(vol, cs: int) -> dict[str, bytes]:
+    """Populate a volume; returns the expected {path: content} of regular files."""
+    expected: dict[str, bytes] = {}
+
+    async def put(path: str, data: bytes, mode: int = 0o644) -> None:
+        await vol.write_file(path, data, mode)
+        expected[path] = data
+
+    await vol.mkdir("a")
+    await vol.mkdir("a/b")
+    await vol.mkdir("a/b/c", mode=0o700)
+    await vol.mkdir(LONG_DIR)
+    await vol.mkdir("日本語")
+    await put("empty", b"")
+    await put("one", b"x")
+    await put("a/exact", blob(cs, 1))
+    await put("a/b/multi", blob(3 * cs + 17, 2))
+    await put("a/b/c/deep.bin", blob(2 * cs - 1, 3), 0o600)
+    await put(LONG_FILE, b"long file name\n")
+    await put(f"{LONG_DIR}/inside", blob(cs + 1, 4))
+    await put(f"{LONG_DIR}/{LONG_FILE}", b"long in long\n")
+    await put("日本語/ファイル 🎉.txt", "héllo wörld\n".encode())
+    await put(MAX_NAME, b"255-byte name")
+    await put("dot.only.", b".")
+    # growth and shrink through the write-back path
+    f = await vol.open("a/exact", write=True)
+    await f.write(cs + 100, b"tail")            # sparse growth: bytes cs..cs+99 are zeros
+    await f.close()
+    expected["a/exact"] = blob(cs, 1) + bytes(100) + b"tail"
+    f = await vol.open("a/b/multi", write=True)
+    await f.truncate(cs + 5)
+    await f.write(2, b"ZZ")
+    await f.close()
+    data = bytearray(blob(3 * cs + 17, 2)[:cs + 5])
+    data[2:4] = b"ZZ"
+    expected["a/b/multi"] = bytes(data)
+    await vol.setattr("a/b/c/deep.bin", size=10 * cs + 3)   # truncate up: holes
+    expected["a/b/c/deep.bin"] = blob(2 * cs - 1, 3) + bytes(10 * cs + 3 - (2 * cs - 1))
+    await vol.setattr("one", mode=0o640, uid=1234, gid=5678)
+    await vol.symlink("link-to-multi", "a/b/multi")
+    await vol.symlink("a/b/dangling", "../../nowhere/" + "x" * 300)
+    await vol.mknod("fifo", Kind.FIFO, 0o600)
+    await vol.link("a/b/multi", "a/hardlink")
+    expected["a/hardlink"] = expected["a/b/multi"]
+    await vol.rename("one", f"{LONG_DIR}/one-moved")
+    expected[f"{LONG_DIR}/one-moved"] = expected.pop("one")
+    await vol.rename(LONG_FILE, "short-again")
+    expected["short-again"] = expected.pop(LONG_FILE)
+    await vol.write_file("a/removed", b"gone")
+    await vol.unlink("a/removed")
+    return expected
+
+
+async def sealfs_view(vol) -> dict[str, tuple]:
+    out = {}
+    for path, attr in await vol.walk():
+        out[path] = (int(attr.kind), attr.mode, attr.uid, attr.gid, attr.size, attr.identity)
+    return out
+
+
+def independent_view(r: ind.Result) -> dict[str, tuple]:
+    kind_num = {v: k for k, v in ind.KINDS.items()}
+    return {p: (kind_num[e.kind], e.mode, e.uid, e.gid, e.size if e.kind != "directory" else 4096,
+                e.identity) for p, e in r.entries.items()}
+
+
+@pytest.mark.parametrize("cs", [4096, 65536])
+async def test_volume_library_store(cs, make_volume, open_volume, keyfile: Path, isolated_state: Path):
+    store = await make_volume(cs)
+    vol = await open_volume(store)
+    try:
+        expected = await build(vol, cs)
+        symlinks = {"link-to-multi": "a/b/multi", "a/b/dangling": "../../nowhere/" + "x" * 300}
+        view = await sealfs_view(vol)
+    finally:
+        await vol.close()
+
+    r = ind.decrypt_store(store, keyfile=keyfile.read_bytes())
+    assert r.errors == []
+    assert r.chunk_size == cs
+    assert {p: d for p, d in r.files.items() if r.entries[p].kind == "regular"} == expected
+    assert {p: r.entries[p].target for p in r.files if r.entries[p].kind == "symlink"} == symlinks
+    assert independent_view(r) == view
+    assert r.entries["fifo"].kind == "fifo"
+    assert r.entries["a/hardlink"].identity == r.entries["a/b/multi"].identity
+    e = r.entries[f"{LONG_DIR}/one-moved"]
+    assert (e.mode, e.uid, e.gid) == (0o640, 1234, 5678)
+    assert r.entries["a/b/c"].mode == 0o700
+    assert all(e.size_source == "header" for e in r.entries.values() if e.kind != "directory")
+    # long names really are in the long form on disk, with sidecars
+    for path in (LONG_DIR, f"{LONG_DIR}/{LONG_FILE}", MAX_NAME):
+        entry = r.entries[path].backend_path.rsplit("/", 1)[-1]
+        assert ind.LONG_NAME.match(entry), path
+        assert (store / (r.entries[path].backend_path + ".name")).is_file()
+    # nothing is left behind: no temp names, no orphan sidecars
+    leftovers = [p for p in store.rglob("sealfs.*")
+                 if p.name not in ("sealfs.json", "sealfs.dir") and not ind.LONG_NAME.match(p.name)
+                 and not (p.name.endswith(".name") and ind.LONG_NAME.match(p.name[:-5]))]
+    assert leftovers == []
+    sidecars = {p.relative_to(store).as_posix()[:-5] for p in store.rglob("sealfs.ln.*.name")}
+    assert sidecars == {e.backend_path for e in r.entries.values()
+                        if ind.LONG_NAME.match(e.backend_path.rsplit("/", 1)[-1])}
+    # the pin sealfs recorded is the independent fingerprint
+    pins = json.loads((isolated_state / "known_volumes.json").read_text())
+    assert pins[str(store.resolve())] == {"volume_id": r.volume_id, "fingerprint": r.pin_fingerprint}
+
+
+async def test_tampering_is_reported_per_file(make_volume, open_volume, keyfile: Path):
+    cs = 4096
+    store = await make_volume(cs)
+    vol = await open_volume(store)
+    try:
+        await vol.write_file("flip", blob(3 * cs, 1))
+        await vol.write_file("zeroed", blob(3 * cs, 2))
+        await vol.write_file("cut", blob(3 * cs, 3))
+        await vol.write_file("fine", b"fine")
+    finally:
+        await vol.close()
+    r = ind.decrypt_store(store, keyfile=keyfile.read_bytes())
+    bp = {p: store / e.backend_path for p, e in r.entries.items()}
+
+    data = bytearray(bp["flip"].read_bytes())
+    data[slot_offset(1, cs) + 40] ^= 0x80
+    bp["flip"].write_bytes(data)
+    data = bytearray(bp["zeroed"].read_bytes())
+    data[slot_offset(1, cs):slot_offset(2, cs)] = bytes(cs + 28)
+    bp["zeroed"].write_bytes(data)
+    with open(bp["cut"], "r+b") as fh:
+        fh.truncate(slot_offset(2, cs))            # cut at a chunk boundary
+
+    r = ind.decrypt_store(store, keyfile=keyfile.read_bytes())
+    errors = dict(r.errors)
+    assert "flip" not in r.entries and "cut" not in r.entries
+    assert "chunk 1 does not authenticate" in errors[bp["flip"].relative_to(store).as_posix()]
+    assert "final chunk" in errors[bp["cut"].relative_to(store).as_posix()]
+    assert r.files["zeroed"] == blob(cs, 2) + bytes(cs) + blob(3 * cs, 2)[2 * cs:]  # a hole
+    assert r.files["fine"] == b"fine"
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sealfs.fs.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+
+
+def test_cli_store(tmp_path: Path, isolated_state: Path):
+    env = dict(os.environ, SEALFS_STATE_DIR=str(isolated_state))
+    store, key = tmp_path / "cli-store", tmp_path / "cli.key"
+    cli("init", str(store), "--keyfile", str(key), "--chunk-size", "4K", env=env)
+    local = tmp_path / "big.bin"
+    local.write_bytes(blob(5 * 4096 + 3, 9))
+    cli("mkdir", str(store), "dir/sub", "-p", "--keyfile", str(key), env=env)
+    cli("put", str(store), str(local), "dir/sub/big.bin", "--keyfile", str(key), env=env)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    cli("put", str(store), str(empty), "Ωmega " + "n" * 140, "--keyfile", str(key), env=env)
+    r = ind.decrypt_store(store, keyfile=key.read_bytes())
+    assert r.errors == []
+    assert r.files == {"dir/sub/big.bin": local.read_bytes(), "Ωmega " + "n" * 140: b""}
+    assert set(r.entries) == {"dir", "dir/sub", "dir/sub/big.bin", "Ωmega " + "n" * 140}
+    listing = cli("ls", str(store), "-R", "--keyfile", str(key), env=env).stdout
+    assert "big.bin" in listing
+
+
+async def test_wrong_key_and_modified_config(make_volume, keyfile: Path):
+    store = await make_volume(4096)
+    with pytest.raises(ind.KeyError_):
+        ind.decrypt_store(store, keyfile=os.urandom(32))
+    doc = json.loads((store / "sealfs.json").read_text())
+    doc["current_dek"] = 7
+    (store / "sealfs.json").write_text(json.dumps(doc))
+    with pytest.raises(ind.FormatError):
+        ind.decrypt_store(store, keyfile=keyfile.read_bytes())
