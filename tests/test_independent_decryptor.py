@@ -198,3 +198,134 @@ async def test_wrong_key_and_modified_config(make_volume, keyfile: Path):
     (store / "sealfs.json").write_text(json.dumps(doc))
     with pytest.raises(ind.FormatError):
         ind.decrypt_store(store, keyfile=keyfile.read_bytes())
+
+
+# -- crash ordering of the real writer ------------------------------------------------------
+class RecordingBackend:
+    """Wraps LocalBackend; records every data-changing request on one backend file."""
+
+    def __new__(cls, root):
+        from sealfs.backends.local import LocalBackend
+
+        class _Recording(LocalBackend):
+            def __init__(self, root) -> None:
+                super().__init__(root)
+                self.ops: list[tuple] = []
+                self.watch: str | None = None
+
+            async def write(self, handle, offset, data):
+                if handle.path == self.watch:
+                    self.ops.append(("write", offset, bytes(data)))
+                await super().write(handle, offset, data)
+
+            async def write_many(self, handle, writes):
+                if handle.path == self.watch:
+                    self.ops.extend(("write", o, bytes(d)) for o, d in writes)
+                await super().write_many(handle, writes)
+
+            async def truncate(self, handle, size):
+                if handle.path == self.watch:
+                    self.ops.append(("truncate", size))
+                await super().truncate(handle, size)
+
+        return _Recording(root)
+
+
+def apply(data: bytes, ops: list[tuple]) -> bytes:
+    buf = bytearray(data)
+    for op in ops:
+        if op[0] == "truncate":
+            del buf[op[1]:]
+            buf.extend(bytes(max(0, op[1] - len(buf))))
+        else:
+            _, offset, piece = op
+            if len(buf) < offset + len(piece):
+                buf.extend(bytes(offset + len(piece) - len(buf)))
+            buf[offset:offset + len(piece)] = piece
+    return bytes(buf)
+
+
+CS = 4096
+
+
+async def _grow_within(f):
+    await f.write(100, blob(100, 7))
+
+
+async def _append_across(f):
+    await f.write(5000, blob(8000, 7))
+
+
+async def _shrink_across(f):
+    await f.truncate(100)
+
+
+async def _shrink_within(f):
+    await f.truncate(4500)
+
+
+async def _shrink_then_grow(f):
+    await f.truncate(100)
+    await f.write(8000, blob(1000, 7))
+
+
+async def _rewrite(f):
+    await f.write(10, b"0123456789")
+
+
+async def _truncate_up(f):
+    await f.truncate(20000)
+
+
+async def _rewrite_final(f):
+    await f.write(4100, b"abc")
+
+
+SCENARIOS = {
+    "grow within the final chunk": (100, None, _grow_within),
+    "grow from empty": (0, None, _append_across),
+    "append across chunks": (5000, None, _append_across),
+    "shrink across chunks": (13000, None, _shrink_across),
+    "shrink within the final chunk": (5000, None, _shrink_within),
+    "shrink then grow in one flush": (13000, 100, _shrink_then_grow),
+    "rewrite in place": (9000, None, _rewrite),
+    "rewrite inside the final chunk": (5000, None, _rewrite_final),
+    "truncate up (sparse)": (100, None, _truncate_up),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+async def test_every_crash_point_reads_old_or_new(name, make_volume, keyfile: Path):
+    """Replay each prefix of the writer's requests: the independent reader must get the old
+    content, the new content, or (shrink then grow) the low-water content; never EIO."""
+    from sealfs.crypto.kms import KeySecrets
+    from sealfs.fs.volume import Volume
+
+    initial_size, low, action = SCENARIOS[name]
+    old = blob(initial_size, 1)
+    store = await make_volume(CS)
+    backend = RecordingBackend(store)
+    vol = await Volume.load(backend, KeySecrets(keyfile=keyfile))
+    try:
+        await vol.write_file("f", old)
+        bpath = vol.names.entry_for("f", (await vol._root()).dir_id)[0]
+        before = (store / bpath).read_bytes()
+        backend.watch = bpath
+        f = await vol.open("f", write=True)
+        await action(f)
+        await f.close()
+        new = await vol.read_file("f")
+    finally:
+        await vol.close()
+    ops = backend.ops
+    assert ops, "the action wrote nothing"
+    assert apply(before, ops) == (store / bpath).read_bytes()
+    allowed = {old, new} | ({old[:low]} if low is not None else set())
+    keys = ind.open_config((store / "sealfs.json").read_bytes(), keyfile=keyfile.read_bytes())
+    seen = []
+    for k in range(len(ops) + 1):
+        state = apply(before, ops[:k])
+        f = ind.decrypt_file(keys, state)           # FormatError here = unreadable crash state
+        assert f.content in allowed, f"{name}: after {k} of {len(ops)} requests: size {f.size}"
+        seen.append(f.size)
+    assert seen[0] == len(old) and seen[-1] == len(new)
