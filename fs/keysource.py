@@ -2,9 +2,10 @@
 
 1. --keyfile FILE / --passphrase-file FILE on the command line
 2. the environment: SEALFS_KEYFILE (a path) / SEALFS_PASSPHRASE (the passphrase)
-3. the config file (--config NAME) keys keyfile / passphrase_file
-4. systemd credentials: $CREDENTIALS_DIRECTORY/keyfile or .../passphrase
-5. an interactive prompt for the passphrase, only when stdin is a terminal
+3. --config NAME: systemd credentials ($CREDENTIALS_DIRECTORY/keyfile or
+   .../passphrase, see systemd/sealfs@.service) first, then the file's keyfile /
+   passphrase_file keys (fs/config_file.secret_files)
+4. an interactive prompt for the passphrase, only when stdin is a terminal
 
 Secrets never come from argv: only file paths do.
 """
@@ -67,15 +68,6 @@ def resolve_secrets(keyfile: str | None, passphrase_file: str | None, *,
         path = Path(config_passphrase_file)
         secrets.passphrase = lambda: _read_passphrase_file(path)
         return secrets
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds:
-        if (Path(creds) / "keyfile").exists():
-            secrets.keyfile = Path(creds) / "keyfile"
-            return secrets
-        if (Path(creds) / "passphrase").exists():
-            path = Path(creds) / "passphrase"
-            secrets.passphrase = lambda: _read_passphrase_file(path)
-            return secrets
     if sys.stdin.isatty():
         secrets.passphrase = _prompt(confirm_prompt)
     return secrets
