@@ -466,6 +466,22 @@ def umount(mountpoint: str | None, timeout: float, config_name: str | None) -> N
     unmount(mountpoint, timeout)
 
 
+def _register_extensions() -> None:
+    """Command groups that live in their own modules (backups, keys, benchmarks)."""
+    import importlib
+    for module in ("cli_backup", "cli_keys", "cli_bench"):
+        try:
+            mod = importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{module}":
+                raise
+            continue
+        mod.register(cli, Context, key_options, opened_volume, run)
+
+
+_register_extensions()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line on stderr and a documented exit code on failure."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
