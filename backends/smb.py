@@ -333,8 +333,10 @@ class _Channel:
                 _quiet_disconnect(conn)
                 if isinstance(exc, OSError) and not isinstance(exc, SMBException):
                     raise _Unreachable(str(exc)) from None
+                if i + 1 < len(attempts):
+                    continue  # AES-256-GCM alone offers 3.1.1 alone: retry with every SMB 3 dialect
                 raise TransportSecurityError(
-                    f"{t.where}: server negotiated no SMB 3 dialect (offered 3.0, 3.0.2, 3.1.1): "
+                    f"{t.where}: server negotiated no SMB 3 dialect (offered {_offered(ciphers)}): "
                     f"{_short(exc)}; sealfs requires SMB 3 with encryption") from None
             dialect = DIALECT_NAMES.get(conn.dialect, hex(conn.dialect or 0))
             cipher = self._cipher(conn)
@@ -575,6 +577,11 @@ def _quiet_disconnect(conn: Connection, logoff: bool = False) -> None:
             conn.disconnect(close=logoff, timeout=2)
     except Exception:  # noqa: BLE001 - best effort on an already broken connection
         pass
+
+
+def _offered(ciphers: list[int]) -> str:
+    dialects = "3.0, 3.0.2, 3.1.1" if Ciphers.AES_128_CCM in ciphers else "3.1.1"
+    return f"SMB {dialects} with {'/'.join(CIPHER_NAMES[c] for c in ciphers)}"
 
 
 def _short(exc: BaseException) -> str:

@@ -26,6 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sealfs.backends.registry import BackendOptions
+    from sealfs.backends.smb import SmbBackend
 
 SHARE = "sealfs"
 
@@ -202,10 +207,10 @@ class SambaServer:
             glob["server min protocol"] = self.min_protocol
         if self.max_protocol:
             glob["server max protocol"] = self.max_protocol
-            if self.min_protocol == "SMB3" and not self.max_protocol.startswith("SMB3"):
-                glob["server min protocol"] = "SMB2_02"
+            # "SMB3" as a minimum means SMB3_11: open the range so the cap is what decides.
+            glob["server min protocol"] = "SMB2_02"
         if self.encryption_algorithms:
-            glob["server smb encryption algorithms"] = self.encryption_algorithms
+            glob["server smb3 encryption algorithms"] = self.encryption_algorithms
         share = {
             "path": str(self.share_path),
             "read only": "no",
@@ -250,3 +255,30 @@ class SambaServer:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+class SmbStore:
+    """A STORE URL pointing at a fresh directory on a test share, plus that directory."""
+
+    def __init__(self, server: SambaServer, name: str) -> None:
+        self.server = server
+        self.local = server.share_path / name
+        self.local.mkdir(mode=0o777)
+        self.url = f"{server.store_url}/{name}"
+
+    def options(self, **extra: object) -> "BackendOptions":
+        from sealfs.backends.registry import BackendOptions
+        password = self.server.password
+        return BackendOptions(smb_password=lambda: password, extra=dict(extra))
+
+    def backend(self, **extra: object) -> "SmbBackend":
+        from sealfs.backends.registry import open_backend
+        from sealfs.backends.smb import SmbBackend
+        backend = open_backend(self.url, self.options(**extra))
+        assert isinstance(backend, SmbBackend)
+        return backend
+
+
+def new_store(server: SambaServer) -> SmbStore:
+    """A fresh, empty directory on the server's share, as its own STORE."""
+    return SmbStore(server, "t-" + secrets.token_hex(4))
