@@ -804,22 +804,26 @@ class SmbBackend(Backend):
         def op() -> list[bytes]:
             fid = self._fid(handle)
             piece = self._io_size(channel, read=True)
+            # Adjacent small reads (64 KiB chunks) become one request each io_size: the
+            # per-message cost in Python, not the wire, is what limits small pieces.
+            spans = _merge_ranges(reads)
             msgs, layout = [], []
-            for offset, size in reads:
+            for offset, size in spans:
                 starts = range(offset, offset + size, piece)
                 msgs.extend(_read_msg(fid, start, min(piece, offset + size - start)) for start in starts)
                 layout.append(len(starts))
             datas = self._pipeline_reads(channel, msgs)
-            out, k = [], 0
-            for (_offset, size), n in zip(reads, layout):
+            got: list[tuple[int, bytes]] = []
+            k = 0
+            for (offset, size), n in zip(spans, layout):
                 pieces = []
                 for j in range(n):
                     pieces.append(datas[k + j])
                     if len(datas[k + j]) < min(piece, size - j * piece):
-                        break  # end of file: later pieces of this read are past it
-                out.append(b"".join(pieces))
+                        break  # end of file: later pieces of this span are past it
+                got.append((offset, b"".join(pieces)))
                 k += n
-            return out
+            return [_slice_spans(got, offset, size) for offset, size in reads]
 
         return await self._run(self._attempt, channel, op, handle.path, True)
 
@@ -873,7 +877,7 @@ class SmbBackend(Backend):
             fid = self._fid(handle)
             piece = self._io_size(channel, read=False)
             msgs, sizes = [], []
-            for offset, data in writes:
+            for offset, data in _coalesce(writes, piece):
                 view = memoryview(data).cast("B")
                 for start in range(0, len(view), piece):
                     chunk = bytes(view[start:start + piece])
@@ -1228,6 +1232,46 @@ class SmbBackend(Backend):
             return None
         except NotADirectoryError:
             return None
+
+
+# -- request shaping ------------------------------------------------------------------------------
+def _coalesce(writes: list[tuple[int, bytes]], limit: int) -> list[tuple[int, bytes | memoryview]]:
+    """Merge runs of adjacent writes (in the given order) up to limit bytes per request."""
+    out: list[tuple[int, bytes | memoryview]] = []
+    run: list[bytes | memoryview] = []
+    start = end = -1
+    for offset, data in writes:
+        if run and offset == end and end - start + len(data) <= limit:
+            run.append(data)
+            end += len(data)
+            continue
+        if run:
+            out.append((start, b"".join(run) if len(run) > 1 else run[0]))
+        run, start, end = [data], offset, offset + len(data)
+    if run:
+        out.append((start, b"".join(run) if len(run) > 1 else run[0]))
+    return out
+
+
+def _merge_ranges(reads: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of the (offset, size) ranges, sorted: each span is read once."""
+    spans: list[list[int]] = []
+    for offset, size in sorted(r for r in reads if r[1] > 0):
+        if spans and offset <= spans[-1][0] + spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], offset + size - spans[-1][0])
+        else:
+            spans.append([offset, size])
+    return [(o, n) for o, n in spans]
+
+
+def _slice_spans(got: list[tuple[int, bytes]], offset: int, size: int) -> bytes:
+    """Cut one requested range out of the spans read (short only at end of file)."""
+    if size <= 0:
+        return b""
+    for start, data in got:
+        if start <= offset < start + len(data):
+            return data[offset - start: offset - start + size]
+    return b""
 
 
 # -- parsing helpers ------------------------------------------------------------------------------

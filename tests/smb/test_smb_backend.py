@@ -250,3 +250,15 @@ async def test_wrong_password_is_one_clear_error(smb_store: SmbStore) -> None:
         await backend.connect()
     assert info.value.errno == errno.EACCES and "authentication failed" in str(info.value)
     await backend.aclose()
+
+
+async def test_small_adjacent_pieces_are_merged_without_changing_results(smb_backend: SmbBackend) -> None:
+    chunks = [os.urandom(64 * 1024) for _ in range(40)]
+    h = await smb_backend.open("chunks", write=True, create=True)
+    await smb_backend.write_many(h, [(i * 64 * 1024, memoryview(c)) for i, c in enumerate(chunks)])
+    blob = b"".join(chunks)
+    reads = [(5 * 64 * 1024, 64 * 1024), (0, 100), (50, 100), (39 * 64 * 1024, 128 * 1024),
+             (len(blob) + 10, 5), (3, 0), (64 * 1024 - 1, 2)]
+    got = await smb_backend.read_many(h, reads)
+    assert got == [blob[o:o + n] for o, n in reads]
+    await smb_backend.close(h)
