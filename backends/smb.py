@@ -257,9 +257,14 @@ class SmbSettings:
         s = cls()
         for name in s.__dataclass_fields__:
             key = f"smb_{name}"
-            if key in extra:
-                setattr(s, name, type(getattr(s, name))(extra[key]) if getattr(s, name) is not None
-                        else extra[key])
+            if key not in extra:
+                continue
+            value, default = extra[key], getattr(s, name)
+            if isinstance(value, str) and (isinstance(default, bool) or default is None):
+                value = value.strip().lower() in ("1", "true", "yes", "on")
+            elif default is not None and not isinstance(default, bool):
+                value = type(default)(value)
+            setattr(s, name, value)
         return s
 
 
@@ -674,6 +679,7 @@ class SmbBackend(Backend):
         self._limiter = trio.CapacityLimiter(max(2, self.settings.threads))
         self._idle: collections.OrderedDict[int, tuple[SmbHandle, float]] = collections.OrderedDict()
         self._idle_lock = threading.Lock()
+        self._reopen_lock = threading.Lock()
         hard_links = self.settings.hard_links
         if hard_links is None:  # Azure Files supports hard links only on NFS shares
             hard_links = not target.host.lower().endswith(".file.core.windows.net")
@@ -747,14 +753,18 @@ class SmbBackend(Backend):
         if handle.closed:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF), handle.path)
         channel = handle.channel
-        if handle.generation != channel.generation:
+        if handle.generation == channel.generation:
+            return handle.fid
+        with self._reopen_lock:  # two requests on one handle must not both reopen it
+            if handle.generation == channel.generation:
+                return handle.fid
             access = _WRITE_ACCESS if handle.writable else _READ_ACCESS
             resp = channel.call([_create_msg(self._smb_path(handle.path), access, CreateDisposition.FILE_OPEN,
                                              CreateOptions.FILE_NON_DIRECTORY_FILE)])[0]
             handle.fid = _parse_create(resp)["file_id"].get_value()
             handle.generation = channel.generation
             log.info("%s: reopened %s after reconnect", self.target.where, handle.path)
-        return handle.fid
+            return handle.fid
 
     async def connect(self) -> None:
         """Connect every channel now (fail fast at mount); otherwise the first request does."""
@@ -769,6 +779,7 @@ class SmbBackend(Backend):
     # -- files -------------------------------------------------------------------------------
     async def open(self, path: str, *, write: bool = False, create: bool = False,
                    exclusive: bool = False) -> SmbHandle:
+        await self._evict()  # expired cached handles only
         if not (create and exclusive):
             cached = self._take_idle(path, write)
             if cached is not None:
@@ -986,6 +997,7 @@ class SmbBackend(Backend):
             self._close_now(h)
 
     async def _evict(self, *paths: str) -> None:
+        """Close cached handles under paths, and any past their TTL."""
         if self._idle:
             await self._run(self._evict_idle, paths)
 

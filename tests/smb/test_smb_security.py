@@ -129,3 +129,34 @@ async def test_wire_carries_only_encrypted_smb(make_samba: Callable[..., SambaSe
     assert MARKER not in raw and MARKER_NAME.encode("utf-16-le") not in raw
     _assert_all_encrypted_after_setup(pcap, server.port, connections=2)
     assert "cipher AES-256-GCM" in negotiated
+
+
+def test_plaintext_message_on_an_encrypted_session_is_rejected() -> None:
+    """smbprotocol would accept a merely signed (or unsigned) response; sealfs does not.
+
+    No Samba setting makes smbd answer an encrypted request in the clear, so this drives
+    the receive-side check directly with a real header structure.
+    """
+    import uuid
+
+    from smbprotocol.exceptions import SMBException
+    from smbprotocol.header import Commands, SMB2HeaderResponse
+
+    from sealfs.backends.smb import _EncryptingConnection
+
+    conn = _EncryptingConnection(uuid.uuid4(), "127.0.0.1", 1)
+
+    class EncryptedSession:
+        encrypt_data = True
+
+    conn.session_table[7] = EncryptedSession()
+    header = SMB2HeaderResponse()
+    header["command"] = Commands.SMB2_READ
+    with pytest.raises(SMBException, match="unencrypted"):
+        conn.verify_signature(header, 7)
+    assert conn.plaintext_seen
+    setup = SMB2HeaderResponse()
+    setup["command"] = Commands.SMB2_SESSION_SETUP
+    conn.plaintext_seen = False
+    conn.verify_signature(setup, 7)  # the final session setup reply is signed, not encrypted
+    assert not conn.plaintext_seen
