@@ -339,6 +339,10 @@ class Pkcs11Kek(KekProvider):
         if isinstance(exc, (p11e.WrappedKeyInvalid, p11e.EncryptedDataInvalid, p11e.WrappedKeyLenRange,
                             p11e.EncryptedDataLenRange, p11e.DataInvalid)):
             return KeyAccessError(f"KEK {self.ref.label} cannot unwrap {what}: wrong key or damaged wrap")
+        if op == "unwrap" and isinstance(exc, (p11e.GeneralError, p11e.FunctionFailed)):
+            # SoftHSM2 reports a failed RFC 3394/5649 integrity check as CKR_GENERAL_ERROR.
+            return KeyAccessError(f"KEK {self.ref.label} cannot unwrap {what}: wrong key or damaged wrap "
+                                  f"({type(exc).__name__})")
         if isinstance(exc, (p11e.DeviceRemoved, p11e.TokenNotPresent, p11e.SessionHandleInvalid,
                             p11e.SessionClosed, p11e.DeviceError)):
             return KeyAccessError(f"PKCS#11 token {self.ref.token!r} went away during {op} ({type(exc).__name__})")
