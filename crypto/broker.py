@@ -29,7 +29,7 @@ from typing import AsyncIterator, Callable
 
 import trio
 
-from .audit import AuditLog, disabled
+from .audit import AuditLog
 from .config import VolumeConfig, WrappedDek
 from .constants import KEY_SIZE
 from .errors import KeyAccessError, SealfsError
@@ -131,7 +131,7 @@ def wrap_new_dek(provider: KekProvider, dek_id: int, *, audit: AuditLog | None =
     key, so without this an identity lacking unwrap permission would happily create
     a volume nobody can open.
     """
-    audit = audit or disabled()
+    audit = audit if audit is not None else AuditLog()
     dek = bytearray(os.urandom(KEY_SIZE))
     res = _audit_call(audit, "wrap", provider, lambda: provider.wrap(bytes(dek)), dek_id=dek_id,
                       volume_id=volume_id, version_of=lambda r: r.kek_version)  # type: ignore[attr-defined]
@@ -189,7 +189,7 @@ class KeyBroker:
         self.config = config
         self.ttl = ttl
         self.max_entries = max_entries
-        self.audit = audit or disabled()
+        self.audit = audit if audit is not None else AuditLog()
         self.stats = BrokerStats()
         self._clock = clock
         self._cache: dict[int, _Entry] = {}
