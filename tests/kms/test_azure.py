@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-import uuid
 
 import pytest
 
@@ -202,4 +201,4 @@ def test_live_keyvault_round_trip() -> None:
     res = p.wrap(dek)
     assert _unwrap_fresh(p.config_entry(), res, KeySecrets()) == dek
     p.close()
-    _ = uuid
+
