@@ -28,7 +28,7 @@ from ..crypto.header import Kind
 from ..crypto.kms import provider_for_init
 from .config_file import VolumeConfigFile, load_config_file, secret_files
 from .errors import exit_code_of, one_line
-from .keysource import resolve_secrets
+from .keysource import resolve_secrets, smb_password_source
 from .pins import PinStore
 from .units import format_size, parse_size
 from .volume import Attr, Volume, VolumeTuning
@@ -45,6 +45,8 @@ class Context:
         self.keyfile: str | None = None
         self.passphrase_file: str | None = None
         self.config: VolumeConfigFile | None = None
+        self.smb_password_file: str | None = None
+        self.smb_require_aes256 = False
 
     def secrets(self, confirm: bool = False, options: dict | None = None):
         files = secret_files(self.config) if self.config is not None else None
@@ -75,8 +77,13 @@ class Context:
         return tuning
 
     def backend(self, store: str) -> Backend:
+        files = secret_files(self.config) if self.config is not None else None
+        password = smb_password_source(
+            self.smb_password_file,
+            str(files.smb_password_file) if files and files.smb_password_file else None)
+        extra = {"smb_require_aes256": True} if self.smb_require_aes256 else {}
         try:
-            return open_backend(store, BackendOptions())
+            return open_backend(store, BackendOptions(smb_password=password, extra=extra))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -89,9 +96,18 @@ def key_options(fn: Callable) -> Callable:
                   help="File holding the passphrase (local KEK). Env: SEALFS_PASSPHRASE.")
     @click.option("--config", "config_name", default=None, metavar="NAME|PATH",
                   help="Volume config file (/etc/sealfs/NAME.toml): STORE, MOUNTPOINT, keys, options.")
+    @click.option("--smb-password-file", type=click.Path(dir_okay=False), default=None,
+                  help="File holding the SMB password (smb:// stores). Env: SEALFS_SMB_PASSWORD.")
+    @click.option("--smb-require-aes256", is_flag=True, default=False,
+                  help="Refuse SMB servers that do not negotiate AES-256-GCM.")
     @functools.wraps(fn)
-    def wrapper(*args, keyfile=None, passphrase_file=None, config_name=None, **kwargs):
+    def wrapper(*args, keyfile=None, passphrase_file=None, config_name=None,
+                smb_password_file=None, smb_require_aes256=False, **kwargs):
         ctx = click.get_current_context().find_object(Context)
+        if smb_password_file:
+            ctx.smb_password_file = smb_password_file
+        if smb_require_aes256:
+            ctx.smb_require_aes256 = True
         if keyfile:
             ctx.keyfile = keyfile
         if passphrase_file:
@@ -132,6 +148,9 @@ def cli(click_ctx: click.Context, debug: bool, verbose: bool) -> None:
     ctx.debug = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not debug:   # client libraries narrate every request at INFO
+        for noisy in ("smbprotocol", "spnego", "azure", "urllib3", "pkcs11"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @cli.command()

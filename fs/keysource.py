@@ -83,3 +83,26 @@ def _prompt(confirm: bool) -> Callable[[], bytes]:
             cached.append(value.encode("utf-8"))
         return cached[0]
     return ask
+
+
+def smb_password_source(password_file: str | None, config_file: str | None = None) -> Callable[[], str | None]:
+    """The SMB password, fetched only if an smb:// store is actually opened.
+
+    Precedence as for keys: --smb-password-file, then SEALFS_SMB_PASSWORD, then the
+    config file / systemd credential `smb-password`, then a prompt on a terminal; None
+    (Kerberos) when there is none of these.
+    """
+    def fetch() -> str | None:
+        path = password_file or None
+        if path is None and os.environ.get("SEALFS_SMB_PASSWORD"):
+            return os.environ["SEALFS_SMB_PASSWORD"]
+        path = path or config_file
+        if path:
+            try:
+                return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise KeyAccessError(f"cannot read SMB password file {path}: {exc.strerror}") from None
+        if sys.stdin.isatty():
+            return click.prompt("SMB password", hide_input=True, err=True)
+        return None
+    return fetch
