@@ -26,11 +26,12 @@ from ..crypto.constants import DEFAULT_CHUNK_SIZE
 from ..crypto.errors import SealfsError, UsageError
 from ..crypto.header import Kind
 from ..crypto.kms import provider_for_init
+from .config_file import VolumeConfigFile, load_config_file, secret_files
 from .errors import exit_code_of, one_line
-from .keysource import resolve_secrets
+from .keysource import resolve_secrets, smb_password_source
 from .pins import PinStore
 from .units import format_size, parse_size
-from .volume import Attr, Volume
+from .volume import Attr, Volume, VolumeTuning
 
 log = logging.getLogger("sealfs")
 COPY_BLOCK = 1024 * 1024
@@ -43,32 +44,82 @@ class Context:
         self.debug = False
         self.keyfile: str | None = None
         self.passphrase_file: str | None = None
+        self.config: VolumeConfigFile | None = None
+        self.smb_password_file: str | None = None
+        self.smb_require_aes256 = False
 
-    def secrets(self, confirm: bool = False):
-        return resolve_secrets(self.keyfile, self.passphrase_file, confirm_prompt=confirm)
+    def secrets(self, confirm: bool = False, options: dict | None = None):
+        files = secret_files(self.config) if self.config is not None else None
+        return resolve_secrets(
+            self.keyfile, self.passphrase_file, confirm_prompt=confirm, options=options,
+            config_keyfile=str(files.keyfile) if files and files.keyfile else None,
+            config_passphrase_file=str(files.passphrase_file) if files and files.passphrase_file else None)
+
+    def positionals(self, *values: str | None, required: int) -> list[str | None]:
+        """STORE first; with --config, STORE comes from the file and may be omitted."""
+        given = [v for v in values if v is not None]
+        if self.config is not None and (len(given) < len(values) or not given):
+            given = [self.config.store, *given]
+        given += [None] * (len(values) - len(given))
+        missing = [i for i in range(required) if given[i] is None]
+        if missing:
+            raise UsageError("missing STORE" + (" and other arguments" if missing != [0] else "")
+                             + " (or give --config NAME)")
+        return given
+
+    def tuning(self) -> VolumeTuning:
+        tuning = VolumeTuning()
+        if self.config is not None:
+            if self.config.chunk_cache:
+                tuning.cache_bytes = self.config.chunk_cache
+            if self.config.dirty_limit:
+                tuning.dirty_bytes = self.config.dirty_limit
+        return tuning
 
     def backend(self, store: str) -> Backend:
+        files = secret_files(self.config) if self.config is not None else None
+        password = smb_password_source(
+            self.smb_password_file,
+            str(files.smb_password_file) if files and files.smb_password_file else None)
+        extra = {"smb_require_aes256": True} if self.smb_require_aes256 else {}
         try:
-            return open_backend(store, BackendOptions())
+            return open_backend(store, BackendOptions(smb_password=password, extra=extra))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
 
 def key_options(fn: Callable) -> Callable:
-    """--keyfile / --passphrase-file, accepted by every command (and on the group)."""
+    """--keyfile / --passphrase-file / --config, accepted by every command."""
     @click.option("--keyfile", type=click.Path(dir_okay=False), default=None,
                   help="32-byte keyfile (local KEK). Env: SEALFS_KEYFILE.")
     @click.option("--passphrase-file", type=click.Path(dir_okay=False), default=None,
                   help="File holding the passphrase (local KEK). Env: SEALFS_PASSPHRASE.")
+    @click.option("--config", "config_name", default=None, metavar="NAME|PATH",
+                  help="Volume config file (/etc/sealfs/NAME.toml): STORE, MOUNTPOINT, keys, options.")
+    @click.option("--smb-password-file", type=click.Path(dir_okay=False), default=None,
+                  help="File holding the SMB password (smb:// stores). Env: SEALFS_SMB_PASSWORD.")
+    @click.option("--smb-require-aes256", is_flag=True, default=False,
+                  help="Refuse SMB servers that do not negotiate AES-256-GCM.")
     @functools.wraps(fn)
-    def wrapper(*args, keyfile=None, passphrase_file=None, **kwargs):
+    def wrapper(*args, keyfile=None, passphrase_file=None, config_name=None,
+                smb_password_file=None, smb_require_aes256=False, **kwargs):
         ctx = click.get_current_context().find_object(Context)
+        if smb_password_file:
+            ctx.smb_password_file = smb_password_file
+        if smb_require_aes256:
+            ctx.smb_require_aes256 = True
         if keyfile:
             ctx.keyfile = keyfile
         if passphrase_file:
             ctx.passphrase_file = passphrase_file
+        if config_name:
+            ctx.config = load_config_file(config_name)
         return fn(*args, **kwargs)
     return wrapper
+
+
+def _ctx() -> Context:
+    return click.get_current_context().find_object(Context)
 
 
 def run(async_fn: Callable, *args) -> None:
@@ -78,7 +129,8 @@ def run(async_fn: Callable, *args) -> None:
 @contextlib.asynccontextmanager
 async def opened_volume(store: str) -> AsyncIterator[Volume]:
     ctx = click.get_current_context().find_object(Context)
-    volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore())
+    volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore(),
+                               tuning=ctx.tuning())
     try:
         yield volume
     finally:
@@ -96,10 +148,13 @@ def cli(click_ctx: click.Context, debug: bool, verbose: bool) -> None:
     ctx.debug = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not debug:   # client libraries narrate every request at INFO
+        for noisy in ("smbprotocol", "spnego", "azure", "urllib3", "pkcs11"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @cli.command()
-@click.argument("store")
+@click.argument("store", required=False)
 @click.option("--chunk-size", default=format_size(DEFAULT_CHUNK_SIZE), show_default=True,
               help="Chunk size, a power of two from 4K to 4M.")
 @click.option("--kek", default=None, help="KEK URI: https://VAULT.vault.azure.net/keys/NAME or pkcs11:...")
@@ -108,6 +163,7 @@ def cli(click_ctx: click.Context, debug: bool, verbose: bool) -> None:
 @key_options
 def init(store: str, chunk_size: str, kek: str | None, scrypt_n: int | None) -> None:
     """Create a new encrypted volume in STORE (a local directory)."""
+    store = _ctx().positionals(store, required=1)[0]
     ctx = click.get_current_context().find_object(Context)
     try:
         size = parse_size(chunk_size)
@@ -136,10 +192,11 @@ def init(store: str, chunk_size: str, kek: str | None, scrypt_n: int | None) -> 
 
 
 @cli.command()
-@click.argument("store")
+@click.argument("store", required=False)
 @key_options
 def info(store: str) -> None:
     """Show a volume's parameters (after verifying its config)."""
+    store = _ctx().positionals(store, required=1)[0]
     async def main() -> None:
         async with opened_volume(store) as vol:
             cfg = vol.config
@@ -163,13 +220,15 @@ def _format_entry(name: str, attr: Attr, long: bool) -> str:
 
 
 @cli.command(name="ls")
-@click.argument("store")
-@click.argument("path", default="/")
+@click.argument("store", required=False)
+@click.argument("path", required=False)
 @click.option("-l", "long", is_flag=True, help="Long listing.")
 @click.option("-R", "recursive", is_flag=True, help="List subdirectories recursively.")
 @key_options
 def ls_cmd(store: str, path: str, long: bool, recursive: bool) -> None:
     """List a directory of the volume (decrypted names)."""
+    store, path = _ctx().positionals(store, path, required=1)
+    path = path or "/"
     async def main() -> None:
         async with opened_volume(store) as vol:
             attr = await vol.stat(path)
@@ -186,11 +245,12 @@ def ls_cmd(store: str, path: str, long: bool, recursive: bool) -> None:
 
 
 @cli.command()
-@click.argument("store")
-@click.argument("path")
+@click.argument("store", required=False)
+@click.argument("path", required=False)
 @key_options
 def cat(store: str, path: str) -> None:
     """Write a file's plaintext to stdout. Only authenticated bytes are ever printed."""
+    store, path = _ctx().positionals(store, path, required=2)
     async def main() -> None:
         out = sys.stdout.buffer
         async with opened_volume(store) as vol:
@@ -210,12 +270,15 @@ def cat(store: str, path: str) -> None:
 
 
 @cli.command()
-@click.argument("store")
-@click.argument("local", type=click.Path(exists=True, dir_okay=False))
-@click.argument("path")
+@click.argument("store", required=False)
+@click.argument("local", required=False)
+@click.argument("path", required=False)
 @key_options
 def put(store: str, local: str, path: str) -> None:
     """Copy a local file into the volume (replacing PATH if it exists)."""
+    store, local, path = _ctx().positionals(store, local, path, required=3)
+    if not os.path.isfile(local):
+        raise UsageError(f"{local} is not a readable file")
     async def main() -> None:
         async with opened_volume(store) as vol:
             target = path
@@ -240,12 +303,13 @@ def put(store: str, local: str, path: str) -> None:
 
 
 @cli.command()
-@click.argument("store")
-@click.argument("path")
-@click.argument("local", type=click.Path(dir_okay=True))
+@click.argument("store", required=False)
+@click.argument("path", required=False)
+@click.argument("local", required=False)
 @key_options
 def get(store: str, path: str, local: str) -> None:
     """Copy a file out of the volume; LOCAL appears only once complete and verified."""
+    store, path, local = _ctx().positionals(store, path, local, required=3)
     async def main() -> None:
         target = Path(local)
         if target.is_dir():
@@ -273,12 +337,13 @@ def get(store: str, path: str, local: str) -> None:
 
 
 @cli.command()
-@click.argument("store")
-@click.argument("path")
+@click.argument("store", required=False)
+@click.argument("path", required=False)
 @click.option("-r", "recursive", is_flag=True, help="Remove directories and their contents.")
 @key_options
 def rm(store: str, path: str, recursive: bool) -> None:
     """Remove a file (or, with -r, a directory tree)."""
+    store, path = _ctx().positionals(store, path, required=2)
     async def main() -> None:
         async with opened_volume(store) as vol:
             attr = await vol.stat(path)
@@ -294,12 +359,13 @@ def rm(store: str, path: str, recursive: bool) -> None:
 
 
 @cli.command()
-@click.argument("store")
-@click.argument("path")
+@click.argument("store", required=False)
+@click.argument("path", required=False)
 @click.option("-p", "parents", is_flag=True, help="Create parents as needed; no error if it exists.")
 @key_options
 def mkdir(store: str, path: str, parents: bool) -> None:
     """Create a directory in the volume."""
+    store, path = _ctx().positionals(store, path, required=2)
     async def main() -> None:
         async with opened_volume(store) as vol:
             if not parents:
@@ -313,12 +379,13 @@ def mkdir(store: str, path: str, parents: bool) -> None:
 
 
 @cli.command()
-@click.argument("store")
-@click.argument("src")
-@click.argument("dst")
+@click.argument("store", required=False)
+@click.argument("src", required=False)
+@click.argument("dst", required=False)
 @key_options
 def mv(store: str, src: str, dst: str) -> None:
     """Rename or move within the volume (replaces a file or empty directory at DST)."""
+    store, src, dst = _ctx().positionals(store, src, dst, required=3)
     async def main() -> None:
         async with opened_volume(store) as vol:
             target = dst
@@ -330,10 +397,11 @@ def mv(store: str, src: str, dst: str) -> None:
 
 
 @cli.command()
-@click.argument("store")
+@click.argument("store", required=False)
 @key_options
 def repin(store: str) -> None:
     """Trust the volume now at STORE after a legitimate config change (re-pin it)."""
+    store = _ctx().positionals(store, required=1)[0]
     async def main() -> None:
         ctx = click.get_current_context().find_object(Context)
         pins = PinStore()
@@ -351,38 +419,44 @@ def _split_options(options: tuple[str, ...]) -> set[str]:
 
 
 @cli.command()
-@click.argument("store")
-@click.argument("mountpoint")
+@click.argument("store", required=False)
+@click.argument("mountpoint", required=False)
 @click.option("-o", "options", multiple=True, help="Mount options, comma separated (e.g. ro,nonempty).")
 @click.option("--daemon", is_flag=True, help="Fork into the background once the mount is live.")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="Where a --daemon mount writes its log (default: discarded).")
 @key_options
-def mount(store: str, mountpoint: str, options: tuple[str, ...], daemon: bool,
+def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], daemon: bool,
           log_file: str | None) -> None:
     """Mount the volume in STORE on MOUNTPOINT (foreground unless --daemon)."""
     from .mount import VolumeLock, check_mountpoint, serve
-    ctx = click.get_current_context().find_object(Context)
-    opts = _split_options(options)
-    mp = check_mountpoint(mountpoint, allow_nonempty="nonempty" in opts)
-    if daemon:
-        from .daemon import spawn_daemon
-        spawn_daemon(ctx.secrets(), log_file)
-        return
+    ctx = _ctx()
     ready = _ready_reporter()
-
-    async def main() -> None:
-        volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore())
-        lock = VolumeLock(volume.config.volume_id.hex())
-        try:
-            lock.acquire(mp)
-            await serve(volume, mp, opts, on_ready=ready.ready)
-        finally:
-            try:
-                await volume.close()
-            finally:
-                lock.release()
     try:
+        if ctx.config is not None and mountpoint is None:
+            if store is not None:             # `mount --config NAME MOUNTPOINT`
+                store, mountpoint = None, store
+            mountpoint = mountpoint or (str(ctx.config.mountpoint) if ctx.config.mountpoint else None)
+        store, mountpoint = ctx.positionals(store, mountpoint, required=2)
+        opts = _split_options(options + (ctx.config.options if ctx.config else ()))
+        mp = check_mountpoint(mountpoint, allow_nonempty="nonempty" in opts)
+        if daemon:
+            from .daemon import spawn_daemon
+            spawn_daemon(ctx.secrets(), log_file)
+            return
+
+        async def main() -> None:
+            volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore(),
+                                       tuning=ctx.tuning())
+            lock = VolumeLock(volume.config.volume_id.hex())
+            try:
+                lock.acquire(mp)
+                await serve(volume, mp, opts, on_ready=ready.ready)
+            finally:
+                try:
+                    await volume.close()
+                finally:
+                    lock.release()
         run(main)
     except BaseException as exc:
         ready.failed(exc)
@@ -395,13 +469,36 @@ def _ready_reporter():
 
 
 @cli.command()
-@click.argument("mountpoint")
+@click.argument("mountpoint", required=False)
 @click.option("--timeout", type=float, default=120.0, show_default=True,
               help="Seconds to wait for the mount process to flush and exit.")
-def umount(mountpoint: str, timeout: float) -> None:
-    """Flush and unmount a sealfs mount."""
+@click.option("--config", "config_name", default=None, metavar="NAME|PATH",
+              help="Take MOUNTPOINT from this volume config file.")
+def umount(mountpoint: str | None, timeout: float, config_name: str | None) -> None:
+    """Flush and unmount a sealfs mount (waits until the data is on the backend)."""
     from .mount import unmount
+    if mountpoint is None and config_name:
+        config = load_config_file(config_name)
+        mountpoint = str(config.mountpoint) if config.mountpoint else None
+    if mountpoint is None:
+        raise UsageError("missing MOUNTPOINT (or give --config NAME)")
     unmount(mountpoint, timeout)
+
+
+def _register_extensions() -> None:
+    """Command groups that live in their own modules (backups, keys, benchmarks)."""
+    import importlib
+    for module in ("cli_backup", "cli_keys", "cli_bench"):
+        try:
+            mod = importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{module}":
+                raise
+            continue
+        mod.register(cli, Context, key_options, opened_volume, run)
+
+
+_register_extensions()
 
 
 def main(argv: list[str] | None = None) -> None:

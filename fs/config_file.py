@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 
 from sealfs.crypto.errors import ConfigError
 
+from .units import parse_size  # re-exported: a size means the same in the CLI and here
+
 __all__ = [
     "DEFAULT_CONFIG_DIR",
     "ConfigFileError",
@@ -56,8 +58,6 @@ CONFIG_DIR_ENV = "SEALFS_CONFIG_DIR"
 
 # A bare volume name: what systemd passes as %i and fstab as config=NAME.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]*$")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([kmg])(?:i?b)?)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 # Same rule as crypto.kms.provider_for_init: a Key Vault key URL or a PKCS#11 URI.
 _KEK_RE = re.compile(r"^(https://[^/\s]+/\S+|pkcs11:\S+)$")
 _SECRET_KEYS = {"passphrase", "password", "smb_password", "key", "secret"}
@@ -145,26 +145,6 @@ def secret_files(cfg: VolumeConfigFile | None) -> SecretFiles:
         passphrase_file=credential_file("passphrase") or (cfg.passphrase_file if cfg else None),
         smb_password_file=credential_file("smb-password") or (cfg.smb_password_file if cfg else None),
     )
-
-
-def parse_size(text: str | int) -> int:
-    """Parse "4096", "64K", "1M", "2G" (binary units, case-insensitive; "64KiB"/"64kb" too).
-
-    Shared by the config file and the CLI so a size means the same everywhere.
-    """
-    if isinstance(text, bool) or not isinstance(text, (str, int)):
-        raise ValueError(f"invalid size {text!r}: expected a string such as 64K")
-    if isinstance(text, int):
-        if text < 0:
-            raise ValueError(f"invalid size {text}: must not be negative")
-        return text
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(
-            f"invalid size {text!r}: use a whole number of bytes, optionally with a "
-            "K, M or G suffix (e.g. 4096, 64K, 256M, 1G)")
-    unit = m.group(2).lower() if m.group(2) else None
-    return int(m.group(1)) * _SIZE_UNITS[unit]
 
 
 def config_dir() -> Path:

@@ -36,7 +36,7 @@ class Node:
     identity: bytes
     paths: set[str] = field(default_factory=set)
     lookups: int = 0
-    open_handles: int = 0
+    handles: list[OpenFile] = field(default_factory=list)
 
     @property
     def path(self) -> str | None:
@@ -164,7 +164,7 @@ class SealfsOperations(pyfuse3.Operations):
                               for p in node.paths}
 
     def _maybe_forget(self, node: Node) -> None:
-        if node.lookups <= 0 and node.open_handles <= 0 and node.inode != pyfuse3.ROOT_INODE:
+        if node.lookups <= 0 and not node.handles and node.inode != pyfuse3.ROOT_INODE:
             self._nodes.pop(node.inode, None)
             if self._by_identity.get(node.identity) is node:
                 del self._by_identity[node.identity]
@@ -193,9 +193,8 @@ class SealfsOperations(pyfuse3.Operations):
                 self._maybe_forget(node)
 
     async def _attr(self, node: Node) -> Attr:
-        for fh, (handle, hnode) in self._handles.items():
-            if hnode is node:
-                return await handle.stat()
+        if node.handles:
+            return await node.handles[0].stat()
         path = node.path
         if path is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -211,10 +210,7 @@ class SealfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         handle = self._handles[fh][0] if fh is not None and fh in self._handles else None
         if handle is None:
-            for open_handle, hnode in self._handles.values():
-                if hnode is node and open_handle.writable:
-                    handle = open_handle
-                    break
+            handle = next((h for h in node.handles if h.writable), None)
         kwargs = {}
         if fields.update_mode:
             kwargs["mode"] = stat_module.S_IMODE(attr.st_mode)
@@ -306,7 +302,7 @@ class SealfsOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = (handle, node)
-        node.open_handles += 1
+        node.handles.append(handle)
         return fh
 
     @fuse_op
@@ -349,7 +345,7 @@ class SealfsOperations(pyfuse3.Operations):
     @fuse_op
     async def release(self, fh):
         handle, node = self._handles.pop(fh)
-        node.open_handles -= 1
+        node.handles.remove(handle)
         try:
             await handle.close()
         finally:

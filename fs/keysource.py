@@ -2,9 +2,10 @@
 
 1. --keyfile FILE / --passphrase-file FILE on the command line
 2. the environment: SEALFS_KEYFILE (a path) / SEALFS_PASSPHRASE (the passphrase)
-3. the config file (--config NAME) keys keyfile / passphrase_file
-4. systemd credentials: $CREDENTIALS_DIRECTORY/keyfile or .../passphrase
-5. an interactive prompt for the passphrase, only when stdin is a terminal
+3. --config NAME: systemd credentials ($CREDENTIALS_DIRECTORY/keyfile or
+   .../passphrase, see systemd/sealfs@.service) first, then the file's keyfile /
+   passphrase_file keys (fs/config_file.secret_files)
+4. an interactive prompt for the passphrase, only when stdin is a terminal
 
 Secrets never come from argv: only file paths do.
 """
@@ -67,15 +68,6 @@ def resolve_secrets(keyfile: str | None, passphrase_file: str | None, *,
         path = Path(config_passphrase_file)
         secrets.passphrase = lambda: _read_passphrase_file(path)
         return secrets
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds:
-        if (Path(creds) / "keyfile").exists():
-            secrets.keyfile = Path(creds) / "keyfile"
-            return secrets
-        if (Path(creds) / "passphrase").exists():
-            path = Path(creds) / "passphrase"
-            secrets.passphrase = lambda: _read_passphrase_file(path)
-            return secrets
     if sys.stdin.isatty():
         secrets.passphrase = _prompt(confirm_prompt)
     return secrets
@@ -91,3 +83,26 @@ def _prompt(confirm: bool) -> Callable[[], bytes]:
             cached.append(value.encode("utf-8"))
         return cached[0]
     return ask
+
+
+def smb_password_source(password_file: str | None, config_file: str | None = None) -> Callable[[], str | None]:
+    """The SMB password, fetched only if an smb:// store is actually opened.
+
+    Precedence as for keys: --smb-password-file, then SEALFS_SMB_PASSWORD, then the
+    config file / systemd credential `smb-password`, then a prompt on a terminal; None
+    (Kerberos) when there is none of these.
+    """
+    def fetch() -> str | None:
+        path = password_file or None
+        if path is None and os.environ.get("SEALFS_SMB_PASSWORD"):
+            return os.environ["SEALFS_SMB_PASSWORD"]
+        path = path or config_file
+        if path:
+            try:
+                return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise KeyAccessError(f"cannot read SMB password file {path}: {exc.strerror}") from None
+        if sys.stdin.isatty():
+            return click.prompt("SMB password", hide_input=True, err=True)
+        return None
+    return fetch

@@ -22,6 +22,7 @@ import trio
 
 from ..crypto.errors import UsageError
 from .fuse import SealfsOperations, periodic_writeback
+from .notify import notify_stopping
 from .volume import Volume
 
 log = logging.getLogger("sealfs.mount")
@@ -38,6 +39,16 @@ def lock_dir() -> Path:
 
 def check_mountpoint(mountpoint: str, allow_nonempty: bool = False) -> Path:
     path = Path(mountpoint)
+    try:
+        os.statvfs(path)          # stat() may answer from the attribute cache; statfs cannot
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
+        # A mount whose process died ("Transport endpoint is not connected"): clear it.
+        log.warning("clearing a dead mount on %s", mountpoint)
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
     if not path.exists():
         raise UsageError(f"mount point {mountpoint} does not exist")
     if not path.is_dir():
@@ -114,6 +125,7 @@ async def serve(volume: Volume, mountpoint: Path, options: set[str],
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
+        notify_stopping("flushing and unmounting")
         try:
             await volume.flush_all()
         finally:

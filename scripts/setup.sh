@@ -9,7 +9,7 @@ PACKAGES=(
   fuse3 libfuse3-dev attr
   samba smbclient tcpdump
   softhsm2 opensc
-  sqlite3 rsync git tar
+  sqlite3 rsync git tar systemd util-linux
   gocryptfs rclone fio
 )
 missing=()

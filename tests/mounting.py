@@ -47,7 +47,7 @@ class Mount:
              "--keyfile", str(self.keyfile), *self.extra],
             env=self.env, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while not os.path.ismount(self.mountpoint):
+        while not _live(self.mountpoint):
             if self.proc.poll() is not None:
                 raise AssertionError(f"mount exited with {self.proc.returncode}: {self.log_text()}")
             if time.monotonic() > deadline:
@@ -96,6 +96,15 @@ class Mount:
             self.stop()
         else:
             self.kill()
+
+
+def _live(mountpoint: Path) -> bool:
+    """Mounted and answering (a dead FUSE mount answers ENOTCONN)."""
+    try:
+        os.statvfs(mountpoint)
+    except OSError:
+        return False
+    return os.path.ismount(mountpoint)
 
 
 def init_store(store: Path, keyfile: Path, chunk_size: str = "64K", env: dict | None = None) -> None:
