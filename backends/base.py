@@ -167,6 +167,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def set_times(self, path: str, atime_ns: int, mtime_ns: int) -> None: ...
 
+    async def fset_times(self, handle: Handle, atime_ns: int, mtime_ns: int) -> None:
+        """Set times through an open handle (on SMB they then survive later writes on it)."""
+        await self.set_times(handle.path, atime_ns, mtime_ns)
+
     @abc.abstractmethod
     async def statvfs(self) -> BackendStatvfs: ...
 

@@ -141,6 +141,10 @@ class LocalBackend(Backend):
     async def set_times(self, path: str, atime_ns: int, mtime_ns: int) -> None:
         os.utime(self._p(path), ns=(atime_ns, mtime_ns), follow_symlinks=False)
 
+    async def fset_times(self, handle: Handle, atime_ns: int, mtime_ns: int) -> None:
+        assert isinstance(handle, LocalHandle)
+        os.utime(handle.fd, ns=(atime_ns, mtime_ns))
+
     async def statvfs(self) -> BackendStatvfs:
         st = os.statvfs(self.root)
         return BackendStatvfs(st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail,

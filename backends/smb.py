@@ -27,6 +27,7 @@ import logging
 import os
 import struct
 import threading
+import weakref
 import time
 import uuid
 from dataclasses import dataclass
@@ -649,7 +650,7 @@ def _parse_create(response: Any) -> SMB2CreateResponse:
 class SmbHandle(Handle):
     """An open file on one channel; reopened by path if its channel reconnected."""
 
-    __slots__ = ("path", "writable", "channel", "fid", "generation", "closed")
+    __slots__ = ("path", "writable", "channel", "fid", "generation", "closed", "unlinked")
 
     def __init__(self, path: str, writable: bool, channel: _Channel, fid: bytes, generation: int) -> None:
         self.path = path
@@ -658,6 +659,7 @@ class SmbHandle(Handle):
         self.fid = fid
         self.generation = generation
         self.closed = False
+        self.unlinked = False     # its name is gone: never cache it for a reopen by path
 
 
 # -- the backend ----------------------------------------------------------------------------------
@@ -679,6 +681,7 @@ class SmbBackend(Backend):
         self._limiter = trio.CapacityLimiter(max(2, self.settings.threads))
         self._idle: collections.OrderedDict[int, tuple[SmbHandle, float]] = collections.OrderedDict()
         self._idle_lock = threading.Lock()
+        self._open_handles: weakref.WeakSet[SmbHandle] = weakref.WeakSet()
         self._reopen_lock = threading.Lock()
         hard_links = self.settings.hard_links
         if hard_links is None:  # Azure Files supports hard links only on NFS shares
@@ -783,6 +786,7 @@ class SmbBackend(Backend):
         if not (create and exclusive):
             cached = self._take_idle(path, write)
             if cached is not None:
+                self._open_handles.add(cached)
                 return cached
         channel = self._channel()
         if create and exclusive:
@@ -799,9 +803,12 @@ class SmbBackend(Backend):
             return SmbHandle(path, write, channel, _parse_create(resp)["file_id"].get_value(), channel.generation)
 
         try:
-            return await self._run(self._attempt, channel, op, path, disposition != CreateDisposition.FILE_CREATE)
+            handle = await self._run(self._attempt, channel, op, path,
+                                     disposition != CreateDisposition.FILE_CREATE)
         except FileNotFoundError:
             raise await self._refine_enoent(path) from None
+        self._open_handles.add(handle)
+        return handle
 
     async def read(self, handle: Handle, offset: int, size: int) -> bytes:
         return (await self.read_many(handle, [(offset, size)]))[0]
@@ -913,6 +920,23 @@ class SmbBackend(Backend):
 
         await self._run(self._attempt, channel, op, handle.path, True)
 
+    async def fset_times(self, handle: Handle, atime_ns: int, mtime_ns: int) -> None:
+        """Times set through the writing handle stick: later writes and the close on that
+        handle no longer stamp their own write time (MS-FSA), unlike a path-based set."""
+        assert isinstance(handle, SmbHandle)
+        channel = handle.channel
+
+        def op() -> None:
+            info = FileBasicInformation()
+            info["creation_time"] = 0
+            info["last_access_time"] = _ns_filetime(atime_ns)
+            info["last_write_time"] = _ns_filetime(mtime_ns)
+            info["change_time"] = 0
+            info["file_attributes"] = 0
+            channel.call([_setinfo_msg(self._fid(handle), info)])
+
+        await self._run(self._attempt, channel, op, handle.path, True)
+
     async def flush(self, handle: Handle) -> None:
         assert isinstance(handle, SmbHandle)
         channel = handle.channel
@@ -961,7 +985,7 @@ class SmbBackend(Backend):
 
     # -- idle handle cache -------------------------------------------------------------------------
     def _put_idle(self, handle: SmbHandle) -> bool:
-        if self.settings.handle_cache <= 0 or self.settings.handle_cache_ttl <= 0:
+        if self.settings.handle_cache <= 0 or self.settings.handle_cache_ttl <= 0 or handle.unlinked:
             return False
         if handle.generation != handle.channel.generation:
             return False
@@ -1092,8 +1116,14 @@ class SmbBackend(Backend):
         await self._delete(path, CreateOptions.FILE_DIRECTORY_FILE)
 
     async def unlink(self, path: str) -> None:
-        await self._evict(path)
+        # Every idle handle goes, not just this path's: one on another hard link of the
+        # same file would keep this name in delete-pending state.
+        if self._idle:
+            await self._run(self._evict_idle, (), True)
         await self._delete(path, CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_OPEN_REPARSE_POINT)
+        for handle in list(self._open_handles):
+            if handle.path == path:
+                handle.unlinked = True
 
     async def _delete(self, path: str, options: int) -> None:
         name = self._smb_path(path)
@@ -1133,6 +1163,16 @@ class SmbBackend(Backend):
             if exc.errno == errno.EEXIST:
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
             raise
+        self._follow_rename(src, dst)
+
+    def _follow_rename(self, src: str, dst: str) -> None:
+        """Open handles follow their file: a reconnect reopens, and a close caches, by path."""
+        prefix = src + "/"
+        for handle in list(self._open_handles):
+            if handle.path == src:
+                handle.path = dst
+            elif handle.path.startswith(prefix):
+                handle.path = dst + handle.path[len(src):]
 
     async def _rename_over_dir(self, src: str, dst: str, exc: OSError) -> None:
         """SMB will not replace a directory; POSIX replaces an empty one. Mirror POSIX."""

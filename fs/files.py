@@ -77,7 +77,7 @@ class FileState:
         self.refs = 0
         self.writable = False
         self.unlinked = False
-        self.hidden_path: str | None = None
+        self.victims: list[str] = []         # hidden names to delete on last close (SMB)
         self.lock = trio.Lock()
         self._next_sequential = -1
 
@@ -330,7 +330,7 @@ class FileState:
         self.meta = self.meta.with_(size=new)
         self.mtime_ns = None
         if self.pending_times is not None:
-            await self.backend.set_times(self.bpath_for_io, *self.pending_times)
+            await self.backend.fset_times(self.handle, *self.pending_times)
 
     async def _shrink_to(self, size: int) -> None:
         cs = self.cs
@@ -358,10 +358,6 @@ class FileState:
         self.meta = self.meta.with_(size=size)
         return seal_header(self._file_key, FileHeader(self.dek_id, self.file_id, self.meta))
 
-    @property
-    def bpath_for_io(self) -> str:
-        return self.hidden_path or self.bpath
-
     async def write_metadata(self, meta: Metadata) -> None:
         """chmod/chown: one small header write; the backend mtime is restored after it."""
         self.meta = meta.with_(size=self.header_size)
@@ -369,7 +365,7 @@ class FileState:
         await self.backend.write(self.handle, 0, seal_header(
             self._file_key, FileHeader(self.dek_id, self.file_id, self.meta)))
         times = self.pending_times or (before.atime_ns, before.mtime_ns)
-        await self.backend.set_times(self.bpath_for_io, *times)
+        await self.backend.fset_times(self.handle, *times)
 
     def forget_secrets(self) -> None:
         self._file_key = b""

@@ -541,8 +541,8 @@ class Volume:
             self._stamps[state.file_id] = (fst.size, fst.mtime_ns)
         finally:
             await self.backend.close(state.handle)
-            if state.hidden_path is not None:
-                await _remove_quietly(self.backend, state.hidden_path)
+            for victim in state.victims:
+                await _remove_quietly(self.backend, victim)
             state.forget_secrets()
 
     async def _after_write(self, state: FileState) -> None:
@@ -588,24 +588,35 @@ class Volume:
         await self._remove_file_entry(parent, bpath, long)
 
     async def _remove_file_entry(self, parent: DirInfo, bpath: str, long: str | None) -> None:
-        state = self._open_state_at(bpath)
+        state = await self._open_state_at(bpath)
         if state is not None and not self.backend.capabilities.unlink_open_files:
+            # SMB keeps an open file's name in delete-pending state: hide it NFS-style
+            # instead and delete it on the last close (fsck removes leftovers of a crash).
             hidden = join(parent.bpath, HIDDEN_PREFIX + os.urandom(8).hex())
             await self.backend.rename(bpath, hidden, replace=False)
-            state.hidden_path = hidden
+            if state.bpath == bpath:
+                state.bpath = hidden
+            state.victims.append(hidden)
         else:
             await self.backend.unlink(bpath)
-        if state is not None:
-            state.unlinked = True
+            if state is not None and state.bpath == bpath:
+                state.unlinked = True
         self._headers.pop(bpath, None)
         if long is not None:
             await _remove_quietly(self.backend, sidecar_of(bpath))
 
-    def _open_state_at(self, bpath: str) -> FileState | None:
+    async def _open_state_at(self, bpath: str) -> FileState | None:
+        """The open file behind a backend entry: by path, or (hard links) by file id."""
+        if not self._states:
+            return None
         for state in self._states.values():
-            if state.bpath == bpath and state.hidden_path is None:
+            if state.bpath == bpath:
                 return state
-        return None
+        try:
+            header, _size = await self._header(bpath, await self.backend.stat(bpath))
+        except (FileNotFoundError, IntegrityError):
+            return None
+        return self._states.get(header.file_id)
 
     async def rename(self, src: str, dst: str, *, noreplace: bool = False) -> None:
         src_parts, dst_parts = split_path(src), split_path(dst)
@@ -634,10 +645,10 @@ class Volume:
                 victim_dir = join(d_parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
                 await self.backend.rename(d_bpath, victim_dir, replace=False)
             else:
-                victim = self._open_state_at(d_bpath)
+                victim = await self._open_state_at(d_bpath)
                 if victim is not None and not self.backend.capabilities.unlink_open_files:
                     await self._remove_file_entry(d_parent, d_bpath, None)
-                elif victim is not None:
+                elif victim is not None and victim.bpath == d_bpath:
                     victim.unlinked = True
         if d_long is not None:
             await self._write_sidecar(d_bpath, d_long)
@@ -715,7 +726,7 @@ class Volume:
         """chmod/chown/truncate/utimens. Times left None keep their value."""
         if handle is not None:
             state = handle.state
-            bpath = state.bpath_for_io
+            bpath = state.bpath
             is_dir = False
         else:
             parts = split_path(path)
@@ -768,7 +779,7 @@ class Volume:
                              (state.mtime_ns or cur.mtime_ns) if mtime_ns is None else mtime_ns)
                     state.pending_times = times
                     state.mtime_ns = None
-                    await self.backend.set_times(state.bpath_for_io, *times)
+                    await self.backend.fset_times(state.handle, *times)
             self._headers.pop(state.bpath, None)
             return await self._attr_of_state(state)
         finally:

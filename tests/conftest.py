@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -11,6 +13,7 @@ from sealfs.backends.local import LocalBackend
 from sealfs.crypto.kms import KeySecrets, provider_for_init
 from sealfs.fs.pins import PinStore
 from sealfs.fs.volume import Volume
+from tests.servers.samba import SambaServer
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +62,18 @@ def open_volume(keyfile: Path):
         return await Volume.load(LocalBackend(path), KeySecrets(keyfile=key or keyfile),
                                  pins=PinStore())
     return open_
+
+
+def need_smbd() -> None:
+    if shutil.which("smbd") is None and not os.path.exists("/usr/sbin/smbd"):
+        pytest.fail("smbd is not installed (apt-get install samba smbclient tcpdump)")
+    if os.geteuid() != 0:
+        pytest.fail("the SMB tests run smbd, which needs root (run them in the CI container)")
+
+
+@pytest.fixture(scope="session")
+def samba() -> Iterator[SambaServer]:
+    """One real smbd per test session: loopback, SMB3 only, encryption required."""
+    need_smbd()
+    with SambaServer() as server:
+        yield server

@@ -29,9 +29,10 @@ def sealfs(*args: str, env: dict | None = None, check: bool = True, input: bytes
 class Mount:
     """A running `sealfs mount STORE MOUNTPOINT` process."""
 
-    def __init__(self, store: Path, mountpoint: Path, keyfile: Path, env: dict | None = None,
+    def __init__(self, store: Path | str, mountpoint: Path, keyfile: Path, env: dict | None = None,
                  extra: tuple[str, ...] = ()) -> None:
         self.store = store
+        self.store_dir = Path(store) if "://" not in str(store) else None
         self.mountpoint = mountpoint
         self.keyfile = keyfile
         self.env = dict(env or os.environ)
@@ -107,5 +108,5 @@ def _live(mountpoint: Path) -> bool:
     return os.path.ismount(mountpoint)
 
 
-def init_store(store: Path, keyfile: Path, chunk_size: str = "64K", env: dict | None = None) -> None:
+def init_store(store: Path | str, keyfile: Path, chunk_size: str = "64K", env: dict | None = None) -> None:
     sealfs("init", str(store), "--keyfile", str(keyfile), "--chunk-size", chunk_size, env=env)

@@ -27,12 +27,29 @@ def chunk_size(request) -> str:
     return request.param
 
 
+@pytest.fixture(params=["local", "smb"])
+def backend_kind(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def mounted(tmp_path: Path, keyfile: Path, mount_env: dict, chunk_size: str):
-    """A live sealfs mount on the local backend; yields the Mount (path: .mountpoint)."""
-    store = tmp_path / "store"
+def mounted(request, tmp_path: Path, keyfile: Path, mount_env: dict, chunk_size: str,
+            backend_kind: str):
+    """A live sealfs mount, on the local backend and on encrypted SMB to a real smbd.
+
+    Yields the Mount: .mountpoint is the plaintext view, .store_dir the directory that
+    holds the ciphertext (the local store, or the store's directory on the share).
+    """
+    if backend_kind == "smb":
+        from tests.servers.samba import new_store
+        smb = new_store(request.getfixturevalue("samba"))
+        store, store_dir = smb.url, smb.local
+        mount_env["SEALFS_SMB_PASSWORD"] = smb.server.password
+    else:
+        store = store_dir = tmp_path / "store"
     init_store(store, keyfile, chunk_size, env=mount_env)
     mount = Mount(store, tmp_path / "mnt", keyfile, env=mount_env)
+    mount.store_dir = Path(store_dir)
     mount.start()
     try:
         yield mount

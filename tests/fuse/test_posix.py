@@ -278,7 +278,7 @@ def test_fsync_and_fdatasync(mounted):
     os.write(fd, b"!")
     os.fdatasync(fd)
     # durable on the backend now: the store's file has grown to header + chunk
-    files = [f for f in mounted.store.rglob("*") if f.is_file() and f.name not in ("sealfs.json", "sealfs.dir")]
+    files = [f for f in mounted.store_dir.rglob("*") if f.is_file() and f.name not in ("sealfs.json", "sealfs.dir")]
     assert len(files) == 1 and files[0].stat().st_size > 8
     os.close(fd)
 

@@ -8,33 +8,13 @@ extra servers with other settings; stopped at the end of the test).
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ -> "servers" importable
-
-from servers.samba import SambaServer, SmbStore, new_store  # noqa: E402
-
-from sealfs.backends.smb import SmbBackend  # noqa: E402
-
-
-def _need_smbd() -> None:
-    if shutil.which("smbd") is None and not os.path.exists("/usr/sbin/smbd"):
-        pytest.fail("smbd is not installed (apt-get install samba smbclient tcpdump)")
-    if os.geteuid() != 0:
-        pytest.fail("the SMB tests run smbd, which needs root (run them in the CI container)")
-
-
-@pytest.fixture(scope="session")
-def samba() -> Iterator[SambaServer]:
-    _need_smbd()
-    with SambaServer() as server:
-        yield server
+from sealfs.backends.smb import SmbBackend
+from tests.conftest import need_smbd as _need_smbd
+from tests.servers.samba import SambaServer, SmbStore, new_store
 
 
 @pytest.fixture

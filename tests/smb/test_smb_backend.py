@@ -15,7 +15,7 @@ from sealfs.backends.base import Backend, BackendError
 from sealfs.backends.local import LocalBackend
 from sealfs.backends.smb import SmbBackend, SmbTarget
 
-from servers.samba import SmbStore
+from tests.servers.samba import SmbStore
 
 MiB = 1024 * 1024
 

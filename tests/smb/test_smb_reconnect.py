@@ -9,7 +9,7 @@ from typing import Callable
 import pytest
 import trio
 
-from servers.samba import SambaServer, new_store
+from tests.servers.samba import SambaServer, new_store
 
 from sealfs.backends.base import BackendError
 

@@ -9,8 +9,8 @@ from typing import Callable
 
 import pytest
 
-from servers.pcap import PLAIN, SMB2_NEGOTIATE, SMB2_SESSION_SETUP, TRANSFORM, PacketCapture, smb_messages
-from servers.samba import SambaServer, new_store
+from tests.servers.pcap import PLAIN, SMB2_NEGOTIATE, SMB2_SESSION_SETUP, TRANSFORM, PacketCapture, smb_messages
+from tests.servers.samba import SambaServer, new_store
 
 from sealfs.backends.base import TransportSecurityError
 from sealfs.backends.smb import SmbBackend
