@@ -62,6 +62,8 @@ class VolumeConfig:
     current_dek_id: int
     created: str = field(default_factory=utc_now)
     version: int = FORMAT_VERSION
+    #: the document as stored (minus "mac"), which is what the MAC covers when verifying
+    stored: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def new(cls, chunk_size: int, kek: dict[str, Any], first_dek: WrappedDek) -> "VolumeConfig":
@@ -102,6 +104,11 @@ class VolumeConfig:
             doc = json.loads(data.decode("utf-8"))
             if not isinstance(doc, dict) or doc.get("format") != "sealfs":
                 raise ConfigError("sealfs.json is not a sealfs volume config")
+            unknown = set(doc) - _CONFIG_FIELDS
+            for dek in doc.get("deks", []):
+                unknown |= set(dek) - _DEK_FIELDS if isinstance(dek, dict) else {"deks"}
+            if unknown:
+                raise ConfigError(f"sealfs.json has unknown fields: {', '.join(sorted(unknown))}")
             version = int(doc["version"])
             if version != FORMAT_VERSION:
                 raise ConfigError(f"sealfs.json has format version {version}; "
@@ -117,6 +124,7 @@ class VolumeConfig:
                 version=version,
             )
             mac = str(doc["mac"])
+            cfg.stored = {k: v for k, v in doc.items() if k != "mac"}
         except ConfigError:
             raise
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
@@ -127,8 +135,17 @@ class VolumeConfig:
         return cfg, mac
 
     def verify(self, mac_key: bytes, claimed: str) -> None:
-        if not hmac.compare_digest(self.mac(mac_key), claimed):
+        """Check the MAC over the document exactly as stored (not as re-serialized)."""
+        signed = self.stored if self.stored is not None else self.body()
+        expected = hmac.new(mac_key, canonical_json(signed), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, claimed) or (self.stored is not None
+                                                         and self.stored != self.body()):
             raise IntegrityError("sealfs.json failed authentication (it was modified)")
+
+
+_CONFIG_FIELDS = {"format", "version", "volume_id", "chunk_size", "created", "kek", "name_dek",
+                  "current_dek", "deks", "mac"}
+_DEK_FIELDS = {"id", "wrapped", "algorithm", "kek_version", "created"}
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -52,7 +52,16 @@ def long_name_entry(encoded: str) -> str:
 
 
 def is_long_name_entry(entry: str) -> bool:
-    return entry.startswith(LONGNAME_PREFIX) and not entry.endswith(LONGNAME_SIDECAR_SUFFIX)
+    return entry.startswith(LONGNAME_PREFIX) and "." not in entry[len(LONGNAME_PREFIX):]
+
+
+def is_sidecar(entry: str) -> bool:
+    return entry.startswith(LONGNAME_PREFIX) and entry.endswith(LONGNAME_SIDECAR_SUFFIX) \
+        and "." not in entry[len(LONGNAME_PREFIX):-len(LONGNAME_SIDECAR_SUFFIX)]
+
+
+def entry_of_sidecar(sidecar: str) -> str:
+    return sidecar[:-len(LONGNAME_SIDECAR_SUFFIX)]
 
 
 def sidecar_of(entry: str) -> str:
@@ -67,9 +76,11 @@ def is_reserved(entry: str) -> bool:
 class NameCipher:
     """Encrypts path components for one volume (one name key)."""
 
-    def __init__(self, name_key: bytes, max_component: int = MAX_SHORT_ENCODED_NAME) -> None:
+    def __init__(self, name_key: bytes) -> None:
+        # The long-name threshold is part of the format (255), never the backend's limit:
+        # otherwise the same store would name entries differently through another backend.
         self._siv = AESSIV(name_key)
-        self._max_component = min(max_component, MAX_SHORT_ENCODED_NAME)
+        self._max_component = MAX_SHORT_ENCODED_NAME
 
     def encode(self, name: str, dir_id: bytes) -> str:
         """The full encoding (which may be too long for one backend component)."""
@@ -84,8 +95,13 @@ class NameCipher:
         return long_name_entry(encoded), encoded
 
     def decode(self, encoded: str, dir_id: bytes) -> str:
+        raw = b32decode(encoded)
+        if b32encode(raw) != encoded:
+            # Only the canonical spelling is accepted, so no second entry can decode to
+            # the same name (uppercase, or non-zero trailing bits).
+            raise IntegrityError(f"entry {encoded[:24]}... is not a canonical encrypted name")
         try:
-            padded = self._siv.decrypt(b32decode(encoded), [dir_id])
+            padded = self._siv.decrypt(raw, [dir_id])
         except InvalidTag:
             raise IntegrityError(f"name {encoded[:24]}... does not belong in this directory "
                                  "or was modified") from None

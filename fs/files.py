@@ -75,7 +75,9 @@ class FileState:
         self.pending_times: tuple[int, int] | None = None
         self.mtime_ns: int | None = None      # set by writes not yet on the backend
         self.refs = 0
-        self.writable = False
+        self.writable = False                 # the backend handle can write
+        self.has_writer = False               # some open(2) asked to write
+        self.tail_at: int | None = None       # cut the backend file here on the first flush
         self.unlinked = False
         self.victims: list[str] = []         # hidden names to delete on last close (SMB)
         self.lock = trio.Lock()
@@ -279,7 +281,8 @@ class FileState:
     @property
     def needs_flush(self) -> bool:
         return bool(self.dirty) or self.header_dirty or self.size != self.committed \
-            or self.low_water < self.committed or self.header_size != self.committed
+            or self.low_water < self.committed or self.header_size != self.committed \
+            or self.tail_at is not None
 
     async def flush(self) -> None:
         """Write dirty state back in crash-safe order. Caller holds self.lock."""
@@ -288,6 +291,10 @@ class FileState:
         if not self.writable:
             raise OSError(9, "file is not open for writing")
         cs = self.cs
+        if self.tail_at is not None:
+            # Bytes past the committed extent are an interrupted write's tail: cut them.
+            await self.backend.truncate(self.handle, self.tail_at)
+            self.tail_at = None
         if self.low_water < self.committed:
             await self._shrink_to(self.low_water)
         old, new = self.committed, self.size

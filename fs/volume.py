@@ -18,7 +18,7 @@ from typing import Iterable
 
 import trio
 
-from ..backends.base import Backend, BackendStat, Handle, join
+from ..backends.base import Backend, BackendStat, Handle, join, parent_of
 from ..crypto.broker import KeyBroker
 from ..crypto.config import VolumeConfig, WrappedDek
 from ..crypto.constants import (CONFIG_NAME, DEFAULT_CHUNK_SIZE, DIR_META_NAME, HIDDEN_PREFIX,
@@ -30,7 +30,8 @@ from ..crypto.header import (DIR_META_SIZE, HEADER_SIZE, FileHeader, Kind, Metad
 from ..crypto.kdf import config_mac_key, dir_meta_key, file_key, name_key, pin_fingerprint
 from ..crypto.kms import KekProvider, KeySecrets, provider_from_config
 from ..crypto.layout import logical_size, stored_size
-from ..crypto.names import NameCipher, is_long_name_entry, is_reserved, sidecar_of
+from ..crypto.names import (NameCipher, entry_of_sidecar, is_long_name_entry, is_reserved,
+                            is_sidecar, sidecar_of)
 from ..crypto.chunks import ChunkCipher
 from .cache import ChunkCache
 from .files import FileState, FileTuning
@@ -97,8 +98,10 @@ def split_path(path: str) -> list[str]:
 class OpenFile:
     """One open(2) of a file: the handle the CLI and FUSE hold."""
 
-    def __init__(self, volume: "Volume", state: FileState, writable: bool, append: bool) -> None:
+    def __init__(self, volume: "Volume", state: FileState, writable: bool, append: bool,
+                 path: str = "") -> None:
         self.volume = volume
+        self.path = "/" + "/".join(split_path(path))
         self.state = state
         self.writable = writable
         self.append = append
@@ -106,7 +109,10 @@ class OpenFile:
 
     async def read(self, offset: int, size: int) -> bytes:
         async with self.state.lock:
-            return await self.state.read(offset, size)
+            try:
+                return await self.state.read(offset, size)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{self.path}: {exc}") from None
 
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         if not self.writable:
@@ -154,7 +160,7 @@ class Volume:
         self.broker = broker
         self.tuning = tuning or VolumeTuning()
         self.chunk_size = config.chunk_size
-        self.names = NameCipher(name_key(names_dek), backend.capabilities.max_name_length)
+        self.names = NameCipher(name_key(names_dek))
         self._dir_key = dir_meta_key(names_dek)
         self.cache = ChunkCache(self.tuning.cache_bytes)
         self._dirs: dict[str, DirInfo] = {}
@@ -419,10 +425,13 @@ class Volume:
         self._forget_dir(path)
 
     async def _check_empty(self, bpath: str, path: str) -> None:
-        for entry in await self.backend.listdir(bpath):
+        entries = set(await self.backend.listdir(bpath))
+        for entry in entries:
             if entry == DIR_META_NAME:
                 continue
-            if entry.startswith(TEMP_PREFIX):      # leftovers of an interrupted create
+            if entry.startswith(TEMP_PREFIX) or (is_sidecar(entry)
+                                                 and entry_of_sidecar(entry) not in entries):
+                # Leftovers of an interrupted create or rename: nothing a user can see.
                 await _remove_quietly(self.backend, join(bpath, entry))
                 continue
             raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
@@ -462,9 +471,10 @@ class Volume:
                           chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
                           limiter=self._crypto_limiter, committed=len(content))
         state.writable = True
+        state.has_writer = True
         self._states[file_id] = state
         state.refs += 1
-        return OpenFile(self, state, True, append)
+        return OpenFile(self, state, True, append, path)
 
     async def open(self, path: str, *, write: bool = False, truncate: bool = False,
                    append: bool = False) -> OpenFile:
@@ -476,7 +486,8 @@ class Volume:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         state = await self._state_for(bpath, path)
         state.refs += 1
-        handle = OpenFile(self, state, write, append)
+        state.has_writer |= write
+        handle = OpenFile(self, state, write, append, path)
         if write and not state.writable:
             await handle.close()
             raise OSError(errno.EROFS, "the backend file is read-only", path)
@@ -511,13 +522,10 @@ class Volume:
                           chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
                           limiter=self._crypto_limiter, committed=committed)
         state.writable = writable
-        if writable and (fst.size != stored_size(committed, self.chunk_size)
-                         or header.meta.size != committed):
-            # The next writer cuts an uncommitted tail and rewrites a stale header.
-            await self.backend.truncate(handle, stored_size(committed, self.chunk_size))
-            state.header_size = -1
-            async with state.lock:
-                await state.flush()
+        # An uncommitted tail or a stale header is repaired by the first flush of a writer;
+        # a reader never writes.
+        state.tail_at = stored_size(committed, self.chunk_size) \
+            if fst.size != stored_size(committed, self.chunk_size) else None
         self._states[header.file_id] = state
         return state
 
@@ -534,7 +542,7 @@ class Volume:
     async def _drop_state(self, state: FileState) -> None:
         self._states.pop(state.file_id, None)
         try:
-            if state.writable and state.needs_flush:
+            if state.has_writer and state.needs_flush:
                 async with state.lock:
                     await state.flush()
             fst = await self.backend.fstat(state.handle)
@@ -558,7 +566,7 @@ class Volume:
 
     async def flush_all(self) -> None:
         for state in list(self._states.values()):
-            if state.writable and state.needs_flush:
+            if state.has_writer and state.needs_flush:
                 async with state.lock:
                     await state.flush()
 
@@ -714,7 +722,7 @@ class Volume:
     async def _write_sidecar(self, bpath: str, encoded: str) -> None:
         """Long-name sidecars are deterministic, so rewriting an existing one is harmless."""
         sidecar = sidecar_of(bpath)
-        tmp = sidecar + "." + os.urandom(4).hex()
+        tmp = join(parent_of(bpath), TEMP_PREFIX + os.urandom(8).hex())
         await _write_new_file(self.backend, tmp, encoded.encode("ascii"))
         await self.backend.rename(tmp, sidecar, replace=True)
 

@@ -389,7 +389,19 @@ async def test_store_sealfs(tmp_path: Path):
         assert await vol.readlink("link") == STORE["tree"]["link"]["target"]
     finally:
         await vol.close()
-    # sealfs's writer repaired the crash states on open; the independent reader agrees.
+    # Reading never writes: the crash states are still there for the independent reader.
+    r = ind.decrypt_store(store, keyfile=X(STORE["keyfile"]))
+    assert r.errors == []
+    assert r.entries["crash-tail"].size_source == "tail"
+    assert r.entries["crash-stale-header"].size_source == "stale-header"
+    # The first writer repairs them (cuts the tail, rewrites the stale header).
+    vol = await Volume.load(LocalBackend(store), KeySecrets(keyfile=keyfile))
+    try:
+        for path in ("crash-tail", "crash-stale-header"):
+            f = await vol.open(path, write=True)
+            await f.close()
+    finally:
+        await vol.close()
     r = ind.decrypt_store(store, keyfile=X(STORE["keyfile"]))
     assert r.errors == []
     assert r.entries["crash-tail"].size_source == "header"
