@@ -22,6 +22,8 @@ import trio
 
 from ..backends.base import Backend
 from ..backends.registry import BackendOptions, open_backend
+from ..crypto.audit import AuditLog
+from ..crypto.broker import harden_process
 from ..crypto.constants import DEFAULT_CHUNK_SIZE
 from ..crypto.errors import SealfsError, UsageError
 from ..crypto.header import Kind
@@ -47,6 +49,15 @@ class Context:
         self.config: VolumeConfigFile | None = None
         self.smb_password_file: str | None = None
         self.smb_require_aes256 = False
+        self.audit_log: str | None = None
+
+    def audit(self) -> AuditLog:
+        """--audit-log, else the config file's audit_log, else SEALFS_AUDIT_LOG (or none)."""
+        if self.audit_log:
+            return AuditLog(self.audit_log)
+        if self.config is not None and self.config.audit_log:
+            return AuditLog(self.config.audit_log)
+        return AuditLog()
 
     def secrets(self, confirm: bool = False, options: dict | None = None):
         files = secret_files(self.config) if self.config is not None else None
@@ -100,10 +111,14 @@ def key_options(fn: Callable) -> Callable:
                   help="File holding the SMB password (smb:// stores). Env: SEALFS_SMB_PASSWORD.")
     @click.option("--smb-require-aes256", is_flag=True, default=False,
                   help="Refuse SMB servers that do not negotiate AES-256-GCM.")
+    @click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
+                  help="Append one JSON line per key operation here. Env: SEALFS_AUDIT_LOG.")
     @functools.wraps(fn)
     def wrapper(*args, keyfile=None, passphrase_file=None, config_name=None,
-                smb_password_file=None, smb_require_aes256=False, **kwargs):
+                smb_password_file=None, smb_require_aes256=False, audit_log=None, **kwargs):
         ctx = click.get_current_context().find_object(Context)
+        if audit_log:
+            ctx.audit_log = audit_log
         if smb_password_file:
             ctx.smb_password_file = smb_password_file
         if smb_require_aes256:
@@ -130,7 +145,7 @@ def run(async_fn: Callable, *args) -> None:
 async def opened_volume(store: str) -> AsyncIterator[Volume]:
     ctx = click.get_current_context().find_object(Context)
     volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore(),
-                               tuning=ctx.tuning())
+                               tuning=ctx.tuning(), audit=ctx.audit())
     try:
         yield volume
     finally:
@@ -160,8 +175,11 @@ def cli(click_ctx: click.Context, debug: bool, verbose: bool) -> None:
 @click.option("--kek", default=None, help="KEK URI: https://VAULT.vault.azure.net/keys/NAME or pkcs11:...")
 @click.option("--scrypt-n", type=int, default=None, hidden=True,
               help="scrypt cost for passphrase volumes (tests use a small one).")
+@click.option("--allow-purgeable-kek", is_flag=True,
+              help="Accept a Key Vault key that can be purged (deleting it loses all data).")
 @key_options
-def init(store: str, chunk_size: str, kek: str | None, scrypt_n: int | None) -> None:
+def init(store: str, chunk_size: str, kek: str | None, scrypt_n: int | None,
+         allow_purgeable_kek: bool) -> None:
     """Create a new encrypted volume in STORE (a local directory)."""
     store = _ctx().positionals(store, required=1)[0]
     ctx = click.get_current_context().find_object(Context)
@@ -180,9 +198,10 @@ def init(store: str, chunk_size: str, kek: str | None, scrypt_n: int | None) -> 
     async def main() -> None:
         if store and "://" not in store:
             Path(store).mkdir(parents=True, exist_ok=True)
-        provider = provider_for_init(kek, secrets)
+        provider = provider_for_init(kek or (ctx.config.kek if ctx.config else None), secrets)
         try:
-            config = await Volume.init(backend, provider, chunk_size=size, pins=PinStore())
+            config = await Volume.init(backend, provider, chunk_size=size, pins=PinStore(),
+                                       audit=ctx.audit(), allow_purgeable=allow_purgeable_kek)
         finally:
             provider.close()
             await backend.aclose()
@@ -425,9 +444,13 @@ def _split_options(options: tuple[str, ...]) -> set[str]:
 @click.option("--daemon", is_flag=True, help="Fork into the background once the mount is live.")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="Where a --daemon mount writes its log (default: discarded).")
+@click.option("--allow-purgeable-kek", is_flag=True,
+              help="Mount even if the Key Vault key can be purged.")
+@click.option("--key-ttl", type=float, default=None,
+              help="Seconds an idle data key stays cached (default 3600).")
 @key_options
 def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], daemon: bool,
-          log_file: str | None) -> None:
+          log_file: str | None, allow_purgeable_kek: bool, key_ttl: float | None) -> None:
     """Mount the volume in STORE on MOUNTPOINT (foreground unless --daemon)."""
     from .mount import VolumeLock, check_mountpoint, serve
     ctx = _ctx()
@@ -446,8 +469,10 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
             return
 
         async def main() -> None:
+            harden_process()      # no core dumps, no ptrace: unwrapped keys live here
             volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore(),
-                                       tuning=ctx.tuning())
+                                       tuning=ctx.tuning(), audit=ctx.audit(), check_kek=True,
+                                       allow_purgeable=allow_purgeable_kek, key_ttl=key_ttl)
             lock = VolumeLock(volume.config.volume_id.hex())
             try:
                 lock.acquire(mp)

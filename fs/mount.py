@@ -120,6 +120,7 @@ async def serve(volume: Volume, mountpoint: Path, options: set[str],
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
             nursery.start_soon(periodic_writeback, volume)
+            nursery.start_soon(volume.broker.run_sweeper)
             if on_ready is not None:
                 on_ready()
             await pyfuse3.main()

@@ -19,7 +19,8 @@ from typing import Iterable
 import trio
 
 from ..backends.base import Backend, BackendStat, Handle, join, parent_of
-from ..crypto.broker import KeyBroker
+from ..crypto.audit import AuditLog
+from ..crypto.broker import KeyBroker, wrap_new_dek
 from ..crypto.config import VolumeConfig, WrappedDek
 from ..crypto.constants import (CONFIG_NAME, DEFAULT_CHUNK_SIZE, DIR_META_NAME, HIDDEN_PREFIX,
                                 TEMP_PREFIX)
@@ -172,18 +173,21 @@ class Volume:
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
     async def init(cls, backend: Backend, provider: KekProvider, *,
-                     chunk_size: int = DEFAULT_CHUNK_SIZE, pins: PinStore | None = None,
-                     uid: int | None = None, gid: int | None = None) -> VolumeConfig:
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, pins: PinStore | None = None,
+                   uid: int | None = None, gid: int | None = None, audit: AuditLog | None = None,
+                   allow_purgeable: bool = False) -> VolumeConfig:
         """`sealfs init`: a new volume with one DEK wrapped by the provider's KEK."""
         try:
             await backend.stat(CONFIG_NAME)
             raise UsageError(f"{backend.location} already holds a sealfs volume")
         except FileNotFoundError:
             pass
-        dek = os.urandom(32)
-        wrapped = await trio.to_thread.run_sync(provider.wrap, dek)
-        config = VolumeConfig.new(chunk_size, provider.config_entry(),
-                                  WrappedDek(1, wrapped.wrapped, wrapped.algorithm, wrapped.kek_version))
+        await trio.to_thread.run_sync(provider.check, allow_purgeable)
+        wrapped, dek_buf = await trio.to_thread.run_sync(
+            lambda: wrap_new_dek(provider, 1, audit=audit))
+        dek = bytes(dek_buf)
+        dek_buf[:] = bytes(len(dek_buf))
+        config = VolumeConfig.new(chunk_size, provider.config_entry(), wrapped)
         root_meta = Metadata(Kind.DIRECTORY, 0o755, os.getuid() if uid is None else uid,
                              os.getgid() if gid is None else gid)
         await _write_new_file(backend, DIR_META_NAME,
@@ -195,11 +199,21 @@ class Volume:
 
     @classmethod
     async def load(cls, backend: Backend, secrets: KeySecrets, *, pins: PinStore | None = None,
-                   tuning: VolumeTuning | None = None) -> "Volume":
+                   tuning: VolumeTuning | None = None, audit: AuditLog | None = None,
+                   check_kek: bool = False, allow_purgeable: bool = False,
+                   key_ttl: float | None = None) -> "Volume":
+        """Open a volume: read and verify sealfs.json, unwrap the names DEK, check the pin.
+
+        check_kek runs the provider's safety checks (recoverable, enabled, key_ops) as a
+        mount does; one-off CLI commands skip that extra KMS round trip.
+        """
         config, claimed_mac = await read_config(backend)
         provider = provider_from_config(config.kek, secrets)
-        broker = KeyBroker(provider, config)
+        broker = KeyBroker(provider, config, audit=audit,
+                           **({"ttl": key_ttl} if key_ttl is not None else {}))
         try:
+            if check_kek:
+                await trio.to_thread.run_sync(provider.check, allow_purgeable)
             names_dek = await broker.dek(config.name_dek_id)
             config.verify(config_mac_key(names_dek), claimed_mac)
             if pins is not None:
@@ -449,7 +463,7 @@ class Volume:
         name appears, and return it open for writing."""
         parent, name, bpath, long = await self._entry(path)
         dek_id = self.config.current_dek_id
-        dek = await self.broker.dek(dek_id)
+        dek = await self.broker.acquire(dek_id)      # held while the file is open
         file_id = new_file_id()
         meta = Metadata(kind, mode & 0o7777, _uid(uid), _gid(gid), rdev, len(content))
         key = file_key(dek, file_id)
@@ -464,6 +478,7 @@ class Volume:
                 await self._write_sidecar(bpath, long)
             await self.backend.rename(tmp, bpath, replace=False)
         except BaseException:
+            self.broker.release(dek_id)
             await self.backend.close(handle)
             await _remove_quietly(self.backend, tmp)
             raise
@@ -512,6 +527,7 @@ class Volume:
             cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
             committed = await FileState.resolve_size(self.backend, handle, header, cipher,
                                                      self.chunk_size, fst.size)
+            await self.broker.acquire(header.dek_id)     # held while the file is open
         except BaseException:
             await self.backend.close(handle)
             raise
@@ -552,6 +568,7 @@ class Volume:
             for victim in state.victims:
                 await _remove_quietly(self.backend, victim)
             state.forget_secrets()
+            self.broker.release(state.dek_id)
 
     async def _after_write(self, state: FileState) -> None:
         """Write-back under memory pressure: bound dirty data per file and per volume."""

@@ -29,7 +29,7 @@ def sealfs(*args: str, env: dict | None = None, check: bool = True, input: bytes
 class Mount:
     """A running `sealfs mount STORE MOUNTPOINT` process."""
 
-    def __init__(self, store: Path | str, mountpoint: Path, keyfile: Path, env: dict | None = None,
+    def __init__(self, store: Path | str, mountpoint: Path, keyfile: Path | None, env: dict | None = None,
                  extra: tuple[str, ...] = ()) -> None:
         self.store = store
         self.store_dir = Path(store) if "://" not in str(store) else None
@@ -45,7 +45,7 @@ class Mount:
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [*SEALFS, "-v", "mount", str(self.store), str(self.mountpoint),
-             "--keyfile", str(self.keyfile), *self.extra],
+             *(["--keyfile", str(self.keyfile)] if self.keyfile else []), *self.extra],
             env=self.env, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not _live(self.mountpoint):

@@ -119,7 +119,7 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     SoftHSM reads its token directory at C_Initialize."""
     module = next((m for m in SOFTHSM_MODULES if os.path.exists(m)), None)
     if module is None:
-        pytest.skip("softhsm2 is not installed")
+        pytest.fail("softhsm2 is not installed (apt-get install softhsm2 opensc)")
     root = tmp_path_factory.mktemp("softhsm")
     (root / "tokens").mkdir()
     conf = root / "softhsm2.conf"
