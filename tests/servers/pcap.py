@@ -176,3 +176,22 @@ def smb_messages(path: Path, server_port: int) -> dict[int, list[SmbMessage]]:
             command = struct.unpack_from("<H", msg, 12)[0] if proto == PLAIN and len(msg) >= 14 else None
             msgs.append(SmbMessage(to_server, proto, command, length))
     return out
+
+
+def assert_all_encrypted_after_setup(pcap: Path, port: int, connections: int) -> None:
+    """After each connection's negotiate + session setup, every SMB message is a TRANSFORM."""
+    per_conn = smb_messages(pcap, port)
+    assert len(per_conn) >= connections
+    for client_port, msgs in per_conn.items():
+        for to_server in (True, False):
+            seen_encrypted = False
+            plain_cmds = []
+            for m in (m for m in msgs if m.to_server == to_server):
+                if m.protocol == TRANSFORM:
+                    seen_encrypted = True
+                    continue
+                assert m.protocol == PLAIN, f"unexpected SMB framing {m.protocol!r}"
+                assert not seen_encrypted, f"plaintext SMB command {m.command} after encryption began"
+                plain_cmds.append(m.command)
+            assert set(plain_cmds) <= {SMB2_NEGOTIATE, SMB2_SESSION_SETUP}, plain_cmds
+            assert seen_encrypted, f"connection {client_port}: no encrypted message at all"

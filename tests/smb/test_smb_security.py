@@ -9,7 +9,8 @@ from typing import Callable
 
 import pytest
 
-from tests.servers.pcap import PLAIN, SMB2_NEGOTIATE, SMB2_SESSION_SETUP, TRANSFORM, PacketCapture, smb_messages
+from tests.servers.pcap import (SMB2_SESSION_SETUP, PacketCapture,
+                                assert_all_encrypted_after_setup)
 from tests.servers.samba import SambaServer, new_store
 
 from sealfs.backends.base import TransportSecurityError
@@ -78,24 +79,6 @@ async def test_smb_3_0_2_server_is_used_with_aes_128_ccm(make_samba: Callable[..
     assert (store.local / "x").read_bytes() == b"must never arrive"
 
 
-def _assert_all_encrypted_after_setup(pcap: Path, port: int, connections: int) -> None:
-    per_conn = smb_messages(pcap, port)
-    assert len(per_conn) >= connections
-    for client_port, msgs in per_conn.items():
-        for to_server in (True, False):
-            seen_encrypted = False
-            plain_cmds = []
-            for m in (m for m in msgs if m.to_server == to_server):
-                if m.protocol == TRANSFORM:
-                    seen_encrypted = True
-                    continue
-                assert m.protocol == PLAIN, f"unexpected SMB framing {m.protocol!r}"
-                assert not seen_encrypted, f"plaintext SMB command {m.command} after encryption began"
-                plain_cmds.append(m.command)
-            assert set(plain_cmds) <= {SMB2_NEGOTIATE, SMB2_SESSION_SETUP}, plain_cmds
-            assert seen_encrypted, f"connection {client_port}: no encrypted message at all"
-
-
 @pytest.mark.parametrize("server_encrypt,share_encrypt", [
     ("required", None),
     # Share says "smb encrypt = off" under a server that encrypts: Samba 4.17 keeps the
@@ -127,7 +110,7 @@ async def test_wire_carries_only_encrypted_smb(make_samba: Callable[..., SambaSe
     raw = pcap.read_bytes()
     assert len(raw) > len(payload)  # the data did cross the wire
     assert MARKER not in raw and MARKER_NAME.encode("utf-16-le") not in raw
-    _assert_all_encrypted_after_setup(pcap, server.port, connections=2)
+    assert_all_encrypted_after_setup(pcap, server.port, connections=2)
     assert "cipher AES-256-GCM" in negotiated
 
 
