@@ -53,13 +53,13 @@ def fuse_op(fn):
             raise
         except IntegrityError as exc:
             log.error("integrity failure in %s(%s): %s", fn.__name__,
-                      self._describe(args), exc)
+                      self._describe(fn.__name__, args), exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR,
                                  errno.EISDIR, errno.EINVAL, errno.ENAMETOOLONG, errno.EPERM,
                                  errno.EACCES, errno.EXDEV, errno.ENODATA):
-                log.warning("%s(%s): %s", fn.__name__, self._describe(args), exc)
+                log.warning("%s(%s): %s", fn.__name__, self._describe(fn.__name__, args), exc)
             raise pyfuse3.FUSEError(errno_of(exc)) from None
         except (trio.Cancelled, KeyboardInterrupt):
             raise
@@ -93,14 +93,18 @@ class SealfsOperations(pyfuse3.Operations):
         self._root = root
 
     # -- inode table ---------------------------------------------------------------------
-    def _describe(self, args) -> str:
+    _FH_OPS = frozenset({"read", "write", "flush", "fsync", "release"})
+
+    def _describe(self, op: str, args) -> str:
+        """The plaintext path(s) a request was about, for one log line (never its data)."""
+        if op in self._FH_OPS:
+            entry = self._handles.get(args[0]) if args else None
+            return "/" + (entry[1].path or "<unlinked>") if entry else "?"
         parts = []
         for a in args[:3]:
             if isinstance(a, int) and a in self._nodes:
                 parts.append("/" + (self._nodes[a].path or "<unlinked>"))
-            elif isinstance(a, int) and a in self._handles:
-                parts.append("/" + (self._handles[a][1].path or "<unlinked>"))
-            elif isinstance(a, bytes):
+            elif isinstance(a, bytes) and len(a) <= 255:
                 parts.append(os.fsdecode(a))
         return ", ".join(parts)
 
