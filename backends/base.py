@@ -174,6 +174,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def statvfs(self) -> BackendStatvfs: ...
 
+    @property
+    def transport(self) -> str:
+        """How bytes travel to the store, for `sealfs info` (e.g. the negotiated SMB cipher)."""
+        return "local filesystem"
+
     async def aclose(self) -> None:
         """Release connections and cached handles."""
 

@@ -775,6 +775,10 @@ class SmbBackend(Backend):
             await self._run(channel.ensure)
 
     @property
+    def transport(self) -> str:
+        return self.negotiated or "SMB 3 (not connected yet)"
+
+    @property
     def negotiated(self) -> str:
         """What channel 0 negotiated, e.g. "SMB 3.1.1, cipher AES-256-GCM, ..." (after connect)."""
         return self._channels[0].info

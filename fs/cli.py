@@ -220,6 +220,7 @@ def info(store: str) -> None:
         async with opened_volume(store) as vol:
             cfg = vol.config
             click.echo(f"location:     {vol.backend.location}")
+            click.echo(f"transport:    {vol.backend.transport}")
             click.echo(f"volume id:    {cfg.volume_id.hex()}")
             click.echo(f"format:       sealfs v{cfg.version}")
             click.echo(f"chunk size:   {format_size(cfg.chunk_size)}")
