@@ -38,3 +38,12 @@ def test_nothing_plain_on_the_wire_or_on_the_share(tmp_path: Path, keyfile: Path
         assert NAME not in path.name
         if path.is_file():
             assert MARKER not in path.read_bytes()
+
+
+def test_info_reports_the_negotiated_cipher(tmp_path: Path, keyfile: Path, mount_env: dict, samba):
+    from tests.mounting import sealfs
+    store = new_store(samba)
+    env = dict(mount_env, SEALFS_SMB_PASSWORD=samba.password)
+    init_store(store.url, keyfile, "64K", env=env)
+    out = sealfs("info", store.url, "--keyfile", str(keyfile), env=env).stdout.decode()
+    assert "transport:" in out and "SMB 3.1.1" in out and "AES-256-GCM" in out
