@@ -38,12 +38,21 @@ class ChunkCipher:
         nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, bytes(plaintext), chunk_aad(self.file_id, index, final))
 
+    def seal_into(self, index: int, plaintext: bytes | bytearray | memoryview, final: bool,
+                  out: memoryview) -> None:
+        """Seal straight into out (exactly len(plaintext) + 28 bytes): no copies on the
+        write path, where whole runs of chunks go to the backend as one buffer."""
+        nonce = os.urandom(NONCE_SIZE)
+        out[:NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, plaintext, chunk_aad(self.file_id, index, final),
+                                out[NONCE_SIZE:])
+
     def open(self, index: int, sealed: bytes | memoryview, final: bool) -> bytes:
         if len(sealed) < CHUNK_OVERHEAD:
             raise IntegrityError(f"chunk {index} is truncated ({len(sealed)} bytes)")
         sealed = memoryview(sealed)
         try:
-            return self._aead.decrypt(bytes(sealed[:NONCE_SIZE]), bytes(sealed[NONCE_SIZE:]),
+            return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:],
                                       chunk_aad(self.file_id, index, final))
         except InvalidTag:
             raise IntegrityError(f"chunk {index} failed authentication") from None

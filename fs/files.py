@@ -82,6 +82,11 @@ class FileState:
         self.victims: list[str] = []         # hidden names to delete on last close (SMB)
         self.lock = trio.Lock()
         self._next_sequential = -1
+        # Background read-ahead: spawn(fn, *args) -> bool starts a task in the mount's
+        # nursery (None outside a mount); generation changes whenever content is rewritten.
+        self.spawn = None
+        self.generation = 0
+        self._prefetching: dict[int, trio.Event] = {}
 
     # -- opening -------------------------------------------------------------------------
     @staticmethod
@@ -118,12 +123,20 @@ class FileState:
         self._next_sequential = end
         loaded: dict[int, bytes] = {}
         missing = [i for i in range(first, last + 1) if self._missing(i)]
+        if missing and self._prefetching:
+            for i in missing:                      # already on its way: wait, don't re-read
+                event = self._prefetching.get(i)
+                if event is not None:
+                    await event.wait()
+            missing = [i for i in missing if self._missing(i)]
         if missing:
-            if sequential:
+            if sequential and self.spawn is None:  # no background tasks: read ahead inline
                 ahead_end = min(chunk_count(self.committed, cs) - 1,
                                 last + max(1, self.tuning.readahead_bytes // cs))
                 missing += [i for i in range(last + 1, ahead_end + 1) if self._missing(i)]
             loaded = await self._load_chunks(missing)
+        if sequential and self.spawn is not None:
+            self._schedule_readahead(last)
         parts = []
         for i in range(first, last + 1):
             chunk = self._logical_chunk_cached(i, loaded)
@@ -131,6 +144,40 @@ class FileState:
             hi = end - i * cs if i == last else len(chunk)
             parts.append(chunk[lo:hi])
         return b"".join(parts)
+
+    def _schedule_readahead(self, last: int) -> None:
+        """Keep the next window of a sequential reader loading in the background, so
+        decryption overlaps with the kernel's next requests instead of stalling them."""
+        cs = self.cs
+        window = max(1, self.tuning.readahead_bytes // cs)
+        limit = min(chunk_count(min(self.committed, self.low_water), cs) - 1, last + window)
+        probe = min(limit, last + max(1, window // 2))
+        if probe <= last or not self._missing(probe) or probe in self._prefetching:
+            return
+        todo = [i for i in range(last + 1, limit + 1)
+                if self._missing(i) and i not in self._prefetching]
+        if not todo:
+            return
+        events = {i: trio.Event() for i in todo}
+        self._prefetching.update(events)
+        if not self.spawn(self._prefetch, todo, events, self.generation):
+            for i, event in events.items():
+                del self._prefetching[i]
+                event.set()
+
+    async def _prefetch(self, todo: list[int], events: dict[int, trio.Event], generation: int) -> None:
+        try:
+            loaded = await self._load_chunks(todo, cache=False)
+            if generation == self.generation:      # nothing was rewritten meanwhile
+                for i, plain in loaded.items():
+                    self.cache.put(self.file_id, i, plain)
+        except Exception as exc:                   # the reader will load (and report) itself
+            log.debug("%s: read-ahead dropped: %s", self.bpath, exc)
+        finally:
+            for i, event in events.items():
+                if self._prefetching.get(i) is event:
+                    del self._prefetching[i]
+                event.set()
 
     def _needs_backend(self, index: int) -> bool:
         return index not in self.dirty and index * self.cs < min(self.low_water, self.committed)
@@ -165,7 +212,7 @@ class FileState:
         loaded = await self._load_chunks([index]) if self._missing(index) else {}
         return bytearray(self._logical_chunk_cached(index, loaded))
 
-    async def _load_chunks(self, indices: list[int]) -> dict[int, bytes]:
+    async def _load_chunks(self, indices: list[int], cache: bool = True) -> dict[int, bytes]:
         """Read and open committed chunks, contiguous runs in one backend request each."""
         cs = self.cs
         committed_final = final_index(self.committed, cs)
@@ -191,8 +238,9 @@ class FileState:
                 jobs.append((i, view[lo:lo + length]))
         results = await self._run_crypto(
             [(i, sealed, i == committed_final) for i, sealed in jobs], self._open_batch)
-        for i, plain in results:
-            self.cache.put(self.file_id, i, plain)
+        if cache:
+            for i, plain in results:
+                self.cache.put(self.file_id, i, plain)
         return dict(results)
 
     def _open_batch(self, batch: list[tuple[int, memoryview, bool]]) -> list[tuple[int, bytes]]:
@@ -261,6 +309,7 @@ class FileState:
 
     async def truncate(self, size: int) -> None:
         cs = self.cs
+        self.generation += 1
         if size < self.size:
             for index in [i for i in self.dirty if i * cs >= size]:
                 del self.dirty[index]
@@ -291,6 +340,7 @@ class FileState:
         if not self.writable:
             raise OSError(9, "file is not open for writing")
         cs = self.cs
+        self.generation += 1
         if self.tail_at is not None:
             # Bytes past the committed extent are an interrupted write's tail: cut them.
             await self.backend.truncate(self.handle, self.tail_at)
@@ -305,33 +355,58 @@ class FileState:
         reseal_old_final = old_final < new_final
         if reseal_old_final and old_final not in chunks:
             chunks[old_final] = await self._logical_chunk(old_final)
-        jobs = []
-        for i in sorted(chunks):
-            plain = _fit(chunks[i], chunk_plain_length(i, new, cs))
-            jobs.append((i, plain, i == new_final))
-        sealed = dict(await self._run_crypto(jobs, self._seal_batch))
-        first_writes = [(slot_offset(i, cs), sealed[i]) for i in sorted(sealed)
-                        if not (reseal_old_final and i == old_final)]
         header_needed = new != self.header_size or self.header_dirty
         header = self._sealed_header(new) if header_needed else None
-        if header is not None and not reseal_old_final and first_writes \
-                and first_writes[0][0] == HEADER_SIZE:
+        # Contiguous runs of chunks are sealed straight into one buffer each and written
+        # in one request; the old final chunk (resealed last) always stands alone.
+        runs: list[list[int]] = []
+        for i in sorted(chunks):
+            alone = reseal_old_final and i == old_final
+            if runs and runs[-1][-1] == i - 1 and not alone and not (
+                    reseal_old_final and runs[-1][-1] == old_final):
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        jobs = []
+        writes: list[tuple[int, bytearray]] = []
+        combined = None
+        for run in runs:
             # Header and chunk 0 are contiguous: one request (every small file), written
-            # last, so the header still follows every other chunk.
-            first_writes.append((0, header + first_writes.pop(0)[1]))
-            header = None
-        if first_writes:
-            await self.backend.write_many(self.handle, first_writes)
+            # after every other chunk so the header still comes last.
+            lead = HEADER_SIZE if (run[0] == 0 and header is not None and not reseal_old_final) else 0
+            lengths = [chunk_plain_length(i, new, cs) for i in run]
+            buf = bytearray(lead + sum(lengths) + CHUNK_OVERHEAD * len(run))
+            view = memoryview(buf)
+            pos = lead
+            for i, length in zip(run, lengths):
+                jobs.append((i, _fit(chunks[i], length), i == new_final,
+                             view[pos:pos + length + CHUNK_OVERHEAD]))
+                pos += length + CHUNK_OVERHEAD
+            if lead:
+                buf[:HEADER_SIZE] = header
+                combined = (0, buf)
+                header = None
+            else:
+                writes.append((slot_offset(run[0], cs), buf))
+        await self._run_crypto(jobs, self._seal_batch)
+        resealed = None
         if reseal_old_final:
-            await self.backend.write(self.handle, slot_offset(old_final, cs), sealed[old_final])
+            resealed = next(w for w in writes if w[0] == slot_offset(old_final, cs))
+            writes.remove(resealed)
+        if combined is not None:
+            writes.append(combined)
+        if writes:
+            await self.backend.write_many(self.handle, writes)
+        if resealed is not None:
+            await self.backend.write(self.handle, *resealed)
         if header is not None:
             await self.backend.write(self.handle, 0, header)
         self.header_size = new
         self.header_dirty = False
         self.committed = new
         self.low_water = new
-        for i, plain, _final in jobs:
-            self.cache.put(self.file_id, i, bytes(plain))
+        for i, plain, _final, _out in jobs:
+            self.cache.put(self.file_id, i, plain)   # the dirty buffer itself: no longer mutated
         self.dirty.clear()
         self.dirty_bytes = 0
         self.meta = self.meta.with_(size=new)
@@ -358,8 +433,10 @@ class FileState:
         buf = await self._logical_chunk(index)
         return buf[:max(0, size - index * self.cs)]
 
-    def _seal_batch(self, batch: list[tuple[int, bytes, bool]]) -> list[tuple[int, bytes]]:
-        return [(i, self.cipher.seal(i, plain, final)) for i, plain, final in batch]
+    def _seal_batch(self, batch: list[tuple[int, bytes, bool, memoryview]]) -> list[int]:
+        for i, plain, final, out in batch:
+            self.cipher.seal_into(i, plain, final, out)
+        return [i for i, *_ in batch]
 
     def _sealed_header(self, size: int) -> bytes:
         self.meta = self.meta.with_(size=size)
@@ -378,9 +455,9 @@ class FileState:
         self._file_key = b""
 
 
-def _fit(data: bytes | bytearray, length: int) -> bytes:
+def _fit(data: bytes | bytearray, length: int) -> bytes | bytearray:
     if len(data) == length:
-        return bytes(data)
+        return data
     if len(data) > length:
         return bytes(data[:length])
     return bytes(data) + bytes(length - len(data))

@@ -119,6 +119,7 @@ async def serve(volume: Volume, mountpoint: Path, options: set[str],
                  volume.chunk_size)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
+            volume.background = nursery
             nursery.start_soon(periodic_writeback, volume)
             nursery.start_soon(volume.broker.run_sweeper)
             if on_ready is not None:
@@ -126,6 +127,7 @@ async def serve(volume: Volume, mountpoint: Path, options: set[str],
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
+        volume.background = None
         notify_stopping("flushing and unmounting")
         try:
             await volume.flush_all()

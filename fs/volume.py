@@ -169,6 +169,14 @@ class Volume:
         self._states: dict[bytes, FileState] = {}
         self._stamps: dict[bytes, tuple[int, int]] = {}
         self._crypto_limiter = trio.CapacityLimiter(max(1, self.tuning.files.crypto_threads))
+        #: the mount's nursery, for background read-ahead (None for one-off CLI commands)
+        self.background: trio.Nursery | None = None
+
+    def _spawn(self, fn, *args) -> bool:
+        if self.background is None:
+            return False
+        self.background.start_soon(fn, *args)
+        return True
 
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
@@ -485,6 +493,7 @@ class Volume:
         state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
                           chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
                           limiter=self._crypto_limiter, committed=len(content))
+        state.spawn = self._spawn
         state.writable = True
         state.has_writer = True
         self._states[file_id] = state
@@ -537,6 +546,7 @@ class Volume:
         state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
                           chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
                           limiter=self._crypto_limiter, committed=committed)
+        state.spawn = self._spawn
         state.writable = writable
         # An uncommitted tail or a stale header is repaired by the first flush of a writer;
         # a reader never writes.
