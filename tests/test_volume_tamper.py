@@ -100,20 +100,23 @@ async def test_a_chunk_copied_from_another_file_at_the_same_index_fails(make_vol
     await vol.write_file("victim", os.urandom(3 * CS))
     await vol.write_file("donor", os.urandom(3 * CS))
     victim = store / await bpath_of(vol, "victim")
+    original = victim.read_bytes()
     donor = (store / await bpath_of(vol, "donor")).read_bytes()
-    raw = bytearray(victim.read_bytes())
     at = slot_offset(1, CS)
+    raw = bytearray(original)
     raw[at:at + CS + CHUNK_OVERHEAD] = donor[at:at + CS + CHUNK_OVERHEAD]
     victim.write_bytes(raw)
     with pytest.raises(IntegrityError):
         await read_fresh(vol, "victim")
-    # a whole foreign header is refused as well: chunk keys are bound to the file id
-    raw = bytearray(victim.read_bytes())
+    # a foreign header in front of the file's own chunks is refused as well:
+    # chunk keys and AAD are bound to the file id
+    raw = bytearray(original)
     raw[:HEADER_SIZE] = donor[:HEADER_SIZE]
-    raw[at:at + CS + CHUNK_OVERHEAD] = (store / await bpath_of(vol, "victim")).read_bytes()[at:at + CS + CHUNK_OVERHEAD]
     victim.write_bytes(raw)
     with pytest.raises(IntegrityError):
         await read_fresh(vol, "victim")
+    victim.write_bytes(original)
+    assert len(await read_fresh(vol, "victim")) == 3 * CS
     await vol.close()
 
 
