@@ -78,6 +78,7 @@ class FileState:
         self.writable = False
         self.unlinked = False
         self.hidden_path: str | None = None
+        self.repair_pending = False           # uncommitted tail / stale header (volume._repair)
         self.lock = trio.Lock()
         self._next_sequential = -1
 

@@ -480,6 +480,12 @@ class Volume:
         if write and not state.writable:
             await handle.close()
             raise OSError(errno.EROFS, "the backend file is read-only", path)
+        if write and state.repair_pending:
+            try:
+                await self._repair(state)
+            except BaseException:
+                await handle.close()
+                raise
         if truncate:
             await handle.truncate(0)
         return handle
@@ -511,15 +517,24 @@ class Volume:
                           chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
                           limiter=self._crypto_limiter, committed=committed)
         state.writable = writable
-        if writable and (fst.size != stored_size(committed, self.chunk_size)
-                         or header.meta.size != committed):
-            # The next writer cuts an uncommitted tail and rewrites a stale header.
-            await self.backend.truncate(handle, stored_size(committed, self.chunk_size))
-            state.header_size = -1
-            async with state.lock:
-                await state.flush()
+        if fst.size != stored_size(committed, self.chunk_size) or header.meta.size != committed:
+            # An uncommitted tail or a stale header: readers ignore it, the next writer
+            # repairs it (see _repair). Until then nothing may flush the stale header.
+            state.repair_pending = True
+            state.header_size = committed
         self._states[header.file_id] = state
         return state
+
+    async def _repair(self, state: FileState) -> None:
+        """The next writer cuts an uncommitted tail and rewrites a stale header; a reader
+        never writes (another client may be mid-write on a shared store)."""
+        async with state.lock:
+            if not state.repair_pending:
+                return
+            await self.backend.truncate(state.handle, stored_size(state.committed, self.chunk_size))
+            state.header_size = -1
+            await state.flush()
+            state.repair_pending = False
 
     async def _release(self, handle: OpenFile) -> None:
         state = handle.state
