@@ -839,7 +839,12 @@ async def read_config(backend: Backend) -> tuple[VolumeConfig, str]:
     except FileNotFoundError:
         raise ConfigError(f"{backend.location} is not a sealfs volume (no {CONFIG_NAME}); "
                           f"create one with `sealfs init`") from None
-    return VolumeConfig.parse(raw)
+    try:
+        return VolumeConfig.parse(raw)
+    except ConfigError as exc:
+        if CONFIG_NAME in str(exc):
+            raise
+        raise ConfigError(f"{CONFIG_NAME} is damaged: {exc}") from None
 
 
 async def _read_small(backend: Backend, bpath: str, limit: int) -> bytes:
