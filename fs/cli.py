@@ -25,6 +25,7 @@ from ..backends.registry import BackendOptions, open_backend
 from ..crypto.constants import DEFAULT_CHUNK_SIZE
 from ..crypto.errors import SealfsError, UsageError
 from ..crypto.header import Kind
+from ..crypto.kdf import pin_fingerprint
 from ..crypto.kms import provider_for_init
 from .errors import exit_code_of, one_line
 from .keysource import resolve_secrets
@@ -338,9 +339,15 @@ def repin(store: str) -> None:
         ctx = click.get_current_context().find_object(Context)
         pins = PinStore()
         backend = ctx.backend(store)
-        forgot = pins.forget(backend.location)
-        volume = await Volume.load(backend, ctx.secrets(), pins=pins)
-        await volume.close()
+        # Verify the volume opens (key, config MAC, root directory) before dropping the old
+        # pin: a failed repin must leave the old pin in place.
+        volume = await Volume.load(backend, ctx.secrets(), pins=None)
+        try:
+            names_dek = await volume.broker.dek(volume.config.name_dek_id)
+            forgot = pins.forget(backend.location)
+            pins.check(backend.location, volume.config.volume_id.hex(), pin_fingerprint(names_dek))
+        finally:
+            await volume.close()
         click.echo(f"{'re-pinned' if forgot else 'pinned'} volume {volume.config.volume_id.hex()} "
                    f"at {backend.location}")
     run(main)
