@@ -234,3 +234,25 @@ def test_module_and_console_script_agree(vol4k):
         pytest.skip("no sealfs console script next to this interpreter")
     out = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "init" in out.stdout and "cat" in out.stdout
+
+
+def test_ls_and_cat_handle_names_that_are_not_utf8(tmp_path, keyfile):
+    """FUSE may create any byte string as a name (kept with surrogateescape)."""
+    import trio
+    from sealfs.backends.local import LocalBackend
+    from sealfs.crypto.kms import KeySecrets, provider_for_init
+    from sealfs.fs.pins import PinStore
+    from sealfs.fs.volume import Volume
+    store = tmp_path / "s"
+    store.mkdir()
+
+    async def main():
+        secrets = KeySecrets(keyfile=keyfile)
+        await Volume.init(LocalBackend(store), provider_for_init(None, secrets), pins=PinStore())
+        vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+        await vol.write_file("latin1-caf\udce9", b"bytes name")
+        await vol.close()
+    trio.run(main)
+    res = run_sealfs("ls", store, "-l", "--keyfile", keyfile)
+    assert res.code == 0, res.err
+    assert b"latin1-caf" in res.out and len(res.out.splitlines()) == 1

@@ -195,3 +195,60 @@ async def test_setattr_size_truncates_through_the_path(make_volume, open_volume)
 
 async def test_header_size_is_fixed_and_small():
     assert HEADER_SIZE < 4096
+
+
+async def test_truncate_to_10_gib_stays_cheap_and_reads_zeros(make_volume, open_volume):
+    store = await make_volume(64 * KIB)
+    vol = await open_volume(store)
+    f = await vol.create("huge")
+    await f.write(0, b"start")
+    await f.truncate(10 * 1024 ** 3)
+    await f.close()
+    await vol.close()
+    vol = await open_volume(store)
+    assert (await vol.stat("huge")).size == 10 * 1024 ** 3
+    f = await vol.open("huge")
+    assert await f.read(0, 8) == b"start" + bytes(3)
+    assert await f.read(5 * 1024 ** 3 + 17, 100_000) == bytes(100_000)
+    assert await f.read(10 * 1024 ** 3 - 10, 100) == bytes(10)
+    await f.close()
+    _p, _n, bpath, _l = await vol._entry("huge")
+    assert (store / bpath).stat().st_blocks * 512 < 4 * 1024 * 1024, "the hole was written out"
+    await vol.close()
+
+
+async def test_append_mode_writes_at_the_end_and_truncate_on_open_empties(make_volume, open_volume):
+    store = await make_volume(4 * KIB)
+    vol = await open_volume(store)
+    await vol.write_file("log", b"a" * 5000)
+    f = await vol.open("log", write=True, append=True)
+    await f.write(0, b"B")
+    await f.write(3, b"C" * 5000)
+    await f.close()
+    assert await vol.read_file("log") == b"a" * 5000 + b"B" + b"C" * 5000
+    f = await vol.open("log", write=True, truncate=True)
+    assert (await f.stat()).size == 0
+    await f.close()
+    await vol.close()
+    vol = await open_volume(store)
+    assert await vol.read_file("log") == b""
+    f = await vol.open("log")
+    with pytest.raises(OSError):
+        await f.write(0, b"read-only handle")
+    assert await f.read(10, 10) == b""
+    await f.close()
+    await vol.close()
+
+
+async def test_close_to_open_consistency_between_two_volume_instances(make_volume, open_volume):
+    store = await make_volume(4 * KIB)
+    a = await open_volume(store)
+    b = await open_volume(store)
+    await a.write_file("shared", b"1" * 9000)
+    assert await b.read_file("shared") == b"1" * 9000          # b now caches the plaintext
+    f = await a.open("shared", write=True)
+    await f.write(4096, b"2" * 10)                            # same size, new bytes
+    await f.close()
+    assert await b.read_file("shared") == b"1" * 4096 + b"2" * 10 + b"1" * (9000 - 4106)
+    await a.close()
+    await b.close()
