@@ -325,3 +325,20 @@ async def test_walk_lists_the_whole_tree(make_volume, open_volume):
     assert paths == ["a", "a/b", "a/b/c", "top"]
     assert sorted(p for p, _ in await vol.walk("a")) == ["a/b", "a/b/c"]
     await vol.close()
+
+
+@pytest.mark.parametrize("width", [1, 200], ids=["short", "long-name"])
+async def test_rename_onto_another_hard_link_of_the_same_file_changes_nothing(width, make_volume, open_volume):
+    """POSIX rename(2): if old and new are links to the same file, rename does nothing."""
+    store = await make_volume(4096)
+    vol = await open_volume(store)
+    a, b = "a" * width, "b" * width
+    await vol.write_file(a, b"same")
+    await vol.link(a, b)
+    await vol.rename(a, b)
+    await vol.close()
+    vol = await open_volume(store)
+    assert await names_in(vol) == sorted([a, b])
+    assert await vol.read_file(a) == b"same" and await vol.read_file(b) == b"same"
+    assert (await vol.stat(a)).nlink == 2
+    await vol.close()
