@@ -637,6 +637,9 @@ class Volume:
             d_stat = await self.backend.stat(d_bpath)
         except FileNotFoundError:
             d_stat = None
+        if d_stat is not None and not s_stat.is_dir and not d_stat.is_dir \
+                and s_stat.ino and s_stat.ino == d_stat.ino and not noreplace:
+            return      # POSIX: both names are links to the same file; rename does nothing
         if d_stat is not None:
             if noreplace:
                 raise FileExistsError(errno.EEXIST, "File exists", dst)
