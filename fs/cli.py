@@ -27,6 +27,7 @@ from ..crypto.broker import harden_process
 from ..crypto.constants import DEFAULT_CHUNK_SIZE
 from ..crypto.errors import SealfsError, UsageError
 from ..crypto.header import Kind
+from ..crypto.kdf import pin_fingerprint
 from ..crypto.kms import provider_for_init
 from .config_file import VolumeConfigFile, load_config_file, secret_files
 from .errors import exit_code_of, one_line
@@ -60,7 +61,7 @@ class Context:
         return AuditLog()
 
     def secrets(self, confirm: bool = False, options: dict | None = None):
-        files = secret_files(self.config) if self.config is not None else None
+        files = secret_files(self.config)     # systemd credentials, then the config file
         return resolve_secrets(
             self.keyfile, self.passphrase_file, confirm_prompt=confirm, options=options,
             config_keyfile=str(files.keyfile) if files and files.keyfile else None,
@@ -426,9 +427,15 @@ def repin(store: str) -> None:
         ctx = click.get_current_context().find_object(Context)
         pins = PinStore()
         backend = ctx.backend(store)
-        forgot = pins.forget(backend.location)
-        volume = await Volume.load(backend, ctx.secrets(), pins=pins)
-        await volume.close()
+        # Verify the volume opens (key, config MAC, root directory) before dropping the old
+        # pin: a failed repin must leave the old pin in place.
+        volume = await Volume.load(backend, ctx.secrets(), pins=None)
+        try:
+            names_dek = await volume.broker.dek(volume.config.name_dek_id)
+            forgot = pins.forget(backend.location)
+            pins.check(backend.location, volume.config.volume_id.hex(), pin_fingerprint(names_dek))
+        finally:
+            await volume.close()
         click.echo(f"{'re-pinned' if forgot else 'pinned'} volume {volume.config.volume_id.hex()} "
                    f"at {backend.location}")
     run(main)

@@ -281,6 +281,8 @@ class FileState:
     # -- writing -------------------------------------------------------------------------
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         view = memoryview(data)
+        if not len(view):
+            return 0                          # POSIX: a zero-length write changes nothing
         cs = self.cs
         pos, remaining = offset, len(view)
         taken = 0

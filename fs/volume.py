@@ -668,6 +668,9 @@ class Volume:
             d_stat = await self.backend.stat(d_bpath)
         except FileNotFoundError:
             d_stat = None
+        if d_stat is not None and not s_stat.is_dir and not d_stat.is_dir \
+                and s_stat.ino and s_stat.ino == d_stat.ino and not noreplace:
+            return      # POSIX: both names are links to the same file; rename does nothing
         if d_stat is not None:
             if noreplace:
                 raise FileExistsError(errno.EEXIST, "File exists", dst)
@@ -870,7 +873,12 @@ async def read_config(backend: Backend) -> tuple[VolumeConfig, str]:
     except FileNotFoundError:
         raise ConfigError(f"{backend.location} is not a sealfs volume (no {CONFIG_NAME}); "
                           f"create one with `sealfs init`") from None
-    return VolumeConfig.parse(raw)
+    try:
+        return VolumeConfig.parse(raw)
+    except ConfigError as exc:
+        if CONFIG_NAME in str(exc):
+            raise
+        raise ConfigError(f"{CONFIG_NAME} is damaged: {exc}") from None
 
 
 async def _read_small(backend: Backend, bpath: str, limit: int) -> bytes:

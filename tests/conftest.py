@@ -77,3 +77,67 @@ def samba() -> Iterator[SambaServer]:
     need_smbd()
     with SambaServer() as server:
         yield server
+
+
+# --------------------------------------------------------------------------------------
+# Helpers for the volume-core and CLI suites (tests/test_volume_*.py, tests/test_cli_*.py)
+# --------------------------------------------------------------------------------------
+
+import subprocess
+import sys
+from dataclasses import dataclass
+
+SEALFS_CMD = [sys.executable, "-m", "sealfs.fs.cli"]
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: bytes
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out.decode("utf-8", "replace")
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def run_sealfs(*args: str | os.PathLike, env: dict[str, str] | None = None,
+               input: bytes | None = None, timeout: float = 60) -> CliResult:
+    """Run the `sealfs` CLI in a subprocess with no terminal on stdin (never prompts)."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    proc = subprocess.run([*SEALFS_CMD, *map(str, args)], input=input if input is not None else b"",
+                          capture_output=True, env=full_env, timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
+
+
+@pytest.fixture
+def sealfs_cli():
+    """sealfs_cli(*args, env=None) -> CliResult; inherits the isolated SEALFS_STATE_DIR."""
+    return run_sealfs
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[str, bytes | None, int]]:
+    """Every path below root -> (kind, bytes or None, permission bits): compares whole stores."""
+    out: dict[str, tuple[str, bytes | None, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            p = Path(dirpath, name)
+            out[str(p.relative_to(root))] = ("dir", None, p.stat().st_mode & 0o7777)
+        for name in filenames:
+            p = Path(dirpath, name)
+            out[str(p.relative_to(root))] = ("file", p.read_bytes(), p.stat().st_mode & 0o7777)
+    return out
+
+
+def backend_files(root: Path) -> list[Path]:
+    return [Path(d, f) for d, _dirs, files in os.walk(root) for f in files]
+
+
+def backend_names(root: Path) -> list[str]:
+    return [name for _d, dirs, files in os.walk(root) for name in dirs + files]

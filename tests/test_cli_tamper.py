@@ -1,0 +1,194 @@
+"""Tampering seen through `sealfs cat`: a non-zero exit (4) and never a wrong byte.
+
+stdout may hold a prefix of the true plaintext made of whole authenticated chunks
+(what was already streamed before the damage was met), or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import trio
+
+from sealfs.backends.local import LocalBackend
+from sealfs.crypto.constants import CHUNK_OVERHEAD
+from sealfs.crypto.header import HEADER_SIZE
+from sealfs.crypto.kms import KeySecrets
+from sealfs.crypto.layout import slot_offset, stored_size
+from sealfs.fs.pins import PinStore
+from sealfs.fs.volume import Volume
+
+from tests.conftest import run_sealfs
+
+CS = 4096
+SLOT = CS + CHUNK_OVERHEAD
+
+
+def backend_path(store, keyfile, path: str):
+    async def main():
+        vol = await Volume.load(LocalBackend(store), KeySecrets(keyfile=keyfile), pins=PinStore())
+        try:
+            _p, _n, bpath, _l = await vol._entry(path)
+            return store / bpath
+        finally:
+            await vol.close()
+    return trio.run(main)
+
+
+_SIZE = 2 * 1024 * 1024 + 123          # cat streams it in several 1 MiB blocks
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A pristine 4 KiB-chunk volume with two files, built once with the library."""
+    root = tmp_path_factory.mktemp("tamper-template")
+    keyfile = root / "key"
+    keyfile.write_bytes(os.urandom(32))
+    keyfile.chmod(0o600)
+    store = root / "store"
+    store.mkdir()
+    files = {name: os.urandom(_SIZE) for name in ("victim", "donor")}
+
+    async def main():
+        from sealfs.crypto.kms import provider_for_init
+        secrets = KeySecrets(keyfile=keyfile)
+        pins = PinStore(root / "pins.json")
+        await Volume.init(LocalBackend(store), provider_for_init(None, secrets), chunk_size=CS, pins=pins)
+        vol = await Volume.load(LocalBackend(store), secrets, pins=pins)
+        for name, data in files.items():
+            await vol.write_file(name, data)
+        await vol.close()
+    trio.run(main)
+    return store, keyfile, files
+
+
+@pytest.fixture
+def volume(template, tmp_path):
+    store, keyfile, files = template
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    return copy, keyfile, files
+
+
+def cat(store, keyfile, path="/victim"):
+    return run_sealfs("cat", store, path, "--keyfile", keyfile)
+
+
+def assert_refused_without_wrong_bytes(res, plaintext: bytes, code: int = 4) -> None:
+    assert res.code == code, (res.code, res.err)
+    assert len(res.err_lines) == 1 and "Traceback" not in res.err, res.err
+    assert res.out == plaintext[:len(res.out)], "cat printed bytes that are not the plaintext"
+    assert len(res.out) % CS == 0, "cat printed part of a chunk"
+    assert len(res.out) < len(plaintext)
+
+
+@pytest.mark.parametrize("where", ["header-public", "header-tag", "chunk0-nonce", "chunk0-body",
+                                   "chunk400-body", "final-tag"])
+def test_one_flipped_byte_makes_cat_fail_without_printing_a_wrong_byte(volume, where):
+    store, keyfile, files = volume
+    target = backend_path(store, keyfile, "/victim")
+    raw = bytearray(target.read_bytes())
+    pos = {"header-public": 10, "header-tag": HEADER_SIZE - 3, "chunk0-nonce": slot_offset(0, CS) + 1,
+           "chunk0-body": slot_offset(0, CS) + 100, "chunk400-body": slot_offset(400, CS) + 2000,
+           "final-tag": len(raw) - 1}[where]
+    raw[pos] ^= 0x04
+    target.write_bytes(raw)
+    res = cat(store, keyfile)
+    assert_refused_without_wrong_bytes(res, files["victim"])
+    if where == "chunk400-body":
+        assert len(res.out) <= 400 * CS
+
+
+def test_two_swapped_chunks_make_cat_fail(volume):
+    store, keyfile, files = volume
+    target = backend_path(store, keyfile, "/victim")
+    raw = bytearray(target.read_bytes())
+    a, b = slot_offset(300, CS), slot_offset(301, CS)
+    raw[a:a + SLOT], raw[b:b + SLOT] = raw[b:b + SLOT], raw[a:a + SLOT]
+    target.write_bytes(raw)
+    res = cat(store, keyfile)
+    assert_refused_without_wrong_bytes(res, files["victim"])
+    assert len(res.out) <= 300 * CS
+
+
+def test_a_chunk_copied_from_another_file_at_the_same_index_makes_cat_fail(volume):
+    store, keyfile, files = volume
+    target = backend_path(store, keyfile, "/victim")
+    donor = backend_path(store, keyfile, "/donor").read_bytes()
+    raw = bytearray(target.read_bytes())
+    at = slot_offset(5, CS)
+    raw[at:at + SLOT] = donor[at:at + SLOT]
+    target.write_bytes(raw)
+    assert_refused_without_wrong_bytes(cat(store, keyfile), files["victim"])
+    assert cat(store, keyfile, "/donor").out == files["donor"]
+
+
+@pytest.mark.parametrize("chunks", [1, 256, 512])
+def test_a_file_truncated_at_a_chunk_boundary_makes_cat_fail(volume, chunks):
+    store, keyfile, files = volume
+    target = backend_path(store, keyfile, "/victim")
+    with open(target, "r+b") as fh:
+        fh.truncate(stored_size(chunks * CS, CS))
+    assert_refused_without_wrong_bytes(cat(store, keyfile), files["victim"])
+
+
+def test_a_file_moved_into_another_directory_is_not_listed_and_cat_fails(tmp_path, keyfile):
+    store = tmp_path / "store"
+    assert run_sealfs("init", store, "--keyfile", keyfile, "--chunk-size", "4K").code == 0
+    src = tmp_path / "f"
+    src.write_bytes(b"moved secret")
+    for cmd in (("mkdir", store, "/a"), ("mkdir", store, "/b"), ("put", store, src, "/a/secret"),
+                ("put", store, src, "/b/other")):
+        assert run_sealfs(*cmd, "--keyfile", keyfile).code == 0
+    moved = backend_path(store, keyfile, "/a/secret")
+    bdir = backend_path(store, keyfile, "/b")
+    shutil.move(moved, bdir / moved.name)
+    res = run_sealfs("ls", store, "/b", "--keyfile", keyfile)
+    assert res.code == 0
+    assert res.text.splitlines() == ["other"]
+    assert "WARNING" in res.err and "skipping" in res.err
+    res = run_sealfs("ls", store, "-R", "--keyfile", keyfile)
+    assert sorted(res.text.splitlines()) == ["a/", "b/", "b/other"]
+    for path in ("/a/secret", "/b/secret"):
+        res = run_sealfs("cat", store, path, "--keyfile", keyfile)
+        assert res.code != 0 and res.out == b""
+        assert "No such file" in res.err and "Traceback" not in res.err
+
+
+DAMAGES = {
+    "garbage": lambda raw: os.urandom(len(raw)),
+    "empty": lambda raw: b"",
+    "truncated-json": lambda raw: raw[:len(raw) // 2],
+    "not-an-object": lambda raw: b"[1, 2, 3]\n",
+    "mac-flipped": lambda raw: _edit(raw, lambda d: d.update(mac=("0" if d["mac"][0] != "0" else "1") + d["mac"][1:])),
+    "chunk-size-changed": lambda raw: _edit(raw, lambda d: d.update(chunk_size=8192)),
+    "chunk-size-invalid": lambda raw: _edit(raw, lambda d: d.update(chunk_size=3000)),
+    "created-changed": lambda raw: _edit(raw, lambda d: d.update(created="2001-01-01T00:00:00Z")),
+    "volume-id-changed": lambda raw: _edit(raw, lambda d: d.update(volume_id="00" * 16)),
+    "name-dek-unknown": lambda raw: _edit(raw, lambda d: d.update(name_dek=7)),
+    "mac-missing": lambda raw: _edit(raw, lambda d: d.pop("mac")),
+    "deks-empty": lambda raw: _edit(raw, lambda d: d.update(deks=[])),
+    "version-future": lambda raw: _edit(raw, lambda d: d.update(version=99)),
+    "binary-junk-inside": lambda raw: raw[:20] + b"\xff\xfe\x00" + raw[23:],
+}
+
+
+def _edit(raw: bytes, change) -> bytes:
+    doc = json.loads(raw)
+    change(doc)
+    return json.dumps(doc, indent=2).encode()
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_volume_config_is_refused_with_a_clear_message(volume, damage):
+    store, keyfile, _files = volume
+    cfg = store / "sealfs.json"
+    cfg.write_bytes(DAMAGES[damage](cfg.read_bytes()))
+    res = run_sealfs("cat", store, "/victim", "--keyfile", keyfile)
+    assert res.code in (3, 4), (res.code, res.err)
+    assert res.out == b""
+    assert len(res.err_lines) == 1 and "Traceback" not in res.err, res.err
+    assert "sealfs.json" in res.err or "volume config" in res.err, res.err

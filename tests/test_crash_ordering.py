@@ -1,0 +1,367 @@
+"""Crash ordering (fs/files.py FileState.flush; DESIGN.md "File format"):
+
+a size change touches two chunks (the old and the new final one). Grow = new chunks,
+then the old final chunk resealed, then the header; shrink = header, then the new final
+chunk, then truncate. A crash at any step must leave the file readable at its old or its
+new size with the right content, never failing with an IntegrityError.
+
+We record every backend write of a real flush (one step per chunk piece, before the
+backend coalesces them), then rebuild the backend file as it would be after a crash at
+each step and open it with a fresh volume.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from sealfs.backends.local import LocalBackend
+from sealfs.crypto.constants import CHUNK_OVERHEAD
+from sealfs.crypto.header import HEADER_SIZE
+from sealfs.crypto.kms import KeySecrets
+from sealfs.crypto.layout import final_index, slot_offset, stored_size
+from sealfs.fs.pins import PinStore
+from sealfs.fs.volume import Volume
+
+CS = 4096
+
+
+@dataclass
+class Recorder(LocalBackend):
+    """A local backend that logs every mutation of one backend file, in issue order."""
+
+    def __init__(self, root, target: str) -> None:
+        super().__init__(root)
+        self.target = target
+        self.ops: list[tuple] = []
+
+    async def write(self, handle, offset, data):
+        if handle.path == self.target:
+            self.ops.append(("write", offset, bytes(data)))
+        await super().write(handle, offset, data)
+
+    async def write_many(self, handle, writes):
+        if handle.path == self.target:
+            # one step per piece: the backend may coalesce them, a crash may not
+            self.ops.append(("group", [(off, bytes(d)) for off, d in writes]))
+        await super().write_many(handle, writes)
+
+    async def truncate(self, handle, size):
+        if handle.path == self.target:
+            self.ops.append(("truncate", size))
+        await super().truncate(handle, size)
+
+
+def apply(raw: bytearray, op) -> None:
+    kind = op[0]
+    if kind == "write":
+        _, off, data = op
+        if len(raw) < off:
+            raw.extend(bytes(off - len(raw)))
+        raw[off:off + len(data)] = data
+    elif kind == "truncate":
+        del raw[op[1]:]
+        raw.extend(bytes(max(0, op[1] - len(raw))))
+    else:
+        raise AssertionError(kind)
+
+
+def crash_states(before: bytes, ops: list[tuple], subsets: bool = True) -> list[tuple[str, bytes]]:
+    """Every backend file content a crash can leave: after each step, and for groups of
+    pipelined chunk writes (which may land in any order), after any subset of the group."""
+    steps: list[list[tuple]] = []
+    for op in ops:
+        if op[0] == "group":
+            steps.append([("write", off, data) for off, data in op[1]])
+        else:
+            steps.append([op])
+    states = []
+    raw = bytearray(before)
+    states.append(("before any write", bytes(raw)))
+    for n, step in enumerate(steps):
+        if len(step) > 1 and subsets and len(step) <= 8:
+            for r in range(1, len(step)):
+                for combo in itertools.combinations(range(len(step)), r):
+                    partial = bytearray(raw)
+                    for k in combo:
+                        apply(partial, step[k])
+                    states.append((f"step {n}: pieces {combo} of {len(step)}", bytes(partial)))
+        for k, piece in enumerate(step):
+            apply(raw, piece)
+            states.append((f"step {n} piece {k}", bytes(raw)))
+    return states
+
+
+@dataclass
+class Scenario:
+    name: str
+    old: bytes
+    ops: list = field(default_factory=list)      # ("write", off, data) | ("truncate", size)
+    extra_ok: list = field(default_factory=list)  # other acceptable contents (between two ops)
+
+
+def _model(old: bytes, ops) -> bytes:
+    m = bytearray(old)
+    for op in ops:
+        if op[0] == "write":
+            _, off, data = op
+            if len(m) < off:
+                m.extend(bytes(off - len(m)))
+            m[off:off + len(data)] = data
+        else:
+            size = op[1]
+            del m[size:]
+            m.extend(bytes(size - len(m)))
+    return bytes(m)
+
+
+def _rand(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+SCENARIOS = [
+    Scenario("grow within chunk 0", _rand(100, 1), [("write", 100, _rand(100, 2))]),
+    Scenario("grow within a later chunk", _rand(2 * CS + 100, 3), [("write", 2 * CS + 100, _rand(50, 4))]),
+    Scenario("grow across chunks", _rand(CS + 100, 5), [("write", CS + 100, _rand(3 * CS, 6))]),
+    Scenario("grow from a full final chunk", _rand(2 * CS, 7), [("write", 2 * CS, _rand(CS + 1, 8))]),
+    Scenario("grow from empty", b"", [("write", 0, _rand(3 * CS + 7, 9))]),
+    Scenario("sparse grow by truncate", _rand(100, 10), [("truncate", 10 * CS + 1)]),
+    Scenario("sparse write far past EOF", _rand(CS + 5, 11), [("write", 7 * CS + 3, b"tail")]),
+    Scenario("shrink within the final chunk", _rand(3 * CS + 200, 12), [("truncate", 3 * CS + 10)]),
+    Scenario("shrink across chunks", _rand(4 * CS + 50, 13), [("truncate", CS + 100)]),
+    Scenario("shrink to a chunk boundary", _rand(4 * CS, 14), [("truncate", 2 * CS)]),
+    Scenario("shrink to a boundary from mid-chunk", _rand(4 * CS + 9, 15), [("truncate", CS)]),
+    Scenario("shrink to empty", _rand(3 * CS + 1, 16), [("truncate", 0)]),
+    Scenario("shrink then grow in one flush", _rand(4 * CS + 50, 17),
+             [("truncate", CS + 3), ("write", 6 * CS, _rand(100, 18))]),
+]
+
+
+async def _bpath(vol: Volume, path: str) -> str:
+    _p, _n, bpath, _l = await vol._entry(path)
+    return bpath
+
+
+async def _run_scenario(sc: Scenario, make_volume, keyfile):
+    store = await make_volume(CS)
+    secrets = KeySecrets(keyfile=keyfile)
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    await vol.write_file("f", sc.old)
+    bpath = await _bpath(vol, "f")
+    await vol.close()
+    before = (store / bpath).read_bytes()
+    assert len(before) == stored_size(len(sc.old), CS)
+
+    rec = Recorder(store, bpath)
+    vol = await Volume.load(rec, secrets, pins=PinStore())
+    f = await vol.open("f", write=True)
+    for op in sc.ops:
+        if op[0] == "write":
+            await f.write(op[1], op[2])
+        else:
+            await f.truncate(op[1])
+    await f.close()                             # one write-back of everything
+    await vol.close()
+    new = _model(sc.old, sc.ops)
+    after = (store / bpath).read_bytes()
+    assert len(after) == stored_size(len(new), CS)
+    assert rec.ops, "the flush wrote nothing"
+
+    acceptable = {sc.old: "old", new: "new"}
+    for k in range(1, len(sc.ops)):
+        acceptable.setdefault(_model(sc.old, sc.ops[:k]), f"after op {k}")
+    states = crash_states(before, rec.ops)
+    assert states[-1][1] == after, "replaying the recorded writes does not give the final file"
+    seen = set()
+    for label, content in states:
+        (store / bpath).write_bytes(content)
+        vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+        try:
+            size = (await vol.stat("f")).size
+            got = await vol.read_file("f")
+        except Exception as exc:                # noqa: BLE001 - report which crash state failed
+            raise AssertionError(f"{sc.name}: crash at {label}: {type(exc).__name__}: {exc}") from None
+        finally:
+            await vol.close()
+        assert got in acceptable, f"{sc.name}: crash at {label}: wrong content (size {len(got)})"
+        assert size == len(got), f"{sc.name}: crash at {label}: stat size {size} != {len(got)}"
+        seen.add(acceptable[got])
+        # the next writer repairs the file (cuts an uncommitted tail, fixes the header)
+        # and keeps the content it resolved
+        vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+        try:
+            g = await vol.open("f", write=True)
+            await g.close()
+            assert (store / bpath).stat().st_size == stored_size(len(got), CS), \
+                f"{sc.name}: crash at {label}: the next writer left an uncommitted tail"
+            assert await vol.read_file("f") == got
+        finally:
+            await vol.close()
+    assert {"old", "new"} <= seen, f"{sc.name}: crash states never showed {({'old', 'new'} - seen)}"
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=[s.name for s in SCENARIOS])
+async def test_a_crash_at_any_step_of_a_resize_leaves_the_old_or_the_new_file(sc, make_volume, keyfile):
+    await _run_scenario(sc, make_volume, keyfile)
+
+
+async def _make_file(make_volume, keyfile, content: bytes):
+    store = await make_volume(CS)
+    secrets = KeySecrets(keyfile=keyfile)
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    await vol.write_file("f", content)
+    bpath = await _bpath(vol, "f")
+    state_key = None
+    await vol.close()
+    return store, secrets, store / bpath, state_key
+
+
+async def _cipher_for(vol: Volume, path: str):
+    """The real chunk cipher of a file, for building crash states by hand."""
+    from sealfs.crypto.chunks import ChunkCipher
+    from sealfs.crypto.header import read_header_public
+    from sealfs.crypto.kdf import file_key
+    bpath = await _bpath(vol, path)
+    raw = (vol.backend.root / bpath).read_bytes()
+    dek_id, file_id = read_header_public(raw)
+    return ChunkCipher(file_key(await vol.broker.dek(dek_id), file_id), file_id)
+
+
+async def test_handmade_grow_states_with_the_real_cipher_resolve_to_old_or_new(make_volume, keyfile):
+    """Grow 1.5 chunks -> 4.25 chunks, writing the chunk slots one at a time by hand."""
+    old = _rand(CS + CS // 2, 30)
+    new = old + _rand(4 * CS + CS // 4 - len(old), 31)
+    store, secrets, target, _ = await _make_file(make_volume, keyfile, old)
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    cipher = await _cipher_for(vol, "f")
+    base = bytearray(target.read_bytes())
+    old_final, new_final = final_index(len(old), CS), final_index(len(new), CS)
+    sealed = {i: cipher.seal(i, new[i * CS:(i + 1) * CS], i == new_final)
+              for i in range(old_final, new_final + 1)}
+    # new chunks (not the old final one), in every order and subset
+    later = [i for i in sealed if i != old_final]
+    for r in range(len(later) + 1):
+        for subset in itertools.combinations(later, r):
+            raw = bytearray(base)
+            for i in subset:
+                apply(raw, ("write", slot_offset(i, CS), sealed[i]))
+            target.write_bytes(raw)
+            vol.cache.clear()
+            vol._headers.clear()
+            assert await vol.read_file("f") == old, subset
+            assert (await vol.stat("f")).size == len(old)
+    # all new chunks + the old final chunk resealed, header still stale: the new file
+    raw = bytearray(base)
+    for i in later + [old_final]:
+        apply(raw, ("write", slot_offset(i, CS), sealed[i]))
+    target.write_bytes(raw)
+    vol.cache.clear()
+    vol._headers.clear()
+    assert raw[:HEADER_SIZE] == base[:HEADER_SIZE]
+    assert await vol.read_file("f") == new
+    assert (await vol.stat("f")).size == len(new)
+    await vol.close()
+
+
+async def test_an_uncommitted_tail_after_a_valid_final_chunk_is_ignored_and_cut_by_the_next_writer(
+        make_volume, keyfile):
+    content = _rand(2 * CS + 10, 40)
+    store, secrets, target, _ = await _make_file(make_volume, keyfile, content)
+    committed = target.read_bytes()
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    cipher = await _cipher_for(vol, "f")
+    await vol.close()
+    # a tail of chunks sealed with the real key (an interrupted grow) plus garbage
+    tail = cipher.seal(3, _rand(CS, 41), False) + cipher.seal(4, b"x" * 7, True) + os.urandom(33)
+    with open(target, "ab") as fh:
+        fh.seek(slot_offset(3, CS))
+        fh.write(tail)
+    grown = target.read_bytes()
+    assert len(grown) > len(committed)
+
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    assert (await vol.stat("f")).size == len(content)
+    assert await vol.read_file("f") == content
+    assert [n for n, _ in await vol.listdir("")] == ["f"]
+    await vol.close()
+    assert target.read_bytes() == grown, "a reader modified the backend file"
+
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    f = await vol.open("f", write=True)
+    assert await f.read(0, 10 * CS) == content
+    await f.close()
+    await vol.close()
+    assert target.stat().st_size == stored_size(len(content), CS)
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    assert await vol.read_file("f") == content
+    f = await vol.open("f", write=True)
+    await f.write(len(content), b"more")
+    await f.close()
+    assert await vol.read_file("f") == content + b"more"
+    await vol.close()
+
+
+async def test_an_interrupted_shrink_reads_at_the_new_size_and_the_next_writer_cuts_the_tail(
+        make_volume, keyfile):
+    content = _rand(3 * CS + 100, 50)
+    store, secrets, target, _ = await _make_file(make_volume, keyfile, content)
+    old_raw = target.read_bytes()
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    f = await vol.open("f", write=True)
+    await f.truncate(CS + 1)
+    await f.close()
+    await vol.close()
+    shrunk = target.read_bytes()
+    assert len(shrunk) == stored_size(CS + 1, CS)
+    # crash state: header (new size) and new final chunk written, truncate not yet done
+    interrupted = shrunk + old_raw[len(shrunk):]
+    target.write_bytes(interrupted)
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    assert (await vol.stat("f")).size == CS + 1
+    assert await vol.read_file("f") == content[:CS + 1]
+    await vol.close()
+    assert target.read_bytes() == interrupted, "a reader modified the backend file"
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    f = await vol.open("f", write=True)
+    await f.close()
+    await vol.close()
+    # the tail is cut; the chunks are the shrunk file's (the header may be resealed)
+    assert target.read_bytes()[HEADER_SIZE:] == shrunk[HEADER_SIZE:]
+    # crash state: only the header was written: the old file is still whole
+    target.write_bytes(shrunk[:HEADER_SIZE] + old_raw[HEADER_SIZE:])
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    assert await vol.read_file("f") == content
+    f = await vol.open("f", write=True)
+    await f.close()
+    assert await vol.read_file("f") == content
+    await vol.close()
+    assert target.stat().st_size == stored_size(len(content), CS)
+
+
+async def test_a_reader_and_a_writer_share_a_file_with_a_pending_repair(make_volume, keyfile):
+    content = _rand(CS + 10, 60)
+    store, secrets, target, _ = await _make_file(make_volume, keyfile, content)
+    with open(target, "ab") as fh:
+        fh.write(os.urandom(100))
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    reader = await vol.open("f")
+    assert await reader.read(0, 2 * CS) == content
+    writer = await vol.open("f", write=True)
+    await writer.write(len(content), b"!")
+    await writer.close()                   # the writer's first flush cut the tail
+    assert target.stat().st_size == stored_size(len(content) + 1, CS)
+    assert await reader.read(0, 2 * CS) == content + b"!"
+    await reader.close()
+    await vol.close()
+    vol = await Volume.load(LocalBackend(store), secrets, pins=PinStore())
+    assert await vol.read_file("f") == content + b"!"
+    await vol.close()
+
+
+def test_slot_layout_is_contiguous():
+    assert slot_offset(1, CS) - slot_offset(0, CS) == CS + CHUNK_OVERHEAD
+    assert slot_offset(0, CS) == HEADER_SIZE
