@@ -45,13 +45,15 @@ class PinStore:
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
 
-    def check(self, location: str, volume_id: str, fingerprint: str) -> bool:
-        """Verify the pin for location; record it on first use. Returns True if newly pinned."""
+    def check(self, location: str, volume_id: str, fingerprint: str, record: bool = True) -> bool:
+        """Verify the pin for location; on first use record it (unless record=False).
+        Returns True if the location had no pin yet."""
         data = self._load()
         pin = data.get(location)
         if pin is None:
-            data[location] = {"volume_id": volume_id, "fingerprint": fingerprint}
-            self._save(data)
+            if record:
+                data[location] = {"volume_id": volume_id, "fingerprint": fingerprint}
+                self._save(data)
             return True
         if pin.get("volume_id") != volume_id or pin.get("fingerprint") != fingerprint:
             raise PinMismatchError(

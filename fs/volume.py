@@ -224,11 +224,12 @@ class Volume:
                 await trio.to_thread.run_sync(provider.check, allow_purgeable)
             names_dek = await broker.dek(config.name_dek_id)
             config.verify(config_mac_key(names_dek), claimed_mac)
+            pin = (backend.location, config.volume_id.hex(), pin_fingerprint(names_dek))
+            first_use = pins is not None and pins.check(*pin, record=False)
             volume = cls(backend, config, broker, names_dek, tuning)
             await volume._root()
-            # Pinned only once the volume really opened: a failed first use pins nothing.
-            if pins is not None:
-                pins.check(backend.location, config.volume_id.hex(), pin_fingerprint(names_dek))
+            if first_use:      # pinned only once the volume really opened
+                pins.check(*pin)
         except BaseException:
             broker.close()
             raise
