@@ -291,3 +291,19 @@ async def test_kill_9_then_rerun_gives_exact_copy(tmp_path, keyfile, vstore):
     sealfs("restore", str(vstore), str(out), *key_args(keyfile))
     assert snapshot(out) == snapshot(src)
     assert summary(sealfs("sync", str(src), str(vstore), *key_args(keyfile))).startswith("sync: 0 copied")
+
+
+async def test_cli_exits_1_when_a_file_fails(tmp_path, keyfile, vstore):
+    """A file whose final name is held by an (excluded, so protected) volume directory."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x").write_text("file")
+    (src / "y").write_text("fine")
+    sealfs("mkdir", str(vstore), "/x", *key_args(keyfile))
+    r = sealfs("sync", str(src), str(vstore), "--exclude", "x/", *key_args(keyfile), check=False)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sync: error: ") and str(src / "x") in lines[0]
+    assert summary(r) == "sync: 1 copied (4 bytes), 0 deleted, 0 unchanged, 1 errors"
+    names = await volume_names(vstore, keyfile)
+    assert sorted(names) == ["x", "y"]          # the directory, y; no .part left behind
