@@ -525,6 +525,15 @@ async def restore_tree(vol: Volume, dest: str | os.PathLike[str], path: str = "/
             failed.add(rel)
             reporter.error(stats, str(local), exc)
 
+    for rel in dirs:                     # leftovers of an interrupted restore
+        if rel in failed:
+            continue
+        with contextlib.suppress(OSError), os.scandir(root / rel if rel else root) as it:
+            for entry in it:
+                if is_part_name(entry.name) and not entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
     todo = sorted((rel, a) for rel, a in entries.items()
                   if not a.is_dir and _parent_rel(rel) not in failed)
     reporter.start(sum(a.size for _, a in todo if a.kind == Kind.REGULAR), len(todo))

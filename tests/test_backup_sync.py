@@ -288,6 +288,8 @@ async def test_kill_9_then_rerun_gives_exact_copy(tmp_path, keyfile, vstore):
     assert not [n for n in names if is_part_name(n)]
     assert sorted(names) == sorted(p.name for p in src.iterdir())
     out = tmp_path / "out"
+    out.mkdir()
+    (out / ".sealfs-sync.0011223344556677.part").write_bytes(b"stale restore leftover")
     sealfs("restore", str(vstore), str(out), *key_args(keyfile))
     assert snapshot(out) == snapshot(src)
     assert summary(sealfs("sync", str(src), str(vstore), *key_args(keyfile))).startswith("sync: 0 copied")
