@@ -538,7 +538,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line on stderr and a documented exit code on failure."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="sealfs", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="sealfs", standalone_mode=False)
+        if isinstance(code, int) and code:
+            # click returns (not raises) a command's Exit(code) when standalone_mode=False
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("sealfs: aborted", err=True)
         sys.exit(130)

@@ -1,0 +1,181 @@
+"""`sealfs fsck [--repair]` on real local stores: every damage kind, reported by path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sealfs.backends.local import LocalBackend
+from sealfs.crypto.constants import NONCE_SIZE
+from sealfs.crypto.header import HEADER_PUBLIC_SIZE
+from sealfs.crypto.kms import KeySecrets
+from sealfs.crypto.layout import slot_offset
+from sealfs.fs.pins import PinStore
+from sealfs.fs.volume import Volume
+from tests.mounting import init_store, sealfs
+
+CS = 4096
+LONG = "long-" * 40                          # 200 bytes: a long-name entry + sidecar
+CONTENT = {
+    "/a.txt": b"hello a",
+    "/dir/big.bin": os.urandom(5 * CS + 100),  # 6 chunks
+    "/dir/sub/c.txt": b"c" * 5000,
+    "/dir/other.bin": os.urandom(3 * CS),
+    f"/dir/{LONG}": b"long",
+    "/ok.txt": b"fine",
+}
+
+
+async def load(store: Path, keyfile: Path) -> Volume:
+    return await Volume.load(LocalBackend(store), KeySecrets(keyfile=keyfile), pins=PinStore())
+
+
+@pytest.fixture
+async def vol_store(tmp_path: Path, keyfile: Path) -> Path:
+    store = tmp_path / "vstore"
+    init_store(store, keyfile, chunk_size="4K")
+    vol = await load(store, keyfile)
+    try:
+        await vol.mkdir("/dir")
+        await vol.mkdir("/dir/sub")
+        await vol.mkdir("/empty")
+        for path, data in CONTENT.items():
+            await vol.write_file(path, data)
+    finally:
+        await vol.close()
+    return store
+
+
+async def bpath_of(store: Path, keyfile: Path, path: str) -> Path:
+    vol = await load(store, keyfile)
+    try:
+        _parent, _name, bpath, _long = await vol._entry(path)
+        return store / bpath
+    finally:
+        await vol.close()
+
+
+def fsck(store: Path, keyfile: Path, *extra: str):
+    r = sealfs("fsck", str(store), "--keyfile", str(keyfile), *extra, check=False)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def problems(out: str) -> list[str]:
+    return [l for l in out.splitlines() if l.startswith("PROBLEM: ")]
+
+
+async def test_clean_volume_exits_0(vol_store, keyfile):
+    code, out, err = fsck(vol_store, keyfile)
+    assert code == 0, out + err
+    assert problems(out) == []
+    assert "4 directories, 6 files checked: 0 problems" in out
+
+
+async def test_damage_is_reported_by_path_and_never_repaired(vol_store, keyfile):
+    big = await bpath_of(vol_store, keyfile, "/dir/big.bin")
+    a = await bpath_of(vol_store, keyfile, "/a.txt")
+    other = await bpath_of(vol_store, keyfile, "/dir/other.bin")
+    c = await bpath_of(vol_store, keyfile, "/dir/sub/c.txt")
+    flip(big, slot_offset(2, CS) + NONCE_SIZE + 10)              # a chunk
+    flip(a, HEADER_PUBLIC_SIZE + NONCE_SIZE + 3)                  # a header (sealed part)
+    with open(other, "r+b") as f:                                 # cut at a chunk boundary
+        f.truncate(slot_offset(2, CS))
+    moved = big.parent.parent / c.name                            # /dir/sub/c.txt -> /
+    os.rename(c, moved)
+    before = {p: p.read_bytes() for p in (big, a, other, moved)}
+
+    code, out, _ = fsck(vol_store, keyfile)
+    assert code == 4
+    found = problems(out)
+    assert any(l.startswith("PROBLEM: /dir/big.bin: chunk 2 failed authentication") for l in found), out
+    assert any(l.startswith("PROBLEM: /a.txt: file header") for l in found), out
+    assert any(l.startswith("PROBLEM: /dir/other.bin: final chunk failed authentication")
+               for l in found), out
+    assert any(str(moved) in l and "does not decrypt" in l for l in found), out
+    assert len(found) == 4, out
+
+    code, out, _ = fsck(vol_store, keyfile, "--repair")
+    assert code == 4
+    assert "REPAIRED" not in out
+    assert len(problems(out)) == 4
+    assert {p: p.read_bytes() for p in before} == before          # nothing touched
+
+
+async def test_safe_problems_are_repaired(vol_store, keyfile):
+    a = await bpath_of(vol_store, keyfile, "/a.txt")
+    long_entry = await bpath_of(vol_store, keyfile, f"/dir/{LONG}")
+    assert long_entry.name.startswith("sealfs.ln.")
+    dirb = long_entry.parent
+    orphan = dirb / "sealfs.ln.aaaabbbbccccdddd.name"
+    orphan.write_text("x" * 300)
+    (vol_store / "sealfs.tmp.0123456789abcdef").mkdir()
+    (vol_store / "sealfs.tmp.0123456789abcdef" / "sealfs.dir").write_bytes(b"junk")
+    (dirb / "sealfs.tmp.feedface").write_bytes(b"partial")
+    (dirb / "sealfs.del.cafe").write_bytes(b"hidden victim")
+    with open(a, "ab") as f:
+        f.write(os.urandom(777))                                  # an uncommitted tail
+
+    code, out, _ = fsck(vol_store, keyfile)
+    assert code == 4
+    found = problems(out)
+    assert len(found) == 5, out
+    assert any(str(orphan) in l and "orphaned long-name sidecar" in l for l in found)
+    assert any("sealfs.tmp.0123456789abcdef" in l and "leftover" in l for l in found)
+    assert any("sealfs.tmp.feedface" in l for l in found)
+    assert any("sealfs.del.cafe" in l for l in found)
+    assert any(l.startswith("PROBLEM: /a.txt: uncommitted tail of 777 bytes") for l in found)
+
+    code, out, _ = fsck(vol_store, keyfile, "--repair")
+    assert code == 0, out
+    assert len([l for l in out.splitlines() if l.startswith("REPAIRED: ")]) == 5
+    assert not orphan.exists() and not (vol_store / "sealfs.tmp.0123456789abcdef").exists()
+    assert sorted(p.name for p in dirb.iterdir() if p.name.startswith("sealfs.")) == \
+        sorted(["sealfs.dir", long_entry.name, long_entry.name + ".name"])
+
+    code, out, _ = fsck(vol_store, keyfile)
+    assert code == 0 and problems(out) == []
+    vol = await load(vol_store, keyfile)
+    try:
+        for path, data in CONTENT.items():
+            assert await vol.read_file(path) == data
+    finally:
+        await vol.close()
+
+
+async def test_repair_fixes_safe_ones_but_exit_4_remains(vol_store, keyfile):
+    big = await bpath_of(vol_store, keyfile, "/dir/big.bin")
+    flip(big, slot_offset(0, CS) + NONCE_SIZE)
+    ok = await bpath_of(vol_store, keyfile, "/ok.txt")
+    size = ok.stat().st_size
+    with open(ok, "ab") as f:
+        f.write(b"garbage")
+    code, out, _ = fsck(vol_store, keyfile, "--repair")
+    assert code == 4
+    assert any(l.startswith("REPAIRED: /ok.txt: cut uncommitted tail") for l in out.splitlines())
+    assert ok.stat().st_size == size
+    assert problems(out) == [l for l in problems(out) if l.startswith("PROBLEM: /dir/big.bin: chunk 0")]
+    assert len(problems(out)) == 1
+
+
+async def test_damaged_directory_record_and_long_name_sidecar(vol_store, keyfile):
+    sub = await bpath_of(vol_store, keyfile, "/dir/sub")
+    flip(sub / "sealfs.dir", 40)
+    long_entry = await bpath_of(vol_store, keyfile, f"/dir/{LONG}")
+    sidecar = long_entry.with_name(long_entry.name + ".name")
+    text = sidecar.read_text()
+    sidecar.write_text(text[:-1] + ("a" if text[-1] != "a" else "b"))
+    code, out, _ = fsck(vol_store, keyfile)
+    assert code == 4
+    found = problems(out)
+    assert any(l.startswith("PROBLEM: /dir/sub: directory record") for l in found), out
+    assert any(long_entry.name in l and "does not match" in l for l in found), out
