@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import click
@@ -144,15 +145,48 @@ def test_sqlite_wal_concurrent_writers(mounted, tmp_path):
     assert run("sqlite3", db, "PRAGMA journal_mode;").stdout.decode().strip() == "wal"
 
 
-def test_rsync_second_run_transfers_nothing(mounted, tmp_path):
+SMB_MTIME_BUG = ("SMB backend: a new file's or symlink's mtime as reported by stat changes later "
+                  "with no modification (to the time the backend handle is closed, e.g. at unmount), "
+                  "so rsync -a, which skips setting a symlink's mtime that already matches to the "
+                  "second, sees the link as changed after a remount")
+
+
+def xfail_on_smb(request, backend_kind: str) -> None:
+    if backend_kind == "smb":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=SMB_MTIME_BUG))
+
+
+def test_rsync_second_run_transfers_nothing(mounted, tmp_path, request, backend_kind):
+    xfail_on_smb(request, backend_kind)
     src = source_tree(tmp_path)
+    # A symlink sorted first, stamped at the start of the current second: rsync creates its
+    # copy within the same second, so its mtime already matches and rsync leaves it alone.
+    while time.time() % 1 > 0.05:
+        time.sleep(0.01)
+    os.symlink("exec.sh", src / "0link")
+    os.utime(src / "0link", ns=(time.time_ns(),) * 2, follow_symlinks=False)
     dst = mounted.mountpoint / "mirror"
     run("rsync", "-a", f"{src}/", f"{dst}/")
     second = run("rsync", "-a", "--itemize-changes", f"{src}/", f"{dst}/").stdout.decode()
     assert second.strip() == "", second
     check = run("rsync", "-rlc", "--dry-run", "--itemize-changes", f"{src}/", f"{dst}/")
     assert check.stdout.decode().strip() == "", check.stdout.decode()
+    time.sleep(1.1)
     mounted.remount()
     third = run("rsync", "-a", "--itemize-changes", f"{src}/", f"{dst}/").stdout.decode()
     assert third.strip() == "", third
     run("diff", "-r", "--no-dereference", src, dst)
+
+
+def test_mtime_is_stable_across_remount(mounted, request, backend_kind):
+    """What rsync and make rely on: an untouched entry keeps the mtime stat reported."""
+    xfail_on_smb(request, backend_kind)
+    m = mounted.mountpoint
+    os.symlink("f", m / "link")
+    (m / "f").write_bytes(b"x" * 1000)
+    os.mkdir(m / "d")
+    before = {n: os.lstat(m / n).st_mtime_ns for n in ("link", "f", "d")}
+    time.sleep(1.1)
+    assert {n: os.lstat(m / n).st_mtime_ns for n in before} == before
+    mounted.remount()
+    assert {n: os.lstat(m / n).st_mtime_ns for n in before} == before
