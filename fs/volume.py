@@ -574,6 +574,10 @@ class Volume:
                 async with state.lock:
                     await state.flush()
             fst = await self.backend.fstat(state.handle)
+            if state.has_writer and not state.unlinked:
+                # Pin the times users saw: an SMB server stamps its own write time when a
+                # handle that wrote is finally closed (ours may close much later).
+                await self.backend.fset_times(state.handle, fst.atime_ns, fst.mtime_ns)
             self._stamps[state.file_id] = (fst.size, fst.mtime_ns)
         finally:
             await self.backend.close(state.handle)

@@ -145,19 +145,7 @@ def test_sqlite_wal_concurrent_writers(mounted, tmp_path):
     assert run("sqlite3", db, "PRAGMA journal_mode;").stdout.decode().strip() == "wal"
 
 
-SMB_MTIME_BUG = ("SMB backend: a new file's or symlink's mtime as reported by stat changes later "
-                  "with no modification (to the time the backend handle is closed, e.g. at unmount), "
-                  "so rsync -a, which skips setting a symlink's mtime that already matches to the "
-                  "second, sees the link as changed after a remount")
-
-
-def xfail_on_smb(request, backend_kind: str) -> None:
-    if backend_kind == "smb":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SMB_MTIME_BUG))
-
-
-def test_rsync_second_run_transfers_nothing(mounted, tmp_path, request, backend_kind):
-    xfail_on_smb(request, backend_kind)
+def test_rsync_second_run_transfers_nothing(mounted, tmp_path):
     src = source_tree(tmp_path)
     # A symlink sorted first, stamped at the start of the current second: rsync creates its
     # copy within the same second, so its mtime already matches and rsync leaves it alone.
@@ -178,9 +166,8 @@ def test_rsync_second_run_transfers_nothing(mounted, tmp_path, request, backend_
     run("diff", "-r", "--no-dereference", src, dst)
 
 
-def test_mtime_is_stable_across_remount(mounted, request, backend_kind):
+def test_mtime_is_stable_across_remount(mounted):
     """What rsync and make rely on: an untouched entry keeps the mtime stat reported."""
-    xfail_on_smb(request, backend_kind)
     m = mounted.mountpoint
     os.symlink("f", m / "link")
     (m / "f").write_bytes(b"x" * 1000)
