@@ -66,6 +66,7 @@ def markdown(results: Results) -> str:
     m = results.meta
     lines = [f"# sealfs bench ({m.get('started', '')})", "",
              f"{m.get('cpus')} CPUs; sequential {m.get('size_mib')} MiB (1 MiB I/O); random 4 KiB "
+             f"({'O_DIRECT' if m.get('random_io_direct', True) else 'buffered'}, fio psync) "
              f"for {m.get('seconds')} s each; {m.get('files')} small files; repeats {m.get('repeats')} "
              "(median, [min–max]).", ""]
     head = ["workload", "unit"] + targets

@@ -37,6 +37,7 @@ class BenchConfig:
     smb_password: str | None = None
     workdir: Path | None = None
     rand_file_mib: int | None = None
+    direct: bool = True
 
 
 @dataclass
@@ -102,7 +103,7 @@ def run_one(target: Target, cfg: BenchConfig, tar_path: Path | None,
     if cfg.seconds > 0:
         step("random 4K")
         rand_mib = cfg.rand_file_mib or max(4, min(cfg.size_mib or 64, 256))
-        out.update(W.random_io(target, rand_mib, cfg.seconds))
+        out.update(W.random_io(target, rand_mib, cfg.seconds, cfg.direct))
     if cfg.files > 0:
         step("small files")
         out.update(W.small_files(target, cfg.files))
@@ -122,7 +123,7 @@ def run_bench(cfg: BenchConfig, console=None) -> Results:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "size_mib": cfg.size_mib, "seconds": cfg.seconds, "files": cfg.files,
-        "tarball": cfg.tarball, "repeats": cfg.repeats, "chunk_sizes": cfg.chunk_sizes,
+        "tarball": cfg.tarball, "random_io_direct": cfg.direct, "repeats": cfg.repeats, "chunk_sizes": cfg.chunk_sizes,
         "backends": cfg.backends, "peers_requested": cfg.peers, "workdir": str(base),
     })
     try:

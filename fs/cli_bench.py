@@ -24,6 +24,8 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
                   help="MiB for the sequential write/read/cold-read test (1 MiB I/O); 0 skips.")
     @click.option("--seconds", type=float, default=5, show_default=True,
                   help="Seconds each for random 4 KiB read and write IOPS (fio psync); 0 skips.")
+    @click.option("--direct/--buffered", default=True, show_default=True,
+                  help="Random 4 KiB I/O with O_DIRECT (reaches the filesystem) or buffered.")
     @click.option("--files", type=int, default=1000, show_default=True,
                   help="Small 4 KiB files to create/stat/delete; 0 skips.")
     @click.option("--tarball/--no-tarball", default=False, show_default=True,
@@ -37,7 +39,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
     @click.option("--workdir", type=click.Path(file_okay=False), default=None,
                   help="Where stores and mount points go (default: system temp dir).")
     def bench(chunk_sizes: str, backends: str, smb_url: str | None, size_mib: int, seconds: float,
-              files: int, tarball: bool, repeats: int, peers: str, out_dir: str,
+              files: int, direct: bool, tarball: bool, repeats: int, peers: str, out_dir: str,
               workdir: str | None) -> None:
         """Benchmark sealfs mounts per chunk size and backend against peer filesystems."""
         from rich.console import Console
@@ -59,7 +61,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
         if smb_url and "smb" not in backend_list:
             backend_list.append("smb")
         cfg = BenchConfig(chunk_sizes=sizes, backends=backend_list, peers=_csv(peers),
-                          size_mib=size_mib, seconds=seconds, files=files, tarball=tarball,
+                          size_mib=size_mib, seconds=seconds, files=files, direct=direct, tarball=tarball,
                           repeats=repeats, out=Path(out_dir), smb_url=smb_url,
                           smb_password=os.environ.get("SEALFS_SMB_PASSWORD"),
                           workdir=Path(workdir) if workdir else None)
