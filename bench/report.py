@@ -145,8 +145,13 @@ def charts(results: Results, out: Path) -> list[Path]:
         ax.set_xlabel("sealfs chunk size")
         ax.set_title(workload)
         ax.set_ylabel(unit)
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
+        lines = [l for l in ax.get_lines() if len(l.get_ydata())]
+        values = [v for l in lines for v in l.get_ydata() if v > 0]
+        if values and max(values) / min(values) > 20:
+            ax.set_yscale("log")      # peers an order of magnitude apart: ratios stay readable
+        else:
+            ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3, which="both")
 
     groups = [("throughput.png", ["seq_write", "seq_read", "cold_read"]),
               ("iops.png", ["rand_read_4k", "rand_write_4k", "create", "stat", "delete"]),
@@ -156,14 +161,39 @@ def charts(results: Results, out: Path) -> list[Path]:
         wls = [w for w in wls if any(w in t.get(l, {}) for l in specs)]
         if not wls:
             continue
-        fig, axes = plt.subplots(1, len(wls), figsize=(4.2 * len(wls), 3.8), squeeze=False)
-        for ax, w in zip(axes[0], wls):
+        ncols = min(3, len(wls))
+        nrows = (len(wls) + ncols - 1) // ncols
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows + 0.4), squeeze=False)
+        flat = [ax for row in axes for ax in row]
+        for ax, w in zip(flat, wls):
             panel(ax, w)
-        handles, labels = axes[0][0].get_legend_handles_labels()
+        for ax in flat[len(wls):]:
+            ax.set_visible(False)
+        handles, labels = flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8)
-        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        fig.tight_layout(rect=(0, 0.4 / (3.6 * nrows + 0.4) + 0.04, 1, 1))
         path = out / name
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def load(path: Path) -> Results:
+    """A Results back from results.json (to redraw charts and tables)."""
+    from .runner import TargetSpec
+    data = json.loads(Path(path).read_text())
+    res = Results(meta=data["meta"], errors=data.get("errors", []))
+    for r in data["rows"]:
+        res.specs.setdefault(r["target"], TargetSpec(r["target"], r["kind"], r["backend"],
+                                                     r["chunk_size"] or None, None))
+        res.samples[(r["target"], r["workload"])] = r["samples"]
+    return res
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m sealfs.bench.report RESULTS.json OUTDIR")
+    for p in write_all(load(Path(sys.argv[1])), Path(sys.argv[2])):
+        print(p)
