@@ -79,6 +79,8 @@ def markdown(results: Results) -> str:
             r = t[l].get(w)
             if r is None:
                 cells.append("–")
+            elif w.startswith("overhead"):
+                cells.append(f"{r['median']:.4f}")
             elif r["n"] > 1 and r["min"] != r["max"]:
                 cells.append(f"{_fmt(r['median'])} [{_fmt(r['min'])}–{_fmt(r['max'])}]")
             else:
