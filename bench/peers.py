@@ -1,0 +1,397 @@
+"""Benchmark targets: each one a context manager that yields a live mount point.
+
+    with SealfsTarget(work, chunk_size="64K") as t:
+        t.mountpoint      # where workloads run
+        t.storage         # local directory holding the bytes it stores (None if unknown)
+        t.remount()       # drop every cache the mount holds (cold reads)
+
+Every target unmounts in ``finally`` (``fusermount3 -u -z`` as the last resort), so an
+interrupted benchmark leaves no mount behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SEALFS = [sys.executable, "-m", "sealfs.fs.cli"]
+
+
+class TargetError(RuntimeError):
+    pass
+
+
+def is_live(mountpoint: Path) -> bool:
+    try:
+        os.statvfs(mountpoint)
+    except OSError:
+        return False
+    return os.path.ismount(mountpoint)
+
+
+def lazy_unmount(mountpoint: Path) -> None:
+    if os.path.ismount(mountpoint) or not _statable(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+def _statable(path: Path) -> bool:
+    try:
+        os.stat(path)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def wait_live(mountpoint: Path, proc: subprocess.Popen | None, timeout: float, log: Path | None) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_live(mountpoint):
+        if proc is not None and proc.poll() is not None:
+            raise TargetError(f"mount exited with {proc.returncode}: {_tail(log)}")
+        if time.monotonic() > deadline:
+            raise TargetError(f"mount of {mountpoint} did not come up: {_tail(log)}")
+        time.sleep(0.02)
+
+
+def _tail(log: Path | None) -> str:
+    if log is None:
+        return ""
+    try:
+        return log.read_text(errors="replace")[-2000:]
+    except OSError:
+        return ""
+
+
+def drop_file_cache(root: Path) -> None:
+    """Evict clean page-cache pages of every file under root (cold reads of the backend)."""
+    if root is None or not root.exists():
+        return
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+
+class Target:
+    """Base: a mount point inside a private work directory."""
+
+    name = "target"
+    kind = "peer"          # "sealfs" or "peer"
+    backend = "local"
+    chunk_size: str | None = None
+
+    def __init__(self, work: Path) -> None:
+        self.work = Path(work) / f"{self.name}-{secrets.token_hex(3)}"
+        self.work.mkdir(parents=True)
+        self.mountpoint = self.work / "mnt"
+        self.storage: Path | None = self.work / "store"
+        self.log = self.work / "mount.log"
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    def mount(self) -> None:
+        raise NotImplementedError
+
+    def unmount(self) -> None:
+        raise NotImplementedError
+
+    def remount(self) -> None:
+        self.unmount()
+        drop_file_cache(self.storage)
+        self.mount()
+
+    def storage_bytes(self) -> int | None:
+        if self.storage is None or not self.storage.exists():
+            return None
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.storage):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    pass
+        return total
+
+    def __enter__(self) -> "Target":
+        try:
+            self.setup()
+            self.mount()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def setup(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            self.unmount()
+        except Exception:
+            pass
+        finally:
+            lazy_unmount(self.mountpoint)
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+class PlainTarget(Target):
+    """The directory itself: the ceiling every FUSE filesystem is measured against."""
+
+    name = "plain"
+
+    def setup(self) -> None:
+        self.mountpoint.mkdir()
+        self.storage = self.mountpoint
+
+    def mount(self) -> None:
+        pass
+
+    def unmount(self) -> None:
+        os.sync()
+
+    def remount(self) -> None:
+        os.sync()
+        drop_file_cache(self.storage)
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class SealfsTarget(Target):
+    """`sealfs mount` of a fresh volume (local directory or an smb:// URL) in a child process."""
+
+    name = "sealfs"
+    kind = "sealfs"
+
+    def __init__(self, work: Path, chunk_size: str = "64K", backend: str = "local",
+                 smb_url: str | None = None, smb_local: Path | None = None,
+                 smb_password: str | None = None) -> None:
+        self.chunk_size = chunk_size
+        self.backend = backend
+        super().__init__(work)
+        self.keyfile = self.work / "volume.key"
+        self.env = dict(os.environ)
+        self.env["SEALFS_STATE_DIR"] = str(self.work / "state")
+        for var in ("SEALFS_KEYFILE", "SEALFS_PASSPHRASE", "SEALFS_CONFIG_DIR"):
+            self.env.pop(var, None)
+        if backend == "smb":
+            if not smb_url:
+                raise TargetError("smb backend needs a URL")
+            self.store = smb_url
+            self.storage = smb_local
+            if smb_password is not None:
+                self.env["SEALFS_SMB_PASSWORD"] = smb_password
+        else:
+            self.store = str(self.work / "store")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def label(self) -> str:
+        return f"sealfs-{self.backend}-{self.chunk_size}"
+
+    def _cli(self, *args: str, timeout: float = 300) -> None:
+        result = subprocess.run([*SEALFS, *args], env=self.env, capture_output=True, timeout=timeout)
+        if result.returncode != 0:
+            raise TargetError(f"sealfs {args[0]} failed ({result.returncode}): "
+                              f"{result.stderr.decode(errors='replace').strip()}")
+
+    def setup(self) -> None:
+        self.keyfile.write_bytes(os.urandom(32))
+        self.keyfile.chmod(0o600)
+        if self.backend == "local":
+            Path(self.store).mkdir()
+        elif self.storage is not None:
+            self.storage.mkdir(mode=0o777, exist_ok=True)
+        self._cli("init", self.store, "--keyfile", str(self.keyfile), "--chunk-size", self.chunk_size)
+        self.mountpoint.mkdir(exist_ok=True)
+
+    def mount(self) -> None:
+        logf = open(self.log, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [*SEALFS, "mount", self.store, str(self.mountpoint), "--keyfile", str(self.keyfile)],
+                env=self.env, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        finally:
+            logf.close()
+        try:
+            wait_live(self.mountpoint, self.proc, 60, self.log)
+        except BaseException:
+            self._kill()
+            raise
+
+    def unmount(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            if os.path.ismount(self.mountpoint):
+                self._cli("umount", str(self.mountpoint))
+            self.proc.wait(120)
+            self.proc = None
+        finally:
+            if self.proc is not None:
+                self._kill()
+
+    def _kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+            self.proc = None
+        lazy_unmount(self.mountpoint)
+
+    def close(self) -> None:
+        try:
+            self.unmount()
+        except Exception:
+            self._kill()
+        finally:
+            lazy_unmount(self.mountpoint)
+            shutil.rmtree(self.work, ignore_errors=True)
+            if self.backend == "smb" and self.storage is not None:
+                shutil.rmtree(self.storage, ignore_errors=True)
+
+
+class GocryptfsTarget(Target):
+    """gocryptfs (AES-256-GCM, 4 KiB blocks, Go FUSE): the closest peer."""
+
+    name = "gocryptfs"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("gocryptfs") is not None
+
+    def setup(self) -> None:
+        self.storage.mkdir()
+        self.mountpoint.mkdir()
+        self.passfile = self.work / "pass"
+        self.passfile.write_text(secrets.token_urlsafe(24) + "\n")
+        result = subprocess.run(["gocryptfs", "-init", "-q", "-scryptn", "10",
+                                 "-passfile", str(self.passfile), str(self.storage)],
+                                capture_output=True, timeout=60)
+        if result.returncode != 0:
+            raise TargetError(f"gocryptfs -init: {result.stderr.decode(errors='replace')}")
+
+    def mount(self) -> None:
+        result = subprocess.run(["gocryptfs", "-q", "-passfile", str(self.passfile),
+                                 str(self.storage), str(self.mountpoint)],
+                                capture_output=True, timeout=60)
+        if result.returncode != 0:
+            raise TargetError(f"gocryptfs mount: {result.stderr.decode(errors='replace')}")
+        wait_live(self.mountpoint, None, 30, None)
+
+    def unmount(self) -> None:
+        if os.path.ismount(self.mountpoint):
+            result = subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True)
+            if result.returncode != 0:
+                lazy_unmount(self.mountpoint)
+        deadline = time.monotonic() + 10
+        while os.path.ismount(self.mountpoint) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class RcloneCryptTarget(Target):
+    """rclone crypt over a local directory, `rclone mount --vfs-cache-mode writes`.
+
+    Random writes need the VFS cache, so writes land in rclone's cache first and are
+    uploaded after close: unmount waits for that upload.
+    """
+
+    name = "rclone"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("rclone") is not None
+
+    def setup(self) -> None:
+        self.storage.mkdir()
+        self.mountpoint.mkdir()
+        obscured = subprocess.run(["rclone", "obscure", secrets.token_urlsafe(24)],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        self.env = dict(os.environ)
+        self.env.update({
+            "RCLONE_CONFIG": str(self.work / "rclone.conf"),
+            "RCLONE_CONFIG_BENCHCRYPT_TYPE": "crypt",
+            "RCLONE_CONFIG_BENCHCRYPT_REMOTE": str(self.storage),
+            "RCLONE_CONFIG_BENCHCRYPT_PASSWORD": obscured,
+        })
+        (self.work / "rclone.conf").write_text("")
+        self.proc: subprocess.Popen | None = None
+
+    def mount(self) -> None:
+        logf = open(self.log, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                ["rclone", "mount", "benchcrypt:", str(self.mountpoint),
+                 "--vfs-cache-mode", "writes", "--vfs-write-back", "0s",
+                 "--cache-dir", str(self.work / "cache"), "--dir-cache-time", "1h"],
+                env=self.env, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        finally:
+            logf.close()
+        try:
+            wait_live(self.mountpoint, self.proc, 30, self.log)
+        except BaseException:
+            self._kill()
+            raise
+
+    def unmount(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            if os.path.ismount(self.mountpoint):
+                subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True)
+            self.proc.terminate()
+            self.proc.wait(120)
+            self.proc = None
+        finally:
+            if self.proc is not None:
+                self._kill()
+
+    def _kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+            self.proc = None
+        lazy_unmount(self.mountpoint)
+
+    def close(self) -> None:
+        try:
+            self.unmount()
+        except Exception:
+            self._kill()
+        finally:
+            lazy_unmount(self.mountpoint)
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+PEERS = {"plain": PlainTarget, "gocryptfs": GocryptfsTarget, "rclone": RcloneCryptTarget}
+
+
+def peer_available(name: str) -> bool:
+    cls = PEERS[name]
+    check = getattr(cls, "available", None)
+    return check() if check else True

@@ -1,0 +1,168 @@
+"""Runs every (target, repeat) through the workloads and aggregates median/min/max.
+
+Repeats are interleaved (repeat 1 of every target, then repeat 2 ...) so that a burst
+of load from other processes on the machine spreads over all targets instead of
+skewing one of them; ratios against peers measured in the same run are what to read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import workloads as W
+from .peers import PEERS, SealfsTarget, Target, peer_available
+
+
+@dataclass
+class BenchConfig:
+    chunk_sizes: list[str]
+    backends: list[str]
+    peers: list[str]
+    size_mib: int = 256
+    seconds: float = 5
+    files: int = 1000
+    tarball: bool = False
+    repeats: int = 1
+    out: Path = Path("bench-results")
+    smb_url: str | None = None
+    smb_password: str | None = None
+    workdir: Path | None = None
+    rand_file_mib: int | None = None
+    direct: bool = True
+
+
+@dataclass
+class TargetSpec:
+    label: str
+    kind: str
+    backend: str
+    chunk_size: str | None
+    factory: Callable[[Path], Target]
+
+
+@dataclass
+class Results:
+    meta: dict
+    samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    specs: dict[str, TargetSpec] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[dict]:
+        rows = []
+        for label, spec in self.specs.items():
+            for workload, (unit, higher) in W.WORKLOADS.items():
+                values = self.samples.get((label, workload))
+                if not values:
+                    continue
+                rows.append({
+                    "target": label, "kind": spec.kind, "backend": spec.backend,
+                    "chunk_size": spec.chunk_size or "", "workload": workload, "unit": unit,
+                    "higher_is_better": higher, "median": statistics.median(values),
+                    "min": min(values), "max": max(values), "n": len(values),
+                    "samples": values,
+                })
+        return rows
+
+
+def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None) -> list[TargetSpec]:
+    specs: list[TargetSpec] = []
+    for peer in cfg.peers:
+        if peer not in PEERS or not peer_available(peer):
+            continue
+        specs.append(TargetSpec(peer, "peer", "local", None, PEERS[peer]))
+    for backend in cfg.backends:
+        for cs in cfg.chunk_sizes:
+            if backend == "local":
+                factory = (lambda work, cs=cs: SealfsTarget(work, cs))
+            else:
+                def factory(work: Path, cs: str = cs) -> Target:
+                    import secrets
+                    name = f"bench-{secrets.token_hex(4)}"
+                    return SealfsTarget(work, cs, "smb", smb_url=f"{smb_url}/{name}",
+                                        smb_local=(smb_local / name) if smb_local else None,
+                                        smb_password=cfg.smb_password)
+            specs.append(TargetSpec(f"sealfs-{backend}-{cs}", "sealfs", backend, cs, factory))
+    return specs
+
+
+def run_one(target: Target, cfg: BenchConfig, tar_path: Path | None,
+            step: Callable[[str], None]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if cfg.size_mib > 0:
+        step("sequential")
+        out.update(W.sequential(target, cfg.size_mib))
+    if cfg.seconds > 0:
+        step("random 4K")
+        rand_mib = cfg.rand_file_mib or max(4, min(cfg.size_mib or 64, 256))
+        out.update(W.random_io(target, rand_mib, cfg.seconds, cfg.direct))
+    if cfg.files > 0:
+        step("small files")
+        out.update(W.small_files(target, cfg.files))
+    if tar_path is not None:
+        step("tarball")
+        out.update(W.tarball(target, tar_path))
+    return out
+
+
+def run_bench(cfg: BenchConfig, console=None) -> Results:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="sealfs-bench-", dir=cfg.workdir))
+    results = Results(meta={
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "size_mib": cfg.size_mib, "seconds": cfg.seconds, "files": cfg.files,
+        "tarball": cfg.tarball, "random_io_direct": cfg.direct, "repeats": cfg.repeats, "chunk_sizes": cfg.chunk_sizes,
+        "backends": cfg.backends, "peers_requested": cfg.peers, "workdir": str(base),
+    })
+    try:
+        with contextlib.ExitStack() as stack:
+            smb_url, smb_local = cfg.smb_url, None
+            if "smb" in cfg.backends and not smb_url:
+                from .samba import BenchSamba
+                server = stack.enter_context(BenchSamba())
+                smb_url, smb_local = server.url, server.share_path
+                cfg.smb_password = server.password
+                results.meta["smb"] = "throwaway smbd on 127.0.0.1, encryption required"
+            specs = build_specs(cfg, smb_url, smb_local)
+            results.specs = {s.label: s for s in specs}
+            results.meta["targets"] = [s.label for s in specs]
+            results.meta["peers_skipped"] = [p for p in cfg.peers
+                                             if p not in PEERS or not peer_available(p)]
+            tar_path = W.make_tarball(base) if cfg.tarball else None
+            if tar_path is not None:
+                results.meta["tarball_bytes"] = tar_path.stat().st_size
+            total = len(specs) * cfg.repeats
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, transient=False) as progress:
+                task = progress.add_task("bench", total=total)
+                for rep in range(cfg.repeats):
+                    for spec in specs:
+                        def step(what: str, spec=spec, rep=rep) -> None:
+                            progress.update(task, description=f"{spec.label} #{rep + 1}: {what}")
+                        step("mounting")
+                        try:
+                            with spec.factory(base) as target:
+                                values = run_one(target, cfg, tar_path, step)
+                        except Exception as exc:  # one target failing must not lose the others
+                            results.errors.append(f"{spec.label} #{rep + 1}: {type(exc).__name__}: {exc}")
+                            progress.console.print(f"[red]{spec.label} #{rep + 1} failed:[/] {exc}")
+                            values = {}
+                        for k, v in values.items():
+                            results.samples.setdefault((spec.label, k), []).append(v)
+                        progress.advance(task)
+            results.meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return results
