@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import random
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def record(file: int, slot: int, version: int) -> bytes:
     return payload + hashlib.sha256(payload).digest()
 
 
-def check_range(file: int, first: int, data: bytes, stable: dict, done) -> int:
+def check_range(file: int, first: int, data: bytes, stable: dict, done, fd: int) -> int:
     """Check the records in data (slots first..); stable[q] is True when owner q wrote nothing
     during the read. Returns how many records were verified."""
     verified = 0
@@ -56,10 +57,16 @@ def check_range(file: int, first: int, data: bytes, stable: dict, done) -> int:
             version = done[file * SLOTS + slot] - 1
             if version < 0:
                 assert raw == bytes(RECORD), f"file {file} slot {slot}: data in a never-written slot"
-            else:
-                assert raw == record(file, slot, version), (
-                    f"file {file} slot {slot}: expected version {version}, "
-                    f"got {'a valid record' if complete else 'torn or corrupt bytes'}")
+            elif raw != record(file, slot, version):
+                bad = [k for k in range(RECORD) if raw[k] != record(file, slot, version)[k]]
+                time.sleep(0.2)
+                still = os.pread(fd, RECORD, slot * RECORD) != record(file, slot, version)
+                raise AssertionError(
+                    f"file {file} slot {slot}: expected version {version} (finished writing), got "
+                    f"{'a valid record' if complete else 'torn or corrupt bytes'}: bytes "
+                    f"{slot * RECORD + bad[0]}..{slot * RECORD + bad[-1]} differ"
+                    f"{' (all zeros)' if not any(raw[bad[0]:bad[-1] + 1]) else ''}, "
+                    f"{'still' if still else 'no longer'} wrong 0.2 s later")
                 verified += 1
         elif complete:
             f_, s_, v_, o_ = HEADER.unpack_from(payload)
@@ -93,7 +100,7 @@ def worker(me: int, paths: list[str], seqs, done, seed: int, out) -> None:
                 after = [seqs[q] for q in range(PROCS)]
                 assert len(data) == count * RECORD
                 stable = {q: before[q] == after[q] and before[q] % 2 == 0 for q in range(PROCS)}
-                verified += check_range(rfile, first, data, stable, done)
+                verified += check_range(rfile, first, data, stable, done, fds[rfile])
         out.put((me, "ok", verified))
     except BaseException as exc:                               # report, don't hang the parent
         out.put((me, "error", repr(exc)))
@@ -102,8 +109,7 @@ def worker(me: int, paths: list[str], seqs, done, seed: int, out) -> None:
             os.close(fd)
 
 
-def test_concurrent_checksummed_records(mounted):
-    paths = [mounted.mountpoint / f"shared{i}" for i in range(FILES)]
+def run_round(paths: list[Path]) -> None:
     for p in paths:
         with open(p, "wb") as f:
             f.truncate(SLOTS * RECORD)
@@ -121,16 +127,35 @@ def test_concurrent_checksummed_records(mounted):
         assert p.exitcode == 0
     errors = [r for r in results if r[1] != "ok"]
     assert not errors, errors
-    assert sum(r[2] for r in results) > PROCS * PASSES * FILES * SLOTS // PROCS  # reads checked plenty
+    assert sum(r[2] for r in results) > PASSES * FILES * SLOTS       # reads checked plenty
 
-    def verify_all() -> None:
-        for file, p in enumerate(paths):
-            data = p.read_bytes()
-            assert len(data) == SLOTS * RECORD
-            for slot in range(SLOTS):
-                assert data[slot * RECORD:(slot + 1) * RECORD] == record(file, slot, PASSES - 1), \
-                    f"file {file} slot {slot} after the run"
 
-    verify_all()
+def verify_final(paths: list[Path]) -> None:
+    for file, p in enumerate(paths):
+        data = p.read_bytes()
+        assert len(data) == SLOTS * RECORD
+        for slot in range(SLOTS):
+            assert data[slot * RECORD:(slot + 1) * RECORD] == record(file, slot, PASSES - 1), \
+                f"{p.name} slot {slot} after the run"
+
+
+SMB_LOST_WRITE = ("SMB backend: with several processes writing disjoint ranges of the same chunk, a "
+                  "pwrite that has returned is later read back through the mount "
+                  "as the old bytes (zeros) for a whole record or the part past a 4 KiB boundary, and "
+                  "stays wrong on re-read; local backend never does. Intermittent (~1 in 3 rounds), so "
+                  "the test repeats the round")
+
+
+def test_concurrent_checksummed_records(mounted, request, backend_kind):
+    if backend_kind == "smb":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=SMB_LOST_WRITE))
+    rounds = 12 if backend_kind == "smb" else 3
+    all_paths = []
+    for r in range(rounds):
+        paths = [mounted.mountpoint / f"shared{r}-{i}" for i in range(FILES)]
+        run_round(paths)
+        verify_final(paths)
+        all_paths.append(paths)
     mounted.remount()
-    verify_all()
+    for paths in all_paths:
+        verify_final(paths)
