@@ -11,6 +11,7 @@ interrupted benchmark leaves no mount behind.
 
 from __future__ import annotations
 
+import abc
 import os
 import secrets
 import shutil
@@ -87,7 +88,7 @@ def drop_file_cache(root: Path) -> None:
                 os.close(fd)
 
 
-class Target:
+class Target(abc.ABC):
     """Base: a mount point inside a private work directory."""
 
     name = "target"
@@ -106,11 +107,11 @@ class Target:
     def label(self) -> str:
         return self.name
 
-    def mount(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def mount(self) -> None: ...
 
-    def unmount(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def unmount(self) -> None: ...
 
     def remount(self) -> None:
         self.unmount()
@@ -154,97 +155,37 @@ class Target:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
-class PlainTarget(Target):
-    """The directory itself: the ceiling every FUSE filesystem is measured against."""
+class ProcessTarget(Target):
+    """A mount served by a child process: spawned, waited for, unmounted, killed if stuck."""
 
-    name = "plain"
-
-    def setup(self) -> None:
-        self.mountpoint.mkdir()
-        self.storage = self.mountpoint
-
-    def mount(self) -> None:
-        pass
-
-    def unmount(self) -> None:
-        os.sync()
-
-    def remount(self) -> None:
-        os.sync()
-        drop_file_cache(self.storage)
-
-    def close(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
-class SealfsTarget(Target):
-    """`sealfs mount` of a fresh volume (local directory or an smb:// URL) in a child process."""
-
-    name = "sealfs"
-    kind = "sealfs"
-
-    def __init__(self, work: Path, chunk_size: str = "64K", backend: str = "local",
-                 smb_url: str | None = None, smb_local: Path | None = None,
-                 smb_password: str | None = None) -> None:
-        self.chunk_size = chunk_size
-        self.backend = backend
+    def __init__(self, work: Path) -> None:
         super().__init__(work)
-        self.keyfile = self.work / "volume.key"
-        self.env = dict(os.environ)
-        self.env["SEALFS_STATE_DIR"] = str(self.work / "state")
-        for var in ("SEALFS_KEYFILE", "SEALFS_PASSPHRASE", "SEALFS_CONFIG_DIR"):
-            self.env.pop(var, None)
-        if backend == "smb":
-            if not smb_url:
-                raise TargetError("smb backend needs a URL")
-            self.store = smb_url
-            self.storage = smb_local
-            if smb_password is not None:
-                self.env["SEALFS_SMB_PASSWORD"] = smb_password
-        else:
-            self.store = str(self.work / "store")
         self.proc: subprocess.Popen | None = None
+        self.env = dict(os.environ)
 
-    @property
-    def label(self) -> str:
-        return f"sealfs-{self.backend}-{self.chunk_size}"
-
-    def _cli(self, *args: str, timeout: float = 300) -> None:
-        result = subprocess.run([*SEALFS, *args], env=self.env, capture_output=True, timeout=timeout)
-        if result.returncode != 0:
-            raise TargetError(f"sealfs {args[0]} failed ({result.returncode}): "
-                              f"{result.stderr.decode(errors='replace').strip()}")
-
-    def setup(self) -> None:
-        self.keyfile.write_bytes(os.urandom(32))
-        self.keyfile.chmod(0o600)
-        if self.backend == "local":
-            Path(self.store).mkdir()
-        elif self.storage is not None:
-            self.storage.mkdir(mode=0o777, exist_ok=True)
-        self._cli("init", self.store, "--keyfile", str(self.keyfile), "--chunk-size", self.chunk_size)
-        self.mountpoint.mkdir(exist_ok=True)
-
-    def mount(self) -> None:
+    def _spawn(self, argv: list[str], timeout: float) -> None:
         logf = open(self.log, "ab")
         try:
-            self.proc = subprocess.Popen(
-                [*SEALFS, "mount", self.store, str(self.mountpoint), "--keyfile", str(self.keyfile)],
-                env=self.env, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(argv, env=self.env, stdout=logf, stderr=logf,
+                                         stdin=subprocess.DEVNULL)
         finally:
             logf.close()
         try:
-            wait_live(self.mountpoint, self.proc, 60, self.log)
+            wait_live(self.mountpoint, self.proc, timeout, self.log)
         except BaseException:
             self._kill()
             raise
+
+    def _request_unmount(self) -> None:
+        """Ask the process to flush and go (each peer has its own way)."""
+        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True)
 
     def unmount(self) -> None:
         if self.proc is None:
             return
         try:
             if os.path.ismount(self.mountpoint):
-                self._cli("umount", str(self.mountpoint))
+                self._request_unmount()
             self.proc.wait(120)
             self.proc = None
         finally:
@@ -269,6 +210,88 @@ class SealfsTarget(Target):
         finally:
             lazy_unmount(self.mountpoint)
             shutil.rmtree(self.work, ignore_errors=True)
+
+
+class PlainTarget(Target):
+    """The directory itself: the ceiling every FUSE filesystem is measured against."""
+
+    name = "plain"
+
+    def setup(self) -> None:
+        self.mountpoint.mkdir()
+        self.storage = self.mountpoint
+
+    def mount(self) -> None:
+        pass
+
+    def unmount(self) -> None:
+        os.sync()
+
+    def remount(self) -> None:
+        os.sync()
+        drop_file_cache(self.storage)
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class SealfsTarget(ProcessTarget):
+    """`sealfs mount` of a fresh volume (local directory or an smb:// URL) in a child process."""
+
+    name = "sealfs"
+    kind = "sealfs"
+
+    def __init__(self, work: Path, chunk_size: str = "64K", backend: str = "local",
+                 smb_url: str | None = None, smb_local: Path | None = None,
+                 smb_password: str | None = None) -> None:
+        self.chunk_size = chunk_size
+        self.backend = backend
+        super().__init__(work)
+        self.keyfile = self.work / "volume.key"
+        self.env["SEALFS_STATE_DIR"] = str(self.work / "state")
+        for var in ("SEALFS_KEYFILE", "SEALFS_PASSPHRASE", "SEALFS_CONFIG_DIR"):
+            self.env.pop(var, None)
+        if backend == "smb":
+            if not smb_url:
+                raise TargetError("smb backend needs a URL")
+            self.store = smb_url
+            self.storage = smb_local
+            if smb_password is not None:
+                self.env["SEALFS_SMB_PASSWORD"] = smb_password
+        else:
+            self.store = str(self.work / "store")
+
+    @property
+    def label(self) -> str:
+        return f"sealfs-{self.backend}-{self.chunk_size}"
+
+    def _cli(self, *args: str, timeout: float = 300) -> None:
+        result = subprocess.run([*SEALFS, *args], env=self.env, capture_output=True, timeout=timeout)
+        if result.returncode != 0:
+            raise TargetError(f"sealfs {args[0]} failed ({result.returncode}): "
+                              f"{result.stderr.decode(errors='replace').strip()}")
+
+    def setup(self) -> None:
+        self.keyfile.write_bytes(os.urandom(32))
+        self.keyfile.chmod(0o600)
+        if self.backend == "local":
+            Path(self.store).mkdir()
+        elif self.storage is not None:
+            self.storage.mkdir(mode=0o777, exist_ok=True)
+        self._cli("init", self.store, "--keyfile", str(self.keyfile), "--chunk-size", self.chunk_size)
+        self.mountpoint.mkdir(exist_ok=True)
+
+    def mount(self) -> None:
+        self._spawn([*SEALFS, "mount", self.store, str(self.mountpoint),
+                     "--keyfile", str(self.keyfile)], 60)
+
+    def _request_unmount(self) -> None:
+        self._cli("umount", str(self.mountpoint))
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
             if self.backend == "smb" and self.storage is not None:
                 shutil.rmtree(self.storage, ignore_errors=True)
 
@@ -311,7 +334,7 @@ class GocryptfsTarget(Target):
             time.sleep(0.05)
 
 
-class RcloneCryptTarget(Target):
+class RcloneCryptTarget(ProcessTarget):
     """rclone crypt over a local directory, `rclone mount --vfs-cache-mode writes`.
 
     Random writes need the VFS cache, so writes land in rclone's cache first and are
@@ -329,7 +352,6 @@ class RcloneCryptTarget(Target):
         self.mountpoint.mkdir()
         obscured = subprocess.run(["rclone", "obscure", secrets.token_urlsafe(24)],
                                   capture_output=True, text=True, check=True).stdout.strip()
-        self.env = dict(os.environ)
         self.env.update({
             "RCLONE_CONFIG": str(self.work / "rclone.conf"),
             "RCLONE_CONFIG_BENCHCRYPT_TYPE": "crypt",
@@ -337,55 +359,15 @@ class RcloneCryptTarget(Target):
             "RCLONE_CONFIG_BENCHCRYPT_PASSWORD": obscured,
         })
         (self.work / "rclone.conf").write_text("")
-        self.proc: subprocess.Popen | None = None
 
     def mount(self) -> None:
-        logf = open(self.log, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                ["rclone", "mount", "benchcrypt:", str(self.mountpoint),
-                 "--vfs-cache-mode", "writes", "--vfs-write-back", "0s",
-                 "--cache-dir", str(self.work / "cache"), "--dir-cache-time", "1h"],
-                env=self.env, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
-        finally:
-            logf.close()
-        try:
-            wait_live(self.mountpoint, self.proc, 30, self.log)
-        except BaseException:
-            self._kill()
-            raise
+        self._spawn(["rclone", "mount", "benchcrypt:", str(self.mountpoint),
+                     "--vfs-cache-mode", "writes", "--vfs-write-back", "0s",
+                     "--cache-dir", str(self.work / "cache"), "--dir-cache-time", "1h"], 30)
 
-    def unmount(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            if os.path.ismount(self.mountpoint):
-                subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True)
-            self.proc.terminate()
-            self.proc.wait(120)
-            self.proc = None
-        finally:
-            if self.proc is not None:
-                self._kill()
-
-    def _kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-            self.proc = None
-        lazy_unmount(self.mountpoint)
-
-    def close(self) -> None:
-        try:
-            self.unmount()
-        except Exception:
-            self._kill()
-        finally:
-            lazy_unmount(self.mountpoint)
-            shutil.rmtree(self.work, ignore_errors=True)
+    def _request_unmount(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True)
+        self.proc.terminate()
 
 
 PEERS = {"plain": PlainTarget, "gocryptfs": GocryptfsTarget, "rclone": RcloneCryptTarget}

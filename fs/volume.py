@@ -241,7 +241,7 @@ class Volume:
             await self.flush_all()
         finally:
             for state in list(self._states.values()):
-                await self._drop_state(state)
+                await self._drop_state(state, force=True)
             self.cache.clear()
             self.broker.close()
             await self.backend.aclose()
@@ -554,6 +554,13 @@ class Volume:
         # a reader never writes.
         state.tail_at = stored_size(committed, self.chunk_size) \
             if fst.size != stored_size(committed, self.chunk_size) else None
+        raced = self._states.get(header.file_id)
+        if raced is not None:
+            # Another open of the same file finished first while we awaited the backend:
+            # one file, one state, or two views would overwrite each other's writes.
+            await self.backend.close(handle)
+            self.broker.release(header.dek_id)
+            return raced
         self._states[header.file_id] = state
         return state
 
@@ -567,12 +574,24 @@ class Volume:
             if state.refs <= 0:
                 await self._drop_state(state)
 
-    async def _drop_state(self, state: FileState) -> None:
-        self._states.pop(state.file_id, None)
-        try:
-            if state.has_writer and state.needs_flush:
+    async def _drop_state(self, state: FileState, force: bool = False) -> None:
+        """Last close: write back, then forget the file. The state stays registered while
+        it flushes, so an open(2) racing with this close shares it instead of building a
+        second view from the not-yet-flushed backend file (which would lose writes)."""
+        flush_error: BaseException | None = None
+        if state.has_writer and state.needs_flush:
+            try:
                 async with state.lock:
                     await state.flush()
+            except BaseException as exc:
+                flush_error = exc
+        if state.refs > 0 and not force and flush_error is None:
+            return                                # reopened meanwhile: it lives on
+        if self._states.get(state.file_id) is state:
+            del self._states[state.file_id]
+        try:
+            if flush_error is not None:
+                raise flush_error
             fst = await self.backend.fstat(state.handle)
             if state.has_writer and not state.unlinked:
                 # Pin the times users saw: an SMB server stamps its own write time when a

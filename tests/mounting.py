@@ -85,6 +85,16 @@ class Mount:
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
         time.sleep(0.05)
 
+    def close(self) -> None:
+        """Teardown: a clean stop if it can (its failure still raises), else a kill."""
+        if self.proc is None:
+            return
+        try:
+            self.stop()
+        except Exception:
+            self.kill()
+            raise
+
     def remount(self) -> "Mount":
         self.stop()
         return self.start()

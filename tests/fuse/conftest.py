@@ -54,9 +54,4 @@ def mounted(request, tmp_path: Path, keyfile: Path, mount_env: dict, chunk_size:
     try:
         yield mount
     finally:
-        if mount.proc is not None:
-            try:
-                mount.stop()
-            except Exception:
-                mount.kill()
-                raise
+        mount.close()

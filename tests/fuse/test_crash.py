@@ -110,12 +110,7 @@ def local_mount(tmp_path: Path, keyfile: Path, mount_env: dict):
     try:
         yield mount
     finally:
-        if mount.proc is not None:
-            try:
-                mount.stop()
-            except Exception:
-                mount.kill()
-                raise
+        mount.close()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -197,9 +197,4 @@ def test_mount_matches_a_plain_directory(tmp_path: Path, keyfile: Path, mount_en
             max_examples=10, stateful_step_count=20, deadline=None, database=None,
             suppress_health_check=list(HealthCheck)))
     finally:
-        if mount.proc is not None:
-            try:
-                mount.stop()
-            except Exception:
-                mount.kill()
-                raise
+        mount.close()
