@@ -30,7 +30,7 @@ from ..crypto.header import Kind
 from ..crypto.kdf import pin_fingerprint
 from ..crypto.kms import provider_for_init
 from .config_file import VolumeConfigFile, load_config_file, secret_files
-from .errors import exit_code_of, one_line
+from .errors import exit_code_of, first_error, one_line
 from .keysource import resolve_secrets, smb_password_source
 from .pins import PinStore
 from .units import format_size, parse_size
@@ -558,20 +558,13 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException as exc:   # an error we did not anticipate: still one line
         if debug or isinstance(exc, SystemExit):
             raise
-        group = _first_of_group(exc)
+        group = first_error(exc)
         if group is not exc:
             click.echo(f"sealfs: error: {one_line(group)}", err=True)
             sys.exit(exit_code_of(group))
         click.echo(f"sealfs: internal error: {type(exc).__name__}: {one_line(exc)} "
                    f"(rerun with --debug for a traceback)", err=True)
         sys.exit(1)
-
-
-def _first_of_group(exc: BaseException) -> BaseException:
-    """Trio nurseries wrap errors in ExceptionGroups; report the first real one."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 if __name__ == "__main__":

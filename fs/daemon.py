@@ -13,7 +13,7 @@ import sys
 
 from ..crypto.errors import SealfsError
 from ..crypto.kms import KeySecrets
-from .errors import exit_code_of, one_line
+from .errors import exit_code_of, first_error, one_line
 
 READY_FD_ENV = "SEALFS_READY_FD"
 PASSPHRASE_STDIN_ENV = "SEALFS_PASSPHRASE_STDIN"
@@ -54,8 +54,7 @@ class ReadyReporter:
             os.close(devnull)
 
     def failed(self, exc: BaseException) -> None:
-        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-            exc = exc.exceptions[0]
+        exc = first_error(exc)
         self._send(f"ERROR {exit_code_of(exc)} {one_line(exc)}")
 
 

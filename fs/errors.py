@@ -37,3 +37,11 @@ def one_line(exc: BaseException) -> str:
         return f"{exc.strerror}{where}"
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """Trio nurseries (parallel crypto and I/O) wrap errors in exception groups: the first
+    real error is what the user needs to hear about."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -20,7 +20,7 @@ import trio
 
 from ..crypto.errors import IntegrityError
 from ..crypto.header import Kind
-from .errors import errno_of
+from .errors import errno_of, first_error
 from .volume import IFMT_TO_KIND, Attr, OpenFile, Volume, split_path
 
 log = logging.getLogger("sealfs.fuse")
@@ -51,20 +51,24 @@ def fuse_op(fn):
             return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except IntegrityError as exc:
-            log.error("integrity failure in %s(%s): %s", fn.__name__,
-                      self._describe(fn.__name__, args), exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR,
-                                 errno.EISDIR, errno.EINVAL, errno.ENAMETOOLONG, errno.EPERM,
-                                 errno.EACCES, errno.EXDEV, errno.ENODATA):
-                log.warning("%s(%s): %s", fn.__name__, self._describe(fn.__name__, args), exc)
-            raise pyfuse3.FUSEError(errno_of(exc)) from None
         except (trio.Cancelled, KeyboardInterrupt):
             raise
-        except Exception as exc:
-            log.exception("unexpected error in %s", fn.__name__)
+        except Exception as raised:
+            exc = first_error(raised)
+            if isinstance(exc, (pyfuse3.FUSEError, trio.Cancelled, KeyboardInterrupt)):
+                raise exc from None
+            if isinstance(exc, IntegrityError):
+                log.error("integrity failure in %s(%s): %s", fn.__name__,
+                          self._describe(fn.__name__, args), exc)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            if isinstance(exc, OSError):
+                if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR,
+                                     errno.EISDIR, errno.EINVAL, errno.ENAMETOOLONG, errno.EPERM,
+                                     errno.EACCES, errno.EXDEV, errno.ENODATA):
+                    log.warning("%s(%s): %s", fn.__name__, self._describe(fn.__name__, args), exc)
+                raise pyfuse3.FUSEError(errno_of(exc)) from None
+            log.exception("unexpected error in %s(%s)", fn.__name__,
+                          self._describe(fn.__name__, args))
             raise pyfuse3.FUSEError(errno_of(exc)) from None
     return wrapper
 
