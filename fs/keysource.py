@@ -40,12 +40,7 @@ def resolve_secrets(keyfile: str | None, passphrase_file: str | None, *,
     if keyfile and passphrase_file:
         raise UsageError("give either --keyfile or --passphrase-file, not both")
     secrets = KeySecrets(options=dict(options or {}))
-    if keyfile:
-        secrets.keyfile = Path(keyfile)
-        return secrets
-    if passphrase_file:
-        path = Path(passphrase_file)
-        secrets.passphrase = lambda: _read_passphrase_file(path)
+    if _use_files(secrets, keyfile, passphrase_file):
         return secrets
     env_keyfile = os.environ.get("SEALFS_KEYFILE")
     env_pass = os.environ.get("SEALFS_PASSPHRASE")
@@ -61,16 +56,23 @@ def resolve_secrets(keyfile: str | None, passphrase_file: str | None, *,
         line = sys.stdin.buffer.readline().rstrip(b"\r\n")
         secrets.passphrase = lambda: line
         return secrets
-    if config_keyfile:
-        secrets.keyfile = Path(config_keyfile)
-        return secrets
-    if config_passphrase_file:
-        path = Path(config_passphrase_file)
-        secrets.passphrase = lambda: _read_passphrase_file(path)
+    if _use_files(secrets, config_keyfile, config_passphrase_file):
         return secrets
     if sys.stdin.isatty():
         secrets.passphrase = _prompt(confirm_prompt)
     return secrets
+
+
+def _use_files(secrets: KeySecrets, keyfile: str | None, passphrase_file: str | None) -> bool:
+    """One precedence level given as file paths: a keyfile wins over a passphrase file."""
+    if keyfile:
+        secrets.keyfile = Path(keyfile)
+        return True
+    if passphrase_file:
+        path = Path(passphrase_file)
+        secrets.passphrase = lambda: _read_passphrase_file(path)
+        return True
+    return False
 
 
 def _prompt(confirm: bool) -> Callable[[], bytes]:
