@@ -11,6 +11,7 @@ LONGNAME_PREFIX = "sealfs.ln."        # hashed long-name entries; sidecar adds "
 LONGNAME_SIDECAR_SUFFIX = ".name"
 TEMP_PREFIX = "sealfs.tmp."           # in-flight creations, renamed into place
 HIDDEN_PREFIX = "sealfs.del."         # NFS-style hidden victims of unlink-while-open
+JOURNAL_DIR = "sealfs.journal"        # at the store root: journals of in-place chunk rewrites
 RESERVED_PREFIX = "sealfs."           # no encoded name starts with this (base32 has no '.')
 
 KEY_SIZE = 32                         # AES-256

@@ -24,6 +24,9 @@ from ..crypto.header import HEADER_SIZE, FileHeader, Metadata, open_header, seal
 from ..crypto.kdf import file_key
 from ..crypto.layout import (chunk_count, chunk_plain_length, final_index, logical_size,
                              slot_offset, stored_size)
+from .errors import first_error
+from .journal import Journal, Record, atomic_write, split_out
+from .journal import recover as recover_journal
 
 if TYPE_CHECKING:
     from .cache import ChunkCache
@@ -81,6 +84,7 @@ class FileState:
         self.unlinked = False
         self.victims: list[str] = []         # hidden names to delete on last close (SMB)
         self.lock = trio.Lock()
+        self.journal = Journal(backend, header.file_id)
         self._next_sequential = -1
         # Background read-ahead: spawn(fn, *args) -> bool starts a task in the mount's
         # nursery (None outside a mount); generation changes whenever content is rewritten.
@@ -213,6 +217,20 @@ class FileState:
         return bytearray(self._logical_chunk_cached(index, loaded))
 
     async def _load_chunks(self, indices: list[int], cache: bool = True) -> dict[int, bytes]:
+        try:
+            return await self._load_chunks_once(indices, cache)
+        except BaseException as exc:
+            # A chunk torn by another mount's crashed flush: its journal can restore it.
+            if not isinstance(first_error(exc), IntegrityError) or not await self._replay_journal():
+                raise
+        return await self._load_chunks_once(indices, cache)
+
+    async def _replay_journal(self) -> int:
+        if not self.writable or self.journal.active:
+            return 0
+        return await recover_journal(self.backend, self.handle, self.file_id, self.cipher, self.cs)
+
+    async def _load_chunks_once(self, indices: list[int], cache: bool) -> dict[int, bytes]:
         """Read and open committed chunks, contiguous runs in one backend request each."""
         cs = self.cs
         committed_final = final_index(self.committed, cs)
@@ -357,6 +375,10 @@ class FileState:
         reseal_old_final = old_final < new_final
         if reseal_old_final and old_final not in chunks:
             chunks[old_final] = await self._logical_chunk(old_final)
+        # The old final chunk, when its bytes lie within one page, is replaced by one
+        # small write after the rest of its slot (no journal); see fs/journal.py.
+        old_extent = stored_size(old, cs)
+        atomic_head = old_final in chunks and atomic_write(slot_offset(old_final, cs), old_extent)
         header_needed = new != self.header_size or self.header_dirty
         header = self._sealed_header(new) if header_needed else None
         # Contiguous runs of chunks are sealed straight into one buffer each and written
@@ -375,7 +397,8 @@ class FileState:
         for run in runs:
             # Header and chunk 0 are contiguous: one request (every small file), written
             # after every other chunk so the header still comes last.
-            lead = HEADER_SIZE if (run[0] == 0 and header is not None and not reseal_old_final) else 0
+            lead = HEADER_SIZE if (run[0] == 0 and header is not None and not reseal_old_final
+                                   and (not atomic_head or old_final == 0)) else 0
             lengths = [chunk_plain_length(i, new, cs) for i in run]
             buf = bytearray(lead + sum(lengths) + CHUNK_OVERHEAD * len(run))
             view = memoryview(buf)
@@ -397,12 +420,30 @@ class FileState:
             writes.remove(resealed)
         if combined is not None:
             writes.append(combined)
+        # Rewrites of bytes already on the backend must not tear (fs/journal.py): every
+        # chunk rewritten in place is journaled first, but for an atomic head.
+        head = None
+        if atomic_head:
+            if resealed is not None:
+                writes.append(resealed)
+                resealed = None
+            writes, head = split_out(writes, slot_offset(old_final, cs), old_extent)
+        records = [Record(i, final, out, i == old_final,
+                          chunk_plain_length(i, old, cs) + CHUNK_OVERHEAD)
+                   for i, _plain, final, out in jobs
+                   if i <= old_final and not (head is not None and i == old_final)]
+        if records:
+            await self.journal.record(records)
         if writes:
             await self.backend.write_many(self.handle, writes)
         if resealed is not None:
             await self.backend.write(self.handle, *resealed)
+        if head is not None:
+            await self.backend.write(self.handle, *head)
         if header is not None:
             await self.backend.write(self.handle, 0, header)
+        if records:
+            await self.journal.clear()
         self.header_size = new
         self.header_dirty = False
         self.committed = new
@@ -420,11 +461,19 @@ class FileState:
         cs = self.cs
         index = final_index(size, cs)
         plain = _fit(await self._logical_chunk_at_most(index, size), chunk_plain_length(index, size, cs))
+        old = self.committed
+        sealed = self.cipher.seal(index, plain, True)
+        offset = slot_offset(index, cs)
+        journaled = not atomic_write(offset, offset + len(sealed))
+        if journaled:
+            await self.journal.record([Record(index, True, sealed, index == final_index(old, cs),
+                                              chunk_plain_length(index, old, cs) + CHUNK_OVERHEAD)])
         await self.backend.write(self.handle, 0, self._sealed_header(size))
         self.header_size = size
-        sealed = self.cipher.seal(index, plain, True)
-        await self.backend.write(self.handle, slot_offset(index, cs), sealed)
+        await self.backend.write(self.handle, offset, sealed)
         await self.backend.truncate(self.handle, stored_size(size, cs))
+        if journaled:
+            await self.journal.clear()
         self.cache.drop_file(self.file_id, index)
         self.cache.put(self.file_id, index, bytes(plain))
         self.committed = size

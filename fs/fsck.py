@@ -16,7 +16,8 @@ Problems are printed one per line as "PROBLEM: <where>: <what>", <where> being t
 plaintext path when every component decrypted, else the backend (ciphertext) path.
 --repair fixes only what loses nothing a reader could see, each as "REPAIRED: ...":
 orphaned long-name sidecars, sealfs.tmp.* / sealfs.del.* leftovers (removed
-recursively), and uncommitted tails (cut to the committed extent). Damaged headers,
+recursively), uncommitted tails (cut to the committed extent), and write journals left
+by a crashed mount (the chunks they tore restored, then removed). Damaged headers,
 chunks, names and directory records are reported, never "repaired".
 """
 
@@ -28,7 +29,7 @@ from typing import Callable
 from ..backends.base import join
 from ..crypto.chunks import ChunkCipher
 from ..crypto.constants import (CHUNK_OVERHEAD, CONFIG_NAME, DIR_META_NAME, HIDDEN_PREFIX,
-                                NONCE_SIZE, TEMP_PREFIX)
+                                JOURNAL_DIR, NONCE_SIZE, TEMP_PREFIX)
 from ..crypto.errors import IntegrityError, KeyAccessError
 from ..crypto.header import HEADER_SIZE
 from ..crypto.kdf import file_key
@@ -36,6 +37,8 @@ from ..crypto.layout import chunk_count, chunk_plain_length, slot_offset, stored
 from ..crypto.names import (entry_of_sidecar, is_long_name_entry, is_reserved, is_sidecar,
                             long_name_entry, sidecar_of)
 from .files import FileState
+from .journal import journal_path, journaled_file_ids
+from .journal import recover as recover_journal
 from .volume import DirInfo, Volume, _read_small
 
 READ_BLOCK = 1024 * 1024
@@ -98,7 +101,12 @@ class Fsck:
     # -- walk --------------------------------------------------------------------------------
     async def run(self) -> FsckResult:
         root = await self.vol._root()
+        self.journals = await journaled_file_ids(self.backend)
         await self._check_dir("", "", root)
+        for file_id in sorted(self.journals):      # no file has this id any more
+            path = journal_path(file_id)
+            await self._safe(self._where(None, path), "write journal of a file that no longer exists",
+                             lambda p=path: self.backend.unlink(p), "removed orphaned write journal")
         return self.result
 
     async def _check_dir(self, bpath: str, plain: str | None, info: DirInfo) -> None:
@@ -111,7 +119,7 @@ class Fsck:
         names = {entry for entry, _ in entries}
         for entry, bstat in sorted(entries):
             child = join(bpath, entry)
-            if entry == DIR_META_NAME or (bpath == "" and entry == CONFIG_NAME):
+            if entry == DIR_META_NAME or (bpath == "" and entry in (CONFIG_NAME, JOURNAL_DIR)):
                 continue
             here = self._where(None, child)
             if entry.startswith(TEMP_PREFIX) or entry.startswith(HIDDEN_PREFIX):
@@ -189,6 +197,10 @@ class Fsck:
                 self.problem(where, f"file header: {_strip(exc, bpath)}")
                 return
             cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
+            if header.file_id in self.journals:
+                self.journals.discard(header.file_id)
+                await self._check_journal(bpath, where, header.file_id, cipher)
+                stored = (await self.backend.fstat(handle)).size
             try:
                 committed = await FileState.resolve_size(self.backend, handle, header, cipher,
                                                          cs, stored)
@@ -211,6 +223,33 @@ class Fsck:
             await self._safe(where, f"uncommitted tail of {stored - extent} bytes after the "
                                     f"committed size {committed}",
                              cut, f"cut uncommitted tail of {stored - extent} bytes")
+
+    async def _check_journal(self, bpath: str, where: str, file_id: bytes,
+                             cipher: ChunkCipher) -> None:
+        """A journal left by a flush that never finished (fs/journal.py): the chunks it
+        tore are restored from it, the first thing a mount would do on opening the file."""
+        cs = self.vol.chunk_size
+        handle = await self.backend.open(bpath)
+        try:
+            torn = await recover_journal(self.backend, handle, file_id, cipher, cs, apply=False)
+        finally:
+            await self.backend.close(handle)
+
+        async def replay() -> None:
+            h = await self.backend.open(bpath, write=True)
+            try:
+                await recover_journal(self.backend, h, file_id, cipher, cs)
+                await self.backend.flush(h)
+            finally:
+                await self.backend.close(h)
+
+        if torn:
+            await self._safe(where, f"{torn} chunk(s) torn by an interrupted write, "
+                                    f"restorable from its write journal",
+                             replay, f"restored {torn} torn chunk(s) from the write journal")
+        else:
+            await self._safe(where, "leftover write journal of an interrupted write",
+                             replay, "removed spent write journal")
 
     async def _scan_chunks(self, handle, where: str, cipher: ChunkCipher, stored: int,
                            committed: int | None) -> None:

@@ -36,6 +36,8 @@ from ..crypto.names import (NameCipher, entry_of_sidecar, is_long_name_entry, is
 from ..crypto.chunks import ChunkCipher
 from .cache import ChunkCache
 from .files import FileState, FileTuning
+from .journal import journaled_file_ids
+from .journal import recover as recover_journal
 from .pins import PinStore
 
 log = logging.getLogger("sealfs.volume")
@@ -168,6 +170,8 @@ class Volume:
         self._headers: dict[str, tuple[tuple, FileHeader, int]] = {}
         self._states: dict[bytes, FileState] = {}
         self._stamps: dict[bytes, tuple[int, int]] = {}
+        #: files whose journal a crashed mount left behind (listed once, on load)
+        self._journaled: set[bytes] = set()
         self._crypto_limiter = trio.CapacityLimiter(max(1, self.tuning.files.crypto_threads))
         #: the mount's nursery, for background read-ahead (None for one-off CLI commands)
         self.background: trio.Nursery | None = None
@@ -228,6 +232,7 @@ class Volume:
             first_use = pins is not None and pins.check(*pin, record=False)
             volume = cls(backend, config, broker, names_dek, tuning)
             await volume._root()
+            volume._journaled = await journaled_file_ids(backend)
             if first_use:      # pinned only once the volume really opened
                 pins.check(*pin)
         except BaseException:
@@ -362,16 +367,47 @@ class Volume:
         try:
             header, dek = await self._open_header(handle, bpath)
             size = header.meta.size
-            if logical_size(bstat.size, self.chunk_size) != size:
+            if logical_size(bstat.size, self.chunk_size) != size or header.file_id in self._journaled:
                 cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
-                size = await FileState.resolve_size(self.backend, handle, header, cipher,
-                                                    self.chunk_size, bstat.size)
+                size = await self._committed_size(handle, bpath, header, cipher)
         finally:
             await self.backend.close(handle)
         if len(self._headers) > 100_000:
             self._headers.clear()
         self._headers[bpath] = (stamp, header, size)
         return header, size
+
+    async def _committed_size(self, handle: Handle, bpath: str, header: FileHeader,
+                              cipher: ChunkCipher) -> int:
+        """The reader rule of FORMAT.md, after replaying a crashed flush's journal (listed
+        when the volume opened, or found because the file failed to authenticate)."""
+        if header.file_id in self._journaled:
+            await self._replay_journal(bpath, header.file_id, cipher)
+        try:
+            stored = (await self.backend.fstat(handle)).size
+            return await FileState.resolve_size(self.backend, handle, header, cipher,
+                                                self.chunk_size, stored)
+        except IntegrityError:
+            if not await self._replay_journal(bpath, header.file_id, cipher):
+                raise
+            stored = (await self.backend.fstat(handle)).size
+            return await FileState.resolve_size(self.backend, handle, header, cipher,
+                                                self.chunk_size, stored)
+
+    async def _replay_journal(self, bpath: str, file_id: bytes, cipher: ChunkCipher) -> int:
+        """Restore chunks torn by a flush that never finished; how many were restored."""
+        self._journaled.discard(file_id)
+        state = self._states.get(file_id)
+        if state is not None and state.journal.active:
+            return 0                        # our own journal: its flush is not over
+        try:
+            handle = await self.backend.open(bpath, write=True)
+        except PermissionError:
+            return 0
+        try:
+            return await recover_journal(self.backend, handle, file_id, cipher, self.chunk_size)
+        finally:
+            await self.backend.close(handle)
 
     async def _open_header(self, handle: Handle, bpath: str) -> tuple[FileHeader, bytes]:
         raw = await self.backend.read(handle, 0, HEADER_SIZE)
@@ -534,10 +570,9 @@ class Volume:
             if existing is not None:
                 await self.backend.close(handle)
                 return existing
-            fst = await self.backend.fstat(handle)
             cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
-            committed = await FileState.resolve_size(self.backend, handle, header, cipher,
-                                                     self.chunk_size, fst.size)
+            committed = await self._committed_size(handle, bpath, header, cipher)
+            fst = await self.backend.fstat(handle)
             await self.broker.acquire(header.dek_id)     # held while the file is open
         except BaseException:
             await self.backend.close(handle)
@@ -602,8 +637,11 @@ class Volume:
             await self.backend.close(state.handle)
             for victim in state.victims:
                 await _remove_quietly(self.backend, victim)
-            state.forget_secrets()
-            self.broker.release(state.dek_id)
+            try:
+                await state.journal.remove()
+            finally:
+                state.forget_secrets()
+                self.broker.release(state.dek_id)
 
     async def _after_write(self, state: FileState) -> None:
         """Write-back under memory pressure: bound dirty data per file and per volume."""

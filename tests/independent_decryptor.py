@@ -277,11 +277,52 @@ class DecryptedFile:
     content: bytes
 
 
-def decrypt_file(keys: Keys, data: bytes) -> DecryptedFile:
+def replay_journal(cipher: AESGCM, file_id: bytes, data: bytes, journal: bytes, cs: int) -> bytes:
+    """FORMAT.md 9.5, in memory: torn slots take the journaled chunk."""
+    def opens(index: int, sealed: bytes, final: bool) -> bool:
+        if len(sealed) < OVERHEAD:
+            return False
+        try:
+            cipher.decrypt(sealed[:12], sealed[12:], chunk_aad(file_id, index, final))
+            return True
+        except InvalidTag:
+            return False
+
+    if not journal.startswith(b"SEALJNL1"):
+        return data
+    out = bytearray(data)
+    pos = 8
+    while pos + 18 <= len(journal):
+        index, final, length, old_final, old_length = struct.unpack(">QBIBI", journal[pos:pos + 18])
+        pos += 18
+        if pos + length > len(journal) or final > 1 or old_final > 1:
+            break
+        sealed = journal[pos:pos + length]
+        pos += length
+        if not opens(index, sealed, final == 1):
+            continue
+        start = slot_offset(index, cs)
+        slot = bytes(out[start:start + max(length, old_length)])
+        if slot[:length] == sealed:
+            continue
+        old = slot[:old_length]
+        if old_length and len(old) == old_length and (
+                (old_final == 0 and old == bytes(old_length)) or opens(index, old, old_final == 1)):
+            continue
+        if len(out) < start + length:
+            out.extend(bytes(start + length - len(out)))
+        out[start:start + length] = sealed
+    return bytes(out)
+
+
+def decrypt_file(keys: Keys, data: bytes, journals: Path | None = None) -> DecryptedFile:
     if len(data) < HEADER_SIZE or data[:6] != MAGIC or data[6] != VERSION:
         raise FormatError("bad file header")
     dek_id, file_id = struct.unpack(">I16s", data[8:28])
     cipher = AESGCM(keys.file_key(dek_id, file_id))
+    journal = journals / file_id.hex() if journals is not None else None
+    if journal is not None and journal.is_file():
+        data = replay_journal(cipher, file_id, data, journal.read_bytes(), keys.chunk_size)
     try:
         meta = unpack_meta(cipher.decrypt(data[28:40], data[40:96], data[:PUBLIC_SIZE]))
     except InvalidTag:
@@ -355,7 +396,7 @@ def _walk(keys: Keys, root: Path, bdir: str, pdir: str, dir_id: bytes, result: R
                                              child_id, bpath)
                 _walk(keys, root, bpath, path, child_id, result)
             else:
-                f = decrypt_file(keys, full.read_bytes())
+                f = decrypt_file(keys, full.read_bytes(), root / "sealfs.journal")
                 kind = KINDS[f.meta.kind]
                 target = f.content.decode("utf-8", "surrogateescape") if kind == "symlink" else None
                 result.entries[path] = Entry(kind, f.meta.mode, f.meta.uid, f.meta.gid, f.meta.rdev,

@@ -15,6 +15,7 @@ from sealfs.crypto.layout import slot_offset
 from sealfs.fs.pins import PinStore
 from sealfs.fs.volume import Volume
 from tests.mounting import init_store, sealfs
+from tests.tearing import tear_in_place_rewrite
 
 CS = 4096
 LONG = "long-" * 40                          # 200 bytes: a long-name entry + sidecar
@@ -179,3 +180,64 @@ async def test_damaged_directory_record_and_long_name_sidecar(vol_store, keyfile
     found = problems(out)
     assert any(l.startswith("PROBLEM: /dir/sub: directory record") for l in found), out
     assert any(long_entry.name in l and "does not match" in l for l in found), out
+
+
+async def test_a_torn_rewrite_is_restored_from_its_journal_by_fsck_repair(vol_store, keyfile):
+    new_chunk = os.urandom(CS)
+    journal, _ = await tear_in_place_rewrite(
+        vol_store, keyfile, await bpath_of(vol_store, keyfile, "/dir/big.bin"), 2, new_chunk, CS)
+    code, out, _ = fsck(vol_store, keyfile)
+    assert code == 4
+    found = problems(out)
+    assert any(l.startswith("PROBLEM: /dir/big.bin: 1 chunk(s) torn by an interrupted write")
+               for l in found), out
+    assert any("chunk 2 failed authentication" in l for l in found), out
+    assert journal.exists(), "fsck without --repair changed something"
+
+    code, out, _ = fsck(vol_store, keyfile, "--repair")
+    assert code == 0, out
+    assert "REPAIRED: /dir/big.bin: restored 1 torn chunk(s) from the write journal" in out
+    assert not journal.exists()
+    code, out, _ = fsck(vol_store, keyfile)
+    assert code == 0 and problems(out) == [], out
+    vol = await load(vol_store, keyfile)
+    try:
+        expected = CONTENT["/dir/big.bin"]
+        assert await vol.read_file("/dir/big.bin") == expected[:2 * CS] + new_chunk + expected[3 * CS:]
+    finally:
+        await vol.close()
+
+
+async def test_a_torn_rewrite_is_restored_when_the_volume_next_reads_it(vol_store, keyfile):
+    new_chunk = os.urandom(CS)
+    journal, _ = await tear_in_place_rewrite(
+        vol_store, keyfile, await bpath_of(vol_store, keyfile, "/dir/big.bin"), 1, new_chunk, CS)
+    vol = await load(vol_store, keyfile)
+    try:
+        expected = CONTENT["/dir/big.bin"]
+        assert await vol.read_file("/dir/big.bin") == expected[:CS] + new_chunk + expected[2 * CS:]
+    finally:
+        await vol.close()
+    assert not journal.exists()
+    code, out, _ = fsck(vol_store, keyfile)
+    assert code == 0 and problems(out) == [], out
+
+
+async def test_orphaned_and_spent_journals_are_removed_by_repair(vol_store, keyfile):
+    target = await bpath_of(vol_store, keyfile, "/dir/big.bin")
+    untouched = target.read_bytes()
+    journal, _ = await tear_in_place_rewrite(
+        vol_store, keyfile, await bpath_of(vol_store, keyfile, "/dir/big.bin"), 3, b"x" * CS, CS)
+    target.write_bytes(untouched)               # the crash came before the rewrite began
+    orphan = journal.parent / ("ab" * 16)
+    orphan.write_bytes(journal.read_bytes())
+    code, out, _ = fsck(vol_store, keyfile)
+    assert code == 4
+    assert "PROBLEM: /dir/big.bin: leftover write journal of an interrupted write" in out
+    assert any("write journal of a file that no longer exists" in l for l in problems(out)), out
+    code, out, _ = fsck(vol_store, keyfile, "--repair")
+    assert code == 0, out
+    assert "REPAIRED: /dir/big.bin: removed spent write journal" in out
+    assert "removed orphaned write journal" in out
+    assert not orphan.exists() and not journal.exists()
+    assert target.read_bytes() == untouched

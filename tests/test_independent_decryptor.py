@@ -123,6 +123,7 @@ async def test_volume_library_store(cs, make_volume, open_volume, keyfile: Path,
     # nothing is left behind: no temp names, no orphan sidecars
     leftovers = [p for p in store.rglob("sealfs.*")
                  if p.name not in ("sealfs.json", "sealfs.dir") and not ind.LONG_NAME.match(p.name)
+                 and not (p == store / "sealfs.journal" and not any(p.iterdir()))
                  and not (p.name.endswith(".name") and ind.LONG_NAME.match(p.name[:-5]))]
     assert leftovers == []
     sidecars = {p.relative_to(store).as_posix()[:-5] for p in store.rglob("sealfs.ln.*.name")}
@@ -329,3 +330,25 @@ async def test_every_crash_point_reads_old_or_new(name, make_volume, keyfile: Pa
         assert f.content in allowed, f"{name}: after {k} of {len(ops)} requests: size {f.size}"
         seen.append(f.size)
     assert seen[0] == len(old) and seen[-1] == len(new)
+
+
+async def test_a_torn_rewrite_reads_through_its_journal(make_volume, open_volume, keyfile: Path):
+    """FORMAT.md 9.5 from the spec alone: the torn slot takes the journaled chunk."""
+    from tests.tearing import tear_in_place_rewrite
+
+    store = await make_volume(CS)
+    old = blob(5 * CS, 11)
+    vol = await open_volume(store)
+    try:
+        await vol.write_file("f", old)
+        bpath = vol.names.entry_for("f", (await vol._root()).dir_id)[0]
+    finally:
+        await vol.close()
+    new_chunk = blob(CS, 12)
+    await tear_in_place_rewrite(store, keyfile, store / bpath, 2, new_chunk, CS)
+    r = ind.decrypt_store(store, keyfile=keyfile.read_bytes())
+    assert r.errors == []
+    assert r.files["f"] == old[:2 * CS] + new_chunk + old[3 * CS:]
+    (store / "sealfs.journal" / next(p.name for p in (store / "sealfs.journal").iterdir())).unlink()
+    r = ind.decrypt_store(store, keyfile=keyfile.read_bytes())
+    assert r.errors and "chunk 2 does not authenticate" in r.errors[0][1]
