@@ -4,23 +4,34 @@
         t.mountpoint      # where workloads run
         t.storage         # local directory holding the bytes it stores (None if unknown)
         t.remount()       # drop every cache the mount holds (cold reads)
+        t.settle(path, n) # block until a written file's bytes are on the storage
+        t.notes           # facts for results.json meta (negotiated cipher, what is timed)
 
 Every target unmounts in ``finally`` (``fusermount3 -u -z`` as the last resort), so an
-interrupted benchmark leaves no mount behind.
+interrupted benchmark leaves no mount behind. A DirectTarget is no mount at all: it
+measures its own workloads (e.g. the SMB backend without the filesystem above it).
 """
 
 from __future__ import annotations
 
 import abc
+import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+from .samba import SmbShare
+
 SEALFS = [sys.executable, "-m", "sealfs.fs.cli"]
+
+# workload groups a target can run (runner.run_one); most mounts run them all
+WORKLOAD_GROUPS = frozenset({"sequential", "random", "small_files", "tarball"})
 
 
 class TargetError(RuntimeError):
@@ -70,22 +81,29 @@ def _tail(log: Path | None) -> str:
 
 
 def drop_file_cache(root: Path) -> None:
-    """Evict clean page-cache pages of every file under root (cold reads of the backend)."""
+    """Evict clean page-cache pages of root, or of every file under it (cold reads of the backend)."""
     if root is None or not root.exists():
+        return
+    if not root.is_dir():
+        _drop_one(str(root))
         return
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            try:
-                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            _drop_one(os.path.join(dirpath, name))
+
+
+def _drop_one(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class Target(abc.ABC):
@@ -95,6 +113,7 @@ class Target(abc.ABC):
     kind = "peer"          # "sealfs" or "peer"
     backend = "local"
     chunk_size: str | None = None
+    workloads: frozenset[str] = WORKLOAD_GROUPS
 
     def __init__(self, work: Path) -> None:
         self.work = Path(work) / f"{self.name}-{secrets.token_hex(3)}"
@@ -102,6 +121,10 @@ class Target(abc.ABC):
         self.mountpoint = self.work / "mnt"
         self.storage: Path | None = self.work / "store"
         self.log = self.work / "mount.log"
+        self.notes: dict[str, str] = {}
+
+    def settle(self, path: Path, size: int) -> None:
+        """Return once the file just written and closed is on the storage (write-back caches)."""
 
     @property
     def label(self) -> str:
@@ -163,13 +186,20 @@ class ProcessTarget(Target):
         self.proc: subprocess.Popen | None = None
         self.env = dict(os.environ)
 
-    def _spawn(self, argv: list[str], timeout: float) -> None:
+    def _spawn(self, argv: list[str], timeout: float, stdin: bytes | None = None) -> None:
+        """Start the mount process (stdin: e.g. a password, then EOF) and wait until it is live."""
         logf = open(self.log, "ab")
         try:
             self.proc = subprocess.Popen(argv, env=self.env, stdout=logf, stderr=logf,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE)
         finally:
             logf.close()
+        if stdin is not None:
+            try:
+                self.proc.stdin.write(stdin)
+                self.proc.stdin.close()
+            except OSError:
+                pass  # it exited already: wait_live reports how
         try:
             wait_live(self.mountpoint, self.proc, timeout, self.log)
         except BaseException:
@@ -338,7 +368,8 @@ class RcloneCryptTarget(ProcessTarget):
     """rclone crypt over a local directory, `rclone mount --vfs-cache-mode writes`.
 
     Random writes need the VFS cache, so writes land in rclone's cache first and are
-    uploaded after close: unmount waits for that upload.
+    uploaded after close: unmount waits for that upload. seq_write here stops at
+    close (the local upload is a copy on the same disk), unlike rclone-smb.
     """
 
     name = "rclone"
@@ -347,33 +378,174 @@ class RcloneCryptTarget(ProcessTarget):
     def available() -> bool:
         return shutil.which("rclone") is not None
 
-    def setup(self) -> None:
+    def _obscure(self, secret: str) -> str:
+        return subprocess.run(["rclone", "obscure", "-"], input=secret, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    def crypt_remote(self) -> str:
+        """What the crypt remote wraps (created here); the ciphertext lands there."""
         self.storage.mkdir()
+        return str(self.storage)
+
+    def setup(self) -> None:
         self.mountpoint.mkdir()
-        obscured = subprocess.run(["rclone", "obscure", secrets.token_urlsafe(24)],
-                                  capture_output=True, text=True, check=True).stdout.strip()
-        self.env.update({
-            "RCLONE_CONFIG": str(self.work / "rclone.conf"),
-            "RCLONE_CONFIG_BENCHCRYPT_TYPE": "crypt",
-            "RCLONE_CONFIG_BENCHCRYPT_REMOTE": str(self.storage),
-            "RCLONE_CONFIG_BENCHCRYPT_PASSWORD": obscured,
-        })
         (self.work / "rclone.conf").write_text("")
+        self.env["RCLONE_CONFIG"] = str(self.work / "rclone.conf")
+        remote = self.crypt_remote()
+        self.env.update({
+            "RCLONE_CONFIG_BENCHCRYPT_TYPE": "crypt",
+            "RCLONE_CONFIG_BENCHCRYPT_REMOTE": remote,
+            "RCLONE_CONFIG_BENCHCRYPT_PASSWORD": self._obscure(secrets.token_urlsafe(24)),
+        })
+
+    def mount_args(self) -> list[str]:
+        return ["rclone", "mount", "benchcrypt:", str(self.mountpoint),
+                "--vfs-cache-mode", "writes", "--vfs-write-back", "0s",
+                "--cache-dir", str(self.work / "cache"), "--dir-cache-time", "1h"]
 
     def mount(self) -> None:
-        self._spawn(["rclone", "mount", "benchcrypt:", str(self.mountpoint),
-                     "--vfs-cache-mode", "writes", "--vfs-write-back", "0s",
-                     "--cache-dir", str(self.work / "cache"), "--dir-cache-time", "1h"], 30)
+        self._spawn(self.mount_args(), 30)
 
     def _request_unmount(self) -> None:
         subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True)
         self.proc.terminate()
 
 
-PEERS = {"plain": PlainTarget, "gocryptfs": GocryptfsTarget, "rclone": RcloneCryptTarget}
+class RcloneSmbTarget(RcloneCryptTarget):
+    """rclone crypt over rclone's own smb backend, on the same share as sealfs-smb.
+
+    seq_write is timed until the ciphertext is on the share: write + fsync + close,
+    then wait (polling rclone's remote control API) until the VFS cache has no upload
+    queued or running and the file on the remote has its full size. The mount's
+    SMB session is looked up in smbstatus when the share is our own smbd.
+    """
+
+    name = "rclone-smb"
+    backend = "smb"
+
+    def __init__(self, work: Path, share: SmbShare) -> None:
+        super().__init__(work)
+        self.share = share
+        self.subdir = f"rclone-{secrets.token_hex(4)}"
+        self.storage = share.local / self.subdir if share.local else None
+        self.rc_port = _free_port()
+        self.notes["seq_write_timing"] = ("write + fsync + close + until rclone's VFS cache has "
+                                          "uploaded the file to the share (rc vfs/stats, operations/stat)")
+
+    def crypt_remote(self) -> str:
+        from ..backends.smb import SmbTarget
+        t = SmbTarget.parse(self.share.url)
+        self.env.update({
+            "RCLONE_CONFIG_BENCHSMB_TYPE": "smb",
+            "RCLONE_CONFIG_BENCHSMB_HOST": t.host,
+            "RCLONE_CONFIG_BENCHSMB_PORT": str(t.port),
+            "RCLONE_CONFIG_BENCHSMB_USER": t.user or "",
+            "RCLONE_CONFIG_BENCHSMB_PASS": self._obscure(self.share.password or ""),
+        })
+        remote = "/".join(p for p in (t.share, t.path, self.subdir) if p)
+        result = subprocess.run(["rclone", "mkdir", f"benchsmb:{remote}"], env=self.env,
+                                capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise TargetError(f"rclone smb cannot use {t.where}: {result.stderr.strip()[-1000:]}")
+        return f"benchsmb:{remote}"
+
+    def mount_args(self) -> list[str]:
+        return [*super().mount_args(), "--rc", f"--rc-addr=127.0.0.1:{self.rc_port}", "--rc-no-auth"]
+
+    def mount(self) -> None:
+        super().mount()
+        os.listdir(self.mountpoint)      # one round trip, so that the session exists
+        seen = self.share.encryption_seen()
+        self.notes["smb_sessions"] = seen or "unknown (not our own smbd: smbstatus unavailable)"
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.storage is not None:
+                shutil.rmtree(self.storage, ignore_errors=True)
+
+    def _rc(self, command: str, **params: str) -> dict:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.rc_port}/{command}",
+                                     data=json.dumps(params).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def settle(self, path: Path, size: int, timeout: float = 600) -> None:
+        remote = str(path.relative_to(self.mountpoint))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cache = self._rc("vfs/stats").get("diskCache", {})
+            if cache.get("uploadsInProgress", 0) == 0 and cache.get("uploadsQueued", 0) == 0:
+                item = self._rc("operations/stat", fs="benchcrypt:", remote=remote).get("item")
+                if item and item.get("Size") == size:
+                    return
+            time.sleep(0.01)
+        raise TargetError(f"rclone did not upload {remote} within {timeout:.0f} s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CryfsTarget(ProcessTarget):
+    """CryFS (fixed-size encrypted blocks in a tree, hides sizes and structure), in the foreground.
+
+    Created with --cipher aes-256-gcm (sealfs's cipher; CryFS's default is xchacha20)
+    and the default 16 KiB blocks. Its scrypt makes every mount take seconds (untimed).
+    """
+
+    name = "cryfs"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("cryfs") is not None
+
+    def setup(self) -> None:
+        self.storage.mkdir()
+        self.mountpoint.mkdir()
+        self.password = secrets.token_urlsafe(24).encode() + b"\n"
+        self.env.update({"CRYFS_FRONTEND": "noninteractive", "CRYFS_NO_UPDATE_CHECK": "true",
+                         "CRYFS_LOCAL_STATE_DIR": str(self.work / "state")})
+        self.notes["settings"] = "cipher aes-256-gcm, blocksize 16384 (default)"
+
+    def mount(self) -> None:
+        self._spawn(["cryfs", "--foreground", "--cipher", "aes-256-gcm", str(self.storage),
+                     str(self.mountpoint)], 180, stdin=self.password)
+
+
+class DirectTarget(Target):
+    """Not a mount: measures its own workloads (runner.run_one calls sequential())."""
+
+    workloads = frozenset({"sequential"})
+
+    def mount(self) -> None:
+        pass
+
+    def unmount(self) -> None:
+        pass
+
+    @abc.abstractmethod
+    def sequential(self, size_mib: int) -> dict[str, float]: ...
+
+
+PEERS = {"plain": PlainTarget, "gocryptfs": GocryptfsTarget, "rclone": RcloneCryptTarget,
+         "cryfs": CryfsTarget}
+
+
+def _smb_raw(work: Path, share: SmbShare) -> Target:
+    from .smb_raw import SmbRawTarget   # imports the SMB backend only when benched
+    return SmbRawTarget(work, share)
+
+
+# peers on the share the smb backend is benched against: factory(work, share)
+SMB_PEERS = {"smb-raw": _smb_raw, "rclone-smb": RcloneSmbTarget}
+_AVAILABLE = {"rclone-smb": RcloneCryptTarget.available}
 
 
 def peer_available(name: str) -> bool:
-    cls = PEERS[name]
-    check = getattr(cls, "available", None)
+    check = _AVAILABLE.get(name) or getattr(PEERS.get(name), "available", None)
     return check() if check else True

@@ -9,6 +9,10 @@ from pathlib import Path
 from .runner import Results
 from .workloads import WORKLOADS
 
+# peers sealfs targets get a ratio table against: peer -> only sealfs on this backend (None: all)
+RATIO_BASES: dict[str, str | None] = {"plain": None, "gocryptfs": None, "smb-raw": "smb", "rclone-smb": "smb"}
+RATIO_NOTES = {"smb-raw": " (the goal for seq_*: at least 0.80)"}
+
 SIZE_ORDER = ["4K", "8K", "16K", "32K", "64K", "128K", "256K", "512K", "1M", "2M", "4M"]
 
 
@@ -87,11 +91,14 @@ def markdown(results: Results) -> str:
                 cells.append(_fmt(r["median"]))
         lines.append("| " + " | ".join(cells) + " |")
     # ratios against the baselines measured in the same run
-    for base in ("plain", "gocryptfs"):
+    for base, only in RATIO_BASES.items():
         if base not in t:
             continue
-        lines += ["", f"Ratio to {base} (same run; >1 means sealfs is better):", ""]
-        sealfs = [l for l in targets if results.specs[l].kind == "sealfs"]
+        sealfs = [l for l in targets if results.specs[l].kind == "sealfs"
+                  and (only is None or results.specs[l].backend == only)]
+        if not sealfs:
+            continue
+        lines += ["", f"Ratio to {base} (same run; >1 means sealfs is better){RATIO_NOTES.get(base, '')}:", ""]
         head = ["workload"] + sealfs
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -109,6 +116,15 @@ def markdown(results: Results) -> str:
                     ratio = r["median"] / b if higher else b / r["median"]
                     cells.append(f"{ratio:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
+    notes = m.get("target_notes") or {}
+    skipped = m.get("peers_skipped") or {}
+    if notes or skipped:
+        lines += ["", "Notes:", ""]
+        lines += [f"- {label}: {key}: {value}" for label, kv in notes.items() for key, value in kv.items()]
+        if isinstance(skipped, dict):
+            lines += [f"- {peer} skipped: {why}" for peer, why in skipped.items()]
+        else:
+            lines += [f"- {peer} skipped" for peer in skipped]
     if results.errors:
         lines += ["", "Errors:", ""] + [f"- {e}" for e in results.errors]
     return "\n".join(lines) + "\n"
@@ -124,7 +140,8 @@ def charts(results: Results, out: Path) -> list[Path]:
     backends = sorted({s.backend for s in specs.values() if s.kind == "sealfs"})
     peers = [l for l, s in specs.items() if s.kind == "peer" and l in t]
     sizes = sorted({s.chunk_size for s in specs.values() if s.kind == "sealfs"}, key=_size_key)
-    colors = {"plain": "tab:gray", "gocryptfs": "tab:green", "rclone": "tab:purple"}
+    colors = {"plain": "tab:gray", "gocryptfs": "tab:green", "rclone": "tab:purple", "cryfs": "tab:brown",
+              "smb-raw": "tab:olive", "rclone-smb": "tab:pink"}
     paths = []
 
     def panel(ax, workload: str, with_peers: bool = True) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import workloads as W
-from .peers import PEERS, SealfsTarget, Target, peer_available
+from .peers import PEERS, SMB_PEERS, DirectTarget, SealfsTarget, Target, peer_available
+from .samba import SmbShare
 
 
 @dataclass
@@ -73,12 +74,32 @@ class Results:
         return rows
 
 
-def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None) -> list[TargetSpec]:
-    specs: list[TargetSpec] = []
+def skipped_peers(cfg: BenchConfig) -> dict[str, str]:
+    """Requested peers that will not run, and why."""
+    why = {}
     for peer in cfg.peers:
-        if peer not in PEERS or not peer_available(peer):
+        if peer not in PEERS and peer not in SMB_PEERS:
+            why[peer] = "unknown peer"
+        elif not peer_available(peer):
+            why[peer] = "not installed"
+        elif peer in SMB_PEERS and "smb" not in cfg.backends:
+            why[peer] = "runs only with --backends smb"
+    return why
+
+
+def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None,
+                share: SmbShare | None = None) -> list[TargetSpec]:
+    specs: list[TargetSpec] = []
+    skipped = skipped_peers(cfg)
+    for peer in cfg.peers:
+        if peer in skipped:
             continue
-        specs.append(TargetSpec(peer, "peer", "local", None, PEERS[peer]))
+        if peer in SMB_PEERS:
+            share = share or SmbShare(smb_url, cfg.smb_password, smb_local)
+            specs.append(TargetSpec(peer, "peer", "smb", None,
+                                    lambda work, f=SMB_PEERS[peer]: f(work, share)))
+        else:
+            specs.append(TargetSpec(peer, "peer", "local", None, PEERS[peer]))
     for backend in cfg.backends:
         for cs in cfg.chunk_sizes:
             if backend == "local":
@@ -96,18 +117,23 @@ def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None) -
 
 def run_one(target: Target, cfg: BenchConfig, tar_path: Path | None,
             step: Callable[[str], None]) -> dict[str, float]:
+    """The workloads cfg asks for that the target runs (others leave no row for it)."""
     out: dict[str, float] = {}
-    if cfg.size_mib > 0:
+    runs = target.workloads
+    if cfg.size_mib > 0 and "sequential" in runs:
         step("sequential")
-        out.update(W.sequential(target, cfg.size_mib))
-    if cfg.seconds > 0:
+        if isinstance(target, DirectTarget):
+            out.update(target.sequential(cfg.size_mib))
+        else:
+            out.update(W.sequential(target, cfg.size_mib))
+    if cfg.seconds > 0 and "random" in runs:
         step("random 4K")
         rand_mib = cfg.rand_file_mib or max(4, min(cfg.size_mib or 64, 256))
         out.update(W.random_io(target, rand_mib, cfg.seconds, cfg.direct))
-    if cfg.files > 0:
+    if cfg.files > 0 and "small_files" in runs:
         step("small files")
         out.update(W.small_files(target, cfg.files))
-    if tar_path is not None:
+    if tar_path is not None and "tarball" in runs:
         step("tarball")
         out.update(W.tarball(target, tar_path))
     return out
@@ -128,18 +154,19 @@ def run_bench(cfg: BenchConfig, console=None) -> Results:
     })
     try:
         with contextlib.ExitStack() as stack:
-            smb_url, smb_local = cfg.smb_url, None
+            smb_url, smb_local, share = cfg.smb_url, None, None
             if "smb" in cfg.backends and not smb_url:
                 from .samba import BenchSamba
                 server = stack.enter_context(BenchSamba())
                 smb_url, smb_local = server.url, server.share_path
                 cfg.smb_password = server.password
+                share = server.share()
                 results.meta["smb"] = "throwaway smbd on 127.0.0.1, encryption required"
-            specs = build_specs(cfg, smb_url, smb_local)
+            specs = build_specs(cfg, smb_url, smb_local, share)
             results.specs = {s.label: s for s in specs}
             results.meta["targets"] = [s.label for s in specs]
-            results.meta["peers_skipped"] = [p for p in cfg.peers
-                                             if p not in PEERS or not peer_available(p)]
+            results.meta["peers_skipped"] = skipped_peers(cfg)
+            results.meta["target_notes"] = {}
             tar_path = W.make_tarball(base) if cfg.tarball else None
             if tar_path is not None:
                 results.meta["tarball_bytes"] = tar_path.stat().st_size
@@ -152,6 +179,7 @@ def run_bench(cfg: BenchConfig, console=None) -> Results:
                         def step(what: str, spec=spec, rep=rep) -> None:
                             progress.update(task, description=f"{spec.label} #{rep + 1}: {what}")
                         step("mounting")
+                        target = None
                         try:
                             with spec.factory(base) as target:
                                 values = run_one(target, cfg, tar_path, step)
@@ -159,6 +187,8 @@ def run_bench(cfg: BenchConfig, console=None) -> Results:
                             results.errors.append(f"{spec.label} #{rep + 1}: {type(exc).__name__}: {exc}")
                             progress.console.print(f"[red]{spec.label} #{rep + 1} failed:[/] {exc}")
                             values = {}
+                        if target is not None and target.notes:
+                            results.meta["target_notes"][spec.label] = dict(target.notes)
                         for k, v in values.items():
                             results.samples.setdefault((spec.label, k), []).append(v)
                         progress.advance(task)

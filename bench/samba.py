@@ -2,11 +2,14 @@
 
 Everything lives in one temp dir; smbd runs in its own process group so stopping it
 reaches the forked children too. The password is generated and never put in argv.
+SmbShare is what SMB targets get: the URL and password, plus the share's local path and
+smbstatus when the share is our own smbd (with --smb-url neither is known).
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import secrets
 import shutil
@@ -15,9 +18,33 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 SHARE = "sealfs"
+
+
+@dataclass(frozen=True)
+class SmbShare:
+    """An SMB share benchmark targets write to (each in a subdirectory of its own)."""
+
+    url: str                                  # smb://USER@HOST[:PORT]/SHARE[/DIR]
+    password: str | None
+    local: Path | None = None                 # the same directory on this machine, if known
+    sessions: Callable[[], list[dict]] | None = None   # smbstatus sessions, if our own smbd
+
+    def encryption_seen(self) -> str | None:
+        """Dialect and cipher of the sessions smbd has right now, e.g. "SMB3_11 AES-128-GCM"."""
+        if self.sessions is None:
+            return None
+        try:
+            seen = sorted({f"{s.get('session_dialect', '?')} "
+                           f"{(s.get('encryption') or {}).get('cipher') or 'no encryption'}"
+                           for s in self.sessions()})
+        except (OSError, ValueError, subprocess.SubprocessError):
+            return None
+        return ", ".join(seen) or None
 
 
 class BenchSamba:
@@ -34,6 +61,17 @@ class BenchSamba:
     @property
     def url(self) -> str:
         return f"smb://{self.user}@127.0.0.1:{self.port}/{SHARE}"
+
+    def share(self) -> SmbShare:
+        return SmbShare(self.url, self.password, self.share_path, self.sessions)
+
+    def sessions(self) -> list[dict]:
+        """The live sessions as smbstatus reports them (dialect, encryption cipher and degree)."""
+        r = subprocess.run(["smbstatus", "-s", str(self.base / "smb.conf"), "--json"],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise OSError(f"smbstatus failed: {r.stderr.strip()[-300:]}")
+        return list(json.loads(r.stdout).get("sessions", {}).values())
 
     def __enter__(self) -> "BenchSamba":
         try:

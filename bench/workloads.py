@@ -44,7 +44,8 @@ def _pattern() -> bytes:
 
 
 def sequential(target: Target, size_mib: int) -> dict[str, float]:
-    """Write SIZE MiB in 1 MiB writes (+fsync), read it back, remount, read it cold."""
+    """Write SIZE MiB in 1 MiB writes (+fsync, close, until on the storage), read it back,
+    remount, read it cold."""
     out: dict[str, float] = {}
     path = target.mountpoint / "seq.dat"
     buf = _pattern()
@@ -58,6 +59,7 @@ def sequential(target: Target, size_mib: int) -> dict[str, float]:
         os.fsync(fd)
     finally:
         os.close(fd)
+    target.settle(path, nbytes)
     out["seq_write"] = nbytes / 1e6 / (time.perf_counter() - t0)
     out["seq_read"] = _read_all(path, nbytes)
     target.remount()

@@ -1,4 +1,5 @@
-"""`sealfs bench`: chunk sizes x backends, against plain / gocryptfs / rclone crypt."""
+"""`sealfs bench`: chunk sizes x backends, against plain / gocryptfs / rclone crypt / cryfs and,
+for smb, the raw SMB backend and rclone crypt over rclone's smb client."""
 
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
                   help="Extract, read and delete a tarball of a Python package.")
     @click.option("--repeats", type=int, default=1, show_default=True,
                   help="Runs per target (reported as median, min, max).")
-    @click.option("--peers", default="plain,gocryptfs,rclone", show_default=True,
-                  help="Reference filesystems measured in the same run (skipped if not installed).")
+    @click.option("--peers", default="plain,gocryptfs,rclone,cryfs,smb-raw,rclone-smb", show_default=True,
+                  help="Reference filesystems measured in the same run (skipped if not installed); "
+                       "smb-raw (the SMB backend alone, sequential only) and rclone-smb (rclone crypt "
+                       "over rclone's smb client) run on the same share when smb is benched.")
     @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench-results",
                   show_default=True, help="Directory for results.json/.csv/.md and PNG charts.")
     @click.option("--workdir", type=click.Path(file_okay=False), default=None,
