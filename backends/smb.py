@@ -1004,7 +1004,7 @@ class SmbBackend(Backend):
         with self._idle_lock:
             for key, (h, since) in self._idle.items():
                 if h.path == path and h.writable == write and now - since < self.settings.handle_cache_ttl \
-                        and h.generation == h.channel.generation:
+                        and h.generation == h.channel.generation and not h.unlinked:
                     del self._idle[key]
                     return h
         return None
@@ -1120,14 +1120,16 @@ class SmbBackend(Backend):
         await self._delete(path, CreateOptions.FILE_DIRECTORY_FILE)
 
     async def unlink(self, path: str) -> None:
-        # Every idle handle goes, not just this path's: one on another hard link of the
-        # same file would keep this name in delete-pending state.
-        if self._idle:
-            await self._run(self._evict_idle, (), True)
-        await self._delete(path, CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_OPEN_REPARSE_POINT)
+        # Handles on this name are closed for real from now on (a close racing with this
+        # unlink must not park one in the idle cache, where it would keep the name in
+        # delete-pending state until it expires). Then every idle handle goes, not just
+        # this path's: one on another hard link of the same file would do the same.
         for handle in list(self._open_handles):
             if handle.path == path:
                 handle.unlinked = True
+        if self._idle:
+            await self._run(self._evict_idle, (), True)
+        await self._delete(path, CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_OPEN_REPARSE_POINT)
 
     async def _delete(self, path: str, options: int) -> None:
         name = self._smb_path(path)

@@ -262,3 +262,21 @@ async def test_small_adjacent_pieces_are_merged_without_changing_results(smb_bac
     got = await smb_backend.read_many(h, reads)
     assert got == [blob[o:o + n] for o, n in reads]
     await smb_backend.close(h)
+
+
+async def test_a_close_racing_with_unlink_does_not_keep_the_name_delete_pending(
+        smb_backend: SmbBackend, smb_store: SmbStore) -> None:
+    """A handle closed while unlink is under way must be closed for real: parked in the
+    idle-handle cache it would keep the deleted name on the share (delete pending)."""
+    import trio
+
+    b = smb_backend
+    h = await b.open("victim", write=True, create=True)
+    await b.write(h, 0, b"x" * 1000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(b.unlink, "victim")
+        await trio.sleep(0)                       # unlink is now waiting on the server
+        await b.close(h)                          # e.g. a FUSE release arriving meanwhile
+    assert not (smb_store.local / "victim").exists(), "the unlinked name is still on the share"
+    with pytest.raises(FileNotFoundError):
+        await b.stat("victim")
