@@ -141,6 +141,10 @@ class Target(abc.ABC):
         drop_file_cache(self.storage)
         self.mount()
 
+    def peak_rss(self) -> int | None:
+        """Peak resident memory of the process serving the mount (None: no such process)."""
+        return None
+
     def storage_bytes(self) -> int | None:
         if self.storage is None or not self.storage.exists():
             return None
@@ -205,6 +209,19 @@ class ProcessTarget(Target):
         except BaseException:
             self._kill()
             raise
+
+    def peak_rss(self) -> int | None:
+        """VmHWM of the mount process since it started (each mount is a fresh process)."""
+        if self.proc is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return None
 
     def _request_unmount(self) -> None:
         """Ask the process to flush and go (each peer has its own way)."""

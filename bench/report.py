@@ -175,7 +175,8 @@ def charts(results: Results, out: Path) -> list[Path]:
     groups = [("throughput.png", ["seq_write", "seq_read", "cold_read"]),
               ("iops.png", ["rand_read_4k", "rand_write_4k", "create", "stat", "delete"]),
               ("tarball.png", ["tar_extract", "tar_read", "tar_delete"]),
-              ("overhead.png", ["overhead_small", "overhead_large"])]
+              ("overhead.png", ["overhead_small", "overhead_large"]),
+              ("memory.png", ["peak_rss"])]
     for name, wls in groups:
         wls = [w for w in wls if any(w in t.get(l, {}) for l in specs)]
         if not wls:

@@ -34,6 +34,7 @@ WORKLOADS: dict[str, tuple[str, bool]] = {
     "tar_extract": ("s", False),
     "tar_read": ("s", False),
     "tar_delete": ("s", False),
+    "peak_rss": ("MiB", False),
     "overhead_large": ("x", False),
     "overhead_small": ("x", False),
 }
@@ -62,6 +63,9 @@ def sequential(target: Target, size_mib: int) -> dict[str, float]:
     target.settle(path, nbytes)
     out["seq_write"] = nbytes / 1e6 / (time.perf_counter() - t0)
     out["seq_read"] = _read_all(path, nbytes)
+    rss = target.peak_rss()
+    if rss is not None:
+        out["peak_rss"] = rss / MiB
     target.remount()
     after = target.storage_bytes()
     if base is not None and after is not None:

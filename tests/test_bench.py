@@ -16,7 +16,7 @@ import pytest
 pytestmark = [pytest.mark.fuse, pytest.mark.timeout(90)]
 
 SEALFS_WORKLOADS = {"seq_write", "seq_read", "cold_read", "rand_read_4k", "rand_write_4k",
-                    "create", "stat", "delete", "overhead_large", "overhead_small"}
+                    "create", "stat", "delete", "overhead_large", "overhead_small", "peak_rss"}
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
@@ -32,7 +32,7 @@ def test_bench_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
     for name in ("results.json", "results.csv", "results.md", "throughput.png", "iops.png",
-                 "overhead.png"):
+                 "overhead.png", "memory.png"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -45,6 +45,9 @@ def test_bench_end_to_end(tmp_path: Path) -> None:
     assert set(keys) == {(cs, w) for cs in ("4K", "64K") for w in SEALFS_WORKLOADS}
     plain = {r["workload"] for r in rows if r["target"] == "plain"}
     assert {"seq_write", "seq_read", "cold_read", "rand_read_4k", "create"} <= plain
+    assert "peak_rss" not in plain, "the plain directory has no mount process to measure"
+    rss = [r["median"] for r in sealfs if r["workload"] == "peak_rss"]
+    assert all(20 < v < 2000 for v in rss), rss          # MiB of a live Python process
     for r in rows:
         assert r["median"] > 0 and r["min"] > 0 and r["max"] >= r["median"] >= r["min"], r
         assert r["n"] == 1
