@@ -410,7 +410,10 @@ class SealfsOperations(pyfuse3.Operations):
         return out
 
     async def getxattr(self, inode, name, ctx):
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        # ENOSYS, not ENODATA: the kernel then stops asking (apps get EOPNOTSUPP, as from
+        # setxattr). Otherwise every write(2) costs a second round trip, the kernel's
+        # security.capability check before it may skip clearing setuid bits.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode, ctx):
         return []
