@@ -322,7 +322,10 @@ class SealfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         handle = await self.volume.open(path, write=write, truncate=bool(flags & os.O_TRUNC),
                                         append=bool(flags & os.O_APPEND))
-        return pyfuse3.FileInfo(fh=self._add_handle(handle, node), keep_cache=False)
+        # Close-to-open consistency as NFS gives it: pages the kernel cached for this
+        # inode stay valid only if nobody else changed the file since we last had it open.
+        return pyfuse3.FileInfo(fh=self._add_handle(handle, node),
+                                keep_cache=handle.content_unchanged)
 
     @fuse_op
     async def create(self, parent_inode, name, mode, flags, ctx):

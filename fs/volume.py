@@ -109,6 +109,10 @@ class OpenFile:
         self.writable = writable
         self.append = append
         self.closed = False
+        #: the file's content is what this process last saw of it (it was open here all
+        #: along, or unchanged on the backend since our last close): the kernel may keep
+        #: the pages it cached for it (FUSE keep_cache)
+        self.content_unchanged = False
 
     async def read(self, offset: int, size: int) -> bytes:
         async with self.state.lock:
@@ -546,10 +550,11 @@ class Volume:
             if write:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-        state = await self._state_for(bpath, path)
+        state, unchanged = await self._state_for(bpath, path)
         state.refs += 1
         state.has_writer |= write
         handle = OpenFile(self, state, write, append, path)
+        handle.content_unchanged = unchanged and not truncate
         if write and not state.writable:
             await handle.close()
             raise OSError(errno.EROFS, "the backend file is read-only", path)
@@ -557,7 +562,9 @@ class Volume:
             await handle.truncate(0)
         return handle
 
-    async def _state_for(self, bpath: str, path: str) -> FileState:
+    async def _state_for(self, bpath: str, path: str) -> tuple[FileState, bool]:
+        """The file's shared state, and whether its content is unchanged since this process
+        last had it open (or still has it open)."""
         try:
             handle = await self.backend.open(bpath, write=True)
             writable = True
@@ -569,7 +576,7 @@ class Volume:
             existing = self._states.get(header.file_id)
             if existing is not None:
                 await self.backend.close(handle)
-                return existing
+                return existing, True
             cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
             committed = await self._committed_size(handle, bpath, header, cipher)
             fst = await self.backend.fstat(handle)
@@ -578,7 +585,8 @@ class Volume:
             await self.backend.close(handle)
             raise
         stamp = self._stamps.pop(header.file_id, None)
-        if stamp != (fst.size, fst.mtime_ns):
+        unchanged = stamp == (fst.size, fst.mtime_ns)
+        if not unchanged:
             self.cache.drop_file(header.file_id)     # close-to-open: someone else changed it
         state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
                           chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
@@ -595,9 +603,9 @@ class Volume:
             # one file, one state, or two views would overwrite each other's writes.
             await self.backend.close(handle)
             self.broker.release(header.dek_id)
-            return raced
+            return raced, True
         self._states[header.file_id] = state
-        return state
+        return state, unchanged
 
     async def _release(self, handle: OpenFile) -> None:
         state = handle.state
