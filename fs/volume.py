@@ -115,6 +115,10 @@ class OpenFile:
         self.content_unchanged = False
 
     async def read(self, offset: int, size: int) -> bytes:
+        if not self.state.lock.locked():
+            data = self.state.read_in_memory(offset, size)
+            if data is not None:
+                return data
         async with self.state.lock:
             try:
                 return await self.state.read(offset, size)
