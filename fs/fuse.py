@@ -89,6 +89,13 @@ class SealfsOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._root: Node | None = None
 
+    #: called (on the trio loop) right after the kernel has taken the INIT reply
+    after_init = None
+
+    def init(self) -> None:
+        if self.after_init is not None:
+            trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
+
     async def prepare(self) -> None:
         attr = await self.volume.stat("")
         root = Node(pyfuse3.ROOT_INODE, attr.identity, {""}, lookups=1)
