@@ -46,7 +46,7 @@ class FileTuning:
     """Per-volume I/O knobs (set from the CLI / config file)."""
 
     readahead_bytes: int = 4 * 1024 * 1024
-    file_dirty_limit: int = 32 * 1024 * 1024
+    file_dirty_limit: int = 8 * 1024 * 1024
     crypto_threads: int = 2
 
 
