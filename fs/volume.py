@@ -177,7 +177,8 @@ class Volume:
         self._dirs: dict[str, DirInfo] = {}
         self._headers: dict[str, tuple[tuple, FileHeader, int]] = {}
         self._states: dict[bytes, FileState] = {}
-        self._stamps: dict[bytes, tuple[int, int]] = {}
+        #: file id -> (size, mtime, ctime or None) on the backend when we last closed it
+        self._stamps: dict[bytes, tuple[int, int, int | None]] = {}
         #: files whose journal a crashed mount left behind (listed once, on load)
         self._journaled: set[bytes] = set()
         self._crypto_limiter = trio.CapacityLimiter(max(1, self.tuning.files.crypto_threads))
@@ -589,7 +590,10 @@ class Volume:
             await self.backend.close(handle)
             raise
         stamp = self._stamps.pop(header.file_id, None)
-        unchanged = stamp == (fst.size, fst.mtime_ns)
+        # ctime too where we know it: a same-size rewrite that restores the mtime (cp -p,
+        # touch -r) changes nothing else a client can see.
+        unchanged = stamp is not None and stamp[:2] == (fst.size, fst.mtime_ns) \
+            and stamp[2] in (None, fst.ctime_ns)
         if not unchanged:
             self.cache.drop_file(header.file_id)     # close-to-open: someone else changed it
         state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
@@ -640,11 +644,14 @@ class Volume:
             if flush_error is not None:
                 raise flush_error
             fst = await self.backend.fstat(state.handle)
-            if state.has_writer and not state.unlinked:
+            ctime: int | None = fst.ctime_ns
+            if state.has_writer and not state.unlinked \
+                    and self.backend.capabilities.stamps_write_time_on_close:
                 # Pin the times users saw: an SMB server stamps its own write time when a
                 # handle that wrote is finally closed (ours may close much later).
                 await self.backend.fset_times(state.handle, fst.atime_ns, fst.mtime_ns)
-            self._stamps[state.file_id] = (fst.size, fst.mtime_ns)
+                ctime = None                      # just changed, and the server may again
+            self._stamps[state.file_id] = (fst.size, fst.mtime_ns, ctime)
         finally:
             await self.backend.close(state.handle)
             for victim in state.victims:
