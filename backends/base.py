@@ -44,6 +44,9 @@ class Capabilities:
     # SMB keeps an unlinked open file's name (delete pending) and refuses to rename over
     # an open target; such backends need the volume to hide victims NFS-style.
     unlink_open_files: bool = True
+    # SMB stamps its own write time when a handle that wrote is closed, unless times were
+    # set through that handle; the volume pins the times users saw before closing.
+    stamps_write_time_on_close: bool = False
 
 
 @dataclass(frozen=True)

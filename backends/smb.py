@@ -687,7 +687,8 @@ class SmbBackend(Backend):
         if hard_links is None:  # Azure Files supports hard links only on NFS shares
             hard_links = not target.host.lower().endswith(".file.core.windows.net")
         self.capabilities = Capabilities(case_insensitive=True, max_name_length=255, hard_links=hard_links,
-                                         unlink_open_files=False)
+                                         unlink_open_files=False,
+                                         stamps_write_time_on_close=True)
         self._base = target.path.replace("/", "\\")
 
     @classmethod

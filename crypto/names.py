@@ -73,6 +73,10 @@ def is_reserved(entry: str) -> bool:
     return entry.startswith(RESERVED_PREFIX)
 
 
+# Name encodings remembered per volume (~200 bytes each).
+_ENTRY_CACHE = 8192
+
+
 class NameCipher:
     """Encrypts path components for one volume (one name key)."""
 
@@ -81,6 +85,10 @@ class NameCipher:
         # otherwise the same store would name entries differently through another backend.
         self._siv = AESSIV(name_key)
         self._max_component = MAX_SHORT_ENCODED_NAME
+        # (name, dir id) -> entry_for(): the encoding is deterministic, and one file
+        # operation often encodes the same name twice (FUSE lookup, then create or unlink;
+        # readdir, then lookup of each entry).
+        self._entries: dict[tuple[str, bytes], tuple[str, str | None]] = {}
 
     def encode(self, name: str, dir_id: bytes) -> str:
         """The full encoding (which may be too long for one backend component)."""
@@ -89,10 +97,22 @@ class NameCipher:
 
     def entry_for(self, name: str, dir_id: bytes) -> tuple[str, str | None]:
         """(backend entry name, full encoding if it needs a long-name sidecar else None)."""
+        key = (name, dir_id)
+        found = self._entries.get(key)
+        if found is not None:
+            return found
         encoded = self.encode(name, dir_id)
         if len(encoded) <= self._max_component:
-            return encoded, None
-        return long_name_entry(encoded), encoded
+            found = (encoded, None)
+        else:
+            found = (long_name_entry(encoded), encoded)
+        self._remember(key, found)
+        return found
+
+    def _remember(self, key: tuple[str, bytes], entry: tuple[str, str | None]) -> None:
+        if len(self._entries) >= _ENTRY_CACHE:
+            del self._entries[next(iter(self._entries))]     # the oldest
+        self._entries[key] = entry
 
     def decode(self, encoded: str, dir_id: bytes) -> str:
         raw = b32decode(encoded)
@@ -108,4 +128,7 @@ class NameCipher:
         raw = padded.rstrip(b"\0")
         if not raw or b"/" in raw or b"\0" in raw:
             raise IntegrityError("decrypted name is malformed")
-        return raw.decode("utf-8", "surrogateescape")
+        name = raw.decode("utf-8", "surrogateescape")
+        if len(encoded) <= self._max_component and name not in (".", ".."):
+            self._remember((name, dir_id), (encoded, None))
+        return name

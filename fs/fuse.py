@@ -89,6 +89,13 @@ class SealfsOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._root: Node | None = None
 
+    #: called (on the trio loop) right after the kernel has taken the INIT reply
+    after_init = None
+
+    def init(self) -> None:
+        if self.after_init is not None:
+            trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
+
     async def prepare(self) -> None:
         attr = await self.volume.stat("")
         root = Node(pyfuse3.ROOT_INODE, attr.identity, {""}, lookups=1)
@@ -322,7 +329,10 @@ class SealfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         handle = await self.volume.open(path, write=write, truncate=bool(flags & os.O_TRUNC),
                                         append=bool(flags & os.O_APPEND))
-        return pyfuse3.FileInfo(fh=self._add_handle(handle, node), keep_cache=False)
+        # Close-to-open consistency as NFS gives it: pages the kernel cached for this
+        # inode stay valid only if nobody else changed the file since we last had it open.
+        return pyfuse3.FileInfo(fh=self._add_handle(handle, node),
+                                keep_cache=handle.content_unchanged)
 
     @fuse_op
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -410,7 +420,10 @@ class SealfsOperations(pyfuse3.Operations):
         return out
 
     async def getxattr(self, inode, name, ctx):
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        # ENOSYS, not ENODATA: the kernel then stops asking (apps get EOPNOTSUPP, as from
+        # setxattr). Otherwise every write(2) costs a second round trip, the kernel's
+        # security.capability check before it may skip clearing setuid bits.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode, ctx):
         return []

@@ -109,8 +109,16 @@ class OpenFile:
         self.writable = writable
         self.append = append
         self.closed = False
+        #: the file's content is what this process last saw of it (it was open here all
+        #: along, or unchanged on the backend since our last close): the kernel may keep
+        #: the pages it cached for it (FUSE keep_cache)
+        self.content_unchanged = False
 
     async def read(self, offset: int, size: int) -> bytes:
+        if not self.state.lock.locked():
+            data = self.state.read_in_memory(offset, size)
+            if data is not None:
+                return data
         async with self.state.lock:
             try:
                 return await self.state.read(offset, size)
@@ -169,7 +177,8 @@ class Volume:
         self._dirs: dict[str, DirInfo] = {}
         self._headers: dict[str, tuple[tuple, FileHeader, int]] = {}
         self._states: dict[bytes, FileState] = {}
-        self._stamps: dict[bytes, tuple[int, int]] = {}
+        #: file id -> (size, mtime, ctime or None) on the backend when we last closed it
+        self._stamps: dict[bytes, tuple[int, int, int | None]] = {}
         #: files whose journal a crashed mount left behind (listed once, on load)
         self._journaled: set[bytes] = set()
         self._crypto_limiter = trio.CapacityLimiter(max(1, self.tuning.files.crypto_threads))
@@ -546,10 +555,11 @@ class Volume:
             if write:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-        state = await self._state_for(bpath, path)
+        state, unchanged = await self._state_for(bpath, path)
         state.refs += 1
         state.has_writer |= write
         handle = OpenFile(self, state, write, append, path)
+        handle.content_unchanged = unchanged and not truncate
         if write and not state.writable:
             await handle.close()
             raise OSError(errno.EROFS, "the backend file is read-only", path)
@@ -557,7 +567,9 @@ class Volume:
             await handle.truncate(0)
         return handle
 
-    async def _state_for(self, bpath: str, path: str) -> FileState:
+    async def _state_for(self, bpath: str, path: str) -> tuple[FileState, bool]:
+        """The file's shared state, and whether its content is unchanged since this process
+        last had it open (or still has it open)."""
         try:
             handle = await self.backend.open(bpath, write=True)
             writable = True
@@ -569,7 +581,7 @@ class Volume:
             existing = self._states.get(header.file_id)
             if existing is not None:
                 await self.backend.close(handle)
-                return existing
+                return existing, True
             cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
             committed = await self._committed_size(handle, bpath, header, cipher)
             fst = await self.backend.fstat(handle)
@@ -578,7 +590,11 @@ class Volume:
             await self.backend.close(handle)
             raise
         stamp = self._stamps.pop(header.file_id, None)
-        if stamp != (fst.size, fst.mtime_ns):
+        # ctime too where we know it: a same-size rewrite that restores the mtime (cp -p,
+        # touch -r) changes nothing else a client can see.
+        unchanged = stamp is not None and stamp[:2] == (fst.size, fst.mtime_ns) \
+            and stamp[2] in (None, fst.ctime_ns)
+        if not unchanged:
             self.cache.drop_file(header.file_id)     # close-to-open: someone else changed it
         state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
                           chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
@@ -595,9 +611,9 @@ class Volume:
             # one file, one state, or two views would overwrite each other's writes.
             await self.backend.close(handle)
             self.broker.release(header.dek_id)
-            return raced
+            return raced, True
         self._states[header.file_id] = state
-        return state
+        return state, unchanged
 
     async def _release(self, handle: OpenFile) -> None:
         state = handle.state
@@ -628,11 +644,14 @@ class Volume:
             if flush_error is not None:
                 raise flush_error
             fst = await self.backend.fstat(state.handle)
-            if state.has_writer and not state.unlinked:
+            ctime: int | None = fst.ctime_ns
+            if state.has_writer and not state.unlinked \
+                    and self.backend.capabilities.stamps_write_time_on_close:
                 # Pin the times users saw: an SMB server stamps its own write time when a
                 # handle that wrote is finally closed (ours may close much later).
                 await self.backend.fset_times(state.handle, fst.atime_ns, fst.mtime_ns)
-            self._stamps[state.file_id] = (fst.size, fst.mtime_ns)
+                ctime = None                      # just changed, and the server may again
+            self._stamps[state.file_id] = (fst.size, fst.mtime_ns, ctime)
         finally:
             await self.backend.close(state.handle)
             for victim in state.victims:

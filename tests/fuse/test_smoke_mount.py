@@ -1,4 +1,7 @@
+import os
 from pathlib import Path
+
+import pytest
 
 
 def test_files_written_through_the_mount_read_back_and_are_sealed(mounted):
@@ -10,3 +13,37 @@ def test_files_written_through_the_mount_read_back_and_are_sealed(mounted):
     for path in mounted.store_dir.rglob("*"):
         if path.is_file():
             assert b"MARKER" not in path.read_bytes()
+
+
+def test_reopening_a_file_changed_by_another_client_reads_its_new_content(mounted, tmp_path):
+    """The kernel keeps a file's cached pages across opens only while nobody else
+    changed it (close-to-open, as NFS): same size, new bytes, written past the mount."""
+    from tests.mounting import sealfs
+    shared = mounted.mountpoint / "shared.bin"
+    shared.write_bytes(b"A" * 100_000)
+    assert shared.read_bytes() == b"A" * 100_000
+    assert shared.read_bytes() == b"A" * 100_000          # now from the page cache
+    src = tmp_path / "other-client.bin"
+    src.write_bytes(b"B" * 100_000)
+    sealfs("put", str(mounted.store), str(src), "/shared.bin", "--keyfile", str(mounted.keyfile),
+           env=mounted.env)
+    assert shared.read_bytes() == b"B" * 100_000
+
+
+def test_reopening_a_file_rewritten_with_its_old_size_and_mtime_reads_its_new_content(
+        mounted, tmp_path, backend_kind):
+    """cp -p of a same-size file: only the backend ctime tells (local backend; SMB
+    stamps its own times at close, so there the mtime and size decide)."""
+    if backend_kind != "local":
+        pytest.skip("the backend ctime is only used where the mount never restamps times")
+    from tests.mounting import sealfs
+    shared = mounted.mountpoint / "same.bin"
+    shared.write_bytes(b"A" * 100_000)
+    assert shared.read_bytes() == b"A" * 100_000
+    seen = shared.stat()
+    src = tmp_path / "other-client.bin"
+    src.write_bytes(b"B" * 100_000)
+    os.utime(src, ns=(seen.st_atime_ns, seen.st_mtime_ns))
+    sealfs("put", str(mounted.store), str(src), "/same.bin", "--keyfile", str(mounted.keyfile),
+           env=mounted.env)
+    assert shared.read_bytes() == b"B" * 100_000
