@@ -460,7 +460,7 @@ def _split_options(options: tuple[str, ...]) -> set[str]:
 def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], daemon: bool,
           log_file: str | None, allow_purgeable_kek: bool, key_ttl: float | None) -> None:
     """Mount the volume in STORE on MOUNTPOINT (foreground unless --daemon)."""
-    from .mount import VolumeLock, check_mountpoint, serve
+    from .mount import VolumeLock, check_mountpoint, limit_malloc_arenas, serve
     ctx = _ctx()
     ready = _ready_reporter()
     try:
@@ -478,6 +478,7 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
 
         async def main() -> None:
             harden_process()      # no core dumps, no ptrace: unwrapped keys live here
+            limit_malloc_arenas()  # bounded memory whatever the file size
             volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore(),
                                        tuning=ctx.tuning(), audit=ctx.audit(), check_kek=True,
                                        allow_purgeable=allow_purgeable_kek, key_ttl=key_ttl)
