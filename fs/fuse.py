@@ -21,6 +21,7 @@ import trio
 from ..crypto.errors import IntegrityError
 from ..crypto.header import Kind
 from .errors import errno_of, first_error
+from .pagecache import PageCacheGuard
 from .volume import IFMT_TO_KIND, Attr, OpenFile, Volume, split_path
 
 log = logging.getLogger("sealfs.fuse")
@@ -88,6 +89,7 @@ class SealfsOperations(pyfuse3.Operations):
         self._dir_handles: dict[int, tuple[Node, list[tuple[str, Attr]] | None]] = {}
         self._next_fh = 1
         self._root: Node | None = None
+        self._pages = PageCacheGuard(volume._spawn, pyfuse3.invalidate_inode)
 
     #: called (on the trio loop) right after the kernel has taken the INIT reply
     after_init = None
@@ -167,6 +169,12 @@ class SealfsOperations(pyfuse3.Operations):
         entry.st_ctime_ns = attr.ctime_ns
         return entry
 
+    async def _settled_entry(self, node: Node, attr: Attr) -> pyfuse3.EntryAttributes:
+        """An entry for a reply that refreshes the kernel's attributes of node: only once
+        the pages a raced write left stale are gone (see fs/pagecache.py)."""
+        await self._pages.settled(node.inode)
+        return self._entry(node, attr)
+
     def _drop_path(self, path: str) -> None:
         for node in self._nodes.values():
             node.paths.discard(path)
@@ -181,6 +189,7 @@ class SealfsOperations(pyfuse3.Operations):
     def _maybe_forget(self, node: Node) -> None:
         if node.lookups <= 0 and not node.handles and node.inode != pyfuse3.ROOT_INODE:
             self._nodes.pop(node.inode, None)
+            self._pages.forget(node.inode)
             if self._by_identity.get(node.identity) is node:
                 del self._by_identity[node.identity]
 
@@ -191,14 +200,14 @@ class SealfsOperations(pyfuse3.Operations):
             node = self._node(parent_inode)
             attr = await self.volume.stat(self._path_of(parent_inode))
             node.lookups += 1
-            return self._entry(node, attr)
+            return await self._settled_entry(node, attr)
         if name == b"..":
             parent = self._path_of(parent_inode)
             path = "/".join(split_path(parent)[:-1])
         else:
             path = self._child(parent_inode, name)
         attr = await self.volume.stat(path)
-        return self._entry(self._remember(path, attr), attr)
+        return await self._settled_entry(self._remember(path, attr), attr)
 
     async def forget(self, inode_list):
         for inode, nlookup in inode_list:
@@ -218,7 +227,7 @@ class SealfsOperations(pyfuse3.Operations):
     @fuse_op
     async def getattr(self, inode, ctx=None):
         node = self._node(inode)
-        return self._entry(node, await self._attr(node))
+        return await self._settled_entry(node, await self._attr(node))
 
     @fuse_op
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -245,7 +254,7 @@ class SealfsOperations(pyfuse3.Operations):
             result = await self.volume.setattr(node.path or "", handle=handle, **kwargs)
         else:
             result = await self.volume.setattr(self._path_of(inode), **kwargs)
-        return self._entry(node, result)
+        return await self._settled_entry(node, result)
 
     @fuse_op
     async def readlink(self, inode, ctx):
@@ -310,7 +319,7 @@ class SealfsOperations(pyfuse3.Operations):
     async def link(self, inode, new_parent_inode, new_name, ctx):
         path = self._child(new_parent_inode, new_name)
         attr = await self.volume.link(self._path_of(inode), path)
-        return self._entry(self._remember(path, attr), attr)
+        return await self._settled_entry(self._remember(path, attr), attr)
 
     # -- files -----------------------------------------------------------------------------
     def _add_handle(self, handle: OpenFile, node: Node) -> int:
@@ -346,11 +355,17 @@ class SealfsOperations(pyfuse3.Operations):
 
     @fuse_op
     async def read(self, fh, off, size):
-        return await self._handles[fh][0].read(off, size)
+        handle, node = self._handles[fh]
+        data = await handle.read(off, size)
+        self._pages.note_read(node.inode, off, len(data))
+        return data
 
     @fuse_op
     async def write(self, fh, off, buf):
-        return await self._handles[fh][0].write(off, buf)
+        handle, node = self._handles[fh]
+        written = await handle.write(off, buf)
+        self._pages.note_write(node.inode, off, written)
+        return written
 
     @fuse_op
     async def flush(self, fh):
@@ -392,7 +407,8 @@ class SealfsOperations(pyfuse3.Operations):
             name, attr = listing[index]
             path = f"{base}/{name}" if base else name
             entry_node = self._remember(path, attr, lookup=False)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(entry_node, attr),
+            entry = await self._settled_entry(entry_node, attr)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), entry,
                                          index + 1):
                 self._maybe_forget(entry_node)
                 return
