@@ -56,7 +56,8 @@ class BackendStat:
     mtime_ns: int
     atime_ns: int
     ctime_ns: int
-    nlink: int = 1
+    # None: this answer cannot tell (an SMB directory listing has no link count field).
+    nlink: int | None = 1
     ino: int = 0
 
     @classmethod
@@ -120,6 +121,15 @@ class Backend(abc.ABC):
         """Read several (offset, size) pieces; backends may pipeline them."""
         return [await self.read(handle, offset, size) for offset, size in reads]
 
+    async def read_head(self, path: str, size: int) -> tuple[bytes, BackendStat]:
+        """The first size bytes of a file and its full stat (link count included), together:
+        one round trip where the backend can (a file header while listing a directory)."""
+        handle = await self.open(path)
+        try:
+            return await self.read(handle, 0, size), await self.fstat(handle)
+        finally:
+            await self.close(handle)
+
     @abc.abstractmethod
     async def truncate(self, handle: Handle, size: int) -> None: ...
 
@@ -141,7 +151,8 @@ class Backend(abc.ABC):
     async def listdir(self, path: str) -> list[str]: ...
 
     async def scandir(self, path: str) -> list[tuple[str, BackendStat]]:
-        """List a directory with each entry's stat (backends that get both at once override)."""
+        """List a directory with each entry's stat (backends that get both at once override;
+        their nlink may be None where the listing has no link count)."""
         names = await self.listdir(path)
         out = []
         for name in names:

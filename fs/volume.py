@@ -176,6 +176,10 @@ class Volume:
         self.cache = ChunkCache(self.tuning.cache_bytes)
         self._dirs: dict[str, DirInfo] = {}
         self._headers: dict[str, tuple[tuple, FileHeader, int]] = {}
+        # Link counts by file id, for listings that cannot tell (SMB): learnt from every full
+        # stat and header read, so all names of a file agree; refreshed when a name's stamp
+        # (which includes the change time that link and unlink bump) no longer matches.
+        self._links: dict[bytes, int] = {}
         self._states: dict[bytes, FileState] = {}
         #: file id -> (size, mtime, ctime or None) on the backend when we last closed it
         self._stamps: dict[bytes, tuple[int, int, int | None]] = {}
@@ -347,44 +351,69 @@ class Volume:
                 self._dirs[key] = info
             return _dir_attr(info, bstat)
         header, size = await self._header(bpath, bstat)
+        nlink = await self._nlink(bpath, bstat, header.file_id)
         state = self._states.get(header.file_id)
         if state is not None:
-            return self._state_attr(state, bstat)
+            return self._state_attr(state, bstat, nlink)
         meta = header.meta
-        return Attr(meta.kind, meta.mode, meta.uid, meta.gid, size, bstat.nlink, bstat.atime_ns,
+        return Attr(meta.kind, meta.mode, meta.uid, meta.gid, size, nlink, bstat.atime_ns,
                     bstat.mtime_ns, bstat.ctime_ns, meta.rdev, header.file_id)
 
-    def _state_attr(self, state: FileState, bstat: BackendStat) -> Attr:
+    def _state_attr(self, state: FileState, bstat: BackendStat, nlink: int) -> Attr:
         meta = state.meta
         mtime = state.mtime_ns or bstat.mtime_ns
         if state.pending_times is not None:
             mtime = state.pending_times[1]
-        return Attr(meta.kind, meta.mode, meta.uid, meta.gid, state.size, bstat.nlink,
+        return Attr(meta.kind, meta.mode, meta.uid, meta.gid, state.size, nlink,
                     state.pending_times[0] if state.pending_times else bstat.atime_ns,
                     mtime, bstat.ctime_ns, meta.rdev, state.file_id)
 
     async def _attr_of_state(self, state: FileState) -> Attr:
-        return self._state_attr(state, await self.backend.fstat(state.handle))
+        bstat = await self.backend.fstat(state.handle)
+        return self._state_attr(state, bstat, await self._nlink(state.bpath, bstat, state.file_id))
+
+    async def _nlink(self, bpath: str, bstat: BackendStat, file_id: bytes) -> int:
+        """The link count: from bstat if it knows, else as last learnt for the file id."""
+        if bstat.nlink is not None:
+            self._links[file_id] = bstat.nlink
+            return bstat.nlink
+        nlink = self._links.get(file_id)
+        if nlink is None:             # a name whose header was cached before its count was
+            nlink = (await self._bstat(bpath, bpath)).nlink or 1
+            self._links[file_id] = nlink
+        return nlink
 
     async def _header(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int]:
-        """A file's header and committed size, cached while the backend file is unchanged."""
+        """A file's header and committed size, cached while the backend file is unchanged.
+
+        Read with the file's full stat in one go, which refreshes its link count too."""
         stamp = (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)
         cached = self._headers.get(bpath)
         if cached is not None and cached[0] == stamp:
             return cached[1], cached[2]
-        handle = await self.backend.open(bpath)
-        try:
-            header, dek = await self._open_header(handle, bpath)
-            size = header.meta.size
-            if logical_size(bstat.size, self.chunk_size) != size or header.file_id in self._journaled:
+        raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
+        header, dek = await self._open_header_bytes(raw, bpath)
+        size = header.meta.size
+        if logical_size(bstat.size, self.chunk_size) != size or header.file_id in self._journaled:
+            handle = await self.backend.open(bpath)
+            try:
                 cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
                 size = await self._committed_size(handle, bpath, header, cipher)
-        finally:
-            await self.backend.close(handle)
+            finally:
+                await self.backend.close(handle)
         if len(self._headers) > 100_000:
             self._headers.clear()
+            self._links.clear()
         self._headers[bpath] = (stamp, header, size)
+        if fresh.nlink is not None:
+            self._links[header.file_id] = fresh.nlink
         return header, size
+
+    def _forget_header(self, bpath: str) -> None:
+        """A name changed: forget its header, and its file's link count if we knew it."""
+        cached = self._headers.pop(bpath, None)
+        if cached is not None:
+            self._links.pop(cached[1].file_id, None)
 
     async def _committed_size(self, handle: Handle, bpath: str, header: FileHeader,
                               cipher: ChunkCipher) -> int:
@@ -419,7 +448,9 @@ class Volume:
             await self.backend.close(handle)
 
     async def _open_header(self, handle: Handle, bpath: str) -> tuple[FileHeader, bytes]:
-        raw = await self.backend.read(handle, 0, HEADER_SIZE)
+        return await self._open_header_bytes(await self.backend.read(handle, 0, HEADER_SIZE), bpath)
+
+    async def _open_header_bytes(self, raw: bytes, bpath: str) -> tuple[FileHeader, bytes]:
         try:
             dek_id, file_id = read_header_public(raw)
             dek = await self.broker.dek(dek_id)
@@ -718,7 +749,7 @@ class Volume:
             await self.backend.unlink(bpath)
             if state is not None and state.bpath == bpath:
                 state.unlinked = True
-        self._headers.pop(bpath, None)
+        self._forget_header(bpath)
         if long is not None:
             await _remove_quietly(self.backend, sidecar_of(bpath))
 
@@ -778,8 +809,8 @@ class Volume:
         if victim_dir is not None:
             await _remove_quietly(self.backend, join(victim_dir, DIR_META_NAME))
             await _remove_quietly(self.backend, victim_dir, is_dir=True)
-        self._headers.pop(s_bpath, None)
-        self._headers.pop(d_bpath, None)
+        self._forget_header(s_bpath)
+        self._forget_header(d_bpath)
         if s_stat.is_dir:
             self._forget_dir(src)
             self._forget_dir(dst)
@@ -809,7 +840,7 @@ class Volume:
         if d_long is not None:
             await self._write_sidecar(d_bpath, d_long)
         await self.backend.link(s_bpath, d_bpath)
-        self._headers.pop(s_bpath, None)
+        self._forget_header(s_bpath)
         return await self.stat(dst)
 
     async def symlink(self, path: str, target: str, uid: int | None = None,
@@ -926,7 +957,7 @@ class Volume:
 
 def _dir_attr(info: DirInfo, bstat: BackendStat) -> Attr:
     meta = info.meta
-    return Attr(Kind.DIRECTORY, meta.mode, meta.uid, meta.gid, 4096, max(2, bstat.nlink),
+    return Attr(Kind.DIRECTORY, meta.mode, meta.uid, meta.gid, 4096, max(2, bstat.nlink or 0),
                 bstat.atime_ns, bstat.mtime_ns, bstat.ctime_ns, 0, info.dir_id)
 
 

@@ -125,3 +125,21 @@ def test_a_dead_mount_is_cleared_on_the_next_mount(tmp_path, keyfile, mount_env)
     mount.start()
     (mount.mountpoint / "alive").write_text("yes")
     mount.stop()
+
+
+def test_rekey_leaves_hard_links_whole_on_every_backend(mounted):
+    """rekey finds hard links by the link counts a directory walk reports; SMB listings carry
+    none, and re-sealing a linked file by copy would split its names into separate files."""
+    m = mounted.mountpoint
+    (m / "d").mkdir()
+    (m / "a").write_bytes(b"linked")
+    os.link(m / "a", m / "d" / "b")
+    (m / "solo").write_bytes(b"alone")
+    mounted.stop()
+    key = ("--keyfile", str(mounted.keyfile))
+    sealfs("keys", "add-dek", str(mounted.store), *key, env=mounted.env)
+    out = sealfs("rekey", str(mounted.store), *key, env=mounted.env).stdout.decode()
+    assert "re-sealed 1 files" in out and "2 hard-linked files skipped" in out, out  # per name
+    mounted.start()
+    assert os.path.samefile(m / "a", m / "d" / "b") and (m / "d" / "b").stat().st_nlink == 2
+    assert (m / "d" / "b").read_bytes() == b"linked" and (m / "solo").read_bytes() == b"alone"

@@ -175,6 +175,29 @@ def test_hard_links_share_content_and_count(mounted):
     assert errno_of(os.link, m / "d", m / "dl") == errno.EPERM
 
 
+def test_link_counts_are_right_at_once_by_name_and_in_listings(mounted):
+    """A directory listing (READDIRPLUS) hands the kernel attributes it caches for a second;
+    over SMB the listing itself has no link count, yet stat must never show a stale one."""
+    m = mounted.mountpoint
+    (m / "d").mkdir()
+    (m / "a").write_bytes(b"one")
+    os.link(m / "a", m / "b")
+    os.link(m / "a", m / "d" / "c")
+
+    def listed(directory):
+        with os.scandir(directory) as it:
+            return {e.name: e.stat(follow_symlinks=False).st_nlink for e in it if e.is_file()}
+
+    assert [os.stat(m / n).st_nlink for n in ("a", "b", "d/c")] == [3, 3, 3]
+    assert listed(m) == {"a": 3, "b": 3} and listed(m / "d") == {"c": 3}
+    assert [os.stat(m / n).st_nlink for n in ("a", "b", "d/c")] == [3, 3, 3]
+    os.unlink(m / "b")
+    assert listed(m) == {"a": 2} and listed(m / "d") == {"c": 2}
+    assert os.stat(m / "d" / "c").st_nlink == 2
+    (m / "solo").write_bytes(b"x")
+    assert listed(m)["solo"] == 1
+
+
 def test_symlinks(mounted):
     m = mounted.mountpoint
     (m / "target").write_bytes(b"T")

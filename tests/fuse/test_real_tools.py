@@ -68,6 +68,25 @@ def test_tar_create_outside_extract_inside(mounted, tmp_path):
     run("diff", "-r", "--no-dereference", src, dst)
 
 
+def test_hard_links_survive_cp_tar_and_rsync_out_of_the_mount(mounted, tmp_path):
+    """cp -a, tar and rsync -H find hard links by st_nlink > 1 right after listing a directory."""
+    src = mounted.mountpoint / "linked"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_bytes(b"shared")
+    os.link(src / "a", src / "sub" / "b")
+    (src / "solo").write_bytes(b"alone")
+    out = tmp_path / "out"
+    (out / "tar").mkdir(parents=True)
+    run("cp", "-a", src, out / "cp")
+    run("tar", "-C", mounted.mountpoint, "-cf", tmp_path / "linked.tar", "linked")
+    run("tar", "-C", out / "tar", "-xf", tmp_path / "linked.tar")
+    run("rsync", "-aH", f"{src}/", f"{out / 'rsync'}/")
+    for copy in (out / "cp", out / "tar" / "linked", out / "rsync"):
+        a, b = copy / "a", copy / "sub" / "b"
+        assert a.read_bytes() == b"shared" and os.path.samefile(a, b), copy
+        assert (copy / "solo").stat().st_nlink == 1, copy
+
+
 def git_env() -> dict:
     env = dict(os.environ)
     env.update(GIT_AUTHOR_NAME="Test", GIT_AUTHOR_EMAIL="t@example.com",

@@ -280,3 +280,25 @@ async def test_a_close_racing_with_unlink_does_not_keep_the_name_delete_pending(
     assert not (smb_store.local / "victim").exists(), "the unlinked name is still on the share"
     with pytest.raises(FileNotFoundError):
         await b.stat("victim")
+
+
+async def test_read_head_gives_the_first_bytes_and_the_true_link_count(smb_backend: SmbBackend,
+                                                                       smb_store: SmbStore) -> None:
+    b = smb_backend
+    await _put(b, "f", b"0123456789")
+    await b.link("f", "g")
+    data, st = await b.read_head("g", 4)
+    assert data == b"0123" and (st.size, st.nlink, st.is_dir) == (10, 2, False)
+    assert st.ino == (await b.stat("f")).ino
+    assert (await b.read_head("f", 100))[0] == b"0123456789"
+    # A directory listing has no link count field: it says so instead of guessing 1.
+    assert {name: st.nlink for name, st in await b.scandir("")} == {"f": None, "g": None}
+    await _put(b, "empty", b"")
+    data, st = await b.read_head("empty", 4)          # END_OF_FILE is no error here
+    assert (data, st.size, st.nlink) == (b"", 0, 1)
+    with pytest.raises(FileNotFoundError):
+        await b.read_head("missing", 4)
+    # Nothing stays open on the server: an open name would linger delete-pending.
+    for name in ("empty", "g", "f"):
+        await b.unlink(name)
+    assert await b.listdir("") == []
