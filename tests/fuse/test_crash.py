@@ -102,6 +102,19 @@ def read_all(root: Path) -> dict[str, bytes]:
     return out
 
 
+def crash_during(mount: Mount, workload: list[str], after: float) -> None:
+    """Run a workload script against the mount, kill -9 the mount after some seconds of
+    it, then mount again."""
+    proc = subprocess.Popen([sys.executable, *workload],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(after)
+    assert proc.poll() is None, "the workload stopped before the crash"
+    mount.kill()
+    proc.kill()
+    proc.wait(30)
+    mount.start()
+
+
 @pytest.fixture
 def local_mount(tmp_path: Path, keyfile: Path, mount_env: dict):
     store = tmp_path / "store"
@@ -133,14 +146,8 @@ def test_kill_9_mid_workload(local_mount: Mount, tmp_path: Path, seed: int):
     script.write_text(WORKLOAD)
     log = tmp_path / "ops.log"
     for round_ in range(2):
-        proc = subprocess.Popen([sys.executable, str(script), str(work), str(log), str(seed * 10 + round_)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 2.0))
-        assert proc.poll() is None, "the workload stopped before the crash"
-        mount.kill()
-        proc.kill()
-        proc.wait(30)
-        mount.start()
+        crash_during(mount, [str(script), str(work), str(log), str(seed * 10 + round_)],
+                     rng.uniform(0.3, 2.0))
 
         files = read_all(work)
         allowed = allowed_sizes(log)
@@ -231,14 +238,7 @@ def test_kill_9_during_in_place_rewrites_leaves_every_chunk_whole(local_mount: M
     script.write_text(OVERWRITER)
     rng = random.Random(7)
     for round_ in range(6):
-        proc = subprocess.Popen([sys.executable, str(script), str(target), str(round_)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.2))
-        assert proc.poll() is None, "the overwriter stopped before the crash"
-        mount.kill()
-        proc.kill()
-        proc.wait(30)
-        mount.start()
+        crash_during(mount, [str(script), str(target), str(round_)], rng.uniform(0.3, 1.2))
         try:
             data = target.read_bytes()
         except OSError as exc:
