@@ -74,6 +74,12 @@ class FileState:
         self.low_water = committed            # lowest size since the last flush
         self.dirty: dict[int, bytearray] = {}
         self.dirty_bytes = 0
+        # Write-back in the background: the chunks one flush is writing (readers and
+        # writers see them as the file's content until the flush lands), the event it sets
+        # when done, and the error it met, reported by the next flush, fsync or close.
+        self.inflight: dict[int, bytes | bytearray] = {}
+        self._writeback: trio.Event | None = None
+        self.writeback_error: BaseException | None = None
         self.header_dirty = False
         self.pending_times: tuple[int, int] | None = None
         self.mtime_ns: int | None = None      # set by writes not yet on the backend
@@ -212,7 +218,8 @@ class FileState:
                 event.set()
 
     def _needs_backend(self, index: int) -> bool:
-        return index not in self.dirty and index * self.cs < min(self.low_water, self.committed)
+        return index not in self.dirty and index not in self.inflight \
+            and index * self.cs < min(self.low_water, self.committed)
 
     def _missing(self, index: int) -> bool:
         return self._needs_backend(index) and self.cache.get(self.file_id, index) is None
@@ -221,6 +228,8 @@ class FileState:
         """Current plaintext of a chunk, assuming its committed part is cached or loaded."""
         length = chunk_plain_length(index, self.size, self.cs)
         dirty = self.dirty.get(index)
+        if dirty is None:
+            dirty = self.inflight.get(index)
         if dirty is not None:
             data = dirty
         elif index * self.cs >= min(self.low_water, self.committed):
@@ -356,6 +365,7 @@ class FileState:
         return len(view)
 
     async def truncate(self, size: int) -> None:
+        await self.settle()
         cs = self.cs
         self.generation += 1
         if size < self.size:
@@ -379,25 +389,104 @@ class FileState:
     def needs_flush(self) -> bool:
         return bool(self.dirty) or self.header_dirty or self.size != self.committed \
             or self.low_water < self.committed or self.header_size != self.committed \
-            or self.tail_at is not None
+            or self.tail_at is not None or self._writeback is not None \
+            or self.writeback_error is not None
+
+    async def settle(self) -> None:
+        """Wait until no write-back of this file is in flight. Everything that writes to
+        the backend file itself, or must see its latest state there, settles first."""
+        while self._writeback is not None:
+            await self._writeback.wait()
 
     async def flush(self) -> None:
         """Write dirty state back in crash-safe order. Caller holds self.lock."""
+        await self.settle()
         if not self.needs_flush:
             return
         if not self.writable:
             raise OSError(9, "file is not open for writing")
-        cs = self.cs
-        self.generation += 1
         if self.tail_at is not None:
             # Bytes past the committed extent are an interrupted write's tail: cut them.
             await self.backend.truncate(self.handle, self.tail_at)
             self.tail_at = None
         if self.low_water < self.committed:
             await self._shrink_to(self.low_water)
+        plan = await self._plan()
+        await self._write_plan(plan)
+        # A background write-back that failed earlier left its chunks dirty; they are on
+        # the backend now, so that error has been made good.
+        self.writeback_error = None
+        self._commit(plan)
+        self.dirty.clear()
+        self.dirty_bytes = 0
+        self.mtime_ns = None
+        if self.pending_times is not None:
+            await self.backend.fset_times(self.handle, *self.pending_times)
+
+    async def write_back(self) -> None:
+        """Write-back under memory pressure, overlapped with the writer: the dirty chunks
+        move to self.inflight and are sealed and written by a background task while new
+        writes fill a fresh dirty set. One batch per file is in flight; the next waits
+        for it (the crash-safe order of docs/FORMAT.md holds batch by batch). Falls back
+        to a synchronous flush outside a mount or when a shrink or tail cut is pending."""
+        while True:
+            await self.settle()
+            async with self.lock:
+                if self._writeback is not None:
+                    continue                 # another writer started one meanwhile
+                if self.dirty_bytes < self.tuning.file_dirty_limit:
+                    return
+                if self.spawn is None or self.tail_at is not None \
+                        or self.low_water < self.committed or self.header_dirty \
+                        or self.writeback_error is not None or not self.writable:
+                    await self.flush()
+                    return
+                plan = await self._plan()
+                self.inflight = plan.chunks
+                self.dirty = {}
+                self.dirty_bytes = 0
+                done = self._writeback = trio.Event()
+                if not self.spawn(self._background_write, plan, done):
+                    self._writeback = None
+                    self._restore(plan)
+                    await self.flush()
+                return
+
+    async def _background_write(self, plan: "_Plan", done: trio.Event) -> None:
+        try:
+            await self._write_plan(plan)
+        except BaseException as exc:
+            self._restore(plan)
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("%s: background write-back failed: %s", self.bpath, exc)
+            self.writeback_error = exc
+        else:
+            self._commit(plan)
+            if not self.dirty:
+                self.mtime_ns = None
+        finally:
+            self.inflight = {}
+            self._writeback = None
+            done.set()
+
+    def _restore(self, plan: "_Plan") -> None:
+        """A write-back that did not land: its chunks are dirty again (unless rewritten
+        since), so nothing written is lost and a later flush retries them."""
+        for i, plain in plan.chunks.items():
+            if i not in self.dirty and i * self.cs < self.size:
+                self.dirty[i] = plain if isinstance(plain, bytearray) else bytearray(plain)
+                self.dirty_bytes += self.cs
+        self.inflight = {}
+
+    async def _plan(self) -> "_Plan":
+        """Everything a flush of the current dirty state writes, in order, not yet sealed.
+        Caller holds self.lock; no shrink or tail cut is pending."""
+        cs = self.cs
+        self.generation += 1
         old, new = self.committed, self.size
         old_final, new_final = final_index(old, cs), final_index(new, cs)
-        chunks: dict[int, bytearray] = {i: b for i, b in self.dirty.items() if i <= new_final}
+        chunks: dict[int, bytes | bytearray] = {i: b for i, b in self.dirty.items() if i <= new_final}
         if new != old and new_final not in chunks:
             chunks[new_final] = await self._logical_chunk(new_final)
         reseal_old_final = old_final < new_final
@@ -441,24 +530,34 @@ class FileState:
                 header = None
             else:
                 writes.append((slot_offset(run[0], cs), buf))
-        await self._run_crypto(jobs, self._seal_batch)
+        return _Plan(old, new, chunks, jobs, writes, combined, header,
+                     reseal_old_final, atomic_head)
+
+    async def _write_plan(self, plan: "_Plan") -> None:
+        """Seal the plan's chunks and write them: journal, chunks, old final chunk, header."""
+        cs = self.cs
+        old = plan.old
+        old_final = final_index(old, cs)
+        old_extent = stored_size(old, cs)
+        writes = list(plan.writes)
+        await self._run_crypto(plan.jobs, self._seal_batch)
         resealed = None
-        if reseal_old_final:
+        if plan.reseal_old_final:
             resealed = next(w for w in writes if w[0] == slot_offset(old_final, cs))
             writes.remove(resealed)
-        if combined is not None:
-            writes.append(combined)
+        if plan.combined is not None:
+            writes.append(plan.combined)
         # Rewrites of bytes already on the backend must not tear (fs/journal.py): every
         # chunk rewritten in place is journaled first, but for an atomic head.
         head = None
-        if atomic_head:
+        if plan.atomic_head:
             if resealed is not None:
                 writes.append(resealed)
                 resealed = None
             writes, head = split_out(writes, slot_offset(old_final, cs), old_extent)
         records = [Record(i, final, out, i == old_final,
                           chunk_plain_length(i, old, cs) + CHUNK_OVERHEAD)
-                   for i, _plain, final, out in jobs
+                   for i, _plain, final, out in plan.jobs
                    if i <= old_final and not (head is not None and i == old_final)]
         if records:
             await self.journal.record(records)
@@ -468,22 +567,20 @@ class FileState:
             await self.backend.write(self.handle, *resealed)
         if head is not None:
             await self.backend.write(self.handle, *head)
-        if header is not None:
-            await self.backend.write(self.handle, 0, header)
+        if plan.header is not None:
+            await self.backend.write(self.handle, 0, plan.header)
         if records:
             await self.journal.clear()
-        self.header_size = new
+
+    def _commit(self, plan: "_Plan") -> None:
+        """The plan is on the backend: it is the committed state now."""
+        self.header_size = plan.new
         self.header_dirty = False
-        self.committed = new
-        self.low_water = new
-        for i, plain, _final, _out in jobs:
-            self.cache.put(self.file_id, i, plain)   # the dirty buffer itself: no longer mutated
-        self.dirty.clear()
-        self.dirty_bytes = 0
-        self.meta = self.meta.with_(size=new)
-        self.mtime_ns = None
-        if self.pending_times is not None:
-            await self.backend.fset_times(self.handle, *self.pending_times)
+        self.committed = plan.new
+        self.low_water = plan.new
+        for i, plain, _final, _out in plan.jobs:
+            self.cache.put(self.file_id, i, plain)   # no longer mutated by anyone
+        self.meta = self.meta.with_(size=plan.new)
 
     async def _shrink_to(self, size: int) -> None:
         cs = self.cs
@@ -523,6 +620,7 @@ class FileState:
 
     async def write_metadata(self, meta: Metadata) -> None:
         """chmod/chown: one small header write; the backend mtime is restored after it."""
+        await self.settle()
         self.meta = meta.with_(size=self.header_size)
         before = await self.backend.fstat(self.handle)
         await self.backend.write(self.handle, 0, seal_header(
@@ -532,6 +630,21 @@ class FileState:
 
     def forget_secrets(self) -> None:
         self._file_key = b""
+
+
+@dataclass
+class _Plan:
+    """One flush, planned under the file lock and written with or without it."""
+
+    old: int                                   # committed size before
+    new: int                                   # committed size after
+    chunks: dict[int, bytes | bytearray]       # plaintext of every chunk it writes
+    jobs: list                                 # (index, plain, final, sealed out view)
+    writes: list[tuple[int, bytearray]]        # sealed runs, by offset
+    combined: tuple[int, bytearray] | None     # header + chunk 0 in one write
+    header: bytes | None                       # the header alone, written last
+    reseal_old_final: bool
+    atomic_head: bool
 
 
 def _fit(data: bytes | bytearray, length: int) -> bytes | bytearray:

@@ -696,8 +696,7 @@ class Volume:
     async def _after_write(self, state: FileState) -> None:
         """Write-back under memory pressure: bound dirty data per file and per volume."""
         if state.dirty_bytes >= self.tuning.files.file_dirty_limit:
-            async with state.lock:
-                await state.flush()
+            await state.write_back()
         total = sum(s.dirty_bytes for s in self._states.values())
         if total > self.tuning.dirty_bytes:
             victim = max(self._states.values(), key=lambda s: s.dirty_bytes)
@@ -925,6 +924,7 @@ class Volume:
                         gid=state.meta.gid if gid is None else gid)
                     await state.write_metadata(meta)
                 if atime_ns is not None or mtime_ns is not None:
+                    await state.settle()          # no write of ours may land after the times
                     cur = await self.backend.fstat(state.handle)
                     times = (cur.atime_ns if atime_ns is None else atime_ns,
                              (state.mtime_ns or cur.mtime_ns) if mtime_ns is None else mtime_ns)

@@ -2,7 +2,9 @@
 volume reopen on one encrypted file agree with an in-memory bytearray model.
 
 Hypothesis drives plain (sync) tests; each example runs its whole op list inside one
-trio.run, against a fresh volume.
+trio.run, against a fresh volume. Write-back runs three ways: lazily (at flush and
+close), eagerly in line (a small dirty limit, no mount), and in the background as a
+mount runs it (a small dirty limit and a nursery: the next ops race the write-back).
 """
 
 from __future__ import annotations
@@ -36,19 +38,30 @@ def ops_strategy(cs: int):
     return st.lists(st.one_of(write, write, truncate, read, simple), min_size=1, max_size=25)
 
 
-async def run_ops(root: Path, keyfile: Path, cs: int, ops, small_dirty_limit: bool) -> None:
+WRITEBACK_MODES = ["lazy", "eager", "background"]
+
+
+async def run_ops(root: Path, keyfile: Path, cs: int, ops, writeback: str) -> None:
+    async with trio.open_nursery() as nursery:
+        await _run_ops(root, keyfile, cs, ops, writeback,
+                       nursery if writeback == "background" else None)
+
+
+async def _run_ops(root: Path, keyfile: Path, cs: int, ops, writeback: str, nursery) -> None:
     store = root / "store"
     store.mkdir()
     secrets = KeySecrets(keyfile=keyfile)
     pins = PinStore(root / "pins.json")
     await Volume.init(LocalBackend(store), provider_for_init(None, secrets), chunk_size=cs, pins=pins)
     tuning = VolumeTuning()
-    if small_dirty_limit:                       # force write-back in the middle of sequences
+    if writeback != "lazy":                     # force write-back in the middle of sequences
         tuning.files.file_dirty_limit = 2 * cs
         tuning.dirty_bytes = 3 * cs
 
     async def load() -> Volume:
-        return await Volume.load(LocalBackend(store), secrets, pins=pins, tuning=tuning)
+        volume = await Volume.load(LocalBackend(store), secrets, pins=pins, tuning=tuning)
+        volume.background = nursery
+        return volume
 
     model = bytearray()
     vol = await load()
@@ -100,28 +113,28 @@ async def run_ops(root: Path, keyfile: Path, cs: int, ops, small_dirty_limit: bo
 _KEY = os.urandom(32)
 
 
-def _check(cs: int, ops, small_dirty_limit: bool) -> None:
+def _check(cs: int, ops, writeback: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         keyfile = root / "key"
         keyfile.write_bytes(_KEY)
-        trio.run(run_ops, root, keyfile, cs, ops, small_dirty_limit)
+        trio.run(run_ops, root, keyfile, cs, ops, writeback)
 
 
 _SETTINGS = settings(max_examples=150, deadline=None, derandomize=False,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.mark.parametrize("small_dirty_limit", [False, True], ids=["lazy-writeback", "eager-writeback"])
+@pytest.mark.parametrize("writeback", WRITEBACK_MODES, ids=[f"{m}-writeback" for m in WRITEBACK_MODES])
 @pytest.mark.parametrize("cs", [4096, 65536], ids=["4K", "64K"])
-def test_random_operation_sequences_match_a_bytearray_model(cs, small_dirty_limit):
+def test_random_operation_sequences_match_a_bytearray_model(cs, writeback):
     runs = []
 
     @_SETTINGS
     @given(ops=ops_strategy(cs))
     def check(ops):
         runs.append(len(ops))
-        _check(cs, ops, small_dirty_limit)
+        _check(cs, ops, writeback)
     check()
     assert len(runs) >= 50 and sum(runs) > 500, "hypothesis ran too few sequences"
 
@@ -132,5 +145,5 @@ def test_model_regression_shrink_write_reopen():
     ops = [("write", 1, 0, 0), ("write", 0, 3 * cs, 1), ("flush",), ("truncate", cs - 1), ("write", 2 * cs + 1, 5, 9),
            ("read", cs - 3, cs), ("reopen_file",), ("truncate", 5 * cs), ("reopen_volume",),
            ("write", cs, cs, 3), ("read_all",), ("truncate", 0), ("write", 7, 1, 1), ("flush",)]
-    _check(cs, ops, False)
-    _check(cs, ops, True)
+    for writeback in WRITEBACK_MODES:
+        _check(cs, ops, writeback)
