@@ -667,8 +667,12 @@ class Volume:
                     await state.flush()
             except BaseException as exc:
                 flush_error = exc
-        if state.refs > 0 and not force and flush_error is None:
-            return                                # reopened meanwhile: it lives on
+        if state.refs > 0 and not force:
+            # Reopened meanwhile: it lives on for that opener (with what could not be
+            # written still dirty); this closer learns that the write-back failed.
+            if flush_error is not None:
+                raise flush_error
+            return
         if self._states.get(state.file_id) is state:
             del self._states[state.file_id]
         try:
