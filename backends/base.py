@@ -163,6 +163,11 @@ class Backend(abc.ABC):
         return out
 
     @abc.abstractmethod
+    async def make_root(self) -> None:
+        """Create the store's own directory and its missing parents (`init` into a new
+        folder); an existing one is fine."""
+
+    @abc.abstractmethod
     async def mkdir(self, path: str) -> None: ...
 
     @abc.abstractmethod

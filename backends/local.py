@@ -125,6 +125,9 @@ class LocalBackend(Backend):
                     continue
         return out
 
+    async def make_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
     async def mkdir(self, path: str) -> None:
         os.mkdir(self._p(path), 0o700)
 

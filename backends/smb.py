@@ -1138,6 +1138,17 @@ class SmbBackend(Backend):
         except FileNotFoundError:
             raise await self._refine_enoent(path) from None
 
+    async def make_root(self) -> None:
+        parts = [p for p in self._base.split("\\") if p]
+        for k in range(1, len(parts) + 1):
+            name = "\\".join(parts[:k])
+
+            def msgs(name: str = name) -> list[Any]:
+                return [_create_msg(name, Access.FILE_READ_ATTRIBUTES, CreateDisposition.FILE_OPEN_IF,
+                                    CreateOptions.FILE_DIRECTORY_FILE), _close_msg(_RELATED_FID)]
+
+            await self._run(self._path_op, name.replace("\\", "/"), msgs, True)
+
     async def mkdir(self, path: str) -> None:
         name = self._smb_path(path)
 

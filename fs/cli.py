@@ -197,10 +197,9 @@ def init(store: str, chunk_size: str, kek: str | None, scrypt_n: int | None,
     backend = ctx.backend(store)
 
     async def main() -> None:
-        if store and "://" not in store:
-            Path(store).mkdir(parents=True, exist_ok=True)
         provider = provider_for_init(kek or (ctx.config.kek if ctx.config else None), secrets)
         try:
+            await backend.make_root()
             config = await Volume.init(backend, provider, chunk_size=size, pins=PinStore(),
                                        audit=ctx.audit(), allow_purgeable=allow_purgeable_kek)
         finally:

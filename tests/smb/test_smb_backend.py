@@ -302,3 +302,32 @@ async def test_read_head_gives_the_first_bytes_and_the_true_link_count(smb_backe
     for name in ("empty", "g", "f"):
         await b.unlink(name)
     assert await b.listdir("") == []
+
+
+async def test_make_root_creates_the_store_folder_and_its_parents(smb_store: SmbStore) -> None:
+    from tests.servers.samba import SmbStore as Store
+    deep = Store.__new__(Store)
+    deep.server, deep.url = smb_store.server, f"{smb_store.url}/new/deeper"
+    backend = deep.backend()
+    await backend.connect()
+    try:
+        await backend.make_root()
+        await backend.make_root()                       # an existing folder is fine
+        h = await backend.open("f", write=True, create=True)
+        await backend.write(h, 0, b"x")
+        await backend.close(h)
+    finally:
+        await backend.aclose()
+    assert (smb_store.local / "new" / "deeper" / "f").read_bytes() == b"x"
+
+
+def test_init_into_a_new_folder_on_the_share(smb_store: SmbStore, keyfile: Path, tmp_path: Path) -> None:
+    from tests.mounting import sealfs
+    env = dict(os.environ, SEALFS_SMB_PASSWORD=smb_store.server.password,
+               SEALFS_STATE_DIR=str(tmp_path / "state"))
+    url = f"{smb_store.url}/vols/one"
+    sealfs("init", url, "--keyfile", str(keyfile), env=env)
+    (tmp_path / "hello").write_bytes(b"hi")
+    sealfs("put", url, str(tmp_path / "hello"), "/hello", "--keyfile", str(keyfile), env=env)
+    assert sealfs("cat", url, "/hello", "--keyfile", str(keyfile), env=env).stdout == b"hi"
+    assert (smb_store.local / "vols" / "one" / "sealfs.json").exists()
