@@ -158,7 +158,14 @@ class _ConnectionLost(Exception):
     """The channel died under a request; the caller reconnects (and maybe retries)."""
 
 
+class _NameNotFound(FileNotFoundError):
+    """The last component is missing in a directory that exists (OBJECT_NAME_NOT_FOUND):
+    plainly ENOENT, no need to look at the parents for ENOTDIR."""
+
+
 def _status_error(exc: SMBResponseException, path: str) -> OSError:
+    if exc.status == 0xC0000034:
+        return _NameNotFound(errno.ENOENT, os.strerror(errno.ENOENT), path)
     err = _STATUS_ERRNO.get(exc.status)
     if err is None:
         return BackendError(f"{path or '/'}: SMB server error 0x{exc.status:08x}")
@@ -814,8 +821,8 @@ class SmbBackend(Backend):
         try:
             handle = await self._run(self._attempt, channel, op, path,
                                      disposition != CreateDisposition.FILE_CREATE)
-        except FileNotFoundError:
-            raise await self._refine_enoent(path) from None
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path) from None
         self._open_handles.add(handle)
         return handle
 
@@ -1057,8 +1064,8 @@ class SmbBackend(Backend):
 
         try:
             resps = await self._run(self._path_op, path, msgs, True)
-        except FileNotFoundError:
-            raise await self._refine_enoent(path) from None
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path) from None
         return _stat_from_infos(*[_query_buffer(r) for r in resps[1:4]])
 
     async def read_head(self, path: str, size: int) -> tuple[bytes, BackendStat]:
@@ -1087,8 +1094,8 @@ class SmbBackend(Backend):
 
         try:
             return await self._run(self._attempt, channel, op, path, True)
-        except FileNotFoundError:
-            raise await self._refine_enoent(path) from None
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path) from None
 
     async def listdir(self, path: str) -> list[str]:
         return [name for name, _ in await self._scan(path)]
@@ -1135,8 +1142,8 @@ class SmbBackend(Backend):
 
         try:
             return await self._run(self._attempt, channel, op, path, True)
-        except FileNotFoundError:
-            raise await self._refine_enoent(path) from None
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path) from None
 
     async def make_root(self) -> None:
         parts = [p for p in self._base.split("\\") if p]
@@ -1158,8 +1165,8 @@ class SmbBackend(Backend):
 
         try:
             await self._run(self._path_op, path, msgs, False)
-        except FileNotFoundError:
-            raise await self._refine_enoent(path, parent_only=True) from None
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path, parent_only=True) from None
 
     async def rmdir(self, path: str) -> None:
         await self._evict(path)
@@ -1189,8 +1196,8 @@ class SmbBackend(Backend):
 
         try:
             await self._run(self._path_op, path, msgs, False)
-        except FileNotFoundError:
-            raise await self._refine_enoent(path) from None
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path) from None
 
     async def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
         await self._evict(src, dst)
@@ -1206,8 +1213,8 @@ class SmbBackend(Backend):
 
         try:
             await self._run(self._path_op, src, msgs, False)
-        except FileNotFoundError:
-            raise await self._refine_enoent(src) from None
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, src) from None
         except OSError as exc:
             if replace and exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EACCES):
                 await self._rename_over_dir(src, dst, exc)
@@ -1257,8 +1264,8 @@ class SmbBackend(Backend):
 
         try:
             await self._run(self._path_op, src, msgs, False)
-        except FileNotFoundError:
-            raise await self._refine_enoent(src) from None
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, src) from None
         except IsADirectoryError:
             raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), src) from None
         except OSError as exc:
@@ -1284,8 +1291,8 @@ class SmbBackend(Backend):
 
         try:
             await self._run(self._path_op, path, msgs, True)
-        except FileNotFoundError:
-            raise await self._refine_enoent(path) from None
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path) from None
 
     async def statvfs(self) -> BackendStatvfs:
         name = self._smb_path("")
@@ -1313,8 +1320,11 @@ class SmbBackend(Backend):
             await self._run(channel.close)
 
     # -- errno fidelity on error paths only -------------------------------------------------------
-    async def _refine_enoent(self, path: str, parent_only: bool = False) -> OSError:
+    async def _refine_enoent(self, exc: FileNotFoundError, path: str,
+                             parent_only: bool = False) -> OSError:
         """SMB says "path not found" where POSIX says ENOTDIR (a parent is a file)."""
+        if isinstance(exc, _NameNotFound):
+            return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         parts = path.split("/")
         prefix = ""
         for comp in parts[:-1]:
