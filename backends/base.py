@@ -90,6 +90,9 @@ class Handle(abc.ABC):
     path: str
 
 
+PAGE_SIZE = 4096
+
+
 class Backend(abc.ABC):
     """Async, handle-based storage. Blocking client libraries run in worker threads."""
 
@@ -111,6 +114,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def write(self, handle: Handle, offset: int, data: bytes | memoryview) -> None:
         """Write all of data at offset (the file grows with zeros if offset is past EOF)."""
+
+    def untearable(self, start: int, end: int) -> bool:
+        """Whether one write() of bytes [start, end) lands all or nothing if the mount
+        dies in the middle of it. Linux copies a write into the page cache a page at a
+        time and stops between pages when the writer is killed: within one page it
+        cannot tear. Backends that send a write as one message say more."""
+        return end > start and start // PAGE_SIZE == (end - 1) // PAGE_SIZE
 
     async def write_many(self, handle: Handle, writes: list[tuple[int, bytes]]) -> None:
         """Write several (offset, data) pieces; backends may pipeline them."""

@@ -898,6 +898,12 @@ class SmbBackend(Backend):
         server_max = (conn.max_read_size if read else conn.max_write_size) if conn else 65536
         return max(4096, min(self.settings.io_size, server_max or 65536))
 
+    def untearable(self, start: int, end: int) -> bool:
+        """A write() no larger than one WRITE request goes as one message, and the server
+        applies a message whole or not at all (an encrypted message cut short by a dying
+        client does not even decrypt)."""
+        return 0 < end - start <= self._io_size(self._channels[0], read=False)
+
     async def write(self, handle: Handle, offset: int, data: bytes | memoryview) -> None:
         await self.write_many(handle, [(offset, data)])
 

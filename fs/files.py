@@ -25,7 +25,7 @@ from ..crypto.kdf import file_key
 from ..crypto.layout import (chunk_count, chunk_plain_length, final_index, logical_size,
                              slot_offset, stored_size)
 from .errors import first_error
-from .journal import Journal, Record, atomic_write, split_out
+from .journal import Journal, Record, split_out
 from .journal import recover as recover_journal
 
 if TYPE_CHECKING:
@@ -492,10 +492,12 @@ class FileState:
         reseal_old_final = old_final < new_final
         if reseal_old_final and old_final not in chunks:
             chunks[old_final] = await self._logical_chunk(old_final)
-        # The old final chunk, when its bytes lie within one page, is replaced by one
-        # small write after the rest of its slot (no journal); see fs/journal.py.
+        # The old final chunk, when a write over its old bytes cannot tear (one page
+        # locally, one request on SMB: Backend.untearable), is replaced by a write after
+        # the rest of its slot, not journaled; see fs/journal.py.
         old_extent = stored_size(old, cs)
-        atomic_head = old_final in chunks and atomic_write(slot_offset(old_final, cs), old_extent)
+        atomic_head = old_final in chunks and self.backend.untearable(slot_offset(old_final, cs),
+                                                                      old_extent)
         header_needed = new != self.header_size or self.header_dirty
         header = self._sealed_header(new) if header_needed else None
         # Contiguous runs of chunks are sealed straight into one buffer each and written
@@ -554,7 +556,13 @@ class FileState:
             if resealed is not None:
                 writes.append(resealed)
                 resealed = None
-            writes, head = split_out(writes, slot_offset(old_final, cs), old_extent)
+            start = slot_offset(old_final, cs)
+            holder = next(w for w in writes if w[0] <= start < w[0] + len(w[1]))
+            if self.backend.untearable(holder[0], holder[0] + len(holder[1])):
+                writes.remove(holder)             # it cannot tear: written whole, last
+                head = holder
+            else:
+                writes, head = split_out(writes, start, old_extent)
         records = [Record(i, final, out, i == old_final,
                           chunk_plain_length(i, old, cs) + CHUNK_OVERHEAD)
                    for i, _plain, final, out in plan.jobs
@@ -589,7 +597,7 @@ class FileState:
         old = self.committed
         sealed = self.cipher.seal(index, plain, True)
         offset = slot_offset(index, cs)
-        journaled = not atomic_write(offset, offset + len(sealed))
+        journaled = not self.backend.untearable(offset, offset + len(sealed))
         if journaled:
             await self.journal.record([Record(index, True, sealed, index == final_index(old, cs),
                                               chunk_plain_length(index, old, cs) + CHUNK_OVERHEAD)])

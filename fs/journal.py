@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..backends.base import Backend, Handle, join
+from ..backends.base import PAGE_SIZE, Backend, Handle, join
 from ..crypto.chunks import ChunkCipher
 from ..crypto.constants import CHUNK_OVERHEAD, JOURNAL_DIR
 from ..crypto.layout import slot_offset
@@ -43,14 +43,8 @@ class Record:
     old_length: int                  # ... and sealed length (0: nothing to keep)
 
 
-# Linux copies a write into the page cache a page at a time and stops between pages when the
-# writer is killed; an SMB request is applied whole. A write within one page cannot tear.
-ATOMIC_WRITE = 4096
-
-
-def atomic_write(start: int, end: int) -> bool:
-    """Whether bytes [start, end) are replaced all at once by a single write."""
-    return end > start and start // ATOMIC_WRITE == (end - 1) // ATOMIC_WRITE
+# A local write within one page cannot tear (Backend.untearable); tests tear at pages.
+ATOMIC_WRITE = PAGE_SIZE
 
 
 def split_out(writes: list[tuple[int, bytearray]], start: int,
