@@ -373,15 +373,19 @@ class Volume:
         return self._state_attr(state, bstat, await self._nlink(state.bpath, bstat, state.file_id))
 
     async def _nlink(self, bpath: str, bstat: BackendStat, file_id: bytes) -> int:
-        """The link count: from bstat if it knows, else as last learnt for the file id."""
+        """The link count: from bstat if it knows, else as last learnt for the file id;
+        less the names unlinked while the file is open, which the backend still holds
+        under hidden names until the last close (SMB)."""
         if bstat.nlink is not None:
             self._links[file_id] = bstat.nlink
-            return bstat.nlink
-        nlink = self._links.get(file_id)
-        if nlink is None:             # a name whose header was cached before its count was
-            nlink = (await self._bstat(bpath, bpath)).nlink or 1
-            self._links[file_id] = nlink
-        return nlink
+            nlink = bstat.nlink
+        else:
+            nlink = self._links.get(file_id)
+            if nlink is None:         # a name whose header was cached before its count was
+                nlink = (await self._bstat(bpath, bpath)).nlink or 1
+                self._links[file_id] = nlink
+        state = self._states.get(file_id)
+        return max(0, nlink - len(state.victims)) if state is not None else nlink
 
     async def _header(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int]:
         """A file's header and committed size, cached while the backend file is unchanged.

@@ -175,6 +175,27 @@ def test_hard_links_share_content_and_count(mounted):
     assert errno_of(os.link, m / "d", m / "dl") == errno.EPERM
 
 
+def test_unlinking_names_of_an_open_file_drops_its_link_count_at_once(mounted):
+    """SMB keeps an open file's unlinked name under a hidden name until the last close;
+    the count must not include it (nor may the open file vanish from its other name)."""
+    m = mounted.mountpoint
+    (m / "a").write_bytes(b"one")
+    os.link(m / "a", m / "b")
+    fd = os.open(m / "a", os.O_RDWR)
+    try:
+        os.unlink(m / "b")
+        assert not (m / "b").exists()
+        assert os.stat(m / "a").st_nlink == 1
+        assert os.fstat(fd).st_nlink == 1
+        assert (m / "a").read_bytes() == b"one"
+        os.unlink(m / "a")
+        assert os.fstat(fd).st_nlink == 0
+        assert os.pread(fd, 10, 0) == b"one"
+    finally:
+        os.close(fd)
+    assert os.listdir(m) == []
+
+
 def test_link_counts_are_right_at_once_by_name_and_in_listings(mounted):
     """A directory listing (READDIRPLUS) hands the kernel attributes it caches for a second;
     over SMB the listing itself has no link count, yet stat must never show a stale one."""
