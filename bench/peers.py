@@ -534,6 +534,35 @@ class CryfsTarget(ProcessTarget):
                      str(self.mountpoint)], 180, stdin=self.password)
 
 
+class SecurefsTarget(ProcessTarget):
+    """securefs (its default "lite" format 4: AES-256-GCM over 4 KiB blocks, AES-SIV names,
+    one backing file per file, C++ FUSE), in the foreground with a random keyfile.
+
+    Its Argon2id key derivation makes create and mount take a few seconds (untimed).
+    """
+
+    name = "securefs"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("securefs") is not None
+
+    def setup(self) -> None:
+        self.storage.mkdir()
+        self.mountpoint.mkdir()
+        self.keyfile = self.work / "key"
+        self.keyfile.write_bytes(secrets.token_bytes(32))
+        result = subprocess.run(["securefs", "create", "--keyfile", str(self.keyfile), str(self.storage)],
+                                capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+        if result.returncode != 0:
+            raise TargetError(f"securefs create: {result.stderr.decode(errors='replace')[-300:]}")
+        self.notes["settings"] = "format 4 (lite, default), 4 KiB blocks (default)"
+
+    def mount(self) -> None:
+        self._spawn(["securefs", "mount", "--keyfile", str(self.keyfile), str(self.storage),
+                     str(self.mountpoint)], 120)
+
+
 class DirectTarget(Target):
     """Not a mount: measures its own workloads (runner.run_one calls sequential())."""
 
@@ -550,7 +579,7 @@ class DirectTarget(Target):
 
 
 PEERS = {"plain": PlainTarget, "gocryptfs": GocryptfsTarget, "rclone": RcloneCryptTarget,
-         "cryfs": CryfsTarget}
+         "cryfs": CryfsTarget, "securefs": SecurefsTarget}
 
 
 def _smb_raw(work: Path, share: SmbShare) -> Target:

@@ -10,7 +10,8 @@ from .runner import Results
 from .workloads import WORKLOADS
 
 # peers sealfs targets get a ratio table against: peer -> only sealfs on this backend (None: all)
-RATIO_BASES: dict[str, str | None] = {"plain": None, "gocryptfs": None, "smb-raw": "smb", "rclone-smb": "smb"}
+RATIO_BASES: dict[str, str | None] = {"plain": None, "gocryptfs": None, "securefs": None,
+                                      "smb-raw": "smb", "rclone-smb": "smb"}
 RATIO_NOTES = {"smb-raw": " (the goal for seq_*: at least 0.80)"}
 
 SIZE_ORDER = ["4K", "8K", "16K", "32K", "64K", "128K", "256K", "512K", "1M", "2M", "4M"]
@@ -141,6 +142,7 @@ def charts(results: Results, out: Path) -> list[Path]:
     peers = [l for l, s in specs.items() if s.kind == "peer" and l in t]
     sizes = sorted({s.chunk_size for s in specs.values() if s.kind == "sealfs"}, key=_size_key)
     colors = {"plain": "tab:gray", "gocryptfs": "tab:green", "rclone": "tab:purple", "cryfs": "tab:brown",
+              "securefs": "tab:cyan",
               "smb-raw": "tab:olive", "rclone-smb": "tab:pink"}
     paths = []
 

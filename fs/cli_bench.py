@@ -1,4 +1,4 @@
-"""`sealfs bench`: chunk sizes x backends, against plain / gocryptfs / rclone crypt / cryfs and,
+"""`sealfs bench`: chunk sizes x backends, against plain / gocryptfs / securefs / rclone crypt / cryfs and,
 for smb, the raw SMB backend and rclone crypt over rclone's smb client."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
                   help="Extract, read and delete a tarball of a Python package.")
     @click.option("--repeats", type=int, default=1, show_default=True,
                   help="Runs per target (reported as median, min, max).")
-    @click.option("--peers", default="plain,gocryptfs,rclone,cryfs,smb-raw,rclone-smb", show_default=True,
+    @click.option("--peers", default="plain,gocryptfs,securefs,rclone,cryfs,smb-raw,rclone-smb", show_default=True,
                   help="Reference filesystems measured in the same run (skipped if not installed); "
                        "smb-raw (the SMB backend alone, sequential only) and rclone-smb (rclone crypt "
                        "over rclone's smb client) run on the same share when smb is benched.")

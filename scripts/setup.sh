@@ -10,7 +10,7 @@ PACKAGES=(
   samba smbclient tcpdump
   softhsm2 opensc
   sqlite3 rsync git tar systemd util-linux
-  gocryptfs rclone fio cryfs
+  gocryptfs rclone fio cryfs securefs
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

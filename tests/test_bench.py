@@ -123,6 +123,19 @@ def test_cryfs_peer_produces_numbers(tmp_path: Path) -> None:
     assert {"seq_write", "seq_read", "cold_read", "create", "stat", "delete"} <= set(t["cryfs"])
 
 
+@needs_fuse
+@pytest.mark.skipif(shutil.which("securefs") is None, reason="securefs is not installed")
+@pytest.mark.timeout(240)
+def test_securefs_peer_produces_numbers_and_a_ratio_table(tmp_path: Path) -> None:
+    data = _bench(tmp_path / "out", tmp_path / "work", "--chunk-sizes", "64K", "--peers", "securefs",
+                  "--size", "4", "--files", "10", "--seconds", "0", timeout=230)
+    t = _by_target(data["rows"])
+    assert {"seq_write", "seq_read", "cold_read", "create", "stat", "delete"} <= set(t["securefs"])
+    assert all(t["securefs"][w]["median"] > 0 for w in ("seq_write", "create"))
+    assert "Ratio to securefs" in (tmp_path / "out" / "results.md").read_text()
+    assert not any(os.path.ismount(p) for p in (tmp_path / "work").rglob("mnt"))
+
+
 def test_smb_peers_are_skipped_with_a_reason_without_the_smb_backend() -> None:
     from sealfs.bench.runner import BenchConfig, build_specs, skipped_peers
     cfg = BenchConfig(chunk_sizes=["64K"], backends=["local"], peers=["plain", "smb-raw", "rclone-smb", "nope"])
