@@ -116,26 +116,36 @@ def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None,
 
 
 def run_one(target: Target, cfg: BenchConfig, tar_path: Path | None,
-            step: Callable[[str], None]) -> dict[str, float]:
-    """The workloads cfg asks for that the target runs (others leave no row for it)."""
+            step: Callable[[str], None], errors: list[str] | None = None) -> dict[str, float]:
+    """The workloads cfg asks for that the target runs (others leave no row for it). A
+    workload that fails (e.g. a peer that refuses O_DIRECT) is reported in errors and
+    the target's other workloads still run."""
     out: dict[str, float] = {}
     runs = target.workloads
+
+    def attempt(name: str, fn: Callable[[], dict[str, float]]) -> None:
+        step(name)
+        try:
+            out.update(fn())
+        except W.Unsupported as exc:
+            target.notes[name] = f"not measured: {exc}"
+        except Exception as exc:
+            if errors is None:
+                raise
+            errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
+
     if cfg.size_mib > 0 and "sequential" in runs:
-        step("sequential")
         if isinstance(target, DirectTarget):
-            out.update(target.sequential(cfg.size_mib))
+            attempt("sequential", lambda: target.sequential(cfg.size_mib))
         else:
-            out.update(W.sequential(target, cfg.size_mib))
+            attempt("sequential", lambda: W.sequential(target, cfg.size_mib))
     if cfg.seconds > 0 and "random" in runs:
-        step("random 4K")
         rand_mib = cfg.rand_file_mib or max(4, min(cfg.size_mib or 64, 256))
-        out.update(W.random_io(target, rand_mib, cfg.seconds, cfg.direct))
+        attempt("random 4K", lambda: W.random_io(target, rand_mib, cfg.seconds, cfg.direct))
     if cfg.files > 0 and "small_files" in runs:
-        step("small files")
-        out.update(W.small_files(target, cfg.files))
+        attempt("small files", lambda: W.small_files(target, cfg.files))
     if tar_path is not None and "tarball" in runs:
-        step("tarball")
-        out.update(W.tarball(target, tar_path))
+        attempt("tarball", lambda: W.tarball(target, tar_path))
     return out
 
 
@@ -180,13 +190,17 @@ def run_bench(cfg: BenchConfig, console=None) -> Results:
                             progress.update(task, description=f"{spec.label} #{rep + 1}: {what}")
                         step("mounting")
                         target = None
+                        failed: list[str] = []
                         try:
                             with spec.factory(base) as target:
-                                values = run_one(target, cfg, tar_path, step)
+                                values = run_one(target, cfg, tar_path, step, failed)
                         except Exception as exc:  # one target failing must not lose the others
                             results.errors.append(f"{spec.label} #{rep + 1}: {type(exc).__name__}: {exc}")
                             progress.console.print(f"[red]{spec.label} #{rep + 1} failed:[/] {exc}")
                             values = {}
+                        for why in failed:
+                            results.errors.append(f"{spec.label} #{rep + 1}: {why}")
+                            progress.console.print(f"[red]{spec.label} #{rep + 1}:[/] {why}")
                         if target is not None and target.notes:
                             results.meta["target_notes"][spec.label] = dict(target.notes)
                         for k, v in values.items():

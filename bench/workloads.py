@@ -120,6 +120,10 @@ def random_io(target: Target, file_mib: int, seconds: float, direct: bool = True
     return out
 
 
+class Unsupported(Exception):
+    """The target cannot run this workload as asked: a note in the results, not a failure."""
+
+
 def _fio(path: Path, rw: str, file_mib: int, seconds: float, direct: bool) -> float:
     cmd = ["fio", "--name=bench", f"--filename={path}", f"--size={file_mib}M", "--bs=4k",
            f"--rw={rw}", "--ioengine=psync", f"--direct={int(direct)}", "--time_based",
@@ -129,6 +133,9 @@ def _fio(path: Path, rw: str, file_mib: int, seconds: float, direct: bool) -> fl
         cmd.append("--end_fsync=1")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 300)
     if result.returncode != 0:
+        if direct and "does not support direct" in result.stderr + result.stdout:
+            raise Unsupported("the filesystem refuses O_DIRECT (--buffered measures it "
+                              "through the page cache)")
         raise RuntimeError(f"fio {rw} failed: {result.stderr.strip()[-500:]}")
     data = json.loads(result.stdout[result.stdout.index("{"):])
     job = data["jobs"][0]
