@@ -44,6 +44,18 @@ class Node:
         return min(self.paths, key=len) if self.paths else None
 
 
+def _no_entry() -> pyfuse3.EntryAttributes:
+    """The reply to a lookup of a name that does not exist: as ENOENT (an entry timeout of
+    zero: the kernel keeps no negative entry), but without raising through every layer."""
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = 0
+    entry.entry_timeout = 0
+    return entry
+
+
+_NO_ENTRY = _no_entry()
+
+
 def fuse_op(fn):
     """Map every failure to an errno; integrity failures get one log line naming the file."""
     @functools.wraps(fn)
@@ -206,7 +218,9 @@ class SealfsOperations(pyfuse3.Operations):
             path = "/".join(split_path(parent)[:-1])
         else:
             path = self._child(parent_inode, name)
-        attr = await self.volume.stat(path)
+        attr = await self.volume.lookup(path)
+        if attr is None:
+            return _NO_ENTRY
         return await self._settled_entry(self._remember(path, attr), attr)
 
     async def forget(self, inode_list):

@@ -368,6 +368,19 @@ class Volume:
         bstat = await self._bstat(bpath, path)
         return await self._attr(parts, bpath, bstat)
 
+    async def lookup(self, path: str) -> Attr | None:
+        """stat() of a name that may well not exist (the kernel looks every name up before
+        it creates it): None when it does not, without the cost of an exception."""
+        parts = split_path(path)
+        if not parts:
+            return await self.stat(path)
+        parent, name, bpath, _ = await self._entry(path)
+        try:
+            bstat = await self.backend.stat(bpath)
+        except FileNotFoundError:
+            return None
+        return await self._attr(parts, bpath, bstat)
+
     async def _attr(self, parts: list[str], bpath: str, bstat: BackendStat) -> Attr:
         if bstat.is_dir:
             key = "/".join(parts)

@@ -47,3 +47,19 @@ def test_reopening_a_file_rewritten_with_its_old_size_and_mtime_reads_its_new_co
     sealfs("put", str(mounted.store), str(src), "/same.bin", "--keyfile", str(mounted.keyfile),
            env=mounted.env)
     assert shared.read_bytes() == b"B" * 100_000
+
+
+def test_a_missing_name_is_found_as_soon_as_another_client_creates_it(mounted, tmp_path):
+    """Negative lookups are not cached: the kernel asks again for a name it was told is
+    missing, so a file another client just stored shows up at once."""
+    from tests.mounting import sealfs
+    late = mounted.mountpoint / "late.txt"
+    for _ in range(2):
+        with pytest.raises(FileNotFoundError):
+            late.stat()
+    src = tmp_path / "other-client.txt"
+    src.write_bytes(b"made elsewhere")
+    sealfs("put", str(mounted.store), str(src), "/late.txt", "--keyfile", str(mounted.keyfile),
+           env=mounted.env)
+    assert late.stat().st_size == len(b"made elsewhere")
+    assert late.read_bytes() == b"made elsewhere"
