@@ -589,31 +589,34 @@ class Volume:
         parent, name, bpath, long = await self._entry(path)
         dek_id = self.config.current_dek_id
         dek = await self.broker.acquire(dek_id)      # held while the file is open
-        file_id = new_file_id()
-        meta = Metadata(kind, mode & 0o7777, _uid(uid), _gid(gid), rdev, len(content))
-        key = file_key(dek, file_id)
-        header = FileHeader(dek_id, file_id, meta)
-        cipher = ChunkCipher(key, file_id)
-        body = _seal_whole(cipher, content, self.chunk_size)
+        header = FileHeader(dek_id, new_file_id(), Metadata(kind, mode & 0o7777, _uid(uid),
+                                                            _gid(gid), rdev, len(content)))
         tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
-        handle = await self.backend.open(tmp, write=True, create=True, exclusive=True)
         try:
-            await self.backend.write(handle, 0, seal_header(key, header) + body)
+            handle = await self.backend.open(tmp, write=True, create=True, exclusive=True)
+        except BaseException:
+            self.broker.release(dek_id)
+            raise
+        # The state derives the file key and chunk cipher once; the first bytes use them.
+        state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
+                          chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
+                          limiter=self._crypto_limiter, committed=len(content))
+        try:
+            await self.backend.write(handle, 0, seal_header(state._file_key, header)
+                                     + _seal_whole(state.cipher, content, self.chunk_size))
             if long is not None:
                 await self._write_sidecar(bpath, long)
             await self.backend.rename(tmp, bpath, replace=False)
         except BaseException:
+            state.forget_secrets()
             self.broker.release(dek_id)
             await self.backend.close(handle)
             await _remove_quietly(self.backend, tmp)
             raise
-        state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
-                          chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
-                          limiter=self._crypto_limiter, committed=len(content))
         state.spawn = self._spawn
         state.writable = True
         state.has_writer = True
-        self._states[file_id] = state
+        self._states[header.file_id] = state
         state.refs += 1
         return OpenFile(self, state, True, append, path)
 
