@@ -364,6 +364,13 @@ class Volume:
         if not parts:
             root = await self._root()
             return _dir_attr(root, await self.backend.stat(""))
+        info = self._dirs.get("/".join(parts))
+        if info is not None:
+            # A directory resolved before (the parent of every new file: the kernel asks
+            # for its attributes after each create): its backend path is known already.
+            bstat = await self._bstat(info.bpath, path)
+            if bstat.is_dir:
+                return _dir_attr(info, bstat)
         parent, name, bpath, _ = await self._entry(path)
         bstat = await self._bstat(bpath, path)
         return await self._attr(parts, bpath, bstat)
