@@ -44,6 +44,18 @@ class Node:
         return min(self.paths, key=len) if self.paths else None
 
 
+def _no_entry() -> pyfuse3.EntryAttributes:
+    """The reply to a lookup of a name that does not exist: as ENOENT (an entry timeout of
+    zero: the kernel keeps no negative entry), but without raising through every layer."""
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = 0
+    entry.entry_timeout = 0
+    return entry
+
+
+_NO_ENTRY = _no_entry()
+
+
 def fuse_op(fn):
     """Map every failure to an errno; integrity failures get one log line naming the file."""
     @functools.wraps(fn)
@@ -84,6 +96,9 @@ class SealfsOperations(pyfuse3.Operations):
         self.volume = volume
         self._nodes: dict[int, Node] = {}
         self._by_identity: dict[bytes, Node] = {}
+        #: plaintext path -> the nodes known by it (by inode): an unlink finds them without
+        #: a pass over every inode the kernel holds (thousands after a large listing)
+        self._at_path: dict[str, dict[int, Node]] = {}
         self._next_inode = pyfuse3.ROOT_INODE + 1
         self._handles: dict[int, tuple[OpenFile, Node]] = {}
         self._dir_handles: dict[int, tuple[Node, list[tuple[str, Attr]] | None]] = {}
@@ -103,6 +118,7 @@ class SealfsOperations(pyfuse3.Operations):
         root = Node(pyfuse3.ROOT_INODE, attr.identity, {""}, lookups=1)
         self._nodes[root.inode] = root
         self._by_identity[attr.identity] = root
+        self._at_path[""] = {root.inode: root}
         self._root = root
 
     # -- inode table ---------------------------------------------------------------------
@@ -145,7 +161,9 @@ class SealfsOperations(pyfuse3.Operations):
             self._next_inode += 1
             self._nodes[node.inode] = node
             self._by_identity[attr.identity] = node
-        node.paths.add(path)
+        if path not in node.paths:
+            node.paths.add(path)
+            self._at_path.setdefault(path, {})[node.inode] = node
         if lookup:
             node.lookups += 1
         return node
@@ -176,19 +194,32 @@ class SealfsOperations(pyfuse3.Operations):
         return self._entry(node, attr)
 
     def _drop_path(self, path: str) -> None:
-        for node in self._nodes.values():
+        for node in self._at_path.pop(path, {}).values():
             node.paths.discard(path)
 
     def _move_paths(self, old: str, new: str) -> None:
         prefix = old + "/"
-        for node in self._nodes.values():
-            if old in node.paths or any(p.startswith(prefix) for p in node.paths):
-                node.paths = {new + p[len(old):] if (p == old or p.startswith(prefix)) else p
-                              for p in node.paths}
+        moved = [(p, self._at_path[p]) for p in list(self._at_path)
+                 if p == old or p.startswith(prefix)]
+        for p, _nodes in moved:
+            del self._at_path[p]
+        for p, nodes in moved:
+            q = new + p[len(old):]
+            at_q = self._at_path.setdefault(q, {})
+            for node in nodes.values():
+                node.paths.discard(p)
+                node.paths.add(q)
+                at_q[node.inode] = node
 
     def _maybe_forget(self, node: Node) -> None:
         if node.lookups <= 0 and not node.handles and node.inode != pyfuse3.ROOT_INODE:
             self._nodes.pop(node.inode, None)
+            for path in node.paths:
+                nodes = self._at_path.get(path)
+                if nodes is not None and nodes.get(node.inode) is node:
+                    del nodes[node.inode]
+                    if not nodes:
+                        del self._at_path[path]
             self._pages.forget(node.inode)
             if self._by_identity.get(node.identity) is node:
                 del self._by_identity[node.identity]
@@ -206,7 +237,9 @@ class SealfsOperations(pyfuse3.Operations):
             path = "/".join(split_path(parent)[:-1])
         else:
             path = self._child(parent_inode, name)
-        attr = await self.volume.stat(path)
+        attr = await self.volume.lookup(path)
+        if attr is None:
+            return _NO_ENTRY
         return await self._settled_entry(self._remember(path, attr), attr)
 
     async def forget(self, inode_list):

@@ -81,8 +81,9 @@ class Mount:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(30)
             self.proc = None
-        if os.path.ismount(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        # Unconditionally: a dead mount answers ENOTCONN, which os.path.ismount() takes for
+        # "not a mount" (auto_unmount may not have got to it yet on a loaded machine).
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
         time.sleep(0.05)
 
     def close(self) -> None:

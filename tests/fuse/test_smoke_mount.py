@@ -47,3 +47,45 @@ def test_reopening_a_file_rewritten_with_its_old_size_and_mtime_reads_its_new_co
     sealfs("put", str(mounted.store), str(src), "/same.bin", "--keyfile", str(mounted.keyfile),
            env=mounted.env)
     assert shared.read_bytes() == b"B" * 100_000
+
+
+def test_a_missing_name_is_found_as_soon_as_another_client_creates_it(mounted, tmp_path):
+    """Negative lookups are not cached: the kernel asks again for a name it was told is
+    missing, so a file another client just stored shows up at once."""
+    from tests.mounting import sealfs
+    late = mounted.mountpoint / "late.txt"
+    for _ in range(2):
+        with pytest.raises(FileNotFoundError):
+            late.stat()
+    src = tmp_path / "other-client.txt"
+    src.write_bytes(b"made elsewhere")
+    sealfs("put", str(mounted.store), str(src), "/late.txt", "--keyfile", str(mounted.keyfile),
+           env=mounted.env)
+    assert late.stat().st_size == len(b"made elsewhere")
+    assert late.read_bytes() == b"made elsewhere"
+
+
+def test_names_the_kernel_knows_follow_renames_and_unlinks(mounted):
+    """The mount's table of inodes by path: a renamed directory takes its known
+    descendants along, an unlinked name is forgotten, a hard link keeps the file."""
+    mnt = mounted.mountpoint
+    (mnt / "d" / "sub").mkdir(parents=True)
+    for name in ("d/f", "d/sub/g", "other"):
+        (mnt / name).write_bytes(name.encode())
+    os.link(mnt / "d" / "f", mnt / "f-link")
+    for name in ("d/f", "d/sub/g", "other", "f-link"):
+        (mnt / name).stat()
+    os.rename(mnt / "d", mnt / "e")
+    assert (mnt / "e" / "f").read_bytes() == b"d/f"
+    assert (mnt / "e" / "sub" / "g").read_bytes() == b"d/sub/g"
+    assert not (mnt / "d").exists()
+    os.unlink(mnt / "e" / "f")
+    assert not (mnt / "e" / "f").exists()
+    assert (mnt / "f-link").read_bytes() == b"d/f"
+    assert (mnt / "f-link").stat().st_nlink == 1
+    (mnt / "d").mkdir()
+    (mnt / "d" / "f").write_bytes(b"new")
+    os.rename(mnt / "other", mnt / "d" / "f")
+    assert (mnt / "d" / "f").read_bytes() == b"other"
+    assert not (mnt / "other").exists()
+    assert sorted(p.name for p in mnt.iterdir()) == ["d", "e", "f-link"]
