@@ -760,9 +760,15 @@ def _parse_create(response: Any) -> SMB2CreateResponse:
 
 # -- handles ------------------------------------------------------------------------------------
 class SmbHandle(Handle):
-    """An open file on one channel; reopened by path if its channel reconnected."""
+    """An open file on one channel; reopened by path if its channel reconnected.
 
-    __slots__ = ("path", "writable", "channel", "fid", "generation", "closed", "unlinked")
+    Reads that overlap (a reader's read-ahead) spread over the backend's channels: the
+    handle lazily gains read-only siblings, the same file opened on the other channels,
+    which live and die with it (closed with it, cached idle with it, renamed with it).
+    """
+
+    __slots__ = ("path", "writable", "channel", "fid", "generation", "closed", "unlinked",
+                 "readers", "reading", "file_index", "spread")
 
     def __init__(self, path: str, writable: bool, channel: _Channel, fid: bytes, generation: int) -> None:
         self.path = path
@@ -772,6 +778,10 @@ class SmbHandle(Handle):
         self.generation = generation
         self.closed = False
         self.unlinked = False     # its name is gone: never cache it for a reopen by path
+        self.readers: list[SmbHandle] = []   # read-only siblings on other channels
+        self.reading = 0          # read_many calls in flight (counted on the event loop)
+        self.file_index: int | None = None   # the server's file id, once asked
+        self.spread = True        # False: a sibling could not be opened; don't try again
 
 
 # -- the backend ----------------------------------------------------------------------------------
@@ -931,9 +941,80 @@ class SmbBackend(Backend):
         return (await self.read_many(handle, [(offset, size)]))[0]
 
     async def read_many(self, handle: Handle, reads: list[tuple[int, int]]) -> list[bytes]:
+        """Pipelined READs on the handle's channel; when other reads of the same handle
+        are in flight already, on a sibling on another channel (one stream per
+        connection is what bounds a sequential reader: two receive threads, two smbd)."""
         assert isinstance(handle, SmbHandle)
         if not reads:
             return []
+        route = handle if not handle.reading else await self._read_route(handle)
+        route.reading += 1
+        try:
+            return await self._read_many_on(route, reads)
+        except OSError:
+            if route is handle:
+                raise
+            # e.g. its channel failed: the handle's own may not. Reads are idempotent.
+            if route in handle.readers:
+                handle.readers.remove(route)
+            handle.spread = False
+            await self._run(self._close_now, route)
+            return await self.read_many(handle, reads)
+        finally:
+            route.reading -= 1
+
+    async def _read_route(self, handle: SmbHandle) -> SmbHandle:
+        """The least busy of the handle and its siblings, opening one more if all are busy."""
+        family = [handle, *handle.readers]
+        best = min(family, key=lambda h: h.reading)
+        if best.reading == 0 or not handle.spread or len(family) >= len(self._channels):
+            return best
+        reader = await self._open_reader(handle)
+        return reader if reader is not None else best
+
+    async def _open_reader(self, handle: SmbHandle) -> SmbHandle | None:
+        """Open the handle's file read-only on a channel it has no sibling on yet. The
+        path must still name the same file (another client may have renamed over it):
+        the server's file ids are compared, and a mismatch ends spreading for the handle."""
+        handle.spread = False                   # one open at a time; set again on success
+        used = {h.channel.index for h in (handle, *handle.readers)}
+        channel = next(c for c in self._channels if c.index not in used)
+        internal = (InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_INTERNAL_INFORMATION, 8)
+
+        def own_index() -> int:
+            resp = handle.channel.call([_query_msg(self._fid(handle), *internal)])[0]
+            return struct.unpack_from("<Q", _query_buffer(resp))[0]
+
+        def open_reader() -> tuple[SmbHandle, int]:
+            resp = channel.call([_create_msg(self._smb_path(handle.path), _READ_ACCESS,
+                                             CreateDisposition.FILE_OPEN, CreateOptions.FILE_NON_DIRECTORY_FILE)])[0]
+            reader = SmbHandle(handle.path, False, channel, _parse_create(resp)["file_id"].get_value(),
+                               channel.generation)
+            try:
+                resp = channel.call([_query_msg(reader.fid, *internal)])[0]
+            except BaseException:
+                self._close_now(reader)         # an open handle would keep the name busy
+                raise
+            return reader, struct.unpack_from("<Q", _query_buffer(resp))[0]
+
+        try:
+            if handle.file_index is None:
+                handle.file_index = await self._run(self._attempt, handle.channel, own_index, handle.path, True)
+            reader, index = await self._run(self._attempt, channel, open_reader, handle.path, True)
+        except OSError as exc:
+            log.debug("%s: no second reader: %s", handle.path, exc)
+            return None
+        reader.path = handle.path               # it may have been renamed meanwhile
+        if index != handle.file_index or handle.closed or handle.unlinked:
+            await self._run(self._close_now, reader)
+            return None
+        reader.unlinked = handle.unlinked
+        handle.readers.append(reader)
+        self._open_handles.add(reader)          # renamed and unlinked along with the handle
+        handle.spread = True
+        return reader
+
+    async def _read_many_on(self, handle: SmbHandle, reads: list[tuple[int, int]]) -> list[bytes]:
         channel = handle.channel
 
         def op() -> list[bytes]:
@@ -1079,8 +1160,12 @@ class SmbBackend(Backend):
         await self._run(self._close_now, handle)
 
     def _close_now(self, handle: SmbHandle) -> None:
-        """Close on the server if the handle's connection is still the one it was opened on."""
+        """Close on the server if the handle's connection is still the one it was opened on
+        (and its siblings with it)."""
         handle.closed = True
+        readers, handle.readers = handle.readers, []
+        for reader in readers:
+            self._close_now(reader)
         channel = handle.channel
         if handle.generation != channel.generation or channel.conn is None:
             return
