@@ -45,7 +45,8 @@ _ZERO_NONCE = bytes(NONCE_SIZE)
 class FileTuning:
     """Per-volume I/O knobs (set from the CLI / config file)."""
 
-    readahead_bytes: int = 4 * 1024 * 1024
+    readahead_bytes: int = 16 * 1024 * 1024
+    readahead_batch: int = 4 * 1024 * 1024   # one background load; several run at once
     file_dirty_limit: int = 8 * 1024 * 1024
     crypto_threads: int = 2
 
@@ -97,6 +98,7 @@ class FileState:
         self.spawn = None
         self.generation = 0
         self._prefetching: dict[int, trio.Event] = {}
+        self._ahead = 0                       # read-ahead has scheduled chunks below this
 
     # -- opening -------------------------------------------------------------------------
     @staticmethod
@@ -185,23 +187,37 @@ class FileState:
 
     def _schedule_readahead(self, last: int) -> None:
         """Keep the next window of a sequential reader loading in the background, so
-        decryption overlaps with the kernel's next requests instead of stalling them."""
+        decryption overlaps with the kernel's next requests instead of stalling them.
+
+        The window is loaded in batches that run concurrently and are topped up as the
+        reader moves (one batch's decryption overlaps the next one's transfer, and a
+        backend may spread them over its connections): the reader should find its chunks
+        cached, not wait for a transfer that started only when it got close."""
         cs = self.cs
         window = max(1, self.tuning.readahead_bytes // cs)
-        limit = min(chunk_count(min(self.committed, self.low_water), cs) - 1, last + window)
-        probe = min(limit, last + max(1, window // 2))
-        if probe <= last or not self._missing(probe) or probe in self._prefetching:
-            return
-        todo = [i for i in range(last + 1, limit + 1)
-                if self._missing(i) and i not in self._prefetching]
-        if not todo:
-            return
-        events = {i: trio.Event() for i in todo}
-        self._prefetching.update(events)
-        if not self.spawn(self._prefetch, todo, events, self.generation):
-            for i, event in events.items():
-                del self._prefetching[i]
-                event.set()
+        batch = min(window, max(1, self.tuning.readahead_batch // cs))
+        final = chunk_count(min(self.committed, self.low_water), cs) - 1
+        limit = min(final, last + window)
+        if self._ahead <= last + 1 or (self._missing(last + 1) and last + 1 not in self._prefetching):
+            self._ahead = last + 1            # lost track (a seek, an eviction, a rewrite)
+        start = self._ahead
+        if limit - start + 1 < batch and limit < final or start > limit:
+            return                            # wait until a whole batch fits the window
+        while start <= limit:
+            stop = min(start + batch, limit + 1)
+            if stop - start < batch and stop <= final:
+                break
+            todo = [i for i in range(start, stop) if self._missing(i) and i not in self._prefetching]
+            self._ahead = start = stop
+            if not todo:
+                continue
+            events = {i: trio.Event() for i in todo}
+            self._prefetching.update(events)
+            if not self.spawn(self._prefetch, todo, events, self.generation):
+                for i, event in events.items():
+                    del self._prefetching[i]
+                    event.set()
+                return
 
     async def _prefetch(self, todo: list[int], events: dict[int, trio.Event], generation: int) -> None:
         try:

@@ -127,6 +127,40 @@ def test_rename_over_an_open_file_keeps_the_open_handle_working(mounted):
     assert (m / "b").read_bytes() == b"new"
 
 
+def test_a_file_being_read_ahead_can_be_renamed_over_unlinked_and_rewritten(mounted):
+    """Sequential reads load the next chunks in the background, in batches (on SMB over
+    both connections, each with a handle of its own): none of that may keep a name busy,
+    hide a rename or serve bytes older than a completed write."""
+    m = mounted.mountpoint
+    mib = 1024 * 1024
+    old = os.urandom(24 * mib)
+    (m / "b").write_bytes(old)
+    (m / "a").write_bytes(b"new")
+    with open(m / "b", "rb", buffering=0) as f:
+        assert f.read(4 * mib) == old[:4 * mib]        # the read-ahead is under way now
+        os.rename(m / "a", m / "b")
+        assert f.read() == old[4 * mib:]
+    assert (m / "b").read_bytes() == b"new"
+    (m / "c").write_bytes(old)
+    with open(m / "c", "rb", buffering=0) as f:
+        assert f.read(4 * mib) == old[:4 * mib]
+        os.unlink(m / "c")
+        assert f.read() == old[4 * mib:]
+    assert sorted(os.listdir(m)) == ["b"]
+    fresh = os.urandom(2 * mib)
+    with open(m / "b", "r+b", buffering=0) as f:
+        f.write(old)
+        os.fsync(f.fileno())
+        f.seek(0)
+        assert f.read(4 * mib) == old[:4 * mib]
+        os.pwrite(f.fileno(), fresh, 9 * mib)
+        os.fsync(f.fileno())
+        assert f.read() == old[4 * mib:9 * mib] + fresh + old[11 * mib:]
+    assert (m / "b").read_bytes() == old[:9 * mib] + fresh + old[11 * mib:]
+    os.unlink(m / "b")
+    assert not [p for p in mounted.store_dir.iterdir() if not p.name.startswith("sealfs.")]
+
+
 def test_rename_over_empty_directory_and_not_over_a_full_one(mounted):
     m = mounted.mountpoint
     (m / "src").mkdir()

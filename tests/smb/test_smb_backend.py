@@ -331,3 +331,79 @@ def test_init_into_a_new_folder_on_the_share(smb_store: SmbStore, keyfile: Path,
     sealfs("put", url, str(tmp_path / "hello"), "/hello", "--keyfile", str(keyfile), env=env)
     assert sealfs("cat", url, "/hello", "--keyfile", str(keyfile), env=env).stdout == b"hi"
     assert (smb_store.local / "vols" / "one" / "sealfs.json").exists()
+
+
+async def _overlapping_reads(b: SmbBackend, h: Any, data: bytes, piece: int = 2 * MiB) -> None:
+    """Several read_many calls on one handle at once, as a reader's read-ahead makes them."""
+    import trio
+
+    got: dict[int, bytes] = {}
+
+    async def one(offset: int) -> None:
+        got[offset] = (await b.read_many(h, [(offset, piece)]))[0]
+
+    async with trio.open_nursery() as nursery:
+        for offset in range(0, len(data), piece):
+            nursery.start_soon(one, offset)
+    assert b"".join(got[o] for o in sorted(got)) == data
+
+
+async def test_overlapping_reads_of_one_handle_spread_over_channels(smb_backend: SmbBackend,
+                                                                    smb_store: SmbStore) -> None:
+    b = smb_backend
+    assert len(b._channels) == 2
+    data = os.urandom(8 * MiB)
+    await _put(b, "f", data)
+    h = await b.open("f")
+    await _overlapping_reads(b, h, data)
+    assert [r.channel for r in h.readers] == [c for c in b._channels if c is not h.channel]
+    assert not h.readers[0].writable
+    # A single reader at a time stays on the handle's own channel.
+    assert await b.read(h, 0, 10) == data[:10]
+    # The second handle lives and dies with the first: closed (here: parked in the idle
+    # cache, then evicted by unlink) it must not keep the name delete-pending.
+    await b.close(h)
+    await b.unlink("f")
+    assert not (smb_store.local / "f").exists()
+    h = await b.open("f", write=True, create=True, exclusive=True)
+    await b.close(h)
+
+
+async def test_reads_on_the_second_channel_follow_renames_and_see_new_writes(smb_backend: SmbBackend) -> None:
+    b = smb_backend
+    old = os.urandom(8 * MiB)
+    await _put(b, "a", old)
+    h = await b.open("a", write=True)
+    await _overlapping_reads(b, h, old)
+    assert h.readers
+    await b.rename("a", "b")                   # an open file may be renamed on SMB
+    assert [r.path for r in h.readers] == ["b"]
+    new = os.urandom(8 * MiB)
+    await b.write(h, 0, new)                   # acknowledged: every later read sees it
+    await _overlapping_reads(b, h, new)
+    await b.close(h)
+    await _put(b, "c", b"replacement")
+    await b.rename("c", "b")                   # the idle handle and its sibling step aside
+    assert await _read_all(b, "b") == b"replacement"
+
+
+async def test_a_second_reader_is_never_opened_on_another_file_by_the_same_name(
+        smb_store: SmbStore) -> None:
+    """Another client renamed a different file over our open file's name: the sibling
+    open by path would read that file. File ids are compared; the handle reads alone."""
+    b = smb_store.backend()
+    other = smb_store.backend()
+    await b.connect()
+    await other.connect()
+    try:
+        mine = os.urandom(4 * MiB)
+        await _put(b, "f", mine)
+        h = await b.open("f")
+        await _put(other, "g", os.urandom(4 * MiB))
+        await other.rename("g", "f")           # our handle still reads the old file
+        await _overlapping_reads(b, h, mine, piece=MiB)
+        assert h.readers == []
+        await b.close(h)
+    finally:
+        await other.aclose()
+        await b.aclose()
