@@ -107,6 +107,18 @@ class Backend(abc.ABC):
                    exclusive: bool = False) -> Handle:
         """Open a file. create+exclusive fails with FileExistsError if it exists."""
 
+    async def create_file(self, path: str, data: bytes) -> Handle:
+        """Create path exclusively (FileExistsError if it exists) with data as its content
+        and return it open for writing. On failure no handle stays open; the file may
+        exist, and the caller removes it. Backends may do it in one round trip."""
+        handle = await self.open(path, write=True, create=True, exclusive=True)
+        try:
+            await self.write(handle, 0, data)
+        except BaseException:
+            await self.close(handle)
+            raise
+        return handle
+
     @abc.abstractmethod
     async def read(self, handle: Handle, offset: int, size: int) -> bytes:
         """Read up to size bytes; fewer only at end of file."""

@@ -937,6 +937,50 @@ class SmbBackend(Backend):
         self._open_handles.add(handle)
         return handle
 
+    async def create_file(self, path: str, data: bytes) -> SmbHandle:
+        """CREATE and WRITE in one related compound: one round trip per new file."""
+        if not data or len(data) > self._io_size(self._channels[0], read=False):
+            return await super().create_file(path, data)   # one request could not carry it
+        await self._evict()
+        channel = self._channel()
+        name = self._smb_path(path)
+        payload = bytes(data)
+
+        def op() -> SmbHandle:
+            create, write = channel._send([
+                _create_msg(name, _WRITE_ACCESS, CreateDisposition.FILE_CREATE,
+                            CreateOptions.FILE_NON_DIRECTORY_FILE),
+                _write_msg(_RELATED_FID, 0, payload)], True)
+            try:
+                fid = _parse_create(channel._receive(create))["file_id"].get_value()
+            except SMBResponseException:
+                try:                                # the WRITE failed with it: drain it
+                    channel._receive(write)
+                except SMBResponseException:
+                    pass
+                raise
+            handle = SmbHandle(path, True, channel, fid, channel.generation)
+            try:
+                w = SMB2WriteResponse()
+                w.unpack(channel._receive(write)["data"].get_value())
+                if w["count"].get_value() != len(payload):
+                    raise BackendError(f"{path}: server wrote {w['count'].get_value()} of "
+                                       f"{len(payload)} bytes")
+            except BaseException:
+                try:
+                    channel.call([_close_msg(fid)])
+                except (SMBResponseException, _ConnectionLost):
+                    pass
+                raise
+            return handle
+
+        try:
+            handle = await self._run(self._attempt, channel, op, path, False)
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path) from None
+        self._open_handles.add(handle)
+        return handle
+
     async def read(self, handle: Handle, offset: int, size: int) -> bytes:
         return (await self.read_many(handle, [(offset, size)]))[0]
 

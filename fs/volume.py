@@ -603,18 +603,24 @@ class Volume:
         header = FileHeader(dek_id, new_file_id(), Metadata(kind, mode & 0o7777, _uid(uid),
                                                             _gid(gid), rdev, len(content)))
         tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
-        try:
-            handle = await self.backend.open(tmp, write=True, create=True, exclusive=True)
-        except BaseException:
-            self.broker.release(dek_id)
-            raise
         # The state derives the file key and chunk cipher once; the first bytes use them.
-        state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
+        # (its handle is set once the backend file exists)
+        state = FileState(backend=self.backend, handle=None,  # type: ignore[arg-type]
+                          bpath=bpath, header=header, dek=dek,
                           chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
                           limiter=self._crypto_limiter, committed=len(content))
+        first = seal_header(state._file_key, header) + _seal_whole(state.cipher, content,
+                                                                   self.chunk_size)
         try:
-            await self.backend.write(handle, 0, seal_header(state._file_key, header)
-                                     + _seal_whole(state.cipher, content, self.chunk_size))
+            handle = await self.backend.create_file(tmp, first)
+        except BaseException as exc:
+            state.forget_secrets()
+            self.broker.release(dek_id)
+            if not isinstance(exc, FileExistsError):   # created, then the write failed
+                await _remove_quietly(self.backend, tmp)
+            raise
+        state.handle = handle
+        try:
             if long is not None:
                 await self._write_sidecar(bpath, long)
             await self.backend.rename(tmp, bpath, replace=False)

@@ -407,3 +407,22 @@ async def test_a_second_reader_is_never_opened_on_another_file_by_the_same_name(
     finally:
         await other.aclose()
         await b.aclose()
+
+
+async def test_create_file_writes_the_first_bytes_with_the_create(smb_backend: SmbBackend,
+                                                                   smb_store: SmbStore) -> None:
+    b = smb_backend
+    h = await b.create_file("new", b"header+chunk")
+    await b.write(h, 12, b"!")                              # open for writing
+    assert await b.read(h, 0, 100) == b"header+chunk!"
+    await b.close(h)
+    assert (smb_store.local / "new").read_bytes() == b"header+chunk!"
+    with pytest.raises(FileExistsError):
+        await b.create_file("new", b"other")
+    assert (smb_store.local / "new").read_bytes() == b"header+chunk!"
+    with pytest.raises(FileNotFoundError):
+        await b.create_file("nodir/x", b"x")
+    big = os.urandom(3 * MiB)                               # more than one WRITE carries
+    h = await b.create_file("big", big)
+    await b.close(h)
+    assert (smb_store.local / "big").read_bytes() == big
