@@ -103,8 +103,9 @@ class held:
 
     trio.Lock.acquire() always passes through the scheduler (one turn of the event loop,
     an epoll_wait and every other ready task) even when nobody holds the lock; a small
-    file's write, flush and close take a file's lock three times. Taking it without that
-    turn is safe here: the request yields to the loop anyway once it replies.
+    file's write, flush and close take a file's lock three times, and every read that
+    misses the cache once. Taking it without that turn is safe here: the request yields to
+    the loop anyway once it replies.
     """
 
     __slots__ = ("lock",)
@@ -143,7 +144,7 @@ class OpenFile:
             data = self.state.read_in_memory(offset, size)
             if data is not None:
                 return data
-        async with self.state.lock:
+        async with held(self.state.lock):
             try:
                 return await self.state.read(offset, size)
             except IntegrityError as exc:
