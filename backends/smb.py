@@ -961,11 +961,7 @@ class SmbBackend(Backend):
                 raise
             handle = SmbHandle(path, True, channel, fid, channel.generation)
             try:
-                w = SMB2WriteResponse()
-                w.unpack(channel._receive(write)["data"].get_value())
-                if w["count"].get_value() != len(payload):
-                    raise BackendError(f"{path}: server wrote {w['count'].get_value()} of "
-                                       f"{len(payload)} bytes")
+                _check_written(channel._receive(write), len(payload), path)
             except BaseException:
                 try:
                     channel.call([_close_msg(fid)])
@@ -1148,10 +1144,7 @@ class SmbBackend(Backend):
                     msgs.append(_write_msg(fid, offset + start, chunk))
                     sizes.append(len(chunk))
             for resp, size in zip(channel.pipeline(msgs), sizes):
-                w = SMB2WriteResponse()
-                w.unpack(resp["data"].get_value())
-                if w["count"].get_value() != size:
-                    raise BackendError(f"{handle.path}: server wrote {w['count'].get_value()} of {size} bytes")
+                _check_written(resp, size, handle.path)
 
         await self._run(self._attempt, channel, op, handle.path, True)
 
@@ -1644,6 +1637,14 @@ def _read_payload(response: Any) -> memoryview:
     _size, offset, length = _READ_RESPONSE.unpack_from(body)
     start = offset - _SMB2_HEADER_SIZE
     return memoryview(body)[start:start + length]
+
+
+def _check_written(response: Any, size: int, path: str) -> None:
+    """A WRITE response must account for every byte sent (a short write is an error)."""
+    w = SMB2WriteResponse()
+    w.unpack(response["data"].get_value())
+    if w["count"].get_value() != size:
+        raise BackendError(f"{path}: server wrote {w['count'].get_value()} of {size} bytes")
 
 
 def _write_msg(fid: bytes, offset: int, data: bytes) -> Any:

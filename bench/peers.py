@@ -106,6 +106,13 @@ def _drop_one(path: str) -> None:
         os.close(fd)
 
 
+def run_tool(what: str, argv: list[str], timeout: float = 60) -> None:
+    """Run a peer's setup command; a failure is a TargetError with the end of its stderr."""
+    result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    if result.returncode != 0:
+        raise TargetError(f"{what}: {result.stderr.decode(errors='replace')[-1000:]}")
+
+
 class Target(abc.ABC):
     """Base: a mount point inside a private work directory."""
 
@@ -357,18 +364,12 @@ class GocryptfsTarget(Target):
         self.mountpoint.mkdir()
         self.passfile = self.work / "pass"
         self.passfile.write_text(secrets.token_urlsafe(24) + "\n")
-        result = subprocess.run(["gocryptfs", "-init", "-q", "-scryptn", "10",
-                                 "-passfile", str(self.passfile), str(self.storage)],
-                                capture_output=True, timeout=60)
-        if result.returncode != 0:
-            raise TargetError(f"gocryptfs -init: {result.stderr.decode(errors='replace')}")
+        run_tool("gocryptfs -init", ["gocryptfs", "-init", "-q", "-scryptn", "10",
+                                     "-passfile", str(self.passfile), str(self.storage)])
 
     def mount(self) -> None:
-        result = subprocess.run(["gocryptfs", "-q", "-passfile", str(self.passfile),
-                                 str(self.storage), str(self.mountpoint)],
-                                capture_output=True, timeout=60)
-        if result.returncode != 0:
-            raise TargetError(f"gocryptfs mount: {result.stderr.decode(errors='replace')}")
+        run_tool("gocryptfs mount", ["gocryptfs", "-q", "-passfile", str(self.passfile),
+                                     str(self.storage), str(self.mountpoint)])
         wait_live(self.mountpoint, None, 30, None)
 
     def unmount(self) -> None:
@@ -552,10 +553,8 @@ class SecurefsTarget(ProcessTarget):
         self.mountpoint.mkdir()
         self.keyfile = self.work / "key"
         self.keyfile.write_bytes(secrets.token_bytes(32))
-        result = subprocess.run(["securefs", "create", "--keyfile", str(self.keyfile), str(self.storage)],
-                                capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
-        if result.returncode != 0:
-            raise TargetError(f"securefs create: {result.stderr.decode(errors='replace')[-300:]}")
+        run_tool("securefs create", ["securefs", "create", "--keyfile", str(self.keyfile),
+                                     str(self.storage)], timeout=120)
         self.notes["settings"] = "format 4 (lite, default), 4 KiB blocks (default)"
 
     def mount(self) -> None:
