@@ -562,6 +562,22 @@ class SecurefsTarget(ProcessTarget):
                      str(self.mountpoint)], 120)
 
 
+class Pyfuse3Target(ProcessTarget):
+    """A pass-through pyfuse3 filesystem without crypto (bench/passthrough.py), mounted
+    like sealfs: the ceiling of the Python FUSE stack sealfs is built on."""
+
+    name = "pyfuse3"
+
+    def setup(self) -> None:
+        self.storage.mkdir()
+        self.mountpoint.mkdir()
+        self.notes["settings"] = "pass-through, no encryption; sealfs's pyfuse3/trio and mount options"
+
+    def mount(self) -> None:
+        self._spawn([sys.executable, "-m", "sealfs.bench.passthrough", str(self.storage),
+                     str(self.mountpoint)], 60)
+
+
 class DirectTarget(Target):
     """Not a mount: measures its own workloads (runner.run_one calls sequential())."""
 
@@ -578,7 +594,7 @@ class DirectTarget(Target):
 
 
 PEERS = {"plain": PlainTarget, "gocryptfs": GocryptfsTarget, "rclone": RcloneCryptTarget,
-         "cryfs": CryfsTarget, "securefs": SecurefsTarget}
+         "cryfs": CryfsTarget, "securefs": SecurefsTarget, "pyfuse3": Pyfuse3Target}
 
 
 def _smb_raw(work: Path, share: SmbShare) -> Target:

@@ -11,8 +11,9 @@ from .workloads import WORKLOADS
 
 # peers sealfs targets get a ratio table against: peer -> only sealfs on this backend (None: all)
 RATIO_BASES: dict[str, str | None] = {"plain": None, "gocryptfs": None, "securefs": None,
-                                      "smb-raw": "smb", "rclone-smb": "smb"}
-RATIO_NOTES = {"smb-raw": " (the goal for seq_*: at least 0.80)"}
+                                      "pyfuse3": "local", "smb-raw": "smb", "rclone-smb": "smb"}
+RATIO_NOTES = {"smb-raw": " (the goal for seq_*: at least 0.80)",
+               "pyfuse3": " (the Python FUSE stack without crypto: how close to its ceiling)"}
 
 SIZE_ORDER = ["4K", "8K", "16K", "32K", "64K", "128K", "256K", "512K", "1M", "2M", "4M"]
 
@@ -142,7 +143,7 @@ def charts(results: Results, out: Path) -> list[Path]:
     peers = [l for l, s in specs.items() if s.kind == "peer" and l in t]
     sizes = sorted({s.chunk_size for s in specs.values() if s.kind == "sealfs"}, key=_size_key)
     colors = {"plain": "tab:gray", "gocryptfs": "tab:green", "rclone": "tab:purple", "cryfs": "tab:brown",
-              "securefs": "tab:cyan",
+              "securefs": "tab:cyan", "pyfuse3": "tab:red",
               "smb-raw": "tab:olive", "rclone-smb": "tab:pink"}
     paths = []
 

@@ -148,3 +148,54 @@ def test_smb_peers_are_skipped_with_a_reason_without_the_smb_backend() -> None:
     assert why["nope"] == "unknown peer"
     assert set(why) >= {"smb-raw", "nope"}
     assert all(w in ("runs only with --backends smb", "not installed") for p, w in why.items() if p != "nope")
+
+
+@needs_fuse
+@pytest.mark.timeout(120)
+def test_pyfuse3_peer_runs_every_workload_and_gets_a_ratio_table(tmp_path: Path) -> None:
+    data = _bench(tmp_path / "out", tmp_path / "work", "--chunk-sizes", "64K", "--peers", "pyfuse3",
+                  "--size", "4", "--files", "20", "--seconds", "0.5", "--tarball", timeout=110)
+    t = _by_target(data["rows"])
+    assert {"seq_write", "seq_read", "cold_read", "rand_read_4k", "rand_write_4k", "create",
+            "stat", "delete", "tar_extract", "tar_read", "tar_delete", "peak_rss"} <= set(t["pyfuse3"])
+    assert t["pyfuse3"]["overhead_large"]["median"] == pytest.approx(1.0, abs=0.01)  # no crypto
+    assert "Ratio to pyfuse3" in (tmp_path / "out" / "results.md").read_text()
+    assert not any(os.path.ismount(p) for p in (tmp_path / "work").rglob("mnt"))
+
+
+@needs_fuse
+@pytest.mark.timeout(60)
+def test_passthrough_reference_fs_is_a_faithful_pass_through(tmp_path: Path) -> None:
+    """The ceiling it stands for only means something if it does the same work: every byte
+    and name lands in the backing directory as written, O_DIRECT included."""
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    store.mkdir()
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "sealfs.bench.passthrough", str(store), str(mnt)],
+                            stderr=subprocess.PIPE)
+    try:
+        from sealfs.bench.peers import wait_live
+        wait_live(mnt, proc, 30, None)
+        payload = os.urandom(3 * 4096)
+        (mnt / "d").mkdir()
+        (mnt / "d" / "f").write_bytes(payload)
+        assert (store / "d" / "f").read_bytes() == payload
+        fd = os.open(mnt / "d" / "f", os.O_RDONLY | os.O_DIRECT)
+        try:
+            assert os.pread(fd, 4096, 4096) == payload[4096:8192]
+        finally:
+            os.close(fd)
+        os.rename(mnt / "d" / "f", mnt / "g")
+        os.symlink("g", mnt / "link")
+        assert (mnt / "link").read_bytes() == payload
+        assert sorted(os.listdir(store)) == ["d", "g", "link"]
+        os.truncate(mnt / "g", 5)
+        assert (store / "g").read_bytes() == payload[:5]
+        os.unlink(mnt / "link")
+        os.rmdir(mnt / "d")
+        assert sorted(os.listdir(mnt)) == ["g"]
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / "missing")
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        proc.wait(30)
