@@ -602,9 +602,24 @@ def _smb_raw(work: Path, share: SmbShare) -> Target:
     return SmbRawTarget(work, share)
 
 
+def _smbprotocol(work: Path, share: SmbShare) -> Target:
+    from .smb_clients import SmbprotocolTarget
+    return SmbprotocolTarget(work, share)
+
+
+def _smbclient(work: Path, share: SmbShare) -> Target:
+    from .smb_clients import SmbclientTarget
+    return SmbclientTarget(work, share)
+
+
+def _smbclient_available() -> bool:
+    return shutil.which("smbclient") is not None
+
+
 # peers on the share the smb backend is benched against: factory(work, share)
-SMB_PEERS = {"smb-raw": _smb_raw, "rclone-smb": RcloneSmbTarget}
-_AVAILABLE = {"rclone-smb": RcloneCryptTarget.available}
+SMB_PEERS = {"smb-raw": _smb_raw, "smbprotocol": _smbprotocol, "smbclient": _smbclient,
+             "rclone-smb": RcloneSmbTarget}
+_AVAILABLE = {"rclone-smb": RcloneCryptTarget.available, "smbclient": _smbclient_available}
 
 
 def peer_available(name: str) -> bool:

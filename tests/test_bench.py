@@ -92,15 +92,18 @@ def _by_target(rows: list[dict]) -> dict[str, dict[str, dict]]:
 @pytest.mark.smb
 @pytest.mark.timeout(240)
 def test_smb_peers_measure_the_same_share_as_sealfs(tmp_path: Path) -> None:
-    """smb-raw runs only the sequential workload (the others leave it out, not fail it);
-    rclone-smb runs everything; both report the encryption their SMB sessions use."""
+    """smb-raw, smbprotocol and smbclient run only the sequential workload (the others
+    leave them out, not fail them); rclone-smb runs everything; the SMB sessions report
+    their encryption."""
     from tests.conftest import need_smbd
     need_smbd()
     data = _bench(tmp_path / "out", tmp_path / "work", "--backends", "smb", "--chunk-sizes", "64K",
-                  "--peers", "smb-raw,rclone-smb", "--size", "4", "--files", "10", "--seconds", "0",
-                  timeout=230)
+                  "--peers", "smb-raw,smbprotocol,smbclient,rclone-smb", "--size", "4", "--files", "10",
+                  "--seconds", "0", timeout=230)
     t = _by_target(data["rows"])
-    assert set(t["smb-raw"]) == {"seq_write", "seq_read", "cold_read"}
+    for peer in ("smb-raw", "smbprotocol", "smbclient"):
+        assert set(t[peer]) == {"seq_write", "seq_read", "cold_read"}, peer
+        assert t[peer]["seq_write"]["backend"] == "smb"
     assert {"seq_write", "seq_read", "cold_read", "create", "stat", "delete"} <= set(t["rclone-smb"])
     assert {"seq_write", "seq_read", "cold_read", "create"} <= set(t["sealfs-smb-64K"])
     assert t["smb-raw"]["seq_write"]["backend"] == "smb"
@@ -109,8 +112,26 @@ def test_smb_peers_measure_the_same_share_as_sealfs(tmp_path: Path) -> None:
     assert "SMB3" in notes["rclone-smb"]["smb_sessions"]
     assert "GCM" in notes["rclone-smb"]["smb_sessions"] or "CCM" in notes["rclone-smb"]["smb_sessions"]
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "Ratio to smb-raw" in md and "Ratio to rclone-smb" in md
+    for base in ("smb-raw", "smbprotocol", "smbclient", "rclone-smb"):
+        assert f"Ratio to {base}" in md, base
     assert not any(os.path.ismount(p) for p in (tmp_path / "work").rglob("mnt"))
+    assert not list((tmp_path / "work").rglob("auth")), "smbclient's credentials file is removed"
+
+
+@pytest.mark.smb
+@pytest.mark.timeout(120)
+def test_smb_client_peers_fail_with_a_clear_error_on_a_wrong_password(samba, tmp_path: Path) -> None:
+    from sealfs.bench.peers import TargetError
+    from sealfs.bench.samba import SmbShare
+    from sealfs.bench.smb_clients import SmbclientTarget, SmbprotocolTarget
+    share = SmbShare(samba.store_url, "not-the-password", samba.share_path)
+    with SmbclientTarget(tmp_path, share) as target:
+        with pytest.raises(TargetError, match="smbclient put failed: .*LOGON_FAILURE"):
+            target.sequential(1)
+    with SmbprotocolTarget(tmp_path, share) as target:
+        with pytest.raises(Exception, match="(?i)logon|password|auth"):
+            target.sequential(1)
+    assert not list(samba.share_path.glob("smb*.dat")), "nothing was written"
 
 
 @needs_fuse
