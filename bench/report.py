@@ -148,7 +148,7 @@ def charts(results: Results, out: Path) -> list[Path]:
     colors = {"plain": "tab:gray", "gocryptfs": "tab:green", "rclone": "tab:purple", "cryfs": "tab:brown",
               "securefs": "tab:cyan", "pyfuse3": "tab:red",
               "smb-raw": "tab:olive", "rclone-smb": "tab:pink", "smbprotocol": "tab:orange",
-              "smbclient": "tab:blue"}
+              "smbclient": "black"}
     paths = []
 
     def panel(ax, workload: str, with_peers: bool = True) -> None:
