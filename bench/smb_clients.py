@@ -14,10 +14,10 @@ dropped (when the share is a local directory).
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -37,7 +37,7 @@ class _ShareTarget(DirectTarget):
         self.share = share
         self.target = SmbTarget.parse(share.url)
         self.storage = share.local
-        self.remote_dir = "/".join(p for p in (self.target.path,) if p)
+        self.remote_dir = self.target.path      # "" at the share's root
 
     def _drop(self, name: str) -> None:
         if self.share.local is not None:
@@ -59,10 +59,13 @@ class _ShareTarget(DirectTarget):
         fn(*args)
         return time.perf_counter() - t0
 
+    @abc.abstractmethod
     def _write(self, name: str, size_mib: int) -> None: ...
 
+    @abc.abstractmethod
     def _read(self, name: str, nbytes: int) -> None: ...
 
+    @abc.abstractmethod
     def _remove(self, name: str) -> None: ...
 
 
@@ -117,10 +120,6 @@ class SmbclientTarget(_ShareTarget):
     """Samba's C client, the issue's reference for what this share can do."""
 
     name = "smbclient"
-
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("smbclient") is not None
 
     def setup(self) -> None:
         self.auth = self.work / "auth"
