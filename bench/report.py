@@ -21,6 +21,16 @@ RATIO_NOTES = {"smbprotocol": " (the goal for seq_*: at least 0.80 of raw smbpro
 SIZE_ORDER = ["4K", "8K", "16K", "32K", "64K", "128K", "256K", "512K", "1M", "2M", "4M"]
 
 
+def legend_entries(axes) -> dict[str, object]:
+    """label -> line, over every panel: a peer may have no number in the first panel
+    (securefs refuses O_DIRECT, so it has no random I/O line) yet belongs in the legend."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    return entries
+
+
 def _size_key(cs: str) -> int:
     try:
         return SIZE_ORDER.index(cs.upper())
@@ -196,8 +206,9 @@ def charts(results: Results, out: Path) -> list[Path]:
             panel(ax, w)
         for ax in flat[len(wls):]:
             ax.set_visible(False)
-        handles, labels = flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8)
+        legend = legend_entries(flat[:len(wls)])
+        fig.legend(list(legend.values()), list(legend), loc="lower center",
+                   ncol=max(1, len(legend)), fontsize=8)
         fig.tight_layout(rect=(0, 0.4 / (3.6 * nrows + 0.4) + 0.04, 1, 1))
         path = out / name
         fig.savefig(path, dpi=110)

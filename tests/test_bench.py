@@ -220,3 +220,20 @@ def test_passthrough_reference_fs_is_a_faithful_pass_through(tmp_path: Path) -> 
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
         proc.wait(30)
+
+
+def test_chart_legend_lists_a_peer_missing_from_the_first_panel() -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sealfs.bench.report import legend_entries
+    fig, (first, second) = plt.subplots(1, 2)
+    first.axhline(1, label="gocryptfs")
+    first.plot([1, 2], [1, 2], label="sealfs (local)")
+    second.axhline(1, label="gocryptfs")
+    second.axhline(2, label="securefs")          # no random-I/O number, but a create one
+    try:
+        assert list(legend_entries([first, second])) == ["gocryptfs", "sealfs (local)", "securefs"]
+    finally:
+        plt.close(fig)
