@@ -223,7 +223,7 @@ class _EncryptingConnection(Connection):
         """Seal a message straight into its wire buffer: length prefix, transform header,
         ciphertext; the tag goes into the header. smbprotocol slices the ciphertext off
         the tag and packs header and packet around it: three more copies of each 1 MiB
-        WRITE under the GIL, which the mount's FUSE thread is waiting for."""
+        WRITE, under the GIL (+10 % mount and smb-raw write throughput without them)."""
         if not (self.dialect >= Dialects.SMB_3_1_1
                 and self.cipher_id in (Ciphers.AES_128_GCM, Ciphers.AES_256_GCM)):
             return super()._encrypt(b_data, session)
