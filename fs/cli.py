@@ -32,6 +32,7 @@ from ..crypto.kms import provider_for_init
 from .config_file import VolumeConfigFile, load_config_file, secret_files
 from .errors import exit_code_of, first_error, one_line
 from .keysource import resolve_secrets, smb_password_source
+from .malloc import limit_malloc_arenas, reuse_large_buffers
 from .pins import PinStore
 from .units import format_size, parse_size
 from .volume import Attr, Volume, VolumeTuning
@@ -139,6 +140,8 @@ def _ctx() -> Context:
 
 
 def run(async_fn: Callable, *args) -> None:
+    """A one-shot command: moves whole files through megabyte buffers (see fs/malloc.py)."""
+    reuse_large_buffers()
     trio.run(async_fn, *args)
 
 
@@ -459,7 +462,7 @@ def _split_options(options: tuple[str, ...]) -> set[str]:
 def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], daemon: bool,
           log_file: str | None, allow_purgeable_kek: bool, key_ttl: float | None) -> None:
     """Mount the volume in STORE on MOUNTPOINT (foreground unless --daemon)."""
-    from .mount import VolumeLock, check_mountpoint, limit_malloc_arenas, serve
+    from .mount import VolumeLock, check_mountpoint, serve
     ctx = _ctx()
     ready = _ready_reporter()
     try:
@@ -490,7 +493,7 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
                     await volume.close()
                 finally:
                     lock.release()
-        run(main)
+        trio.run(main)   # not run(): a mount keeps glibc's adaptive malloc (fs/malloc.py)
     except BaseException as exc:
         ready.failed(exc)
         raise

@@ -163,22 +163,6 @@ def widen_readahead(mountpoint: Path, kb: int = READ_AHEAD_KB) -> None:
         log.debug("read-ahead window left at the kernel default: %s", exc)
 
 
-def limit_malloc_arenas(arenas: int = 1) -> None:
-    """glibc gives each thread that contends for malloc an arena of its own, and freed
-    chunk buffers stay cached in each one: streaming 4 GiB through the mount peaked at
-    ~330 MiB RSS with the default (8 per core), ~190 MiB with one arena, at the same
-    throughput (crypto and I/O threads spend their time in AES and syscalls, not malloc)."""
-    import ctypes
-    import ctypes.util
-    M_ARENA_MAX = -8
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        if not libc.mallopt(M_ARENA_MAX, arenas):
-            log.debug("mallopt(M_ARENA_MAX) refused")
-    except (OSError, AttributeError) as exc:   # not glibc: its own allocator rules
-        log.debug("malloc arenas left at the default: %s", exc)
-
-
 async def _watch_signals(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
