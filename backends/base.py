@@ -202,6 +202,14 @@ class Backend(abc.ABC):
     async def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
         """Rename; with replace=False fail with FileExistsError if dst exists (atomically)."""
 
+    async def place_new(self, handle: Handle, src: str, dst: str) -> BackendStat:
+        """Rename a file just created at src (handle still open on it) to dst, failing
+        with FileExistsError if dst exists, and return its stat as renamed: a new file
+        appears under its name and is stat'ed for the caller. Backends may do both in
+        one round trip."""
+        await self.rename(src, dst, replace=False)
+        return await self.fstat(handle)
+
     @abc.abstractmethod
     async def link(self, src: str, dst: str) -> None: ...
 

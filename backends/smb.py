@@ -769,6 +769,13 @@ def _close_msg(fid: bytes, postquery: bool = False) -> Any:
     return close
 
 
+def _stat_queries(fid: bytes) -> list[Any]:
+    """What a BackendStat is made of (_stat_from_infos): basic, standard, internal."""
+    return [_query_msg(fid, InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_BASIC_INFORMATION, 40),
+            _query_msg(fid, InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_STANDARD_INFORMATION, 24),
+            _query_msg(fid, InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_INTERNAL_INFORMATION, 8)]
+
+
 def _query_msg(fid: bytes, info_type: int, info_class: int, out_len: int) -> Any:
     q = SMB2QueryInfoRequest()
     q["info_type"] = info_type
@@ -1258,11 +1265,7 @@ class SmbBackend(Backend):
 
         def op() -> BackendStat:
             fid = self._fid(handle)
-            resps = channel.call([
-                _query_msg(fid, InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_BASIC_INFORMATION, 40),
-                _query_msg(fid, InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_STANDARD_INFORMATION, 24),
-                _query_msg(fid, InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_INTERNAL_INFORMATION, 8),
-            ])
+            resps = channel.call(_stat_queries(fid))
             return _stat_from_infos(*[_query_buffer(r) for r in resps])
 
         return await self._run(self._attempt, channel, op, handle.path, True)
@@ -1322,11 +1325,7 @@ class SmbBackend(Backend):
             return [
                 _create_msg(name, Access.FILE_READ_ATTRIBUTES, CreateDisposition.FILE_OPEN,
                             CreateOptions.FILE_OPEN_REPARSE_POINT),
-                _query_msg(_RELATED_FID, InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_BASIC_INFORMATION, 40),
-                _query_msg(_RELATED_FID, InfoType.SMB2_0_INFO_FILE,
-                           FileInformationClass.FILE_STANDARD_INFORMATION, 24),
-                _query_msg(_RELATED_FID, InfoType.SMB2_0_INFO_FILE,
-                           FileInformationClass.FILE_INTERNAL_INFORMATION, 8),
+                *_stat_queries(_RELATED_FID),
                 _close_msg(_RELATED_FID),
             ]
 
@@ -1345,9 +1344,7 @@ class SmbBackend(Backend):
             fid = _RELATED_FID
             msgs = [
                 _create_msg(name, _READ_ACCESS, CreateDisposition.FILE_OPEN, CreateOptions.FILE_NON_DIRECTORY_FILE),
-                _query_msg(fid, InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_BASIC_INFORMATION, 40),
-                _query_msg(fid, InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_STANDARD_INFORMATION, 24),
-                _query_msg(fid, InfoType.SMB2_0_INFO_FILE, FileInformationClass.FILE_INTERNAL_INFORMATION, 8),
+                *_stat_queries(fid),
                 _read_msg(fid, 0, size),
                 _close_msg(fid),
             ]
@@ -1491,6 +1488,31 @@ class SmbBackend(Backend):
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
             raise
         self._follow_rename(src, dst)
+
+    async def place_new(self, handle: Handle, src: str, dst: str) -> BackendStat:
+        """The rename and the stat in one compound: open src, rename it, query it, close."""
+        await self._evict(src, dst)
+        src_name, dst_name = self._smb_path(src), self._smb_path(dst)
+
+        def msgs() -> list[Any]:
+            info = FileRenameInformation()
+            info["replace_if_exists"] = False
+            info["file_name"] = dst_name.encode("utf-16-le")
+            return [_create_msg(src_name, Access.DELETE | Access.FILE_READ_ATTRIBUTES, CreateDisposition.FILE_OPEN,
+                                CreateOptions.FILE_OPEN_REPARSE_POINT),
+                    _setinfo_msg(_RELATED_FID, info), *_stat_queries(_RELATED_FID),
+                    _close_msg(_RELATED_FID)]
+
+        try:
+            resps = await self._run(self._path_op, src, msgs, False)
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, src) from None
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+            raise
+        self._follow_rename(src, dst)
+        return _stat_from_infos(*[_query_buffer(r) for r in resps[2:5]])
 
     def _follow_rename(self, src: str, dst: str) -> None:
         """Open handles follow their file: a reconnect reopens, and a close caches, by path."""

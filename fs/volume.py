@@ -138,6 +138,9 @@ class OpenFile:
         #: along, or unchanged on the backend since our last close): the kernel may keep
         #: the pages it cached for it (FUSE keep_cache)
         self.content_unchanged = False
+        #: the backend's stat of the file as create placed it, for the first stat() (one
+        #: round trip less per new file on SMB); dropped by any change before that
+        self.fresh_stat: BackendStat | None = None
 
     async def read(self, offset: int, size: int) -> bytes:
         if not self.state.lock.locked():
@@ -153,6 +156,7 @@ class OpenFile:
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         if not self.writable:
             raise OSError(errno.EBADF, "file not open for writing")
+        self.fresh_stat = None
         async with held(self.state.lock):
             if self.append:
                 offset = self.state.size
@@ -163,6 +167,7 @@ class OpenFile:
     async def truncate(self, size: int) -> None:
         if not self.writable:
             raise OSError(errno.EBADF, "file not open for writing")
+        self.fresh_stat = None
         async with self.state.lock:
             await self.state.truncate(size)
 
@@ -179,7 +184,8 @@ class OpenFile:
             await self.volume.backend.flush(self.state.handle)
 
     async def stat(self) -> Attr:
-        return await self.volume._attr_of_state(self.state)
+        fresh, self.fresh_stat = self.fresh_stat, None
+        return await self.volume._attr_of_state(self.state, fresh)
 
     async def close(self) -> None:
         if not self.closed:
@@ -415,8 +421,9 @@ class Volume:
                     state.pending_times[0] if state.pending_times else bstat.atime_ns,
                     mtime, bstat.ctime_ns, meta.rdev, state.file_id)
 
-    async def _attr_of_state(self, state: FileState) -> Attr:
-        bstat = await self.backend.fstat(state.handle)
+    async def _attr_of_state(self, state: FileState, bstat: BackendStat | None = None) -> Attr:
+        if bstat is None:
+            bstat = await self.backend.fstat(state.handle)
         return self._state_attr(state, bstat, await self._nlink(state.bpath, bstat, state.file_id))
 
     async def _nlink(self, bpath: str, bstat: BackendStat, file_id: bytes) -> int:
@@ -624,7 +631,7 @@ class Volume:
         try:
             if long is not None:
                 await self._write_sidecar(bpath, long)
-            await self.backend.rename(tmp, bpath, replace=False)
+            created = await self.backend.place_new(handle, tmp, bpath)
         except BaseException:
             state.forget_secrets()
             self.broker.release(dek_id)
@@ -636,7 +643,9 @@ class Volume:
         state.has_writer = True
         self._states[header.file_id] = state
         state.refs += 1
-        return OpenFile(self, state, True, append, path)
+        opened = OpenFile(self, state, True, append, path)
+        opened.fresh_stat = created       # FUSE's create asks for attributes right away
+        return opened
 
     async def open(self, path: str, *, write: bool = False, truncate: bool = False,
                    append: bool = False) -> OpenFile:

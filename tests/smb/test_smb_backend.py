@@ -409,6 +409,26 @@ async def test_a_second_reader_is_never_opened_on_another_file_by_the_same_name(
         await b.aclose()
 
 
+async def test_place_new_renames_and_returns_the_stat_as_renamed(smb_backend: SmbBackend,
+                                                                  smb_store: SmbStore) -> None:
+    b = smb_backend
+    h = await b.create_file("tmp.new", b"header")
+    st = await b.place_new(h, "tmp.new", "final")
+    assert not (smb_store.local / "tmp.new").exists()
+    assert (st.size, st.nlink, st.is_dir) == (6, 1, False)
+    assert st.ino == os.stat(smb_store.local / "final").st_ino
+    assert st == await b.fstat(h)                  # what the round trip it saves would say
+    await b.write(h, 6, b"+")                      # the handle follows the rename
+    await b.close(h)
+    assert (smb_store.local / "final").read_bytes() == b"header+"
+    h = await b.create_file("tmp.other", b"x")
+    with pytest.raises(FileExistsError):          # never over an existing name
+        await b.place_new(h, "tmp.other", "final")
+    await b.close(h)
+    assert (smb_store.local / "final").read_bytes() == b"header+"
+    assert (smb_store.local / "tmp.other").read_bytes() == b"x"
+
+
 async def test_create_file_writes_the_first_bytes_with_the_create(smb_backend: SmbBackend,
                                                                    smb_store: SmbStore) -> None:
     b = smb_backend
