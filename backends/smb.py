@@ -1464,7 +1464,9 @@ class SmbBackend(Backend):
         except FileNotFoundError as exc:
             raise await self._refine_enoent(exc, path) from None
 
-    async def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
+    async def _renamed(self, src: str, dst: str, replace: bool, query: bool) -> list[Any]:
+        """One compound: open src, rename it to dst, (query it,) close. FileExistsError
+        names dst; a missing src is refined as for any path."""
         await self._evict(src, dst)
         src_name, dst_name = self._smb_path(src), self._smb_path(dst)
 
@@ -1474,43 +1476,31 @@ class SmbBackend(Backend):
             info["file_name"] = dst_name.encode("utf-16-le")
             return [_create_msg(src_name, Access.DELETE | Access.FILE_READ_ATTRIBUTES, CreateDisposition.FILE_OPEN,
                                 CreateOptions.FILE_OPEN_REPARSE_POINT),
-                    _setinfo_msg(_RELATED_FID, info), _close_msg(_RELATED_FID)]
+                    _setinfo_msg(_RELATED_FID, info),
+                    *(_stat_queries(_RELATED_FID) if query else []), _close_msg(_RELATED_FID)]
 
         try:
-            await self._run(self._path_op, src, msgs, False)
+            return await self._run(self._path_op, src, msgs, False)
         except FileNotFoundError as exc:
             raise await self._refine_enoent(exc, src) from None
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+            raise
+
+    async def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
+        try:
+            await self._renamed(src, dst, replace, query=False)
         except OSError as exc:
             if replace and exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EACCES):
                 await self._rename_over_dir(src, dst, exc)
                 return
-            if exc.errno == errno.EEXIST:
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
             raise
         self._follow_rename(src, dst)
 
     async def place_new(self, handle: Handle, src: str, dst: str) -> BackendStat:
         """The rename and the stat in one compound: open src, rename it, query it, close."""
-        await self._evict(src, dst)
-        src_name, dst_name = self._smb_path(src), self._smb_path(dst)
-
-        def msgs() -> list[Any]:
-            info = FileRenameInformation()
-            info["replace_if_exists"] = False
-            info["file_name"] = dst_name.encode("utf-16-le")
-            return [_create_msg(src_name, Access.DELETE | Access.FILE_READ_ATTRIBUTES, CreateDisposition.FILE_OPEN,
-                                CreateOptions.FILE_OPEN_REPARSE_POINT),
-                    _setinfo_msg(_RELATED_FID, info), *_stat_queries(_RELATED_FID),
-                    _close_msg(_RELATED_FID)]
-
-        try:
-            resps = await self._run(self._path_op, src, msgs, False)
-        except FileNotFoundError as exc:
-            raise await self._refine_enoent(exc, src) from None
-        except OSError as exc:
-            if exc.errno == errno.EEXIST:
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
-            raise
+        resps = await self._renamed(src, dst, False, query=True)
         self._follow_rename(src, dst)
         return _stat_from_infos(*[_query_buffer(r) for r in resps[2:5]])
 
