@@ -607,6 +607,11 @@ def _smbprotocol(work: Path, share: SmbShare) -> Target:
     return SmbprotocolTarget(work, share)
 
 
+def _smbprotocol_reuse(work: Path, share: SmbShare) -> Target:
+    from .smb_clients import SmbprotocolReuseTarget
+    return SmbprotocolReuseTarget(work, share)
+
+
 def _smbclient(work: Path, share: SmbShare) -> Target:
     from .smb_clients import SmbclientTarget
     return SmbclientTarget(work, share)
@@ -617,7 +622,8 @@ def _smbclient_available() -> bool:
 
 
 # peers on the share the smb backend is benched against: factory(work, share)
-SMB_PEERS = {"smb-raw": _smb_raw, "smbprotocol": _smbprotocol, "smbclient": _smbclient,
+SMB_PEERS = {"smb-raw": _smb_raw, "smbprotocol": _smbprotocol,
+             "smbprotocol-reuse": _smbprotocol_reuse, "smbclient": _smbclient,
              "rclone-smb": RcloneSmbTarget}
 _AVAILABLE = {"rclone-smb": RcloneCryptTarget.available, "smbclient": _smbclient_available}
 

@@ -11,9 +11,12 @@ from .workloads import WORKLOADS
 
 # peers sealfs targets get a ratio table against: peer -> only sealfs on this backend (None: all)
 RATIO_BASES: dict[str, str | None] = {"plain": None, "gocryptfs": None, "securefs": None,
-                                      "pyfuse3": "local", "smbprotocol": "smb", "smb-raw": "smb",
+                                      "pyfuse3": "local", "smbprotocol": "smb",
+                                      "smbprotocol-reuse": "smb", "smb-raw": "smb",
                                       "smbclient": "smb", "rclone-smb": "smb"}
 RATIO_NOTES = {"smbprotocol": " (the goal for seq_*: at least 0.80 of raw smbprotocol)",
+               "smbprotocol-reuse": (" (the same goal against smbprotocol without its page "
+                                     "faults: the stricter form)"),
                "smb-raw": " (sealfs's own SMB backend without crypto and FUSE: the stricter ceiling)",
                "smbclient": " (Samba's C client; the aim: toward half of it)",
                "pyfuse3": " (the Python FUSE stack without crypto: how close to its ceiling)"}
@@ -158,6 +161,7 @@ def charts(results: Results, out: Path) -> list[Path]:
     colors = {"plain": "tab:gray", "gocryptfs": "tab:green", "rclone": "tab:purple", "cryfs": "tab:brown",
               "securefs": "tab:cyan", "pyfuse3": "tab:red",
               "smb-raw": "tab:olive", "rclone-smb": "tab:pink", "smbprotocol": "tab:orange",
+              "smbprotocol-reuse": "goldenrod",
               "smbclient": "black"}
     paths = []
 

@@ -1,10 +1,13 @@
-"""Two SMB client baselines on the share the smb backend is benched against, sequential only.
+"""SMB client baselines on the share the smb backend is benched against, sequential only.
 
 - `smbprotocol`: the smbprotocol library as its users write to a share (its `smbclient`
-  file API: one session, one 1 MiB write() or read() at a time, encryption required).
-  This is "raw smbprotocol throughput to the same share", the baseline the SMB target is
-  phrased in. `smb-raw` (bench/smb_raw.py) is the stricter one: sealfs's own tuned
-  SMB backend without crypto and FUSE.
+  file API: one session, one 1 MiB write() or read() at a time, encryption required),
+  in a child process. This is "raw smbprotocol throughput to the same share", the
+  baseline the SMB target is phrased in.
+- `smbprotocol-reuse`: the same with glibc reusing freed megabyte buffers, which takes
+  out the page faults that dominate the library's write path here: the stricter form of
+  that baseline. `smb-raw` (bench/smb_raw.py) is stricter still: sealfs's own tuned SMB
+  backend without crypto and FUSE.
 - `smbclient`: Samba's own C client (`smbclient --client-protection=encrypt`, put and
   get), timed around the whole command, connection setup included.
 
@@ -15,10 +18,12 @@ dropped (when the share is a local directory).
 from __future__ import annotations
 
 import abc
+import json
 import os
 import re
 import secrets
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,10 +51,10 @@ class _ShareTarget(DirectTarget):
     def sequential(self, size_mib: int) -> dict[str, float]:
         name = f"{self.name}-{secrets.token_hex(4)}.dat"
         nbytes = size_mib * MiB
-        out = {"seq_write": nbytes / 1e6 / self._timed(self._write, name, size_mib)}
-        out["seq_read"] = nbytes / 1e6 / self._timed(self._read, name, nbytes)
+        out = {"seq_write": nbytes / 1e6 / self._write(name, size_mib)}
+        out["seq_read"] = nbytes / 1e6 / self._read(name, nbytes)
         self._drop(name)
-        out["cold_read"] = nbytes / 1e6 / self._timed(self._read, name, nbytes)
+        out["cold_read"] = nbytes / 1e6 / self._read(name, nbytes)
         self._remove(name)
         return out
 
@@ -60,60 +65,61 @@ class _ShareTarget(DirectTarget):
         return time.perf_counter() - t0
 
     @abc.abstractmethod
-    def _write(self, name: str, size_mib: int) -> None: ...
+    def _write(self, name: str, size_mib: int) -> float:
+        """Seconds the write took."""
 
     @abc.abstractmethod
-    def _read(self, name: str, nbytes: int) -> None: ...
+    def _read(self, name: str, nbytes: int) -> float:
+        """Seconds the read took."""
 
     @abc.abstractmethod
     def _remove(self, name: str) -> None: ...
 
 
 class SmbprotocolTarget(_ShareTarget):
-    """smbprotocol's file API: what a Python program gets from the library as it comes."""
+    """smbprotocol's file API: what a Python program gets from the library as it comes,
+    run in a child process (bench/smbprotocol_client.py says why)."""
 
     name = "smbprotocol"
+    reuse_buffers = False
 
     def __init__(self, work: Path, share: SmbShare) -> None:
         super().__init__(work, share)
-        self.cache: dict = {}                 # a private connection pool, closed at the end
-        self.notes["pattern"] = ("smbclient.open_file (smbprotocol's file API), one 1 MiB "
-                                 "write()/read() at a time, one session, encrypt=True")
+        self.notes["pattern"] = ("smbclient.open_file (smbprotocol's file API) in a child process, "
+                                 "one 1 MiB write()/read() at a time, one session, encrypt=True"
+                                 + (", glibc told to reuse freed buffers" if self.reuse_buffers else ""))
 
-    def _path(self, name: str) -> str:
+    def _child(self, op: str, name: str, *extra: str) -> dict:
         parts = [self.target.host, self.target.share, *self.target.path.split("/"), name]
-        return "\\\\" + "\\".join(p for p in parts if p)
+        argv = [sys.executable, "-m", "sealfs.bench.smbprotocol_client", op, self.target.host,
+                str(self.target.port), self.target.user or "guest",
+                "\\\\" + "\\".join(p for p in parts if p), *extra]
+        if self.reuse_buffers:
+            argv.append("--reuse-buffers")
+        env = {**os.environ, "SEALFS_SMB_PASSWORD": self.share.password or ""}
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            raise TargetError((result.stderr.strip().splitlines() or [f"{self.name} {op} failed"])[-1])
+        return json.loads(result.stdout)
 
-    def _open(self, name: str, mode: str):
-        import smbclient
-        return smbclient.open_file(self._path(name), mode=mode, port=self.target.port,
-                                   username=self.target.user, password=self.share.password,
-                                   encrypt=True, connection_cache=self.cache)
+    def _write(self, name: str, size_mib: int) -> float:
+        return self._child("write", name, "--mib", str(size_mib))["seconds"]
 
-    def _write(self, name: str, size_mib: int) -> None:
-        data = os.urandom(MiB)
-        with self._open(name, "wb") as f:
-            for _ in range(size_mib):
-                f.write(data)
-
-    def _read(self, name: str, nbytes: int) -> None:
-        got = 0
-        with self._open(name, "rb") as f:
-            while block := f.read(MiB):
-                got += len(block)
-        if got != nbytes:
-            raise TargetError(f"smbprotocol read {got} bytes of {name}, expected {nbytes}")
+    def _read(self, name: str, nbytes: int) -> float:
+        got = self._child("read", name)
+        if got["bytes"] != nbytes:
+            raise TargetError(f"{self.name} read {got['bytes']} bytes of {name}, expected {nbytes}")
+        return got["seconds"]
 
     def _remove(self, name: str) -> None:
-        import smbclient
-        smbclient.remove(self._path(name), port=self.target.port, connection_cache=self.cache)
+        self._child("remove", name)
 
-    def close(self) -> None:
-        try:
-            import smbclient
-            smbclient.reset_connection_cache(fail_on_error=False, connection_cache=self.cache)
-        finally:
-            super().close()
+
+class SmbprotocolReuseTarget(SmbprotocolTarget):
+    """The same client with glibc reusing freed megabyte buffers: the stricter baseline."""
+
+    name = "smbprotocol-reuse"
+    reuse_buffers = True
 
 
 class SmbclientTarget(_ShareTarget):
@@ -151,14 +157,17 @@ class SmbclientTarget(_ShareTarget):
         finally:
             self.source.unlink(missing_ok=True)
 
-    def _write(self, name: str, size_mib: int) -> None:
-        self._run(f'put "{self.source}" "{name}"')
+    def _write(self, name: str, size_mib: int) -> float:
+        return self._timed(self._run, f'put "{self.source}" "{name}"')
 
-    def _read(self, name: str, nbytes: int) -> None:
+    def _read(self, name: str, nbytes: int) -> float:
+        t0 = time.perf_counter()
         said = self._run(f'get "{name}" /dev/null')
+        seconds = time.perf_counter() - t0
         size = re.search(r"of size (\d+) as", said)
         if size is None or int(size.group(1)) != nbytes:
             raise TargetError(f"smbclient get of {name}: expected {nbytes} bytes, it said {said.strip()[-200:]!r}")
+        return seconds
 
     def _remove(self, name: str) -> None:
         self._run(f'del "{name}"')

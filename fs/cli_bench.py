@@ -33,10 +33,11 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
                   help="Extract, read and delete a tarball of a Python package.")
     @click.option("--repeats", type=int, default=1, show_default=True,
                   help="Runs per target (reported as median, min, max).")
-    @click.option("--peers", default="plain,pyfuse3,gocryptfs,securefs,rclone,cryfs,smb-raw,smbprotocol,smbclient,rclone-smb", show_default=True,
+    @click.option("--peers", default="plain,pyfuse3,gocryptfs,securefs,rclone,cryfs,smb-raw,smbprotocol,smbprotocol-reuse,smbclient,rclone-smb", show_default=True,
                   help="Reference filesystems measured in the same run (skipped if not installed); "
                        "pyfuse3 is a pass-through over sealfs's own FUSE stack without crypto; "
-                       "smb-raw (the SMB backend alone), smbprotocol (the library's file API), "
+                       "smb-raw (the SMB backend alone), smbprotocol (the library's file API; "
+                       "-reuse: with glibc reusing its buffers), "
                        "smbclient (Samba's C client), all sequential only, and rclone-smb (rclone "
                        "crypt over rclone's smb client) run on the same share when smb is benched.")
     @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench-results",
