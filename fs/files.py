@@ -134,19 +134,25 @@ class FileState:
         sequential = offset == self._next_sequential
         self._next_sequential = end
         loaded: dict[int, bytes] = {}
-        missing = [i for i in range(first, last + 1) if self._missing(i)]
-        if missing and self._prefetching:
-            for i in missing:                      # already on its way: wait, don't re-read
-                event = self._prefetching.get(i)
-                if event is not None:
-                    await event.wait()
-            missing = [i for i in missing if self._missing(i)]
-        if missing:
-            if sequential and self.spawn is None:  # no background tasks: read ahead inline
+        inline_ahead = sequential and self.spawn is None   # no background tasks
+        # Until nothing is missing: a background write-back that lands during an await
+        # moves the committed size, and a chunk that was a hole past it a moment ago
+        # (zeros, nothing to load) is now a committed chunk to be read.
+        while missing := [i for i in range(first, last + 1) if i not in loaded and self._missing(i)]:
+            if self._prefetching:
+                for i in missing:                  # already on its way: wait, don't re-read
+                    event = self._prefetching.get(i)
+                    if event is not None:
+                        await event.wait()
+                missing = [i for i in missing if self._missing(i)]
+                if not missing:
+                    continue
+            if inline_ahead:
+                inline_ahead = False
                 ahead_end = min(chunk_count(self.committed, cs) - 1,
                                 last + max(1, self.tuning.readahead_bytes // cs))
                 missing += [i for i in range(last + 1, ahead_end + 1) if self._missing(i)]
-            loaded = await self._load_chunks(missing)
+            loaded.update(await self._load_chunks(missing))
         if sequential and self.spawn is not None:
             self._schedule_readahead(last)
         return self._assemble(offset, end, loaded)
@@ -286,7 +292,8 @@ class FileState:
     async def _load_chunks_once(self, indices: list[int], cache: bool) -> dict[int, bytes]:
         """Read and open committed chunks, contiguous runs in one backend request each."""
         cs = self.cs
-        committed_final = final_index(self.committed, cs)
+        committed = self.committed             # one size for the whole load, across awaits
+        committed_final = final_index(committed, cs)
         indices = sorted(set(indices))
         runs: list[list[int]] = []
         for i in indices:
@@ -297,27 +304,25 @@ class FileState:
         reads = []
         for run in runs:
             start = slot_offset(run[0], cs)
-            end = slot_offset(run[-1], cs) + chunk_plain_length(run[-1], self.committed, cs) + CHUNK_OVERHEAD
+            end = slot_offset(run[-1], cs) + chunk_plain_length(run[-1], committed, cs) + CHUNK_OVERHEAD
             reads.append((start, end - start))
         blobs = await self.backend.read_many(self.handle, reads)
-        jobs: list[tuple[int, memoryview]] = []
+        jobs: list[tuple[int, memoryview, bool, int]] = []
         for run, blob in zip(runs, blobs):
             view = memoryview(blob)
             for i in run:
                 lo = slot_offset(i, cs) - slot_offset(run[0], cs)
-                length = chunk_plain_length(i, self.committed, cs) + CHUNK_OVERHEAD
-                jobs.append((i, view[lo:lo + length]))
-        results = await self._run_crypto(
-            [(i, sealed, i == committed_final) for i, sealed in jobs], self._open_batch)
+                length = chunk_plain_length(i, committed, cs) + CHUNK_OVERHEAD
+                jobs.append((i, view[lo:lo + length], i == committed_final, length))
+        results = await self._run_crypto(jobs, self._open_batch)
         if cache:
             for i, plain in results:
                 self.cache.put(self.file_id, i, plain)
         return dict(results)
 
-    def _open_batch(self, batch: list[tuple[int, memoryview, bool]]) -> list[tuple[int, bytes]]:
+    def _open_batch(self, batch: list[tuple[int, memoryview, bool, int]]) -> list[tuple[int, bytes]]:
         out = []
-        for i, sealed, final in batch:
-            expected = chunk_plain_length(i, self.committed, self.cs) + CHUNK_OVERHEAD
+        for i, sealed, final, expected in batch:
             if len(sealed) < expected:
                 raise IntegrityError(f"chunk {i} is missing or short (file truncated)")
             if not final and sealed[:NONCE_SIZE] == _ZERO_NONCE and sealed == bytes(len(sealed)):
