@@ -75,6 +75,9 @@ class FileState:
         self.low_water = committed            # lowest size since the last flush
         self.dirty: dict[int, bytearray] = {}
         self.dirty_bytes = 0
+        # Dirty chunks sealed as the write that completed them landed (see _preseal):
+        # index -> (the dirty buffer as sealed, its non-final ciphertext).
+        self.presealed: dict[int, tuple[bytearray, bytearray]] = {}
         # Write-back in the background: the chunks one flush is writing (readers and
         # writers see them as the file's content until the flush lands), the event it sets
         # when done, and the error it met, reported by the next flush, fsync or close.
@@ -373,9 +376,13 @@ class FileState:
                     buf = await self._logical_chunk(index)
                 self.dirty[index] = buf
                 self.dirty_bytes += cs
+            elif self.presealed:
+                self.presealed.pop(index, None)
             if len(buf) < within:
                 buf.extend(bytes(within - len(buf)))
             buf[within:within + n] = view[taken:taken + n]
+            if within + n == cs and self.spawn is not None:
+                self._preseal(index, buf)
             pos += n
             taken += n
             remaining -= n
@@ -390,6 +397,8 @@ class FileState:
         cs = self.cs
         self.generation += 1
         if size < self.size:
+            for index in [i for i in self.presealed if (i + 1) * cs > size]:
+                del self.presealed[index]
             for index in [i for i in self.dirty if i * cs >= size]:
                 del self.dirty[index]
                 self.dirty_bytes -= cs
@@ -439,6 +448,7 @@ class FileState:
         self.writeback_error = None
         self._commit(plan)
         self.dirty.clear()
+        self.presealed.clear()
         self.dirty_bytes = 0
         self.mtime_ns = None
         if self.pending_times is not None:
@@ -465,6 +475,7 @@ class FileState:
                 plan = await self._plan()
                 self.inflight = plan.chunks
                 self.dirty = {}
+                self.presealed = {}
                 self.dirty_bytes = 0
                 done = self._writeback = trio.Event()
                 if not self.spawn(self._background_write, plan, done):
@@ -532,6 +543,7 @@ class FileState:
             else:
                 runs.append([i])
         jobs = []
+        done: set[int] = set()                # chunks sealed already (presealed)
         writes: list[tuple[int, bytearray]] = []
         combined = None
         for run in runs:
@@ -544,8 +556,13 @@ class FileState:
             view = memoryview(buf)
             pos = lead
             for i, length in zip(run, lengths):
-                jobs.append((i, _fit(chunks[i], length), i == new_final,
-                             view[pos:pos + length + CHUNK_OVERHEAD]))
+                out = view[pos:pos + length + CHUNK_OVERHEAD]
+                sealed = self.presealed.pop(i, None)
+                if sealed is not None and sealed[0] is chunks[i] and i != new_final \
+                        and length == cs == len(chunks[i]):
+                    out[:] = sealed[1]
+                    done.add(i)
+                jobs.append((i, _fit(chunks[i], length), i == new_final, out))
                 pos += length + CHUNK_OVERHEAD
             if lead:
                 buf[:HEADER_SIZE] = header
@@ -554,7 +571,7 @@ class FileState:
             else:
                 writes.append((slot_offset(run[0], cs), buf))
         return _Plan(old, new, chunks, jobs, writes, combined, header,
-                     reseal_old_final, atomic_head)
+                     reseal_old_final, atomic_head, done)
 
     async def _write_plan(self, plan: "_Plan") -> None:
         """Seal the plan's chunks and write them: journal, chunks, old final chunk, header."""
@@ -563,7 +580,8 @@ class FileState:
         old_final = final_index(old, cs)
         old_extent = stored_size(old, cs)
         writes = list(plan.writes)
-        await self._run_crypto(plan.jobs, self._seal_batch)
+        await self._run_crypto([j for j in plan.jobs if j[0] not in plan.presealed],
+                               self._seal_batch)
         resealed = None
         if plan.reseal_old_final:
             resealed = next(w for w in writes if w[0] == slot_offset(old_final, cs))
@@ -638,6 +656,21 @@ class FileState:
         buf = await self._logical_chunk(index)
         return buf[:max(0, size - index * self.cs)]
 
+    def _preseal(self, index: int, buf: bytearray) -> None:
+        """Seal a chunk the moment a write completes it, as a non-final chunk, on the
+        mount's own thread. Sealed at write-back instead, each of the 128 chunks of an
+        8 MiB batch passed the GIL between the sealing threads and the thread serving
+        FUSE writes: a seal that takes 0.5 ms alone took 4 ms, serial before each batch's
+        transfer. Here it overlaps the previous batch's transfer, and the write-back only
+        copies the ciphertext into place (and seals again a chunk that changed since or
+        became the final one). Costs: up to one dirty limit of ciphertext per file beside
+        its plaintext, and a wasted seal when a chunk is rewritten before write-back."""
+        if len(buf) != self.cs:
+            return
+        out = bytearray(self.cs + CHUNK_OVERHEAD)
+        self.cipher.seal_into(index, buf, False, memoryview(out))
+        self.presealed[index] = (buf, out)
+
     def _seal_batch(self, batch: list[tuple[int, bytes, bool, memoryview]]) -> list[int]:
         for i, plain, final, out in batch:
             self.cipher.seal_into(i, plain, final, out)
@@ -674,6 +707,7 @@ class _Plan:
     header: bytes | None                       # the header alone, written last
     reseal_old_final: bool
     atomic_head: bool
+    presealed: set[int]                        # chunks whose out view holds their seal already
 
 
 def _fit(data: bytes | bytearray, length: int) -> bytes | bytearray:

@@ -160,3 +160,14 @@ def test_model_regression_read_while_a_background_write_back_lands():
     for _ in range(40):
         _check(cs, ops, "background")
 
+
+def test_model_regression_presealed_chunks_rewritten_or_made_final():
+    """Chunks sealed as a write completes them (non-final) must be sealed again when they
+    change before the write-back, and as final when a truncate makes one the last."""
+    cs = 4096
+    ops = [("write", 0, 4 * cs, 1), ("write", cs + 5, 3, 7), ("flush",), ("reopen_file",), ("read_all",),
+           ("write", 4 * cs, 2 * cs, 2), ("truncate", 5 * cs), ("flush",), ("reopen_volume",),
+           ("read_all",), ("write", 5 * cs, cs, 4), ("truncate", 3 * cs), ("write", 3 * cs, cs, 6),
+           ("reopen_file",), ("read_all",)]
+    for writeback in WRITEBACK_MODES:
+        _check(cs, ops, writeback)
