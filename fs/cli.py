@@ -481,6 +481,7 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
         async def main() -> None:
             harden_process()      # no core dumps, no ptrace: unwrapped keys live here
             limit_malloc_arenas()  # bounded memory whatever the file size
+            reuse_large_buffers()  # megabyte I/O buffers without fresh page faults each
             volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore(),
                                        tuning=ctx.tuning(), audit=ctx.audit(), check_kek=True,
                                        allow_purgeable=allow_purgeable_kek, key_ttl=key_ttl)
