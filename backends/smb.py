@@ -37,8 +37,9 @@ from typing import Any, Callable, Iterable, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import trio
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
-from smbprotocol.connection import Ciphers, Connection, Dialects, SigningAlgorithms
+from smbprotocol.connection import Ciphers, Connection, Dialects, Request, SigningAlgorithms
 from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBResponseException
 from smbprotocol.file_info import (
     FileBasicInformation,
@@ -51,7 +52,7 @@ from smbprotocol.file_info import (
     FileStandardInformation,
     InfoType,
 )
-from smbprotocol.header import Commands, NtStatus
+from smbprotocol.header import Commands, NtStatus, Smb2Flags, SMB2HeaderRequest
 from smbprotocol.open import (
     CreateDisposition,
     CreateOptions,
@@ -219,13 +220,87 @@ class _EncryptingConnection(Connection):
             entry = table[session.session_id] = (key, (AESGCM if gcm else AESCCM)(key))
         return entry[1]
 
+    def _gcm(self) -> bool:
+        """SMB 3.1.1 with AES-GCM: the transform header layout the fast paths write."""
+        return self.dialect >= Dialects.SMB_3_1_1 and self.cipher_id in (Ciphers.AES_128_GCM,
+                                                                         Ciphers.AES_256_GCM)
+
+    def _send(self, messages, session_id=None, tree_id=None, message_id=None,  # type: ignore[override]
+              credit_request=None, related=False, async_id=None, force_signature=False):
+        """A lone _GatheredWrite on an encrypted GCM session goes out sealed straight from
+        its segments (_send_gathered); anything else, and such a write anywhere else
+        (joined first), goes smbprotocol's way."""
+        if len(messages) == 1 and type(messages[0]) is _GatheredWrite:
+            session = self.session_table.get(session_id)
+            if (session is not None and session.encrypt_data and self._gcm() and tree_id
+                    and message_id is None and async_id is None and not force_signature):
+                return [self._send_gathered(messages[0], session, tree_id, credit_request)]
+        messages = [m.joined() if type(m) is _GatheredWrite else m for m in messages]
+        return super()._send(messages, session_id, tree_id, message_id, credit_request,
+                             related, async_id, force_signature)
+
+    def _send_gathered(self, message: "_GatheredWrite", session: Session, tree_id: int,
+                       credit_request: int | None) -> Request:
+        """smbprotocol's _send for one WRITE without its copies of the data: the header
+        and the request's fixed part are packed alone (112 bytes) and the data is
+        encrypted from the caller's buffers into this thread's wire buffer. smbprotocol
+        copies each 1 MiB into bytes, into the packed request and into the packed header,
+        and allocates the wire buffer: 59 vs 1,209 µs per MiB, measured alone."""
+        tree = session.tree_connect_table.get(tree_id)
+        if tree is None:
+            raise SMBException(f"Cannot find Tree with the ID {tree_id} in the session tree table")
+        with self.sequence_lock:
+            charge = self._calculate_credit_charge(message)
+            low, high = self.sequence_window["low"], self.sequence_window["high"]
+            if charge > high - low:
+                raise SMBException(f"Request requires {charge} credits but only {high - low} "
+                                   "credits are available")
+            self.sequence_window["low"] += charge if charge > 0 else 1
+        header = SMB2HeaderRequest()
+        header["tree_id"] = tree_id
+        header["credit_charge"] = charge
+        header["command"] = Commands.SMB2_WRITE
+        header["credit_request"] = credit_request or charge
+        header["message_id"] = low
+        header["session_id"] = session.session_id
+        header["data"] = message.fixed()
+        header["next_command"] = 0
+        if tree.is_dfs_share:
+            header["flags"].set_flag(Smb2Flags.SMB2_FLAGS_DFS_OPERATIONS)
+        request = Request(header, SMB2WriteRequest, self, session_id=session.session_id)
+        self.outstanding_requests[low] = request
+        wire = self._seal_pieces(session, [header.pack(), *message.segments])
+        self._check_worker_running()
+        self.transport.send(wire)
+        return request
+
+    def _seal_pieces(self, session: Session, pieces: list) -> "_Wire":
+        """One message made of pieces, GCM-sealed piece by piece into this thread's wire
+        buffer (sent before the thread seals its next message, so it can be reused)."""
+        size = sum(len(p) for p in pieces)
+        need = 4 + _TRANSFORM_HEADER_SIZE + size + _TAG_SIZE
+        wire = getattr(_THREAD_WIRE, "buf", None)
+        if wire is None or len(wire) < need:
+            wire = _THREAD_WIRE.buf = bytearray(need)
+        view = memoryview(wire)
+        nonce = os.urandom(12)
+        struct.pack_into(">L4s", wire, 0, _TRANSFORM_HEADER_SIZE + size, b"\xfdSMB")
+        struct.pack_into("<12s4xIHHQ", wire, 24, nonce, size, 0, 0x0001, session.session_id)
+        sealer = Cipher(algorithms.AES(session.encryption_key), modes.GCM(nonce)).encryptor()
+        sealer.authenticate_additional_data(bytes(view[24:56]))
+        pos = 56
+        for piece in pieces:
+            pos += sealer.update_into(piece, view[pos:])
+        sealer.finalize()
+        wire[8:24] = sealer.tag                               # the tag is the signature
+        return _Wire(view[:56 + size])
+
     def _encrypt(self, b_data, session):  # type: ignore[override]
         """Seal a message straight into its wire buffer: length prefix, transform header,
         ciphertext; the tag goes into the header. smbprotocol slices the ciphertext off
         the tag and packs header and packet around it: three more copies of each 1 MiB
         WRITE, under the GIL (+10 % mount and smb-raw write throughput without them)."""
-        if not (self.dialect >= Dialects.SMB_3_1_1
-                and self.cipher_id in (Ciphers.AES_128_GCM, Ciphers.AES_256_GCM)):
+        if not self._gcm():
             return super()._encrypt(b_data, session)
         size = len(b_data)
         wire = bytearray(4 + _TRANSFORM_HEADER_SIZE + size + _TAG_SIZE)
@@ -341,6 +416,45 @@ class _Wire:
 
     def __init__(self, view: memoryview) -> None:
         self.view = view
+
+
+# Each thread's buffer for the WRITEs it seals (_seal_pieces): at most one I/O size each.
+_THREAD_WIRE = threading.local()
+_WRITE_FIXED = struct.Struct("<HHIQ16sIIHHI")   # MS-SMB2 2.2.21, everything before the data
+
+
+class _Field:
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def get_value(self) -> int:
+        return self.value
+
+
+class _GatheredWrite:
+    """A WRITE whose data stays in the caller's buffers (a list of byte views), sealed
+    from them straight into the wire buffer by _EncryptingConnection._send_gathered."""
+
+    COMMAND = Commands.SMB2_WRITE
+    __slots__ = ("fid", "offset", "segments", "length")
+
+    def __init__(self, fid: bytes, offset: int, segments: list[memoryview]) -> None:
+        self.fid = fid
+        self.offset = offset
+        self.segments = segments
+        self.length = sum(len(s) for s in segments)
+
+    def __getitem__(self, name: str) -> _Field:
+        """The two fields Connection._calculate_credit_charge reads from a WRITE."""
+        return _Field({"length": self.length, "write_channel_info_length": 0}[name])
+
+    def fixed(self) -> bytes:
+        return _WRITE_FIXED.pack(49, 0x70, self.length, self.offset, self.fid, 0, 0, 0, 0, 0)
+
+    def joined(self) -> Any:
+        return _write_msg(self.fid, self.offset, b"".join(self.segments))
 
 
 # -- target -------------------------------------------------------------------------------------
@@ -1183,16 +1297,10 @@ class SmbBackend(Backend):
 
         def op() -> None:
             fid = self._fid(handle)
-            piece = self._io_size(channel, read=False)
-            msgs, sizes = [], []
-            for offset, data in _coalesce(writes, piece):
-                view = memoryview(data).cast("B")
-                for start in range(0, len(view), piece):
-                    chunk = bytes(view[start:start + piece])
-                    msgs.append(_write_msg(fid, offset + start, chunk))
-                    sizes.append(len(chunk))
-            for resp, size in zip(channel.pipeline(msgs), sizes):
-                _check_written(resp, size, handle.path)
+            msgs = [_GatheredWrite(fid, offset, segments) for offset, segments
+                    in _write_requests(writes, self._io_size(channel, read=False))]
+            for resp, msg in zip(channel.pipeline(msgs), msgs):
+                _check_written(resp, msg.length, handle.path)
 
         await self._run(self._attempt, channel, op, handle.path, True)
 
@@ -1629,21 +1737,32 @@ class SmbBackend(Backend):
 
 
 # -- request shaping ------------------------------------------------------------------------------
-def _coalesce(writes: list[tuple[int, bytes]], limit: int) -> list[tuple[int, bytes | memoryview]]:
-    """Merge runs of adjacent writes (in the given order) up to limit bytes per request."""
-    out: list[tuple[int, bytes | memoryview]] = []
-    run: list[bytes | memoryview] = []
-    start = end = -1
+def _write_requests(writes: list[tuple[int, bytes]], limit: int) -> list[tuple[int, list[memoryview]]]:
+    """The WRITE requests for writes (in the given order), each as views of the callers'
+    buffers, no copies: adjacent writes share requests of up to limit bytes, a write
+    no larger than limit is never split (Backend.untearable), a larger one is cut."""
+    out: list[tuple[int, list[memoryview]]] = []
+    start, segments, length = -1, [], 0
     for offset, data in writes:
-        if run and offset == end and end - start + len(data) <= limit:
-            run.append(data)
-            end += len(data)
+        view = memoryview(data).cast("B")
+        if not len(view):
             continue
-        if run:
-            out.append((start, b"".join(run) if len(run) > 1 else run[0]))
-        run, start, end = [data], offset, offset + len(data)
-    if run:
-        out.append((start, b"".join(run) if len(run) > 1 else run[0]))
+        if segments and (offset != start + length or length + len(view) > limit >= len(view)):
+            out.append((start, segments))
+            segments, length = [], 0
+        if not segments:
+            start = offset
+        pos = 0
+        while pos < len(view):
+            if length == limit:
+                out.append((start, segments))
+                start, segments, length = start + length, [], 0
+            take = min(limit - length, len(view) - pos)
+            segments.append(view[pos:pos + take])
+            length += take
+            pos += take
+    if segments:
+        out.append((start, segments))
     return out
 
 

@@ -446,3 +446,22 @@ async def test_create_file_writes_the_first_bytes_with_the_create(smb_backend: S
     h = await b.create_file("big", big)
     await b.close(h)
     assert (smb_store.local / "big").read_bytes() == big
+
+
+async def test_write_many_gathers_pieces_of_every_kind_into_requests(smb_backend: SmbBackend,
+                                                                     smb_store: SmbStore) -> None:
+    """WRITEs are sealed from the callers' buffers without joining them: adjacent pieces
+    of bytes, bytearray and views (of another item size too) share requests, a gap starts
+    a new one, and a piece larger than a request is cut; smbd must get every byte."""
+    big = os.urandom(MiB + 4097)                              # more than one 1 MiB request
+    words = memoryview(bytearray(os.urandom(4096))).cast("I")  # a view of 4-byte items
+    writes = [(0, b"head"), (4, bytearray(b"-adjacent-")), (14, memoryview(big)[:5000]),
+              (7000, words), (7000 + 4096, big), (3 * MiB, b"after a gap")]
+    expect = bytearray(3 * MiB + 11)
+    for offset, data in writes:
+        raw = bytes(memoryview(data).cast("B"))
+        expect[offset:offset + len(raw)] = raw
+    h = await smb_backend.open("gathered", write=True, create=True)
+    await smb_backend.write_many(h, writes)
+    await smb_backend.close(h)
+    assert (smb_store.local / "gathered").read_bytes() == bytes(expect)

@@ -55,10 +55,12 @@ async def test_aes256_required_refuses_an_aes128_only_server(make_samba: Callabl
     server = make_samba(encryption_algorithms="aes-128-gcm")
     await _assert_refused(server, "AES-256-GCM", smb_require_aes256=True)
     # Without the requirement the same server is used, with AES-128-GCM.
-    backend = new_store(server).backend()
+    store = new_store(server)
+    backend = store.backend()
     await _try_write(backend)
     assert "cipher AES-128-GCM" in backend.negotiated
     await backend.aclose()
+    assert (store.local / "x").read_bytes() == b"must never arrive"   # sealed with a 128-bit key
 
 
 async def test_aes256_gcm_is_preferred_and_logged(smb_store, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,47 @@
+"""How SmbBackend.write_many cuts writes into WRITE requests (no server needed)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sealfs.backends.smb import _write_requests
+
+LIMIT = 64
+
+
+@st.composite
+def write_lists(draw):
+    writes, pos = [], draw(st.integers(0, 50))
+    for _ in range(draw(st.integers(0, 12))):
+        pos += draw(st.sampled_from([0, 0, 0, 1, 30]))         # mostly adjacent
+        data = bytes([draw(st.integers(0, 255))]) * draw(st.integers(0, 3 * LIMIT))
+        writes.append((pos, data))
+        pos += len(data)
+    return writes
+
+
+@settings(max_examples=400, deadline=None)
+@given(write_lists())
+def test_requests_carry_every_byte_once_within_the_limit(writes) -> None:
+    requests = _write_requests(writes, LIMIT)
+    placed: dict[int, int] = {}
+    for offset, segments in requests:
+        data = b"".join(bytes(s) for s in segments)
+        assert 0 < len(data) <= LIMIT
+        for k, byte in enumerate(data):
+            assert offset + k not in placed, "a byte went in two requests"
+            placed[offset + k] = byte
+    expect = {off + k: b for off, data in writes for k, b in enumerate(data)}
+    assert placed == expect
+    for offset, data in writes:                 # Backend.untearable: one request each
+        if 0 < len(data) <= LIMIT:
+            assert any(o <= offset and offset + len(data) <= o + sum(len(s) for s in segs)
+                       for o, segs in requests), (offset, len(data))
+
+
+def test_requests_are_views_of_the_callers_buffers_not_copies() -> None:
+    buf = bytearray(b"x" * 100)
+    (offset, segments), *rest = _write_requests([(0, buf)], LIMIT)
+    buf[0:1] = b"y"
+    assert offset == 0 and bytes(segments[0][:1]) == b"y" and rest[0][0] == LIMIT
