@@ -46,7 +46,10 @@ class FileTuning:
     """Per-volume I/O knobs (set from the CLI / config file)."""
 
     readahead_bytes: int = 16 * 1024 * 1024
-    readahead_batch: int = 4 * 1024 * 1024   # one background load; several run at once
+    # One background load; two fill the window. Over SMB, 8 MiB batches read 9 % faster
+    # than 4 MiB ones (A/B, tmpfs share, 708 vs 649 MB/s): half the hops between trio,
+    # the SMB threads and the crypto threads per byte; locally neutral; peak RSS +7 MiB.
+    readahead_batch: int = 8 * 1024 * 1024
     file_dirty_limit: int = 8 * 1024 * 1024
     crypto_threads: int = 2
 
