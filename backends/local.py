@@ -19,6 +19,7 @@ from .base import Backend, BackendStat, BackendStatvfs, Capabilities, Handle
 # (~20 us). It covers one sealed 64 KiB chunk (64 KiB + 28), which a random 4 KiB read of
 # an uncached chunk needs at the default chunk size.
 _INLINE_IO = 128 * 1024
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 class LocalHandle(Handle):
@@ -78,18 +79,17 @@ class LocalBackend(Backend):
 
     async def write_many(self, handle: Handle, writes: list[tuple[int, bytes]]) -> None:
         assert isinstance(handle, LocalHandle)
-        writes = _coalesce(writes)
+        runs = _coalesce(writes)
         total = sum(len(d) for _, d in writes)
         fd = handle.fd
-        if total <= _INLINE_IO:
-            for offset, data in writes:
-                _pwrite_full(fd, data, offset)
-            return
 
         def run() -> None:
-            for offset, data in writes:
-                _pwrite_full(fd, data, offset)
-        await trio.to_thread.run_sync(run, limiter=self._limiter)
+            for offset, pieces in runs:
+                _pwritev_full(fd, pieces, offset)
+        if total <= _INLINE_IO:
+            run()
+        else:
+            await trio.to_thread.run_sync(run, limiter=self._limiter)
 
     async def read_head(self, path: str, size: int) -> tuple[bytes, BackendStat]:
         # One go, no handle object: a cold stat of every file in a directory reads each
@@ -191,23 +191,33 @@ def _pwrite_full(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += written
 
 
-def _coalesce(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-    """Merge pieces that continue each other, keeping the caller's order (it may matter
-    for crash safety), so a run of chunks becomes one pwrite."""
-    out: list[tuple[int, bytes]] = []
-    pending: list[bytes] = []
-    start = end = -1
+def _coalesce(writes: list[tuple[int, bytes]]) -> list[tuple[int, list[bytes]]]:
+    """Group pieces that continue each other, keeping the caller's order (it may matter
+    for crash safety), so a run of chunks becomes one pwritev of the callers' buffers."""
+    out: list[tuple[int, list[bytes]]] = []
+    end = -1
     for offset, data in writes:
-        if pending and offset == end:
-            pending.append(data)
-            end += len(data)
+        if not len(data):
             continue
-        if pending:
-            out.append((start, b"".join(pending) if len(pending) > 1 else pending[0]))
-        pending, start, end = [data], offset, offset + len(data)
-    if pending:
-        out.append((start, b"".join(pending) if len(pending) > 1 else pending[0]))
+        if out and offset == end:
+            out[-1][1].append(data)
+        else:
+            out.append((offset, [data]))
+        end = offset + len(data)
     return out
+
+
+def _pwritev_full(fd: int, pieces: list[bytes], offset: int) -> None:
+    views = [memoryview(p).cast("B") for p in pieces]
+    while views:
+        written = os.pwritev(fd, views[:_IOV_MAX], offset)
+        offset += written
+        while written:
+            if written >= len(views[0]):
+                written -= len(views.pop(0))
+            else:
+                views[0] = views[0][written:]
+                written = 0
 
 
 _libc = None

@@ -555,26 +555,63 @@ class FileState:
             lead = HEADER_SIZE if (run[0] == 0 and header is not None and not reseal_old_final
                                    and (not atomic_head or old_final == 0)) else 0
             lengths = [chunk_plain_length(i, new, cs) for i in run]
-            buf = bytearray(lead + sum(lengths) + CHUNK_OVERHEAD * len(run))
-            view = memoryview(buf)
-            pos = lead
-            for i, length in zip(run, lengths):
-                out = view[pos:pos + length + CHUNK_OVERHEAD]
-                sealed = self.presealed.pop(i, None)
-                if sealed is not None and sealed[0] is chunks[i] and i != new_final \
-                        and length == cs == len(chunks[i]):
-                    out[:] = sealed[1]
-                    done.add(i)
-                jobs.append((i, _fit(chunks[i], length), i == new_final, out))
-                pos += length + CHUNK_OVERHEAD
             if lead:
+                buf = bytearray(lead + sum(lengths) + CHUNK_OVERHEAD * len(run))
+                view = memoryview(buf)
+                pos = lead
+                for i, length in zip(run, lengths):
+                    out = view[pos:pos + length + CHUNK_OVERHEAD]
+                    sealed = self._take_presealed(i, chunks[i], length, new_final)
+                    if sealed is not None:
+                        out[:] = sealed
+                        done.add(i)
+                    jobs.append((i, _fit(chunks[i], length), i == new_final, out))
+                    pos += length + CHUNK_OVERHEAD
                 buf[:HEADER_SIZE] = header
                 combined = (0, buf)
                 header = None
-            else:
-                writes.append((slot_offset(run[0], cs), buf))
+                continue
+            # A chunk sealed already goes to the backend as it is; the rest of the run is
+            # sealed into shared buffers. The backend gathers the adjacent pieces into its
+            # requests (pwritev, one SMB WRITE) without joining them.
+            pending: list[tuple[int, int]] = []
+            for i, length in zip(run, lengths):
+                sealed = self._take_presealed(i, chunks[i], length, new_final)
+                if sealed is None:
+                    pending.append((i, length))
+                    continue
+                self._seal_buffer(pending, chunks, new_final, jobs, writes)
+                writes.append((slot_offset(i, cs), sealed))
+                jobs.append((i, chunks[i], False, memoryview(sealed)))
+                done.add(i)
+            self._seal_buffer(pending, chunks, new_final, jobs, writes)
         return _Plan(old, new, chunks, jobs, writes, combined, header,
                      reseal_old_final, atomic_head, done)
+
+    def _take_presealed(self, index: int, plain: bytes | bytearray, length: int,
+                        new_final: int) -> bytearray | None:
+        """The chunk's ciphertext from _preseal, if the chunk is unchanged since and still
+        a whole non-final chunk; it is used up either way."""
+        sealed = self.presealed.pop(index, None)
+        if sealed is not None and sealed[0] is plain and index != new_final \
+                and length == self.cs == len(plain):
+            return sealed[1]
+        return None
+
+    def _seal_buffer(self, pending: list[tuple[int, int]], chunks: dict, new_final: int,
+                     jobs: list, writes: list) -> None:
+        """One buffer for the adjacent chunks in pending, each sealed into its slot later."""
+        if not pending:
+            return
+        buf = bytearray(sum(length + CHUNK_OVERHEAD for _, length in pending))
+        view = memoryview(buf)
+        pos = 0
+        for i, length in pending:
+            jobs.append((i, _fit(chunks[i], length), i == new_final,
+                         view[pos:pos + length + CHUNK_OVERHEAD]))
+            pos += length + CHUNK_OVERHEAD
+        writes.append((slot_offset(pending[0][0], self.cs), buf))
+        pending.clear()
 
     async def _write_plan(self, plan: "_Plan") -> None:
         """Seal the plan's chunks and write them: journal, chunks, old final chunk, header."""
@@ -705,7 +742,7 @@ class _Plan:
     new: int                                   # committed size after
     chunks: dict[int, bytes | bytearray]       # plaintext of every chunk it writes
     jobs: list                                 # (index, plain, final, sealed out view)
-    writes: list[tuple[int, bytearray]]        # sealed runs, by offset
+    writes: list[tuple[int, bytearray]]        # sealed pieces by offset (adjacent ones continue a run)
     combined: tuple[int, bytearray] | None     # header + chunk 0 in one write
     header: bytes | None                       # the header alone, written last
     reseal_old_final: bool
