@@ -80,7 +80,7 @@ class FileState:
         self.dirty_bytes = 0
         # Dirty chunks sealed as the write that completed them landed (see _preseal):
         # index -> (the dirty buffer as sealed, its non-final ciphertext).
-        self.presealed: dict[int, tuple[bytearray, bytearray]] = {}
+        self.presealed: dict[int, tuple[bytearray, memoryview]] = {}
         # Write-back in the background: the chunks one flush is writing (readers and
         # writers see them as the file's content until the flush lands), the event it sets
         # when done, and the error it met, reported by the next flush, fsync or close.
@@ -582,14 +582,14 @@ class FileState:
                     continue
                 self._seal_buffer(pending, chunks, new_final, jobs, writes)
                 writes.append((slot_offset(i, cs), sealed))
-                jobs.append((i, chunks[i], False, memoryview(sealed)))
+                jobs.append((i, chunks[i], False, sealed))
                 done.add(i)
             self._seal_buffer(pending, chunks, new_final, jobs, writes)
         return _Plan(old, new, chunks, jobs, writes, combined, header,
                      reseal_old_final, atomic_head, done)
 
     def _take_presealed(self, index: int, plain: bytes | bytearray, length: int,
-                        new_final: int) -> bytearray | None:
+                        new_final: int) -> memoryview | None:
         """The chunk's ciphertext from _preseal, if the chunk is unchanged since and still
         a whole non-final chunk; it is used up either way."""
         sealed = self.presealed.pop(index, None)
@@ -707,8 +707,12 @@ class FileState:
         its plaintext, and a wasted seal when a chunk is rewritten before write-back."""
         if len(buf) != self.cs:
             return
-        out = bytearray(self.cs + CHUNK_OVERHEAD)
-        self.cipher.seal_into(index, buf, False, memoryview(out))
+        # 64 spare bytes: once written back, the buffer's heap slot must fit the chunk a
+        # later read decrypts (a bytes object a few bytes larger), or reading the file
+        # back left every such slot unused: peak RSS 243 MiB instead of 221 (205 without
+        # presealing) for a 512 MiB write and read.
+        out = memoryview(bytearray(self.cs + CHUNK_OVERHEAD + 64))[:self.cs + CHUNK_OVERHEAD]
+        self.cipher.seal_into(index, buf, False, out)
         self.presealed[index] = (buf, out)
 
     def _seal_batch(self, batch: list[tuple[int, bytes, bool, memoryview]]) -> list[int]:
