@@ -143,6 +143,12 @@ class Backend(abc.ABC):
         """Read several (offset, size) pieces; backends may pipeline them."""
         return [await self.read(handle, offset, size) for offset, size in reads]
 
+    async def read_many_pieces(self, handle: Handle,
+                               reads: list[tuple[int, int]]) -> list[list[bytes | memoryview]]:
+        """read_many with each result as consecutive pieces, for a caller that cuts them
+        up anyway: a backend may hand over its receive buffers instead of joining them."""
+        return [[data] for data in await self.read_many(handle, reads)]
+
     async def read_head(self, path: str, size: int) -> tuple[bytes, BackendStat]:
         """The first size bytes of a file and its full stat (link count included), together:
         one round trip where the backend can (a file header while listing a directory)."""

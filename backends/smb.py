@@ -350,7 +350,9 @@ class _LeanTcp(Tcp):
     READ that was most of the client's time on a sequential read.
     """
 
-    sealed: bytearray | None = None   # the last encrypted message, kept for _decrypt
+    sealed: memoryview | None = None   # the last encrypted message, kept for _decrypt
+    _inbox: bytearray | None = None    # reused for every message: the one receive thread
+                                       # decrypts each before it receives the next
 
     def send(self, header):
         if type(header) is not _Wire:
@@ -366,8 +368,10 @@ class _LeanTcp(Tcp):
             return b""
         size = struct.unpack(">L", head)[0]
         # 16 spare bytes: _decrypt appends the GCM tag there instead of copying the body.
-        buf = bytearray(size + _TAG_SIZE)
-        got, _ = self._recv_into(memoryview(buf)[:size], timeout, idle_ok=False)
+        if self._inbox is None or len(self._inbox) < size + _TAG_SIZE:
+            self._inbox = bytearray(size + _TAG_SIZE)
+        buf = memoryview(self._inbox)[:size + _TAG_SIZE]
+        got, _ = self._recv_into(buf[:size], timeout, idle_ok=False)
         if got < size:
             return b""
         if size > _TRANSFORM_HEADER_SIZE and buf[:4] == b"\xfdSMB":
@@ -1143,16 +1147,21 @@ class SmbBackend(Backend):
         return (await self.read_many(handle, [(offset, size)]))[0]
 
     async def read_many(self, handle: Handle, reads: list[tuple[int, int]]) -> list[bytes]:
+        return [b"".join(pieces) for pieces in await self.read_many_pieces(handle, reads)]
+
+    async def read_many_pieces(self, handle: Handle,
+                               reads: list[tuple[int, int]]) -> list[list[memoryview]]:
         """Pipelined READs on the handle's channel; when other reads of the same handle
         are in flight already, on a sibling on another channel (one stream per
-        connection is what bounds a sequential reader: two receive threads, two smbd)."""
+        connection is what bounds a sequential reader: two receive threads, two smbd).
+        Each result is views of the decrypted READ responses, not joined."""
         assert isinstance(handle, SmbHandle)
         if not reads:
             return []
         route = handle if not handle.reading else await self._read_route(handle)
         route.reading += 1
         try:
-            return await self._read_many_on(route, reads)
+            return await self._read_pieces_on(route, reads)
         except OSError:
             if route is handle:
                 raise
@@ -1161,7 +1170,7 @@ class SmbBackend(Backend):
                 handle.readers.remove(route)
             handle.spread = False
             await self._run(self._close_now, route)
-            return await self.read_many(handle, reads)
+            return await self.read_many_pieces(handle, reads)
         finally:
             route.reading -= 1
 
@@ -1216,10 +1225,11 @@ class SmbBackend(Backend):
         handle.spread = True
         return reader
 
-    async def _read_many_on(self, handle: SmbHandle, reads: list[tuple[int, int]]) -> list[bytes]:
+    async def _read_pieces_on(self, handle: SmbHandle,
+                              reads: list[tuple[int, int]]) -> list[list[memoryview]]:
         channel = handle.channel
 
-        def op() -> list[bytes]:
+        def op() -> list[list[memoryview]]:
             fid = self._fid(handle)
             piece = self._io_size(channel, read=True)
             # Adjacent small reads (64 KiB chunks) become one request each io_size: the
@@ -1231,7 +1241,7 @@ class SmbBackend(Backend):
                 msgs.extend(_read_msg(fid, start, min(piece, offset + size - start)) for start in starts)
                 layout.append(len(starts))
             datas = self._pipeline_reads(channel, msgs)
-            got: list[tuple[int, bytes]] = []
+            got: list[tuple[int, list[memoryview]]] = []
             k = 0
             for (offset, size), n in zip(spans, layout):
                 pieces = []
@@ -1239,9 +1249,9 @@ class SmbBackend(Backend):
                     pieces.append(datas[k + j])
                     if len(datas[k + j]) < min(piece, size - j * piece):
                         break  # end of file: later pieces of this span are past it
-                got.append((offset, b"".join(pieces)))
+                got.append((offset, pieces))
                 k += n
-            return [_slice_spans(got, offset, size) for offset, size in reads]
+            return [_cut_spans(got, offset, size) for offset, size in reads]
 
         return await self._run(self._attempt, channel, op, handle.path, True)
 
@@ -1777,14 +1787,22 @@ def _merge_ranges(reads: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(o, n) for o, n in spans]
 
 
-def _slice_spans(got: list[tuple[int, bytes]], offset: int, size: int) -> bytes:
-    """Cut one requested range out of the spans read (short only at end of file)."""
-    if size <= 0:
-        return b""
-    for start, data in got:
-        if start <= offset < start + len(data):
-            return data[offset - start: offset - start + size]
-    return b""
+def _cut_spans(got: list[tuple[int, list[memoryview]]], offset: int, size: int) -> list[memoryview]:
+    """One requested range as views of the spans' pieces (short only at end of file)."""
+    out: list[memoryview] = []
+    end = offset + size
+    for start, pieces in got:
+        if not start <= offset < start + sum(len(p) for p in pieces):
+            continue
+        for piece in pieces:
+            lo, hi = max(offset - start, 0), min(end - start, len(piece))
+            if lo < hi:
+                out.append(piece[lo:hi])
+            start += len(piece)
+            if start >= end:
+                break
+        break
+    return out
 
 
 # -- parsing helpers ------------------------------------------------------------------------------

@@ -312,14 +312,16 @@ class FileState:
             start = slot_offset(run[0], cs)
             end = slot_offset(run[-1], cs) + chunk_plain_length(run[-1], committed, cs) + CHUNK_OVERHEAD
             reads.append((start, end - start))
-        blobs = await self.backend.read_many(self.handle, reads)
-        jobs: list[tuple[int, memoryview, bool, int]] = []
-        for run, blob in zip(runs, blobs):
-            view = memoryview(blob)
+        results_pieces = await self.backend.read_many_pieces(self.handle, reads)
+        jobs: list[tuple[int, bytes | memoryview, bool, int]] = []
+        for run, pieces in zip(runs, results_pieces):
+            base = slot_offset(run[0], cs)
+            slots = []
             for i in run:
-                lo = slot_offset(i, cs) - slot_offset(run[0], cs)
                 length = chunk_plain_length(i, committed, cs) + CHUNK_OVERHEAD
-                jobs.append((i, view[lo:lo + length], i == committed_final, length))
+                slots.append((slot_offset(i, cs) - base, length))
+            for i, (_, length), sealed in zip(run, slots, _cut(pieces, slots)):
+                jobs.append((i, sealed, i == committed_final, length))
         results = await self._run_crypto(jobs, self._open_batch)
         if cache:
             for i, plain in results:
@@ -752,6 +754,31 @@ class _Plan:
     reseal_old_final: bool
     atomic_head: bool
     presealed: set[int]                        # chunks whose out view holds their seal already
+
+
+def _cut(pieces: list[bytes | memoryview], slots: list[tuple[int, int]]) -> list[bytes | memoryview]:
+    """The (offset, length) slots, ascending, of consecutive pieces: a view where a slot
+    lies in one piece, a joined copy where it spans two (or what there is, at the end)."""
+    out: list[bytes | memoryview] = []
+    k, start = 0, 0                     # pieces[k] begins at start
+    for lo, length in slots:
+        while k < len(pieces) and start + len(pieces[k]) <= lo:
+            start += len(pieces[k])
+            k += 1
+        if k == len(pieces):
+            out.append(b"")
+            continue
+        piece = memoryview(pieces[k])
+        if lo + length <= start + len(piece):
+            out.append(piece[lo - start:lo - start + length])
+            continue
+        parts, pos, j = [piece[lo - start:]], start + len(piece), k + 1
+        while j < len(pieces) and pos < lo + length:
+            parts.append(memoryview(pieces[j])[:lo + length - pos])
+            pos += len(pieces[j])
+            j += 1
+        out.append(b"".join(parts))
+    return out
 
 
 def _fit(data: bytes | bytearray, length: int) -> bytes | bytearray:

@@ -45,3 +45,20 @@ def test_requests_are_views_of_the_callers_buffers_not_copies() -> None:
     (offset, segments), *rest = _write_requests([(0, buf)], LIMIT)
     buf[0:1] = b"y"
     assert offset == 0 and bytes(segments[0][:1]) == b"y" and rest[0][0] == LIMIT
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=8),
+       st.lists(st.tuples(st.integers(0, 120), st.integers(1, 50)), min_size=1, max_size=10))
+def test_chunk_slots_cut_from_read_pieces_match_the_joined_bytes(sizes, wanted) -> None:
+    """FileState cuts chunk slots out of a read's pieces (SmbBackend.read_many_pieces):
+    views where a slot lies in one piece, a copy where it spans pieces, short at the end."""
+    from sealfs.fs.files import _cut
+    blob = bytes(range(256)) * 2
+    pieces, pos = [], 0
+    for n in sizes:
+        pieces.append(memoryview(blob)[pos:pos + n])
+        pos += n
+    joined = blob[:pos]
+    slots = sorted(wanted)
+    assert [bytes(x) for x in _cut(pieces, slots)] == [joined[lo:lo + n] for lo, n in slots]
