@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from ..backends.smb import SmbTarget
-from .peers import DirectTarget, TargetError, drop_file_cache
+from .peers import DirectTarget, TargetError, drop_file_cache, quiesce_disk
 from .samba import SmbShare
 
 MiB = 1024 * 1024
@@ -51,6 +51,7 @@ class _ShareTarget(DirectTarget):
     def sequential(self, size_mib: int) -> dict[str, float]:
         name = f"{self.name}-{secrets.token_hex(4)}.dat"
         nbytes = size_mib * MiB
+        quiesce_disk()
         out = {"seq_write": nbytes / 1e6 / self._write(name, size_mib)}
         out["seq_read"] = nbytes / 1e6 / self._read(name, nbytes)
         self._drop(name)

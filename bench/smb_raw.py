@@ -27,7 +27,7 @@ import trio
 from ..backends.registry import BackendOptions, open_backend
 from ..backends.smb import SmbBackend
 from ..fs.files import FileTuning
-from .peers import DirectTarget, drop_file_cache
+from .peers import DirectTarget, drop_file_cache, quiesce_disk
 from .samba import SmbShare
 
 MiB = 1024 * 1024
@@ -68,6 +68,7 @@ class SmbRawTarget(DirectTarget):
         try:
             await backend.connect()
             self.notes["negotiated"] = backend.negotiated
+            quiesce_disk()
             t0 = time.perf_counter()
             await self._write(backend, name, nbytes)
             out["seq_write"] = nbytes / 1e6 / (time.perf_counter() - t0)

@@ -16,7 +16,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from .peers import Target
+from .peers import Target, quiesce_disk
 
 MiB = 1024 * 1024
 BS = 1 * MiB
@@ -52,6 +52,7 @@ def sequential(target: Target, size_mib: int) -> dict[str, float]:
     buf = _pattern()
     nbytes = size_mib * MiB
     base = target.storage_bytes()
+    quiesce_disk()
     t0 = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
