@@ -19,7 +19,10 @@ from .base import Backend, BackendStat, BackendStatvfs, Capabilities, Handle
 # (~20 us). It covers one sealed 64 KiB chunk (64 KiB + 28), which a random 4 KiB read of
 # an uncached chunk needs at the default chunk size.
 _INLINE_IO = 128 * 1024
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+try:
+    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))   # -1 would mean "no limit known"
+except (AttributeError, ValueError, OSError):
+    _IOV_MAX = 16
 
 
 class LocalHandle(Handle):
