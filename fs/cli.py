@@ -140,7 +140,7 @@ def _ctx() -> Context:
 
 
 def run(async_fn: Callable, *args) -> None:
-    """A one-shot command: moves whole files through megabyte buffers (see fs/malloc.py)."""
+    """Every command, the mount too, moves data through megabyte buffers (fs/malloc.py)."""
     reuse_large_buffers()
     trio.run(async_fn, *args)
 
@@ -481,7 +481,6 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
         async def main() -> None:
             harden_process()      # no core dumps, no ptrace: unwrapped keys live here
             limit_malloc_arenas()  # bounded memory whatever the file size
-            reuse_large_buffers()  # megabyte I/O buffers without fresh page faults each
             volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore(),
                                        tuning=ctx.tuning(), audit=ctx.audit(), check_kek=True,
                                        allow_purgeable=allow_purgeable_kek, key_ttl=key_ttl)
@@ -494,7 +493,7 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
                     await volume.close()
                 finally:
                     lock.release()
-        trio.run(main)   # not run(): a mount keeps glibc's adaptive malloc (fs/malloc.py)
+        run(main)
     except BaseException as exc:
         ready.failed(exc)
         raise
