@@ -330,7 +330,7 @@ class _EncryptingConnection(Connection):
         session = self.session_table.get(message["session_id"].get_value())
         if session is None:
             raise SMBException("Failed to find valid session for message decryption")
-        gcm = self.dialect >= Dialects.SMB_3_1_1 and self.cipher_id in (Ciphers.AES_128_GCM, Ciphers.AES_256_GCM)
+        gcm = self._gcm()
         raw[len(raw) - _TAG_SIZE:] = raw[4:20]
         view = memoryview(raw)
         aead = self._aead(self._aeads, session, session.decryption_key, gcm)
