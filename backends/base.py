@@ -26,6 +26,17 @@ class BackendError(OSError):
         return self.strerror or super().__str__()
 
 
+class ForeignEntryError(BackendError):
+    """The store holds an entry sealfs never writes (a symlink, FIFO, socket or device, or
+    a directory where a file belongs): someone planted it. It is never opened, followed
+    or removed through; the volume reports it by its backend path."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{path}: {what} in the store (not written by sealfs)", errno.EIO)
+        self.path = path
+        self.what = what
+
+
 class TransportSecurityError(BackendError):
     """The server would not give the transport protection sealfs requires (e.g. SMB encryption)."""
 
@@ -59,6 +70,9 @@ class BackendStat:
     # None: this answer cannot tell (an SMB directory listing has no link count field).
     nlink: int | None = 1
     ino: int = 0
+    # Neither a regular file nor a directory (symlink, FIFO, socket, device): nothing
+    # sealfs writes, so in a store it was planted. Listed so it can be reported.
+    foreign: bool = False
 
     @classmethod
     def from_os(cls, st) -> "BackendStat":
@@ -70,6 +84,7 @@ class BackendStat:
             ctime_ns=st.st_ctime_ns,
             nlink=st.st_nlink,
             ino=st.st_ino,
+            foreign=not (stat_module.S_ISREG(st.st_mode) or stat_module.S_ISDIR(st.st_mode)),
         )
 
 
