@@ -141,3 +141,21 @@ def backend_files(root: Path) -> list[Path]:
 
 def backend_names(root: Path) -> list[str]:
     return [name for _d, dirs, files in os.walk(root) for name in dirs + files]
+
+
+_FUSE_FIXTURES = frozenset({"mounted", "mount_env"})
+_SMB_FIXTURES = frozenset({"samba", "smb_store", "smb_backend"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by what they need, so `-m "not fuse and not smb"` is a real fast loop:
+    a `pytestmark` in a conftest does nothing, and most tests declare no marker at all."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        fixtures = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "fuse" in parts or fixtures & _FUSE_FIXTURES or hasattr(item.module, "Mount"):
+            item.add_marker(pytest.mark.fuse)
+        if ("smb" in parts or fixtures & _SMB_FIXTURES or params.get("backend_kind") == "smb"
+                or params.get("kind") == "smb"):
+            item.add_marker(pytest.mark.smb)
