@@ -46,10 +46,8 @@ from smbprotocol.file_info import (
     FileDispositionInformation,
     FileEndOfFileInformation,
     FileInformationClass,
-    FileInternalInformation,
     FileLinkInformation,
     FileRenameInformation,
-    FileStandardInformation,
     InfoType,
 )
 from smbprotocol.header import Commands, NtStatus, Smb2Flags, SMB2HeaderRequest
@@ -183,11 +181,6 @@ def _filetime_ns(raw: int) -> int:
 
 def _ns_filetime(ns: int) -> int:
     return ns // 100 + _FILETIME_EPOCH
-
-
-def _raw_filetime(field: Any) -> int:
-    """smbprotocol turns FILETIMEs into datetime (microseconds); keep the 100 ns ticks."""
-    return struct.unpack("<Q", field.pack())[0]
 
 
 # -- connection with an inbound-encryption check ----------------------------------------------
@@ -739,10 +732,6 @@ class _Channel:
                 _quiet_disconnect(conn, logoff=self._alive(conn))
 
     # requests ------------------------------------------------------------------------------
-    def check_generation(self, generation: int) -> None:
-        if generation != self.generation or self.conn is None:
-            raise _ConnectionLost("channel was reconnected")
-
     def _send(self, messages: list[Any], related: bool) -> list[Any]:
         """Send once enough credits are granted; never send on a dead connection."""
         conn, session, tree = self.conn, self.session, self.tree
@@ -1549,7 +1538,7 @@ class SmbBackend(Backend):
         try:
             await self._run(self._path_op, path, msgs, False)
         except FileNotFoundError as exc:
-            raise await self._refine_enoent(exc, path, parent_only=True) from None
+            raise await self._refine_enoent(exc, path) from None
 
     async def rmdir(self, path: str) -> None:
         await self._evict(path)
@@ -1718,8 +1707,7 @@ class SmbBackend(Backend):
             await self._run(channel.close)
 
     # -- errno fidelity on error paths only -------------------------------------------------------
-    async def _refine_enoent(self, exc: FileNotFoundError, path: str,
-                             parent_only: bool = False) -> OSError:
+    async def _refine_enoent(self, exc: FileNotFoundError, path: str) -> OSError:
         """SMB says "path not found" where POSIX says ENOTDIR (a parent is a file)."""
         if isinstance(exc, _NameNotFound):
             return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)

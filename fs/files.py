@@ -20,7 +20,7 @@ from ..backends.base import Backend, Handle
 from ..crypto.chunks import ChunkCipher
 from ..crypto.constants import CHUNK_OVERHEAD, NONCE_SIZE
 from ..crypto.errors import IntegrityError
-from ..crypto.header import HEADER_SIZE, FileHeader, Metadata, open_header, seal_header
+from ..crypto.header import HEADER_SIZE, FileHeader, Metadata, seal_header
 from ..crypto.kdf import file_key
 from ..crypto.layout import (chunk_count, chunk_plain_length, final_index, logical_size,
                              slot_offset, stored_size)
@@ -809,11 +809,3 @@ def _fit(data: bytes | bytearray, length: int) -> bytes | bytearray:
         return bytes(data[:length])
     return bytes(data) + bytes(length - len(data))
 
-
-async def read_header(backend: Backend, handle: Handle, dek_lookup) -> tuple[FileHeader, bytes]:
-    """Read and open a file header; dek_lookup(dek_id) -> awaitable DEK bytes."""
-    from ..crypto.header import read_header_public
-    raw = await backend.read(handle, 0, HEADER_SIZE)
-    dek_id, file_id = read_header_public(raw)
-    dek = await dek_lookup(dek_id)
-    return open_header(file_key(dek, file_id), raw), dek

@@ -1,4 +1,4 @@
-"""Volume pinning (DESIGN.md "Key hierarchy"; fs/pins.py): the first use pins a volume
+"""Volume pinning (docs/FORMAT.md section 5; fs/pins.py): the first use pins a volume
 (id + config-key fingerprint); a substituted sealfs.json is refused with exit 6 until
 `sealfs repin STORE`."""
 

@@ -1,4 +1,4 @@
-"""Crash ordering (fs/files.py FileState.flush; DESIGN.md "File format"):
+"""Crash ordering (fs/files.py FileState.flush; docs/FORMAT.md section 9):
 
 a size change touches two chunks (the old and the new final one). Grow = new chunks,
 then the old final chunk resealed, then the header; shrink = header, then the new final

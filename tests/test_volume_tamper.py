@@ -165,7 +165,7 @@ async def test_a_zeroed_final_chunk_is_not_a_hole(make_volume, open_volume):
 
 
 async def test_a_zeroed_middle_chunk_reads_as_a_hole_as_documented(make_volume, open_volume):
-    """The documented price of cheap sparse files (DESIGN.md, threat model)."""
+    """The documented price of cheap sparse files (docs/THREAT_MODEL.md row 11)."""
     store = await make_volume(CS)
     vol = await open_volume(store)
     data = os.urandom(3 * CS)
