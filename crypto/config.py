@@ -138,11 +138,13 @@ class VolumeConfig:
         return cfg, mac
 
     def verify(self, mac_key: bytes, claimed: str) -> None:
-        """Check the MAC over the document exactly as stored (not as re-serialized)."""
-        signed = self.stored if self.stored is not None else self.body()
-        expected = hmac.new(mac_key, canonical_json(signed), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, claimed) or (self.stored is not None
-                                                         and self.stored != self.body()):
+        """Check the MAC over the document exactly as stored (not as re-serialized), and
+        that it is what sealfs acts on: compared canonically, so that 4096.0 or true is not
+        taken for 4096 or 1 (Python's == would)."""
+        body = canonical_json(self.body())
+        signed = canonical_json(self.stored) if self.stored is not None else body
+        expected = hmac.new(mac_key, signed, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, claimed) or signed != body:
             raise IntegrityError("sealfs.json failed authentication (it was modified)")
 
 
