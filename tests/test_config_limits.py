@@ -298,3 +298,17 @@ async def test_a_silent_smb_port_is_reported_as_no_reply_within_the_timeout(tcp_
     message = str(info.value)
     assert f"127.0.0.1:{port}" in message and "no SMB reply" in message, message
     assert "dialect" not in message and "\n" not in message
+
+
+def test_init_over_smb_checks_the_store_before_it_creates_a_keyfile(samba, tmp_path):
+    from tests.servers.samba import new_store
+    store = new_store(samba)
+    url = f"{store.url}/not/yet"          # init creates the missing directories
+    env = {"SEALFS_SMB_PASSWORD": samba.password}
+    first, second = tmp_path / "first.key", tmp_path / "second.key"
+    res = run_sealfs("init", url, "--keyfile", first, "--chunk-size", "4K", env=env)
+    assert res.code == 0 and first.exists(), res.err
+    assert (store.local / "not" / "yet" / "sealfs.json").exists()
+    res = run_sealfs("init", url, "--keyfile", second, env=env)
+    assert_one_line_error(res, 2, "already holds a sealfs volume")
+    assert not second.exists()
