@@ -591,11 +591,15 @@ class _Channel:
                 conn.connect(timeout=settings.connect_timeout, preferred_encryption_algos=ciphers,
                              preferred_signing_algos=_SMB3_SIGNING)
             except ValueError as exc:  # smbprotocol's wrapper for a failed TCP connect
-                raise _Unreachable(str(exc)) from None
+                raise _Unreachable(self._tcp_failure(exc, settings.connect_timeout)) from None
             except (OSError, SMBException, KeyError, struct.error) as exc:
                 _quiet_disconnect(conn)
                 if isinstance(exc, OSError) and not isinstance(exc, SMBException):
                     raise _Unreachable(str(exc)) from None
+                if isinstance(exc, SMBException) and not isinstance(exc, SMBResponseException):
+                    # Closed or silent: an SMB 2/3 server answers even a negotiate it cannot
+                    # satisfy (STATUS_NOT_SUPPORTED), so this says nothing about dialects.
+                    raise _Unreachable(f"no SMB reply to the negotiate request: {_short(exc)}") from None
                 if i + 1 < len(attempts):
                     continue  # AES-256-GCM alone offers 3.1.1 alone: retry with every SMB 3 dialect
                 raise TransportSecurityError(
@@ -633,6 +637,20 @@ class _Channel:
                      f"signing {signing}, share flag encrypt={bool(tree.encrypt_data)}")
         log.info("%s: channel %d connected: %s; every message encrypted", t.location, self.index, self.info)
         self._grow_credits()
+
+    @staticmethod
+    def _tcp_failure(exc: ValueError, timeout: float) -> str:
+        """What the failed TCP connect was (smbprotocol wraps the OSError in a ValueError)."""
+        cause = exc.__cause__
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host name: {cause.strerror}"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused (nothing listens on that port)"
+        if isinstance(cause, TimeoutError):
+            return f"no answer to the TCP connect within {timeout:g} s"
+        if isinstance(cause, OSError):
+            return f"TCP connect failed: {cause.strerror or cause}"
+        return str(exc)
 
     @staticmethod
     def _cipher(conn: Connection) -> int:

@@ -102,6 +102,7 @@ class VolumeConfig:
         """Parse without verifying; returns the config and its claimed MAC."""
         try:
             doc = json.loads(data.decode("utf-8"))
+            _check_depth(doc)
             if not isinstance(doc, dict) or doc.get("format") != "sealfs":
                 raise ConfigError("sealfs.json is not a sealfs volume config")
             unknown = set(doc) - _CONFIG_FIELDS
@@ -127,6 +128,8 @@ class VolumeConfig:
             cfg.stored = {k: v for k, v in doc.items() if k != "mac"}
         except ConfigError:
             raise
+        except RecursionError:      # json.loads recurses once per level
+            raise ConfigError(_TOO_DEEP) from None
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"sealfs.json is damaged ({type(exc).__name__}: {exc})") from None
         if len(cfg.volume_id) != 16 or not cfg.deks:
@@ -135,17 +138,38 @@ class VolumeConfig:
         return cfg, mac
 
     def verify(self, mac_key: bytes, claimed: str) -> None:
-        """Check the MAC over the document exactly as stored (not as re-serialized)."""
-        signed = self.stored if self.stored is not None else self.body()
-        expected = hmac.new(mac_key, canonical_json(signed), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, claimed) or (self.stored is not None
-                                                         and self.stored != self.body()):
+        """Check the MAC over the document exactly as stored (not as re-serialized), and
+        that it is what sealfs acts on: compared canonically, so that 4096.0 or true is not
+        taken for 4096 or 1 (Python's == would)."""
+        body = canonical_json(self.body())
+        signed = canonical_json(self.stored) if self.stored is not None else body
+        expected = hmac.new(mac_key, signed, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, claimed) or signed != body:
             raise IntegrityError("sealfs.json failed authentication (it was modified)")
 
 
 _CONFIG_FIELDS = {"format", "version", "volume_id", "chunk_size", "created", "kek", "name_dek",
                   "current_dek", "deks", "mac"}
 _DEK_FIELDS = {"id", "wrapped", "algorithm", "kek_version", "created"}
+
+
+#: v1 nests three levels (document, "kek" or "deks", "scrypt" or one DEK); the margin is for
+#: opaque provider fields. Checked because the document is read, compared and re-encoded
+#: (all recursive) before its MAC can be checked.
+MAX_CONFIG_DEPTH = 8
+_TOO_DEEP = f"sealfs.json is damaged (nested deeper than {MAX_CONFIG_DEPTH} levels)"
+
+
+def _check_depth(doc: Any) -> None:
+    """Refuse deep nesting without recursing (a store could nest thousands of levels)."""
+    level: list[Any] = [doc]
+    for _ in range(MAX_CONFIG_DEPTH):
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        if not level:
+            return
+    if any(isinstance(node, (dict, list)) for node in level):
+        raise ConfigError(_TOO_DEEP)
 
 
 def canonical_json(obj: Any) -> bytes:

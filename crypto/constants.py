@@ -45,3 +45,8 @@ SCRYPT_N = 1 << 17
 SCRYPT_R = 8
 SCRYPT_P = 1
 SCRYPT_SALT_SIZE = 32
+# What a reader will run before the config MAC can be checked (the parameters come from
+# sealfs.json, i.e. from the store). 128*N*r bytes of memory and p*N*r units of work:
+# 1 GiB and 8x the default's work, the most `sealfs init` can write (N = 2^20, r = 8, p = 1).
+SCRYPT_MAX_MEMORY = 1 << 30
+SCRYPT_MAX_WORK = 8 * SCRYPT_P * SCRYPT_N * SCRYPT_R

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .config import WrappedDek, b64, unb64
-from .constants import KEY_SIZE, SCRYPT_N, SCRYPT_P, SCRYPT_R, SCRYPT_SALT_SIZE
+from .constants import (KEY_SIZE, SCRYPT_MAX_MEMORY, SCRYPT_MAX_WORK, SCRYPT_N, SCRYPT_P, SCRYPT_R,
+                        SCRYPT_SALT_SIZE)
 from .errors import ConfigError, KeyAccessError, UsageError
 from .kms import KekProvider, KeySecrets, UnwrapResult, WrapResult
 
@@ -103,6 +104,23 @@ class PassphraseKek(_AesKwKek):
         return "wrong passphrase: it does not unlock this volume"
 
 
+_DEFAULT_WORK = SCRYPT_P * SCRYPT_N * SCRYPT_R
+
+
+def scrypt_problem(n: int, r: int, p: int) -> str | None:
+    """Why scrypt(N, r, p) must not run, or None: a store can ask for these before the MAC
+    is checked, so a reader runs nothing a legitimate volume could not need."""
+    if n < 2 or n & (n - 1) or r < 1 or p < 1:
+        return f"N = {n}, r = {r}, p = {p} are not valid scrypt parameters (N a power of two >= 2, r, p >= 1)"
+    if 128 * n * r > SCRYPT_MAX_MEMORY:
+        return (f"N = {n}, r = {r} need {128 * n * r >> 20} MiB of memory, "
+                f"more than the {SCRYPT_MAX_MEMORY >> 20} MiB sealfs allows")
+    if p * n * r > SCRYPT_MAX_WORK:
+        return (f"N = {n}, r = {r}, p = {p} ask for p*N*r = {p * n * r} units of work, more than the "
+                f"{SCRYPT_MAX_WORK} ({SCRYPT_MAX_WORK // _DEFAULT_WORK} times the default) sealfs allows")
+    return None
+
+
 def for_init(secrets: KeySecrets) -> KekProvider:
     if secrets.keyfile is not None:
         if not secrets.keyfile.exists():
@@ -110,6 +128,9 @@ def for_init(secrets: KeySecrets) -> KekProvider:
         return KeyfileKek(secrets.keyfile)
     if secrets.passphrase is not None:
         n = int(secrets.options.get("scrypt_n", SCRYPT_N))
+        problem = scrypt_problem(n, SCRYPT_R, SCRYPT_P)
+        if problem:
+            raise UsageError(f"--scrypt-n: {problem}")
         return PassphraseKek(secrets.passphrase(), os.urandom(SCRYPT_SALT_SIZE), n, SCRYPT_R, SCRYPT_P)
     raise UsageError("a new volume needs --keyfile FILE, --passphrase-file FILE or --kek URI")
 
@@ -128,6 +149,7 @@ def from_config(entry: dict[str, Any], secrets: KeySecrets) -> KekProvider:
         salt, n, r, p = unb64(params["salt"]), int(params["n"]), int(params["r"]), int(params["p"])
     except (KeyError, ValueError, TypeError):
         raise ConfigError("sealfs.json has damaged scrypt parameters") from None
-    if n > 1 << 22 or r > 32 or p > 16:
-        raise ConfigError("sealfs.json asks for unreasonable scrypt parameters")
+    problem = scrypt_problem(n, r, p)
+    if problem:
+        raise ConfigError(f"sealfs.json asks for unreasonable scrypt parameters: {problem}")
     return PassphraseKek(secrets.passphrase(), salt, n, r, p)

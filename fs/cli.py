@@ -24,11 +24,14 @@ from ..backends.base import Backend
 from ..backends.registry import BackendOptions, open_backend
 from ..crypto.audit import AuditLog
 from ..crypto.broker import harden_process
-from ..crypto.constants import DEFAULT_CHUNK_SIZE
-from ..crypto.errors import SealfsError, UsageError
+from ..crypto.config import validate_chunk_size
+from ..crypto.constants import (CONFIG_NAME, DEFAULT_CHUNK_SIZE, DIR_META_NAME, SCRYPT_P,
+                                SCRYPT_R)
+from ..crypto.errors import ConfigError, SealfsError, UsageError
 from ..crypto.header import Kind
 from ..crypto.kdf import pin_fingerprint
 from ..crypto.kms import provider_for_init
+from ..crypto.kms_local import scrypt_problem
 from .config_file import VolumeConfigFile, load_config_file, secret_files
 from .errors import exit_code_of, first_error, one_line
 from .keysource import resolve_secrets, smb_password_source
@@ -187,10 +190,9 @@ def init(store: str, chunk_size: str, kek: str | None, scrypt_n: int | None,
     """Create a new encrypted volume in STORE (a local directory)."""
     store = _ctx().positionals(store, required=1)[0]
     ctx = click.get_current_context().find_object(Context)
-    try:
-        size = parse_size(chunk_size)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    size = _init_chunk_size(chunk_size)
+    if scrypt_n is not None and (problem := scrypt_problem(scrypt_n, SCRYPT_R, SCRYPT_P)):
+        raise UsageError(f"--scrypt-n: {problem}")
     if ctx.keyfile is None and ctx.passphrase_file is None and kek is None \
             and not os.environ.get("SEALFS_KEYFILE") and not os.environ.get("SEALFS_PASSPHRASE") \
             and not sys.stdin.isatty():
@@ -200,17 +202,59 @@ def init(store: str, chunk_size: str, kek: str | None, scrypt_n: int | None,
     backend = ctx.backend(store)
 
     async def main() -> None:
-        provider = provider_for_init(kek or (ctx.config.kek if ctx.config else None), secrets)
         try:
-            await backend.make_root()
-            config = await Volume.init(backend, provider, chunk_size=size, pins=PinStore(),
-                                       audit=ctx.audit(), allow_purgeable=allow_purgeable_kek)
+            # Reaches the store first: a busy or unreachable store fails before a key exists.
+            await _refuse_existing_volume(backend)
+            new_keyfile = secrets.keyfile if secrets.keyfile and not secrets.keyfile.exists() else None
+            provider = provider_for_init(kek or (ctx.config.kek if ctx.config else None), secrets)
+            try:
+                await backend.make_root()
+                config = await Volume.init(backend, provider, chunk_size=size, pins=PinStore(),
+                                           audit=ctx.audit(), allow_purgeable=allow_purgeable_kek)
+            except BaseException:
+                await _remove_unused_keyfile(backend, new_keyfile)
+                raise
+            finally:
+                provider.close()
         finally:
-            provider.close()
             await backend.aclose()
         click.echo(f"created volume {config.volume_id.hex()} in {backend.location} "
                    f"(chunk size {format_size(config.chunk_size)}, KEK {provider.kek_id})")
     run(main)
+
+
+def _init_chunk_size(text: str) -> int:
+    """--chunk-size as bytes; a bad one is a usage error found before anything is created."""
+    try:
+        size = parse_size(text)
+        validate_chunk_size(size)
+    except (ValueError, ConfigError) as exc:
+        raise UsageError(f"--chunk-size: {exc}") from None
+    return size
+
+
+async def _refuse_existing_volume(backend: Backend) -> None:
+    try:
+        await backend.stat(CONFIG_NAME)
+    except FileNotFoundError:
+        return
+    raise UsageError(f"{backend.location} already holds a sealfs volume")
+
+
+async def _remove_unused_keyfile(backend: Backend, keyfile: Path | None) -> None:
+    """Delete the keyfile this init created, but only while the store holds nothing of the
+    volume (neither sealfs.dir nor sealfs.json): then the key protects nothing."""
+    if keyfile is None:
+        return
+    for name in (DIR_META_NAME, CONFIG_NAME):
+        try:
+            await backend.stat(name)
+            return
+        except FileNotFoundError:
+            pass
+        except Exception:           # cannot tell: keep the key
+            return
+    keyfile.unlink(missing_ok=True)
 
 
 @cli.command()

@@ -193,6 +193,8 @@ def parse_config_text(text: str, path: Path | str) -> VolumeConfigFile:
     except tomllib.TOMLDecodeError as exc:
         msg, line, col = _split_toml_error(exc)
         raise ConfigFileError(path, f"TOML syntax error: {msg}", line=line, column=col) from None
+    except RecursionError:      # tomllib recurses once per nested array or inline table
+        raise ConfigFileError(path, "TOML nests arrays or inline tables too deeply") from None
     return _Validator(text, path).build(data)
 
 

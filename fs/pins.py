@@ -34,7 +34,9 @@ class PinStore:
             return {}
         except (OSError, ValueError) as exc:
             raise ConfigError(f"pin file {self.path} is unreadable or damaged: {exc}") from None
-        if not isinstance(data, dict):
+        except RecursionError:      # json.loads recurses once per nesting level
+            raise ConfigError(f"pin file {self.path} is damaged (nested too deeply)") from None
+        if not isinstance(data, dict) or not all(isinstance(pin, dict) for pin in data.values()):
             raise ConfigError(f"pin file {self.path} is damaged")
         return data
 
@@ -58,7 +60,7 @@ class PinStore:
         if pin.get("volume_id") != volume_id or pin.get("fingerprint") != fingerprint:
             raise PinMismatchError(
                 f"the volume at {location} is not the one pinned on first use "
-                f"(pinned volume {pin.get('volume_id', '?')[:12]}, found {volume_id[:12]}): "
+                f"(pinned volume {str(pin.get('volume_id', '?'))[:12]}, found {volume_id[:12]}): "
                 f"sealfs.json may have been replaced; if the change is legitimate, "
                 f"run `sealfs repin {location}`")
         return False

@@ -169,8 +169,8 @@ def kek_from(config: dict, keyfile: bytes | None, passphrase: bytes | None) -> b
             raise KeyError_("a passphrase volume needs the passphrase")
         params = kek["scrypt"]
         n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
-        if n > 1 << 22 or r > 32 or p > 16:
-            raise FormatError("unreasonable scrypt parameters")
+        if n < 2 or n & (n - 1) or r < 1 or p < 1 or 128 * n * r > 1 << 30 or p * n * r > 1 << 23:
+            raise FormatError("unreasonable scrypt parameters")   # FORMAT.md 4
         salt = base64.b64decode(params["salt"], validate=True)
         return hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, dklen=32,
                               maxmem=256 * r * n + (1 << 20))
