@@ -219,13 +219,16 @@ def test_the_daemon_log_is_private_and_never_written_through_a_link(tmp_path, ke
     victim.write_bytes(b"untouched")
     link = tmp_path / "linked.log"
     link.symlink_to(victim)
-    res = run_sealfs("mount", store, mnt, "--keyfile", keyfile, "--daemon", "--log-file", link,
-                     env=mount_env)
-    assert res.code == 2 and "symbolic link" in res.err, res.err
-    assert victim.read_bytes() == b"untouched" and not os.path.ismount(mnt)
     log = tmp_path / "mount.log"
-    res = run_sealfs("mount", store, mnt, "--keyfile", keyfile, "--daemon", "--log-file", log,
-                     env=mount_env)
-    assert res.code == 0, res.err
-    run_sealfs("umount", mnt, env=mount_env)
+    try:
+        res = run_sealfs("mount", store, mnt, "--keyfile", keyfile, "--daemon", "--log-file", link,
+                         env=mount_env)
+        assert res.code == 2 and "symbolic link" in res.err, res.err
+        assert victim.read_bytes() == b"untouched" and not os.path.ismount(mnt)
+        res = run_sealfs("mount", store, mnt, "--keyfile", keyfile, "--daemon", "--log-file", log,
+                         env=mount_env)
+        assert res.code == 0, res.err
+    finally:
+        if os.path.ismount(mnt):
+            run_sealfs("umount", mnt, env=mount_env)
     assert log.stat().st_mode & 0o777 == 0o600
