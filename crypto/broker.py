@@ -8,17 +8,16 @@ Cache policy:
 * TTL counts from the last use and evicts only idle keys: a key acquired by an open
   file (acquire/release, or ``async with broker.using(id)``) stays until released.
 * At most ``max_entries`` keys; beyond that the least recently used idle key goes.
-* Keys live in bytearrays, mlock()ed when the kernel allows, and are zeroed on
-  eviction and close(). Python copies (bytes returned to callers, SDK internals)
-  cannot be zeroed: this is best effort, as DESIGN.md says.
+* Keys live in the locked arena (crypto/secmem.py: mlock()ed, MADV_DONTDUMP) and are
+  zeroed on eviction and close(). Callers get a read-only memoryview of that memory,
+  not a copy, so an evicted key is zero everywhere sealfs holds it; what KMS SDKs and
+  `cryptography` copy internally cannot be zeroed (README, "Key handling").
 * If the KMS becomes unreachable, cached keys keep serving until their TTL; new
   unwraps fail with KeyAccessError (one line, from the provider).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hmac
 import os
 import threading
@@ -34,24 +33,12 @@ from .config import VolumeConfig, WrappedDek
 from .constants import KEY_SIZE
 from .errors import KeyAccessError, SealfsError
 from .kms import KekProvider
+from .secmem import SecretBuffer, libc, secret
 
 DEFAULT_TTL = 3600.0
 DEFAULT_MAX_ENTRIES = 256
 
 # -- process hardening -----------------------------------------------------------------------
-
-_libc: ctypes.CDLL | None = None
-
-
-def _get_libc() -> ctypes.CDLL | None:
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        except OSError:
-            return None
-    return _libc
-
 
 def harden_process() -> dict[str, bool]:
     """Best effort: no core dumps and no ptrace by other same-uid processes.
@@ -61,10 +48,10 @@ def harden_process() -> dict[str, bool]:
     Returns which measures took effect (for a debug line, never fatal).
     """
     result = {"dumpable_off": False, "core_limit_zero": False}
-    libc = _get_libc()
-    if libc is not None:
+    lib = libc()
+    if lib is not None:
         PR_SET_DUMPABLE = 4
-        result["dumpable_off"] = libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+        result["dumpable_off"] = lib.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
     try:
         import resource
 
@@ -73,27 +60,6 @@ def harden_process() -> dict[str, bool]:
     except (ImportError, ValueError, OSError):
         pass
     return result
-
-
-class _SecretBuffer:
-    """A bytearray that is mlock()ed while alive and zeroed when wiped."""
-
-    __slots__ = ("buf", "_view", "locked")
-
-    def __init__(self, data: bytes | bytearray) -> None:
-        self.buf = bytearray(data)
-        # The ctypes view exports the buffer, which also stops it from ever being resized/moved.
-        self._view = (ctypes.c_char * len(self.buf)).from_buffer(self.buf)
-        libc = _get_libc()
-        self.locked = bool(libc and libc.mlock(ctypes.addressof(self._view), ctypes.c_size_t(len(self.buf))) == 0)
-
-    def wipe(self) -> None:
-        n = len(self.buf)
-        ctypes.memset(ctypes.addressof(self._view), 0, n)
-        libc = _get_libc()
-        if self.locked and libc is not None:
-            libc.munlock(ctypes.addressof(self._view), ctypes.c_size_t(n))
-            self.locked = False
 
 
 def _wipe(buf: bytearray) -> None:
@@ -158,7 +124,7 @@ def _verify_unwrap(provider: KekProvider, wrapped: WrappedDek, expect: bytearray
 
 @dataclass
 class _Entry:
-    secret: _SecretBuffer
+    secret: SecretBuffer
     last_used: float
     refs: int = 0
 
@@ -213,7 +179,7 @@ class KeyBroker:
             entry.secret.wipe()
             self.stats.evictions += 1
 
-    def _take(self, dek_id: int, acquire: bool) -> bytes | None:
+    def _take(self, dek_id: int, acquire: bool) -> memoryview | None:
         with self._lock:
             now = self._clock()
             entry = self._cache.get(dek_id)
@@ -226,19 +192,19 @@ class KeyBroker:
             if acquire:
                 entry.refs += 1
             self.stats.hits += 1
-            return bytes(entry.secret.buf)
+            return entry.secret.readonly()
 
-    def _store(self, dek_id: int, key: bytearray, acquire: bool) -> bytes:
+    def _store(self, dek_id: int, key: bytearray, acquire: bool) -> memoryview:
         """Move a freshly unwrapped key into the cache (the caller's buffer is zeroed)."""
         with self._lock:
             old = self._cache.pop(dek_id, None)
             if old is not None:
                 old.secret.wipe()
-            entry = _Entry(_SecretBuffer(key), self._clock(), 1 if acquire else 0)
+            entry = _Entry(secret(key), self._clock(), 1 if acquire else 0)
             _wipe(key)
             self._cache[dek_id] = entry
             self._evict_over_capacity()
-            return bytes(entry.secret.buf)
+            return entry.secret.readonly()
 
     def _evict_over_capacity(self) -> None:
         excess = len(self._cache) - self.max_entries
@@ -285,7 +251,7 @@ class KeyBroker:
             raise KeyAccessError(f"KEK {self.provider.kek_id} returned a {len(key)}-byte DEK {dek_id}")
         return key
 
-    async def _get(self, dek_id: int, acquire: bool) -> bytes:
+    async def _get(self, dek_id: int, acquire: bool) -> memoryview:
         if self._closed:
             raise KeyAccessError("the key broker is closed")
         while True:
@@ -311,11 +277,12 @@ class KeyBroker:
             del self._inflight[dek_id]
             flight.event.set()
 
-    async def dek(self, dek_id: int) -> bytes:
-        """The DEK's bytes (cached; at most one unwrap in flight per DEK)."""
+    async def dek(self, dek_id: int) -> memoryview:
+        """The DEK (cached; at most one unwrap in flight per DEK): a view of locked memory,
+        valid until the key is evicted; use it before the next await, or acquire() it."""
         return await self._get(dek_id, acquire=False)
 
-    async def acquire(self, dek_id: int) -> bytes:
+    async def acquire(self, dek_id: int) -> memoryview:
         """Like dek(), and pins the key until release(): TTL never evicts a key in use."""
         return await self._get(dek_id, acquire=True)
 
@@ -327,14 +294,14 @@ class KeyBroker:
                 entry.last_used = self._clock()
 
     @asynccontextmanager
-    async def using(self, dek_id: int) -> AsyncIterator[bytes]:
+    async def using(self, dek_id: int) -> AsyncIterator[memoryview]:
         key = await self.acquire(dek_id)
         try:
             yield key
         finally:
             self.release(dek_id)
 
-    def dek_sync(self, dek_id: int) -> bytes:
+    def dek_sync(self, dek_id: int) -> memoryview:
         """For code outside trio (init, CLI, tests); de-duplicated per DEK across threads."""
         if self._closed:
             raise KeyAccessError("the key broker is closed")

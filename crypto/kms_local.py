@@ -18,25 +18,20 @@ from .constants import (KEY_SIZE, SCRYPT_MAX_MEMORY, SCRYPT_MAX_WORK, SCRYPT_N, 
                         SCRYPT_SALT_SIZE)
 from .errors import ConfigError, KeyAccessError, UsageError
 from .kms import KekProvider, KeySecrets, UnwrapResult, WrapResult
+from .secmem import SecretBuffer, secret
+from .secret_files import read_key_file
 
 ALGORITHM = "A256KW"   # RFC 3394 AES key wrap
 
 
-def read_keyfile(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise KeyAccessError(f"keyfile {path} does not exist") from None
-    except OSError as exc:
-        raise KeyAccessError(f"cannot read keyfile {path}: {exc.strerror}") from None
-    if len(data) != KEY_SIZE:
-        raise KeyAccessError(f"keyfile {path} must hold exactly {KEY_SIZE} bytes, it has {len(data)}")
-    return data
+def read_keyfile(path: Path) -> SecretBuffer:
+    """The KEK, in locked memory; refused if group or others can read the file."""
+    return read_key_file(path, KEY_SIZE)
 
 
 def create_keyfile(path: Path) -> None:
-    """Create a new random keyfile, mode 0600, never overwriting an existing file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """Create a new random keyfile, mode 0600, never overwriting an existing file or following a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, os.urandom(KEY_SIZE))
         os.fsync(fd)
@@ -45,8 +40,9 @@ def create_keyfile(path: Path) -> None:
 
 
 class _AesKwKek(KekProvider):
-    def __init__(self, kek: bytes) -> None:
-        self._kek = kek
+    def __init__(self, kek: SecretBuffer) -> None:
+        self._secret = kek                  # locked memory, zeroed by close()
+        self._kek = kek.readonly()
 
     def wrap(self, dek: bytes) -> WrapResult:
         return WrapResult(aes_key_wrap(self._kek, bytes(dek)), ALGORITHM)
@@ -62,6 +58,10 @@ class _AesKwKek(KekProvider):
 
     def _wrong_key_message(self) -> str:
         return "wrong key"
+
+    def close(self) -> None:
+        self._kek = memoryview(b"")
+        self._secret.wipe()
 
 
 class KeyfileKek(_AesKwKek):
@@ -89,7 +89,8 @@ class PassphraseKek(_AesKwKek):
         if not passphrase:
             raise KeyAccessError("the passphrase is empty")
         self._params = (salt, n, r, p)
-        kek = Scrypt(salt=salt, length=KEY_SIZE, n=n, r=r, p=p).derive(passphrase)
+        kek = secret(KEY_SIZE)
+        Scrypt(salt=salt, length=KEY_SIZE, n=n, r=r, p=p).derive_into(passphrase, kek.view)
         super().__init__(kek)
 
     @property

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from .config import WrappedDek
 from .constants import KEY_SIZE
 from .errors import ConfigError, KeyAccessError, UsageError
 from .kms import KekProvider, KeySecrets, UnwrapResult, WrapResult
+from .secret_files import read_secret_file
 
 PIN_ENV = "SEALFS_PKCS11_PIN"
 MODULE_ENV = "SEALFS_PKCS11_MODULE"
@@ -144,16 +144,7 @@ def _read_pin(ref: Pkcs11Uri, secrets: KeySecrets) -> bytes:
         path = Path(src[5:] if src.startswith("file:") else src)
         if src.startswith(("|", "exec:")):
             raise UsageError("PKCS#11 pin-source must be a file (file:/path)")
-        try:
-            st = path.stat()
-            if st.st_mode & stat.S_IROTH:
-                raise KeyAccessError(f"PIN file {path} is readable by everyone; chmod 600 it")
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise KeyAccessError(f"PIN file {path} does not exist") from None
-        except PermissionError:
-            raise KeyAccessError(f"cannot read PIN file {path}: permission denied") from None
-        pin = data.rstrip(b"\r\n")
+        pin = read_secret_file(path, "PIN file").rstrip(b"\r\n")
     elif os.environ.get(PIN_ENV):
         pin = os.environ[PIN_ENV].encode()
     elif callable(secrets.options.get("pkcs11_pin")):

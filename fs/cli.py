@@ -143,7 +143,9 @@ def _ctx() -> Context:
 
 
 def run(async_fn: Callable, *args) -> None:
-    """Every command, the mount too, moves data through megabyte buffers (fs/malloc.py)."""
+    """Every command, the mount too, moves data through megabyte buffers (fs/malloc.py),
+    and may unwrap keys: no core dumps, no ptrace by peers, before any key is read."""
+    harden_process()
     reuse_large_buffers()
     trio.run(async_fn, *args)
 
@@ -523,7 +525,6 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
             return
 
         async def main() -> None:
-            harden_process()      # no core dumps, no ptrace: unwrapped keys live here
             limit_malloc_arenas()  # bounded memory whatever the file size
             volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore(),
                                        tuning=ctx.tuning(), audit=ctx.audit(), check_kek=True,

@@ -21,7 +21,7 @@ from ..crypto.chunks import ChunkCipher
 from ..crypto.constants import CHUNK_OVERHEAD, NONCE_SIZE
 from ..crypto.errors import IntegrityError
 from ..crypto.header import HEADER_SIZE, FileHeader, Metadata, seal_header
-from ..crypto.kdf import file_key
+from ..crypto.kdf import file_key, file_key_secret
 from ..crypto.layout import (chunk_count, chunk_plain_length, final_index, logical_size,
                              slot_offset, stored_size)
 from .errors import first_error
@@ -58,14 +58,16 @@ class FileState:
     """Shared by every handle (and hard link) open on one file id."""
 
     def __init__(self, *, backend: Backend, handle: Handle, bpath: str, header: FileHeader,
-                 dek: bytes, chunk_size: int, cache: "ChunkCache", tuning: FileTuning,
+                 dek: bytes | memoryview, chunk_size: int, cache: "ChunkCache", tuning: FileTuning,
                  limiter: trio.CapacityLimiter, committed: int) -> None:
         self.backend = backend
         self.handle = handle
         self.bpath = bpath
         self.file_id = header.file_id
         self.dek_id = header.dek_id
-        self._file_key = file_key(dek, header.file_id)
+        # The file key lives in locked memory until forget_secrets(); AES-GCM copies it.
+        self._key_secret = file_key_secret(dek, header.file_id)
+        self._file_key: bytes | memoryview = self._key_secret.readonly()
         self.cipher = ChunkCipher(self._file_key, header.file_id)
         self.meta = header.meta
         self.cs = chunk_size
@@ -759,6 +761,7 @@ class FileState:
 
     def forget_secrets(self) -> None:
         self._file_key = b""
+        self._key_secret.wipe()
 
 
 @dataclass

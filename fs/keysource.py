@@ -7,7 +7,9 @@
    passphrase_file keys (fs/config_file.secret_files)
 4. an interactive prompt for the passphrase, only when stdin is a terminal
 
-Secrets never come from argv: only file paths do.
+Secrets never come from argv: only file paths do. A --daemon mount's child gets the
+secret variables through a pipe, not its environment (fs/daemon.py): secret_env()
+reads those first.
 """
 
 from __future__ import annotations
@@ -21,14 +23,26 @@ import click
 
 from ..crypto.errors import KeyAccessError, UsageError
 from ..crypto.kms import KeySecrets
+from ..crypto.secret_files import read_secret_file
+
+
+#: environment variables that hold secrets themselves (not paths)
+HANDED_OVER_ENV = ("SEALFS_PASSPHRASE", "SEALFS_SMB_PASSWORD", "SEALFS_PKCS11_PIN")
+_handed_over: dict[str, str] = {}
+
+
+def accept_handover(values: dict[str, str]) -> None:
+    """Secret variables a --daemon parent passed over a pipe instead of the environment."""
+    _handed_over.update({k: v for k, v in values.items() if k in HANDED_OVER_ENV and isinstance(v, str)})
+
+
+def secret_env(name: str) -> str | None:
+    """A secret variable: handed over by a --daemon parent, else from the environment."""
+    return _handed_over.get(name) or os.environ.get(name) or None
 
 
 def _read_passphrase_file(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyAccessError(f"cannot read passphrase file {path}: {exc.strerror}") from None
-    data = data.rstrip(b"\r\n")
+    data = read_secret_file(path, "passphrase file").rstrip(b"\r\n")
     if not data:
         raise KeyAccessError(f"passphrase file {path} is empty")
     return data
@@ -42,19 +56,17 @@ def resolve_secrets(keyfile: str | None, passphrase_file: str | None, *,
     secrets = KeySecrets(options=dict(options or {}))
     if _use_files(secrets, keyfile, passphrase_file):
         return secrets
+    pin = secret_env("SEALFS_PKCS11_PIN")
+    if pin and "SEALFS_PKCS11_PIN" not in os.environ:     # handed over: not in the environment
+        secrets.options.setdefault("pkcs11_pin", lambda: pin.encode("utf-8", "surrogateescape"))
     env_keyfile = os.environ.get("SEALFS_KEYFILE")
-    env_pass = os.environ.get("SEALFS_PASSPHRASE")
+    env_pass = secret_env("SEALFS_PASSPHRASE")
     if env_keyfile:
         secrets.keyfile = Path(env_keyfile)
         return secrets
     if env_pass:
-        value = env_pass.encode("utf-8")
+        value = env_pass.encode("utf-8", "surrogateescape")
         secrets.passphrase = lambda: value
-        return secrets
-    if os.environ.get("SEALFS_PASSPHRASE_STDIN"):
-        # A --daemon child: the parent prompted and hands the passphrase over stdin.
-        line = sys.stdin.buffer.readline().rstrip(b"\r\n")
-        secrets.passphrase = lambda: line
         return secrets
     if _use_files(secrets, config_keyfile, config_passphrase_file):
         return secrets
@@ -96,14 +108,15 @@ def smb_password_source(password_file: str | None, config_file: str | None = Non
     """
     def fetch() -> str | None:
         path = password_file or None
-        if path is None and os.environ.get("SEALFS_SMB_PASSWORD"):
-            return os.environ["SEALFS_SMB_PASSWORD"]
+        if path is None and secret_env("SEALFS_SMB_PASSWORD"):
+            return secret_env("SEALFS_SMB_PASSWORD")
         path = path or config_file
         if path:
+            data = read_secret_file(path, "SMB password file")
             try:
-                return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise KeyAccessError(f"cannot read SMB password file {path}: {exc.strerror}") from None
+                return data.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise KeyAccessError(f"SMB password file {path} is not UTF-8") from None
         if sys.stdin.isatty():
             return click.prompt("SMB password", hide_input=True, err=True)
         return None

@@ -28,12 +28,14 @@ from ..crypto.errors import ConfigError, IntegrityError, UsageError
 from ..crypto.header import (DIR_META_SIZE, HEADER_SIZE, FileHeader, Kind, Metadata,
                              new_dir_id, new_file_id, open_dir_meta, open_header,
                              read_header_public, seal_dir_meta, seal_header)
-from ..crypto.kdf import config_mac_key, dir_meta_key, file_key, name_key, pin_fingerprint
+from ..crypto.kdf import (config_mac_key, dir_meta_key, dir_meta_key_secret, file_key, name_key_secret,
+                          pin_fingerprint)
 from ..crypto.kms import KekProvider, KeySecrets, provider_from_config
 from ..crypto.layout import logical_size, stored_size
 from ..crypto.names import (NameCipher, entry_of_sidecar, is_long_name_entry, is_reserved,
                             is_sidecar, sidecar_of)
 from ..crypto.chunks import ChunkCipher
+from ..crypto.secmem import secret
 from .cache import ChunkCache
 from .files import FileState, FileTuning
 from .journal import journaled_file_ids
@@ -204,8 +206,12 @@ class Volume:
         self.broker = broker
         self.tuning = tuning or VolumeTuning()
         self.chunk_size = config.chunk_size
-        self.names = NameCipher(name_key(names_dek))
-        self._dir_key = dir_meta_key(names_dek)
+        # Both keys live in locked memory, zeroed by close(); AES-SIV keeps its own copy.
+        names_key = name_key_secret(names_dek)
+        self.names = NameCipher(names_key.readonly())
+        names_key.wipe()
+        self._dir_secret = dir_meta_key_secret(names_dek)
+        self._dir_key = self._dir_secret.readonly()
         self.cache = ChunkCache(self.tuning.cache_bytes)
         self._dirs: dict[str, DirInfo] = {}
         self._headers: dict[str, tuple[tuple, FileHeader, int]] = {}
@@ -243,8 +249,9 @@ class Volume:
         await trio.to_thread.run_sync(provider.check, allow_purgeable)
         wrapped, dek_buf = await trio.to_thread.run_sync(
             lambda: wrap_new_dek(provider, 1, audit=audit))
-        dek = bytes(dek_buf)
+        dek_secret = secret(dek_buf)
         dek_buf[:] = bytes(len(dek_buf))
+        dek = dek_secret.readonly()
         config = VolumeConfig.new(chunk_size, provider.config_entry(), wrapped)
         root_meta = Metadata(Kind.DIRECTORY, 0o755, os.getuid() if uid is None else uid,
                              os.getgid() if gid is None else gid)
@@ -253,6 +260,8 @@ class Volume:
         await _write_new_file(backend, CONFIG_NAME, config.serialize(config_mac_key(dek)))
         if pins is not None:
             pins.check(backend.location, config.volume_id.hex(), pin_fingerprint(dek))
+        del dek
+        dek_secret.wipe()
         return config
 
     @classmethod
@@ -295,6 +304,8 @@ class Volume:
                 await self._drop_state(state, force=True)
             self.cache.clear()
             self.broker.close()
+            self._dir_key = b""
+            self._dir_secret.wipe()
             await self.backend.aclose()
 
     async def save_config(self) -> None:
@@ -453,9 +464,9 @@ class Volume:
         header, dek = await self._open_header_bytes(raw, bpath)
         size = header.meta.size
         if logical_size(bstat.size, self.chunk_size) != size or header.file_id in self._journaled:
+            cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)   # before any await
             handle = await self.backend.open(bpath)
             try:
-                cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
                 size = await self._committed_size(handle, bpath, header, cipher)
             finally:
                 await self.backend.close(handle)
@@ -682,11 +693,17 @@ class Volume:
             if existing is not None:
                 await self.backend.close(handle)
                 return existing, True
+            # Pinned before any await: the DEK view must not be evicted while we use it.
+            dek = await self.broker.acquire(header.dek_id)     # held while the file is open
+        except BaseException:
+            await self.backend.close(handle)
+            raise
+        try:
             cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
             committed = await self._committed_size(handle, bpath, header, cipher)
             fst = await self.backend.fstat(handle)
-            await self.broker.acquire(header.dek_id)     # held while the file is open
         except BaseException:
+            self.broker.release(header.dek_id)
             await self.backend.close(handle)
             raise
         stamp = self._stamps.pop(header.file_id, None)

@@ -232,6 +232,7 @@ async def test_fatal_errors_use_exit_codes(tmp_path, keyfile, vstore):
     src.mkdir()
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(os.urandom(32))
+    wrong.chmod(0o600)  # secret files: owner only (or they are refused)
     r = sealfs("sync", str(src), str(vstore), "--keyfile", str(wrong), check=False)
     assert r.returncode == 5, r.stderr
     r = sealfs("sync", str(tmp_path / "missing"), str(vstore), *key_args(keyfile), check=False)

@@ -42,6 +42,7 @@ def key_volume(tmp_path, keyfile):
     src.write_bytes(b"hello keys")
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(os.urandom(32))
+    wrong.chmod(0o600)  # secret files: owner only (or they are refused)
     return store, keyfile, wrong, src
 
 
@@ -50,8 +51,10 @@ def pass_volume(tmp_path):
     store = tmp_path / "pstore"
     pf = tmp_path / "pass.txt"
     pf.write_text(PASSPHRASE + "\n")
+    pf.chmod(0o600)  # secret files: owner only (or they are refused)
     wrong = tmp_path / "wrong-pass.txt"
     wrong.write_text(WRONG_PASSPHRASE + "\n")
+    wrong.chmod(0o600)  # secret files: owner only (or they are refused)
     res = run_sealfs("init", store, "--passphrase-file", pf, "--scrypt-n", "1024", "--chunk-size", "4K")
     assert res.code == 0, res.err
     cfg = json.loads((store / "sealfs.json").read_text())
@@ -90,6 +93,7 @@ def test_a_malformed_or_missing_keyfile_is_a_clear_key_error(key_volume, tmp_pat
     bad = tmp_path / "bad.key"
     if content is not None:
         bad.write_bytes(content)
+        bad.chmod(0o600)  # secret files: owner only (or they are refused)
     assert_key_error(run_sealfs("ls", store, "--keyfile", bad), needle)
     assert tree_snapshot(store) == before
 
@@ -119,6 +123,7 @@ def test_an_empty_passphrase_file_is_refused(pass_volume, tmp_path):
     store = pass_volume[0]
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
+    empty.chmod(0o600)  # secret files: owner only (or they are refused)
     assert_key_error(run_sealfs("ls", store, "--passphrase-file", empty), "empty")
 
 
@@ -204,8 +209,10 @@ def test_passphrases_never_appear_in_output_even_with_debug(tmp_path):
     store = tmp_path / "store"
     pf = tmp_path / "pass.txt"
     pf.write_text(PASSPHRASE + "\n")
+    pf.chmod(0o600)  # secret files: owner only (or they are refused)
     wrong = tmp_path / "wrong.txt"
     wrong.write_text(WRONG_PASSPHRASE + "\n")
+    wrong.chmod(0o600)  # secret files: owner only (or they are refused)
     src = tmp_path / "src"
     src.write_bytes(b"data")
     texts = [PASSPHRASE, "battery staple", WRONG_PASSPHRASE]
@@ -231,6 +238,7 @@ def test_keyfile_bytes_and_deks_never_appear_in_output_even_with_debug(tmp_path,
     store = tmp_path / "store"
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(os.urandom(32))
+    wrong.chmod(0o600)  # secret files: owner only (or they are refused)
     src = tmp_path / "src"
     src.write_bytes(os.urandom(5000))
     runs = [

@@ -154,6 +154,7 @@ def test_a_failed_repin_keeps_the_old_pin(tmp_path, keyfile):
     craft_config_with_attacker_dek(store, keyfile, replace_root=False)
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(os.urandom(32))
+    wrong.chmod(0o600)  # secret files: owner only (or they are refused)
     res = run_sealfs("repin", store, "--keyfile", wrong)
     assert res.code == 5 and len(res.err_lines) == 1, res.err
     assert pins() == old_pins

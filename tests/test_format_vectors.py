@@ -214,6 +214,7 @@ def test_keyfile_config(tmp_path: Path):
     assert cfg.serialize(mac_key) == raw
     keyfile = tmp_path / "k"
     keyfile.write_bytes(X(v["keyfile"]))
+    keyfile.chmod(0o600)  # secret files: owner only (or they are refused)
     kek = KeyfileKek(keyfile)
     for dek_id in (1, 2):
         assert kek.wrap(X(v["deks"][str(dek_id)])).wrapped.hex() == v["wrapped"][str(dek_id)]
@@ -314,6 +315,7 @@ async def test_size_resolution_through_volume(tmp_path: Path):
     store = materialize(tmp_path / "s")
     keyfile = tmp_path / "k"
     keyfile.write_bytes(X(STORE["keyfile"]))
+    keyfile.chmod(0o600)  # secret files: owner only (or they are refused)
     root_id = X(STORE["root"]["dir_id"])
     names = NameCipher(kdf.name_key(IN["dek1"]))
     cases = [v for v in SR["cases"] if v["expected_size"] is not None]
@@ -377,6 +379,7 @@ async def test_store_sealfs(tmp_path: Path):
     store = materialize(tmp_path / "s")
     keyfile = tmp_path / "k"
     keyfile.write_bytes(X(STORE["keyfile"]))
+    keyfile.chmod(0o600)  # secret files: owner only (or they are refused)
     vol = await Volume.load(LocalBackend(store), KeySecrets(keyfile=keyfile))
     try:
         entries, files = {}, {}

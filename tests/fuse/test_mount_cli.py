@@ -30,6 +30,7 @@ def test_mount_with_a_wrong_key_fails_with_one_line_and_mounts_nothing(tmp_path,
     (tmp_path / "mnt").mkdir()
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(os.urandom(32))
+    wrong.chmod(0o600)  # secret files: owner only (or they are refused)
     for extra in ((), ("--daemon",)):
         result = sealfs("mount", str(tmp_path / "s"), str(tmp_path / "mnt"), "--keyfile", str(wrong),
                         *extra, env=mount_env, check=False)

@@ -206,6 +206,7 @@ def layout_vectors() -> list:
 def config_vectors(tmp: Path) -> dict:
     keyfile = tmp / "vectors.key"
     keyfile.write_bytes(INPUTS["keyfile"])
+    keyfile.chmod(0o600)  # secret files: owner only (or they are refused)
     kek = KeyfileKek(keyfile)
     w1, w2 = kek.wrap(INPUTS["dek1"]), kek.wrap(INPUTS["dek2"])
     cfg = VolumeConfig(
