@@ -21,7 +21,7 @@ from ..crypto.chunks import ChunkCipher
 from ..crypto.constants import CHUNK_OVERHEAD, NONCE_SIZE
 from ..crypto.errors import IntegrityError
 from ..crypto.header import HEADER_SIZE, FileHeader, Metadata, seal_header
-from ..crypto.kdf import file_key, file_key_secret
+from ..crypto.kdf import file_key_secret
 from ..crypto.layout import (chunk_count, chunk_plain_length, final_index, logical_size,
                              slot_offset, stored_size)
 from .errors import first_error
