@@ -128,8 +128,9 @@ def test_restore_does_not_write_through_a_directory_swapped_for_a_symlink(tmp_pa
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
     (src / "b").mkdir()
-    (src / "a" / "big").write_bytes(os.urandom(60 * 1024 * 1024))
-    (src / "b" / "secret").write_bytes(b"restored plaintext\n")
+    (src / "a" / "big").write_bytes(os.urandom(20 * 1024 * 1024))
+    for i in range(200):                  # restore's order is not fixed: b takes a while
+        (src / "b" / f"secret{i:03d}").write_bytes(b"restored plaintext\n")
     (src / "b").chmod(0o755)
     assert run("sync", src, vstore, "--keyfile", keyfile).returncode == 0
     outside = tmp_path / "outside"
@@ -140,9 +141,9 @@ def test_restore_does_not_write_through_a_directory_swapped_for_a_symlink(tmp_pa
     swapped = threading.Event()
     stop = threading.Event()
 
-    def attacker() -> None:           # as soon as restore writes into a/, b is ready
+    def attacker() -> None:           # as soon as restore writes a file, b is ready
         while not stop.is_set() and not swapped.is_set():
-            if (dest / "a").is_dir() and os.listdir(dest / "a") and (dest / "b").is_dir():
+            if (dest / "b").is_dir() and (os.listdir(dest / "a") or os.listdir(dest / "b")):
                 os.rename(dest / "b", tmp_path / "b-moved")
                 os.symlink(outside, dest / "b")
                 swapped.set()
@@ -157,23 +158,45 @@ def test_restore_does_not_write_through_a_directory_swapped_for_a_symlink(tmp_pa
     assert os.listdir(outside) == []
     assert stat.S_IMODE(outside.stat().st_mode) == 0o711
     assert (dest / "a" / "big").read_bytes() == (src / "a" / "big").read_bytes()
-    assert r.returncode != 0 and b"b/secret" in r.stderr, (r.returncode, r.stderr)
+    assert r.returncode != 0 and b"/b/secret" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_restore_creates_files_private_and_without_following_symlinks(tmp_path, keyfile,
                                                                      vstore):
-    """Files of restored plaintext: the victim behind a symlink in DST stays as it was."""
+    """A 0600 file's plaintext is never in a file others can open while it is restored;
+    the victim behind a symlink in DST stays as it was."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"new content\n")
     (src / "f").chmod(0o644)
+    (src / "private").write_bytes(os.urandom(40 * 1024 * 1024))
+    (src / "private").chmod(0o600)
     assert run("sync", src, vstore, "--keyfile", keyfile).returncode == 0
     victim = victim_file(tmp_path)
     dest = tmp_path / "dst"
     dest.mkdir()
     os.symlink(victim, dest / "f")                     # replaced, never written through
-    r = run("restore", vstore, dest, "--keyfile", keyfile)
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for name in os.listdir(dest):
+                if name != "f":
+                    try:
+                        seen.add(stat.S_IMODE(os.lstat(dest / name).st_mode))
+                    except FileNotFoundError:
+                        continue
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        r = run("restore", vstore, dest, "--jobs", "1", "--keyfile", keyfile)
+    finally:
+        done.set()
+        watcher.join()
     assert r.returncode == 0, r.stderr
+    assert seen == {0o600}
+    assert (dest / "private").read_bytes() == (src / "private").read_bytes()
     assert victim.read_bytes() == b"root's own secret\n"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
     assert (dest / "f").read_bytes() == b"new content\n" and not (dest / "f").is_symlink()
@@ -281,17 +304,17 @@ async def plant_mkdir_leftover(vol: Volume, parent: str, extra: str | None = Non
 
 @pytest.fixture(params=["local", "smb"])
 def any_store(request, tmp_path, keyfile):
-    """(backend factory, STORE argument, env) for a fresh initialized store."""
+    """(backend factory, STORE argument, env, its directory) for a fresh initialized store."""
     if request.param == "local":
         path = tmp_path / "store"
         assert run("init", path, "--keyfile", keyfile).returncode == 0
-        return (lambda: LocalBackend(path)), str(path), {}
+        return (lambda: LocalBackend(path)), str(path), {}, path
     samba = request.getfixturevalue("samba")
     smb = new_store(samba)
     env = {"SEALFS_SMB_PASSWORD": samba.password}
     r = run("init", smb.url, "--keyfile", keyfile, env=env)
     assert r.returncode == 0, r.stderr
-    return smb.backend, smb.url, env
+    return smb.backend, smb.url, env, smb.local
 
 
 async def open_store(factory, keyfile: Path) -> Volume:
@@ -302,7 +325,7 @@ async def open_store(factory, keyfile: Path) -> Volume:
 
 
 async def test_rmdir_removes_an_interrupted_mkdirs_leftover(any_store, keyfile):
-    factory, url, env = any_store
+    factory, url, env, _ = any_store
     vol = await open_store(factory, keyfile)
     try:
         await vol.mkdir("/p")
@@ -326,7 +349,7 @@ async def test_rmdir_removes_an_interrupted_mkdirs_leftover(any_store, keyfile):
 async def test_rmdir_keeps_a_temp_directory_holding_anything_else(any_store, keyfile):
     """Only what sealfs itself makes is removed: a sealfs.tmp.* directory with other
     content makes the parent not empty (nothing inside it is touched)."""
-    factory, url, env = any_store
+    factory, url, env, _ = any_store
     vol = await open_store(factory, keyfile)
     try:
         await vol.mkdir("/p")
@@ -338,3 +361,36 @@ async def test_rmdir_keeps_a_temp_directory_holding_anything_else(any_store, key
         assert [n for n, _ in await vol.listdir("/")] == ["p"]
     finally:
         await vol.close()
+
+
+def test_sync_replaces_changed_files_through_its_temporaries(any_store, keyfile, tmp_path):
+    """On both backends: a changed file is placed over the old one, a long name too, and
+    no temporary is left in the store."""
+    _factory, url, env, where = any_store
+    src = tmp_path / "src"
+    src.mkdir()
+    long_name = "long" * 50
+    def stamp(p: Path, t: int) -> None:       # SMB keeps times to 100 ns
+        os.utime(p, ns=(t, t), follow_symlinks=False)
+    for name in ("a", long_name, ".sealfs-sync.x.part"):
+        (src / name).write_bytes(b"first " + name.encode())
+        stamp(src / name, 1_600_000_000_000_000_000)
+    os.symlink("a", src / "link")
+    stamp(src / "link", 1_600_000_000_000_000_000)
+    assert run("sync", src, url, "--keyfile", keyfile, env=env).returncode == 0
+    for name in ("a", long_name, ".sealfs-sync.x.part"):
+        (src / name).write_bytes(b"second, longer " + name.encode())
+        stamp(src / name, 1_700_000_000_000_000_000)
+    (src / "link").unlink()
+    os.symlink(long_name, src / "link")
+    stamp(src / "link", 1_700_000_000_000_000_000)
+    r = run("sync", src, url, "--keyfile", keyfile, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sync_summary(r) == \
+        f"sync: 4 copied ({sum(p.lstat().st_size for p in src.iterdir() if p.is_file() and not p.is_symlink())} bytes), " \
+        "0 deleted, 0 unchanged, 0 errors"
+    assert not list(where.rglob("sealfs.tmp.*"))
+    out = tmp_path / "out"
+    r = run("restore", url, out, "--keyfile", keyfile, env=env)
+    assert r.returncode == 0, r.stderr
+    assert snapshot(out) == snapshot(src)
