@@ -341,22 +341,24 @@ def get(store: str, path: str, local: str) -> None:
         async with opened_volume(store) as vol:
             attr = await vol.stat(path)
             f = await vol.open(path)
-            # A private temporary under a random name (localfiles.py): a symlink planted
-            # in LOCAL's directory is never written, chmodded or taken for ours.
-            dir_fd = os.open(target.parent, localfiles.DIR_FLAGS)
             try:
-                new = localfiles.NewFile(dir_fd)
+                # A private temporary under a random name (localfiles.py): a symlink planted
+                # in LOCAL's directory is never written, chmodded or taken for ours.
+                dir_fd = os.open(target.parent, localfiles.DIR_FLAGS)
                 try:
-                    offset = 0
-                    while block := await f.read(offset, COPY_BLOCK):
-                        new.file.write(block)
-                        offset += len(block)
-                    new.place(target.name, attr.mode, attr.atime_ns, attr.mtime_ns)
-                except BaseException:
-                    new.discard()
-                    raise
+                    new = localfiles.NewFile(dir_fd)
+                    try:
+                        offset = 0
+                        while block := await f.read(offset, COPY_BLOCK):
+                            new.file.write(block)
+                            offset += len(block)
+                        new.place(target.name, attr.mode, attr.atime_ns, attr.mtime_ns)
+                    except BaseException:
+                        new.discard()
+                        raise
+                finally:
+                    os.close(dir_fd)
             finally:
-                os.close(dir_fd)
                 await f.close()
     run(main)
 
