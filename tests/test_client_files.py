@@ -143,7 +143,12 @@ def test_restore_does_not_write_through_a_directory_swapped_for_a_symlink(tmp_pa
 
     def attacker() -> None:           # as soon as restore writes a file, b is ready
         while not stop.is_set() and not swapped.is_set():
-            if (dest / "b").is_dir() and (os.listdir(dest / "a") or os.listdir(dest / "b")):
+            try:
+                ready = (dest / "b").is_dir() and bool(os.listdir(dest / "a")
+                                                       or os.listdir(dest / "b"))
+            except FileNotFoundError:             # a is not there yet
+                continue
+            if ready:
                 os.rename(dest / "b", tmp_path / "b-moved")
                 os.symlink(outside, dest / "b")
                 swapped.set()
