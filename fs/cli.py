@@ -32,6 +32,7 @@ from ..crypto.header import Kind
 from ..crypto.kdf import pin_fingerprint
 from ..crypto.kms import provider_for_init
 from ..crypto.kms_local import scrypt_problem
+from . import localfiles
 from .config_file import VolumeConfigFile, load_config_file, secret_files
 from .errors import exit_code_of, first_error, one_line
 from .keysource import resolve_secrets, smb_password_source
@@ -383,23 +384,26 @@ def get(store: str, path: str, local: str) -> None:
         target = Path(local)
         if target.is_dir():
             target = target / path.rstrip("/").rsplit("/", 1)[-1]
-        tmp = target.with_name(f".{target.name}.sealfs-part")
         async with opened_volume(store) as vol:
             attr = await vol.stat(path)
             f = await vol.open(path)
             try:
-                with open(tmp, "wb") as out:
-                    offset = 0
-                    while block := await f.read(offset, COPY_BLOCK):
-                        out.write(block)
-                        offset += len(block)
-                os.chmod(tmp, attr.mode & 0o7777)
-                os.utime(tmp, ns=(attr.atime_ns, attr.mtime_ns))
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+                # A private temporary under a random name (localfiles.py): a symlink planted
+                # in LOCAL's directory is never written, chmodded or taken for ours.
+                dir_fd = os.open(target.parent, localfiles.DIR_FLAGS)
+                try:
+                    new = localfiles.NewFile(dir_fd)
+                    try:
+                        offset = 0
+                        while block := await f.read(offset, COPY_BLOCK):
+                            new.file.write(block)
+                            offset += len(block)
+                        new.place(target.name, attr.mode, attr.atime_ns, attr.mtime_ns)
+                    except BaseException:
+                        new.discard()
+                        raise
+                finally:
+                    os.close(dir_fd)
             finally:
                 await f.close()
     run(main)

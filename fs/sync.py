@@ -5,10 +5,12 @@ No mount is needed: the plaintext tree goes straight through the Volume library.
 sync SRC -> volume PATH
   - A file is unchanged when size and mtime (ns) are equal, or with checksum=True when
     the sha256 of both contents is equal (size first: different sizes always copy).
-  - Every file (or symlink) is written to ".sealfs-sync.<random>.part" in its volume
-    directory, closed, given its times, and only then renamed over its final name, so
-    no half-written file is ever visible under a final name. A rerun removes stale
-    ".sealfs-sync.*.part" entries first: a killed sync simply resumes.
+  - Every file (or symlink) is written to a volume temporary in its directory
+    (Volume.create_temp: a reserved backend name, sealfs.tmp.sync.<random>, that no
+    plaintext name can equal), given its times, closed, and only then renamed over its
+    final name, so no half-written file is ever visible under a final name and no
+    user's file is ever taken for a temporary. A rerun removes the sync temporaries in
+    the directories it visits first: a killed sync simply resumes.
   - Modes, uid/gid, mtimes, symlinks and empty directories are kept. Directory modes
     and times are applied last, deepest first (creating children changes them).
   - At most `jobs` files are transferred at once (one trio nursery, a capacity limiter).
@@ -19,7 +21,8 @@ sync SRC -> volume PATH
     devices are skipped with a warning; hard links are copied as separate files.
 
 restore volume PATH -> DST does the reverse with the same temp-then-rename rule, on
-the local side (os.replace).
+the local side through directory descriptors and never following a symlink
+(fs/localfiles.py): random O_EXCL temporaries, removed only by the run that made them.
 
 Per-file failures (OSError, IntegrityError) are reported on stderr, one line each, and
 counted; anything else (key access, config, the backend going away before the tree is
@@ -33,7 +36,6 @@ import errno
 import fnmatch
 import hashlib
 import os
-import re
 import stat as stat_module
 import sys
 from dataclasses import dataclass, field
@@ -44,22 +46,13 @@ import trio
 
 from ..crypto.errors import IntegrityError, UsageError
 from ..crypto.header import Kind
-from .volume import Attr, Volume, split_path
+from . import localfiles
+from .volume import Attr, OpenFile, Volume, split_path
 
 COPY_BLOCK = 1024 * 1024
 DEFAULT_JOBS = 4
-PART_PREFIX = ".sealfs-sync."
-PART_SUFFIX = ".part"
-_PART_RE = re.compile(r"^\.sealfs-sync\..+\.part$")
+TEMP_TAG = "sync."              # sync's volume temporaries: sealfs.tmp.sync.<random>
 _PER_FILE_ERRORS = (OSError, IntegrityError)
-
-
-def is_part_name(name: str) -> bool:
-    return bool(_PART_RE.match(name))
-
-
-def part_name() -> str:
-    return f"{PART_PREFIX}{os.urandom(8).hex()}{PART_SUFFIX}"
 
 
 @dataclass
@@ -223,25 +216,20 @@ def scan_source(root: Path, excludes: tuple[str, ...], warn: Callable[[str], Non
     return out
 
 
-async def scan_volume(vol: Volume, base: str, excludes: tuple[str, ...]
-                      ) -> tuple[dict[str, Attr], list[str]]:
-    """rel path -> Attr below base, and the stale .part entries found (rel paths)."""
+async def scan_volume(vol: Volume, base: str, excludes: tuple[str, ...]) -> dict[str, Attr]:
+    """rel path -> Attr below base."""
     out: dict[str, Attr] = {"": await vol.stat(base)}
-    parts: list[str] = []
     stack = [""]
     while stack:
         rel = stack.pop()
         for name, attr in await vol.listdir(_vjoin(base, rel)):
             child = f"{rel}/{name}" if rel else name
-            if is_part_name(name):
-                parts.append(child)
-                continue
             if excluded(child, attr.is_dir, excludes):
                 continue
             out[child] = attr
             if attr.is_dir:
                 stack.append(child)
-    return out, parts
+    return out
 
 
 async def _remove_tree(vol: Volume, path: str) -> int:
@@ -261,7 +249,7 @@ async def _remove_tree(vol: Volume, path: str) -> int:
 async def _sha256_local(path: Path) -> str:
     def run() -> str:
         h = hashlib.sha256()
-        with open(path, "rb") as fh:
+        with localfiles.open_source(path) as fh:
             while block := fh.read(COPY_BLOCK):
                 h.update(block)
         return h.hexdigest()
@@ -307,19 +295,17 @@ async def sync_tree(vol: Volume, source: str | os.PathLike[str], opts: SyncOptio
 
     src = scan_source(root, opts.excludes, lambda t: reporter.line(f"sync: warning: {t}"))
     try:
-        dst, stale = await scan_volume(vol, base, opts.excludes)
+        dst = await scan_volume(vol, base, opts.excludes)
     except FileNotFoundError:
         if not opts.dry_run:
             raise
-        dst, stale = {}, []
+        dst = {}
 
-    # 1. Leftovers of an interrupted run.
-    for rel in stale:
-        if opts.dry_run:
-            say(f"remove stale {_vjoin(base, rel)}")
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            await _remove_tree(vol, _vjoin(base, rel))
+    # 1. Leftovers of an interrupted run: its temporaries (invisible, never a user's name).
+    if not opts.dry_run:
+        for rel in [rel for rel, attr in dst.items() if attr.is_dir]:
+            with contextlib.suppress(FileNotFoundError):
+                await vol.remove_temps(_vjoin(base, rel), TEMP_TAG)
 
     # 2. Deletions: --delete extras, and entries whose kind changes (file <-> directory).
     gone: list[str] = []
@@ -451,39 +437,42 @@ async def _sync_entry(vol: Volume, root: Path, base: str, rel: str, st: os.stat_
         stats.bytes += 0 if is_link else st.st_size
         return
     parent = _vjoin(base, _parent_rel(rel))
-    tmp = _vjoin(parent, part_name())
+    fh = None if is_link else await trio.to_thread.run_sync(localfiles.open_source, local)
+    temp = None
     written = 0
     try:
         if is_link:
-            await vol.symlink(tmp, target, st.st_uid, st.st_gid)
+            f, temp = await vol.create_temp(parent, 0o777, st.st_uid, st.st_gid, tag=TEMP_TAG,
+                                            kind=Kind.SYMLINK, content=os.fsencode(target))
         else:
-            written = await _upload(vol, local, tmp, st, reporter)
-        await vol.setattr(tmp, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
-        await vol.rename(tmp, path)
+            f, temp = await vol.create_temp(parent, stat_module.S_IMODE(st.st_mode),
+                                            st.st_uid, st.st_gid, tag=TEMP_TAG)
+        try:
+            if fh is not None:
+                written = await _upload(f, fh, reporter)
+            await vol.setattr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns, handle=f)
+        finally:
+            await f.close()
+        await vol.place_temp(temp, path)
     except BaseException:
-        with trio.CancelScope(shield=True):
-            with contextlib.suppress(Exception):
-                await vol.unlink(tmp)
+        if temp is not None:
+            with trio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await vol.discard_temp(temp)
         raise
+    finally:
+        if fh is not None:
+            fh.close()
     stats.copied += 1
     stats.bytes += written
 
 
-async def _upload(vol: Volume, local: Path, tmp: str, st: os.stat_result,
-                  reporter: Reporter) -> int:
-    fh = await trio.to_thread.run_sync(open, local, "rb")
-    try:
-        f = await vol.create(tmp, stat_module.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-        try:
-            offset = 0
-            while block := await trio.to_thread.run_sync(fh.read, COPY_BLOCK):
-                await f.write(offset, block)
-                offset += len(block)
-                reporter.advance(len(block))
-        finally:
-            await f.close()
-    finally:
-        fh.close()
+async def _upload(f: OpenFile, fh, reporter: Reporter) -> int:
+    offset = 0
+    while block := await trio.to_thread.run_sync(fh.read, COPY_BLOCK):
+        await f.write(offset, block)
+        offset += len(block)
+        reporter.advance(len(block))
     return offset
 
 
@@ -501,11 +490,23 @@ async def restore_tree(vol: Volume, dest: str | os.PathLike[str], path: str = "/
     root_attr = await vol.stat(base)
     if not root_attr.is_dir:
         raise UsageError(f"{base} is not a directory in the volume")
-    entries, _stale = await scan_volume(vol, base, ())
+    entries = await scan_volume(vol, base, ())
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
-    chown = os.geteuid() == 0
+    # Everything below DST goes through descriptors and never follows a symlink: someone
+    # who can write into DST cannot make this run write, chmod or chown outside it.
+    root_fd = os.open(root, localfiles.DIR_FLAGS)
+    try:
+        await _restore_into(vol, base, root, root_fd, entries, stats, reporter, jobs)
+    finally:
+        os.close(root_fd)
+    return stats
 
+
+async def _restore_into(vol: Volume, base: str, root: Path, root_fd: int,
+                        entries: dict[str, Attr], stats: SyncStats, reporter: Reporter,
+                        jobs: int) -> None:
+    chown = os.geteuid() == 0
     dirs = sorted((rel for rel, a in entries.items() if a.is_dir), key=_depth)
     failed: set[str] = set()
     for rel in dirs:
@@ -514,25 +515,16 @@ async def restore_tree(vol: Volume, dest: str | os.PathLike[str], path: str = "/
         if _parent_rel(rel) in failed:
             failed.add(rel)
             continue
-        local = root / rel
         try:
-            if local.is_symlink() or (local.exists() and not local.is_dir()):
-                local.unlink()
-            local.mkdir(exist_ok=True)
-            # Writable while we fill it; the real mode is set at the end.
-            os.chmod(local, 0o700)
+            parent_fd = localfiles.open_dir(root_fd, _parent_rel(rel))
+            try:
+                # Writable while we fill it; the real mode is set at the end.
+                os.close(localfiles.make_dir(parent_fd, rel.rsplit("/", 1)[-1], 0o700))
+            finally:
+                os.close(parent_fd)
         except OSError as exc:
             failed.add(rel)
-            reporter.error(stats, str(local), exc)
-
-    for rel in dirs:                     # leftovers of an interrupted restore
-        if rel in failed:
-            continue
-        with contextlib.suppress(OSError), os.scandir(root / rel if rel else root) as it:
-            for entry in it:
-                if is_part_name(entry.name) and not entry.is_dir(follow_symlinks=False):
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
+            reporter.error(stats, str(root / rel), exc)
 
     todo = sorted((rel, a) for rel, a in entries.items()
                   if not a.is_dir and _parent_rel(rel) not in failed)
@@ -542,7 +534,7 @@ async def restore_tree(vol: Volume, dest: str | os.PathLike[str], path: str = "/
     async def one(rel: str, attr: Attr) -> None:
         async with limiter:
             try:
-                await _restore_entry(vol, base, root, rel, attr, stats, reporter, chown)
+                await _restore_entry(vol, base, root, root_fd, rel, attr, stats, reporter, chown)
             except _PER_FILE_ERRORS as exc:
                 reporter.error(stats, _vjoin(base, rel), exc)
             finally:
@@ -556,77 +548,77 @@ async def restore_tree(vol: Volume, dest: str | os.PathLike[str], path: str = "/
         if rel in failed:
             continue
         attr = entries[rel]
-        local = root / rel if rel else root
         try:
-            if chown:
-                with contextlib.suppress(OSError):
-                    os.lchown(local, attr.uid, attr.gid)
-            os.chmod(local, attr.mode & 0o7777)
-            os.utime(local, ns=(attr.atime_ns, attr.mtime_ns))
+            fd = localfiles.open_dir(root_fd, rel)
+            try:
+                if chown:
+                    with contextlib.suppress(OSError):
+                        os.fchown(fd, attr.uid, attr.gid)
+                os.fchmod(fd, attr.mode & 0o7777)
+                os.utime(fd, ns=(attr.atime_ns, attr.mtime_ns))
+            finally:
+                os.close(fd)
         except OSError as exc:
-            reporter.error(stats, str(local), exc)
-    return stats
+            reporter.error(stats, str(root / rel if rel else root), exc)
 
 
-async def _restore_entry(vol: Volume, base: str, root: Path, rel: str, attr: Attr,
-                         stats: SyncStats, reporter: Reporter, chown: bool) -> None:
+async def _restore_entry(vol: Volume, base: str, root: Path, root_fd: int, rel: str,
+                         attr: Attr, stats: SyncStats, reporter: Reporter, chown: bool) -> None:
     vpath = _vjoin(base, rel)
-    local = root / rel
     if attr.kind not in (Kind.REGULAR, Kind.SYMLINK):
         reporter.line(f"restore: warning: {vpath}: skipped (special file)")
         return
+    dir_fd = localfiles.open_dir(root_fd, _parent_rel(rel))
     try:
-        lst = os.lstat(local)
-    except FileNotFoundError:
-        lst = None
+        await _restore_at(vol, vpath, dir_fd, rel.rsplit("/", 1)[-1], root / rel, attr,
+                          stats, reporter, chown)
+    finally:
+        os.close(dir_fd)
+
+
+async def _restore_at(vol: Volume, vpath: str, dir_fd: int, name: str, local: Path,
+                      attr: Attr, stats: SyncStats, reporter: Reporter, chown: bool) -> None:
+    lst = localfiles.lstat_at(dir_fd, name)
     if lst is not None and lst.st_mtime_ns == attr.mtime_ns:
         if attr.kind == Kind.REGULAR and stat_module.S_ISREG(lst.st_mode) \
                 and lst.st_size == attr.size:
             if stat_module.S_IMODE(lst.st_mode) != attr.mode & 0o7777:
-                os.chmod(local, attr.mode & 0o7777)
+                os.chmod(name, attr.mode & 0o7777, dir_fd=dir_fd, follow_symlinks=False)
             stats.unchanged += 1
             return
         if attr.kind == Kind.SYMLINK and stat_module.S_ISLNK(lst.st_mode) \
-                and os.readlink(local) == await vol.readlink(vpath):
+                and os.readlink(name, dir_fd=dir_fd) == await vol.readlink(vpath):
             stats.unchanged += 1
             return
     if lst is not None and stat_module.S_ISDIR(lst.st_mode):
         raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(local))
-    tmp = local.with_name(part_name())
+    owner = (attr.uid, attr.gid) if chown else None
     written = 0
-    try:
-        if attr.kind == Kind.SYMLINK:
-            os.symlink(await vol.readlink(vpath), tmp)
-        else:
-            written = await _download(vol, vpath, tmp, reporter)
-            os.chmod(tmp, attr.mode & 0o7777)
-        if chown:
-            with contextlib.suppress(OSError):
-                os.lchown(tmp, attr.uid, attr.gid)
-            if attr.kind == Kind.REGULAR:
-                os.chmod(tmp, attr.mode & 0o7777)    # chown clears setuid/setgid
-        os.utime(tmp, ns=(attr.atime_ns, attr.mtime_ns), follow_symlinks=False)
-        os.replace(tmp, local)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    if attr.kind == Kind.SYMLINK:
+        localfiles.place_symlink(dir_fd, name, await vol.readlink(vpath),
+                                 attr.atime_ns, attr.mtime_ns, owner)
+    else:
+        written = await _download(vol, vpath, dir_fd, name, attr, owner, reporter)
     stats.copied += 1
     stats.bytes += written
 
 
-async def _download(vol: Volume, vpath: str, tmp: Path, reporter: Reporter) -> int:
+async def _download(vol: Volume, vpath: str, dir_fd: int, name: str, attr: Attr,
+                    owner: tuple[int, int] | None, reporter: Reporter) -> int:
     f = await vol.open(vpath)
     try:
-        fh = await trio.to_thread.run_sync(open, tmp, "xb")
+        new = await trio.to_thread.run_sync(localfiles.NewFile, dir_fd)
         try:
             offset = 0
             while block := await f.read(offset, COPY_BLOCK):
-                await trio.to_thread.run_sync(fh.write, block)
+                await trio.to_thread.run_sync(new.file.write, block)
                 offset += len(block)
                 reporter.advance(len(block))
-        finally:
-            fh.close()
+            await trio.to_thread.run_sync(new.place, name, attr.mode, attr.atime_ns,
+                                          attr.mtime_ns, owner)
+        except BaseException:
+            new.discard()
+            raise
     finally:
         await f.close()
     return offset

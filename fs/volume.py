@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import stat as stat_module
 import time
 from dataclasses import dataclass
@@ -94,6 +95,18 @@ class VolumeTuning:
     def __post_init__(self) -> None:
         if self.files is None:
             self.files = FileTuning()
+
+
+@dataclass(frozen=True)
+class TempName:
+    """A file of Volume.create_temp(): it lives under a backend name in the reserved
+    sealfs.tmp.* namespace, which no plaintext name encodes to."""
+
+    bpath: str
+
+
+# The tag's dot keeps remove_temps() off the temporaries of create and mkdir (hex only).
+_TEMP_TAG = re.compile(r"[a-z]{1,16}\.")
 
 
 def split_path(path: str) -> list[str]:
@@ -594,9 +607,12 @@ class Volume:
         self._forget_dir(path)
 
     async def _check_empty(self, bpath: str, path: str) -> None:
-        entries = set(await self.backend.listdir(bpath))
-        for entry in entries:
+        entries = dict(await self.backend.scandir(bpath))
+        for entry, bstat in entries.items():
             if entry == DIR_META_NAME:
+                continue
+            if entry.startswith(TEMP_PREFIX) and bstat.is_dir:
+                await self._remove_temp_dir(join(bpath, entry), path)
                 continue
             if entry.startswith(TEMP_PREFIX) or (is_sidecar(entry)
                                                  and entry_of_sidecar(entry) not in entries):
@@ -604,6 +620,17 @@ class Volume:
                 await _remove_quietly(self.backend, join(bpath, entry))
                 continue
             raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
+
+    async def _remove_temp_dir(self, tmp: str, path: str) -> None:
+        """A leftover of an interrupted mkdir, rmdir or rename over a directory: at most its
+        sealfs.dir. Anything else in it is not what sealfs leaves there, so not ours to
+        delete: the parent is not empty."""
+        inside = await self.backend.listdir(tmp)
+        if any(entry != DIR_META_NAME for entry in inside):
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
+        if inside:
+            await _remove_quietly(self.backend, join(tmp, DIR_META_NAME))
+        await _remove_quietly(self.backend, tmp, is_dir=True)
 
     def _forget_dir(self, path: str) -> None:
         key = "/".join(split_path(path))
@@ -617,11 +644,31 @@ class Volume:
         """Create a new file (EEXIST if the name exists), complete on the backend before its
         name appears, and return it open for writing."""
         parent, name, bpath, long = await self._entry(path)
+        tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
+        state = await self._new_file(tmp, bpath, mode, uid, gid, kind, rdev, content)
+        handle = state.handle
+        try:
+            if long is not None:
+                await self._write_sidecar(bpath, long)
+            created = await self.backend.place_new(handle, tmp, bpath)
+        except BaseException:
+            state.forget_secrets()
+            self.broker.release(state.dek_id)
+            await self.backend.close(handle)
+            await _remove_quietly(self.backend, tmp)
+            raise
+        opened = self._open_new(state, path, append)
+        opened.fresh_stat = created       # FUSE's create asks for attributes right away
+        return opened
+
+    async def _new_file(self, tmp: str, bpath: str, mode: int, uid: int | None,
+                        gid: int | None, kind: Kind, rdev: int, content: bytes) -> FileState:
+        """A new file written complete under the temporary backend name tmp, its handle
+        open; its state says bpath (where it will live). On failure nothing is left."""
         dek_id = self.config.current_dek_id
         dek = await self.broker.acquire(dek_id)      # held while the file is open
         header = FileHeader(dek_id, new_file_id(), Metadata(kind, mode & 0o7777, _uid(uid),
                                                             _gid(gid), rdev, len(content)))
-        tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
         # The state derives the file key and chunk cipher once; the first bytes use them.
         # (its handle is set once the backend file exists)
         state = FileState(backend=self.backend, handle=None,  # type: ignore[arg-type]
@@ -639,24 +686,81 @@ class Volume:
                 await _remove_quietly(self.backend, tmp)
             raise
         state.handle = handle
-        try:
-            if long is not None:
-                await self._write_sidecar(bpath, long)
-            created = await self.backend.place_new(handle, tmp, bpath)
-        except BaseException:
-            state.forget_secrets()
-            self.broker.release(dek_id)
-            await self.backend.close(handle)
-            await _remove_quietly(self.backend, tmp)
-            raise
+        return state
+
+    def _open_new(self, state: FileState, path: str, append: bool) -> OpenFile:
         state.spawn = self._spawn
         state.writable = True
         state.has_writer = True
-        self._states[header.file_id] = state
+        self._states[state.file_id] = state
         state.refs += 1
-        opened = OpenFile(self, state, True, append, path)
-        opened.fresh_stat = created       # FUSE's create asks for attributes right away
-        return opened
+        return OpenFile(self, state, True, append, path)
+
+    # -- temporaries: files no plaintext name can reach -----------------------------------
+    async def create_temp(self, directory: str, mode: int = 0o600, uid: int | None = None,
+                          gid: int | None = None, *, tag: str, kind: Kind = Kind.REGULAR,
+                          content: bytes = b"") -> tuple[OpenFile, "TempName"]:
+        """Create a file in directory under a reserved backend name (sealfs.tmp.<tag><random>)
+        and return it open for writing. No plaintext name can equal it, so no user's file
+        is ever taken for it; place_temp() later renames it over its real name. The tag
+        marks whose temporaries they are, for remove_temps()."""
+        if not _TEMP_TAG.fullmatch(tag):
+            raise ValueError(f"bad temporary tag {tag!r}")
+        parent = await self._dir(split_path(directory))
+        tmp = join(parent.bpath, TEMP_PREFIX + tag + os.urandom(8).hex())
+        state = await self._new_file(tmp, tmp, mode, uid, gid, kind, 0, content)
+        return self._open_new(state, directory, False), TempName(tmp)
+
+    async def place_temp(self, temp: "TempName", path: str) -> None:
+        """Rename a closed temporary over path (a file, or nothing) in the same directory:
+        rename()'s file-over-file case, for a source that has no plaintext name."""
+        parent, name, bpath, long = await self._entry(path)
+        if parent_of(temp.bpath) != parent.bpath:
+            raise OSError(errno.EXDEV, "a temporary is placed in its own directory", path)
+        try:
+            d_stat = await self.backend.stat(bpath)
+        except FileNotFoundError:
+            d_stat = None
+        if d_stat is not None:
+            if d_stat.is_dir:
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            victim = await self._open_state_at(bpath)
+            if victim is not None and not self.backend.capabilities.unlink_open_files:
+                await self._remove_file_entry(parent, bpath, None)
+            elif victim is not None and victim.bpath == bpath:
+                victim.unlinked = True
+        if long is not None:
+            await self._write_sidecar(bpath, long)
+        await self.backend.rename(temp.bpath, bpath, replace=True)
+        self._forget_header(temp.bpath)
+        self._forget_header(bpath)
+        for state in self._states.values():
+            if state.bpath == temp.bpath:
+                state.bpath = bpath
+
+    async def discard_temp(self, temp: "TempName") -> None:
+        await _remove_quietly(self.backend, temp.bpath)
+
+    async def remove_temps(self, directory: str, tag: str) -> int:
+        """Remove the temporary files tagged tag in directory (what an interrupted run of
+        their maker left); the number removed. Other temporaries are not touched."""
+        if not _TEMP_TAG.fullmatch(tag):
+            raise ValueError(f"bad temporary tag {tag!r}")
+        info = await self._dir(split_path(directory))
+        prefix = TEMP_PREFIX + tag
+        removed = 0
+        for entry in await self.backend.listdir(info.bpath):
+            if not entry.startswith(prefix):
+                continue
+            bpath = join(info.bpath, entry)
+            try:
+                bstat = await self.backend.stat(bpath)
+            except FileNotFoundError:
+                continue
+            if not bstat.is_dir and not bstat.foreign:      # only what create_temp makes
+                await _remove_quietly(self.backend, bpath)
+                removed += 1
+        return removed
 
     async def open(self, path: str, *, write: bool = False, truncate: bool = False,
                    append: bool = False) -> OpenFile:

@@ -15,7 +15,6 @@ import pytest
 from sealfs.backends.local import LocalBackend
 from sealfs.crypto.kms import KeySecrets
 from sealfs.fs.pins import PinStore
-from sealfs.fs.sync import is_part_name
 from sealfs.fs.volume import Volume
 from tests.mounting import SEALFS, init_store, sealfs
 
@@ -101,8 +100,7 @@ async def test_sync_restore_roundtrip_and_incremental(tmp_path, keyfile, vstore)
     assert summary(first) == (f"sync: {n_files} copied ({sum(len(v[3]) for v in snapshot(src).values() if v[0] == 'file')} bytes), "
                               f"0 deleted, 0 unchanged, 0 errors")
     assert first.stderr == b""                   # no progress bar without a TTY
-    names = await volume_names(vstore, keyfile)
-    assert not [n for n in names if is_part_name(n.rsplit("/", 1)[-1])]
+    assert not list(vstore.rglob("sealfs.tmp.*"))        # no temporary left in the store
 
     out = tmp_path / "out"
     restored = sealfs("restore", str(vstore), str(out), "--path", "/backup", *key_args(keyfile))
@@ -207,11 +205,13 @@ async def test_per_file_errors_are_reported_and_counted(tmp_path, keyfile, vstor
         (src / name).write_text(name)
     real_upload = sync_mod._upload
 
-    async def flaky(vol, local, tmp, st, reporter):
-        if local.name == "bad.txt":
-            await real_upload(vol, local, tmp, st, reporter)     # leaves a complete .part
+    async def flaky(f, fh, reporter):
+        is_bad = fh.read(3) == b"bad"                    # each file holds its own name
+        fh.seek(0)
+        written = await real_upload(f, fh, reporter)
+        if is_bad:                                        # after a complete temporary
             raise OSError(5, "Input/output error")
-        return await real_upload(vol, local, tmp, st, reporter)
+        return written
     monkeypatch.setattr(sync_mod, "_upload", flaky)
     err = io.StringIO()
     vol = await Volume.load(LocalBackend(vstore), KeySecrets(keyfile=keyfile), pins=PinStore())
@@ -224,7 +224,8 @@ async def test_per_file_errors_are_reported_and_counted(tmp_path, keyfile, vstor
     lines = err.getvalue().splitlines()
     assert len(lines) == 1 and "bad.txt" in lines[0] and "Input/output error" in lines[0]
     assert stats.summary() == "sync: 2 copied (10 bytes), 0 deleted, 0 unchanged, 1 errors"
-    assert sorted(await volume_names(vstore, keyfile)) == ["a.txt", "c.txt"]   # no .part left
+    assert sorted(await volume_names(vstore, keyfile)) == ["a.txt", "c.txt"]
+    assert not list(vstore.rglob("sealfs.tmp.*"))        # the failed file's temporary is gone
 
 
 async def test_fatal_errors_use_exit_codes(tmp_path, keyfile, vstore):
@@ -276,7 +277,7 @@ async def test_kill_9_then_rerun_gives_exact_copy(tmp_path, keyfile, vstore):
     vol = await Volume.load(LocalBackend(vstore), KeySecrets(keyfile=keyfile), pins=PinStore())
     try:
         listed = await vol.walk("")
-        finals = [p for p, _ in listed if not is_part_name(p)]
+        finals = [p for p, _ in listed]
         assert len(finals) < 80
         for p in finals:
             assert await vol.read_file(p) == (src / p).read_bytes(), p
@@ -286,12 +287,14 @@ async def test_kill_9_then_rerun_gives_exact_copy(tmp_path, keyfile, vstore):
     r = sealfs("sync", str(src), str(vstore), *key_args(keyfile))
     assert summary(r).endswith("0 errors")
     names = await volume_names(vstore, keyfile)
-    assert not [n for n in names if is_part_name(n)]
+    assert not list(vstore.rglob("sealfs.tmp.*"))        # the rerun removed the killed run's
     assert sorted(names) == sorted(p.name for p in src.iterdir())
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".sealfs-sync.0011223344556677.part").write_bytes(b"stale restore leftover")
+    (out / ".sealfs-sync.0011223344556677.part").write_bytes(b"a user's file")
     sealfs("restore", str(vstore), str(out), *key_args(keyfile))
+    assert (out / ".sealfs-sync.0011223344556677.part").read_bytes() == b"a user's file"
+    (out / ".sealfs-sync.0011223344556677.part").unlink()
     assert snapshot(out) == snapshot(src)
     assert summary(sealfs("sync", str(src), str(vstore), *key_args(keyfile))).startswith("sync: 0 copied")
 
@@ -309,4 +312,5 @@ async def test_cli_exits_1_when_a_file_fails(tmp_path, keyfile, vstore):
     assert len(lines) == 1 and lines[0].startswith("sync: error: ") and str(src / "x") in lines[0]
     assert summary(r) == "sync: 1 copied (4 bytes), 0 deleted, 0 unchanged, 1 errors"
     names = await volume_names(vstore, keyfile)
-    assert sorted(names) == ["x", "y"]          # the directory, y; no .part left behind
+    assert sorted(names) == ["x", "y"]          # the directory, y
+    assert not list(vstore.rglob("sealfs.tmp.*"))   # no temporary left behind
