@@ -870,14 +870,18 @@ class Volume:
         bstat = await self._bstat(bpath, path)
         if bstat.is_dir:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-        if not self.backend.capabilities.real_change_time:
-            # The file loses a link: its change time moves, which its other names and
-            # open handles show (for the last name of a closed file nobody can look).
-            header, _size = await self._header(bpath, bstat)
-            if header.file_id in self._states \
-                    or await self._nlink(bpath, bstat, header.file_id) > 1:
-                await self._touch_file(bpath, bstat)
+        await self._losing_link(bpath, bstat)
         await self._remove_file_entry(parent, bpath, long)
+
+    async def _losing_link(self, bpath: str, bstat: BackendStat) -> None:
+        """A file is about to lose the name bpath: its change time moves, which its other
+        names and open handles show (the last name of a closed file nobody can look at)."""
+        if self.backend.capabilities.real_change_time:
+            return
+        header, _size = await self._header(bpath, bstat)
+        if header.file_id in self._states \
+                or await self._nlink(bpath, bstat, header.file_id) > 1:
+            await self._touch_file(bpath, bstat)
 
     async def _remove_file_entry(self, parent: DirInfo, bpath: str, long: str | None) -> None:
         state = await self._open_state_at(bpath)
@@ -940,6 +944,7 @@ class Volume:
                 victim_dir = join(d_parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
                 await self.backend.rename(d_bpath, victim_dir, replace=False)
             else:
+                await self._losing_link(d_bpath, d_stat)
                 victim = await self._open_state_at(d_bpath)
                 if victim is not None and not self.backend.capabilities.unlink_open_files:
                     await self._remove_file_entry(d_parent, d_bpath, None)
