@@ -273,6 +273,7 @@ def test_chmod_through_one_link_holds_for_every_link(reachable):
     os.link(m / "a", m / "b")
     for name in ("a", "b"):                        # both names known to kernel and volume
         assert _as_nobody(m, f"cat '{m / name}'").stdout == "secret\n"
+    assert sorted(os.listdir(m)) == ["a", "b"]      # and listed
     os.chmod(m / "a", 0o600)
     deadline = time.monotonic() + 2.5              # past the kernel's attribute timeout
     while time.monotonic() < deadline:
@@ -290,6 +291,7 @@ def test_chmod_and_chown_then_unlink_the_other_names(reachable):
     os.link(m / "a", m / "b")
     os.link(m / "a", m / "c")
     assert [stat.S_IMODE(os.stat(m / n).st_mode) for n in "abc"] == [0o644] * 3
+    assert sorted(os.listdir(m)) == ["a", "b", "c"]
     os.chmod(m / "b", 0o640)
     os.chown(m / "c", 1234, 5678)
     os.unlink(m / "b")
