@@ -58,6 +58,12 @@ class Capabilities:
     # SMB stamps its own write time when a handle that wrote is closed, unless times were
     # set through that handle; the volume pins the times users saw before closing.
     stamps_write_time_on_close: bool = False
+    # The change time reported is a real POSIX ctime (moved by chmod, link, rename...).
+    # Samba reports the last write time there: the volume keeps ctime sealed instead.
+    real_change_time: bool = True
+    # A directory's stat has a POSIX link count (2 + subdirectories). SMB has none: the
+    # volume counts the subdirectories itself.
+    dir_link_counts: bool = True
 
 
 @dataclass(frozen=True)
@@ -237,9 +243,23 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def set_times(self, path: str, atime_ns: int, mtime_ns: int) -> None: ...
 
-    async def fset_times(self, handle: Handle, atime_ns: int, mtime_ns: int) -> None:
-        """Set times through an open handle (on SMB they then survive later writes on it)."""
+    async def fset_times(self, handle: Handle, atime_ns: int | None, mtime_ns: int) -> None:
+        """Set times through an open handle (on SMB they then survive later writes on it).
+        atime_ns None leaves the access time as it is."""
+        if atime_ns is None:
+            atime_ns = (await self.fstat(handle)).atime_ns
         await self.set_times(handle.path, atime_ns, mtime_ns)
+
+    async def rewrite_head(self, path: str, data: bytes, atime_ns: int, mtime_ns: int) -> None:
+        """Overwrite the first bytes of an existing file in one write request and leave its
+        times as given (a header rewritten for its metadata only). Backends may do it in
+        one round trip."""
+        handle = await self.open(path, write=True)
+        try:
+            await self.write(handle, 0, data)
+            await self.fset_times(handle, atime_ns, mtime_ns)
+        finally:
+            await self.close(handle)
 
     @abc.abstractmethod
     async def statvfs(self) -> BackendStatvfs: ...

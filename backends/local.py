@@ -161,8 +161,10 @@ class LocalBackend(Backend):
     async def set_times(self, path: str, atime_ns: int, mtime_ns: int) -> None:
         os.utime(self._p(path), ns=(atime_ns, mtime_ns), follow_symlinks=False)
 
-    async def fset_times(self, handle: Handle, atime_ns: int, mtime_ns: int) -> None:
+    async def fset_times(self, handle: Handle, atime_ns: int | None, mtime_ns: int) -> None:
         assert isinstance(handle, LocalHandle)
+        if atime_ns is None:
+            atime_ns = os.fstat(handle.fd).st_atime_ns
         os.utime(handle.fd, ns=(atime_ns, mtime_ns))
 
     async def statvfs(self) -> BackendStatvfs:

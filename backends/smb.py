@@ -983,7 +983,8 @@ class SmbBackend(Backend):
             hard_links = not target.host.lower().endswith(".file.core.windows.net")
         self.capabilities = Capabilities(case_insensitive=True, max_name_length=255, hard_links=hard_links,
                                          unlink_open_files=False,
-                                         stamps_write_time_on_close=True)
+                                         stamps_write_time_on_close=True,
+                                         real_change_time=False, dir_link_counts=False)
         self._base = target.path.replace("/", "\\")
 
     @classmethod
@@ -1332,22 +1333,34 @@ class SmbBackend(Backend):
 
         await self._run(self._attempt, channel, op, handle.path, True)
 
-    async def fset_times(self, handle: Handle, atime_ns: int, mtime_ns: int) -> None:
+    async def fset_times(self, handle: Handle, atime_ns: int | None, mtime_ns: int) -> None:
         """Times set through the writing handle stick: later writes and the close on that
         handle no longer stamp their own write time (MS-FSA), unlike a path-based set."""
         assert isinstance(handle, SmbHandle)
         channel = handle.channel
 
         def op() -> None:
-            info = FileBasicInformation()
-            info["creation_time"] = 0
-            info["last_access_time"] = _ns_filetime(atime_ns)
-            info["last_write_time"] = _ns_filetime(mtime_ns)
-            info["change_time"] = 0
-            info["file_attributes"] = 0
-            channel.call([_setinfo_msg(self._fid(handle), info)])
+            channel.call([_setinfo_msg(self._fid(handle), _times_info(atime_ns, mtime_ns))])
 
         await self._run(self._attempt, channel, op, handle.path, True)
+
+    async def rewrite_head(self, path: str, data: bytes, atime_ns: int, mtime_ns: int) -> None:
+        """CREATE, WRITE, SET_INFO (times, through the handle: the close stamps nothing)
+        and CLOSE in one compound."""
+        await self._evict(path)  # a deferred close would stamp its own write time afterwards
+        name = self._smb_path(path)
+
+        def msgs() -> list[Any]:
+            return [_create_msg(name, _WRITE_ACCESS, CreateDisposition.FILE_OPEN,
+                                CreateOptions.FILE_NON_DIRECTORY_FILE),
+                    _write_msg(_RELATED_FID, 0, data),
+                    _setinfo_msg(_RELATED_FID, _times_info(atime_ns, mtime_ns)),
+                    _close_msg(_RELATED_FID)]
+
+        try:
+            await self._run(self._path_op, path, msgs, True)
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path) from None
 
     async def flush(self, handle: Handle) -> None:
         assert isinstance(handle, SmbHandle)
@@ -1850,6 +1863,17 @@ def _write_msg(fid: bytes, offset: int, data: bytes) -> Any:
     w["file_id"] = fid
     w["buffer"] = data
     return w
+
+
+def _times_info(atime_ns: int | None, mtime_ns: int) -> FileBasicInformation:
+    """Access and write time to set; 0 leaves a field (creation, change, None atime) as is."""
+    info = FileBasicInformation()
+    info["creation_time"] = 0
+    info["last_access_time"] = 0 if atime_ns is None else _ns_filetime(atime_ns)
+    info["last_write_time"] = _ns_filetime(mtime_ns)
+    info["change_time"] = 0
+    info["file_attributes"] = 0
+    return info
 
 
 def _stat_from_infos(basic: bytes, standard: bytes, internal: bytes) -> BackendStat:

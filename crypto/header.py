@@ -41,12 +41,16 @@ class Metadata:
     gid: int
     rdev: int = 0
     size: int = 0      # logical size at the last commit (files only)
+    # The last change of this metadata or of the names linking to it (ns; 0: never
+    # recorded). The backend's change time cannot be trusted to show it: SMB servers
+    # report the write time there, and a directory's mode lives in sealfs.dir.
+    ctime_ns: int = 0
 
     def with_(self, **changes) -> "Metadata":
         return replace(self, **changes)
 
 
-_META = struct.Struct(">B3xIIIQQ8x")          # 40 bytes
+_META = struct.Struct(">B3xIIIQQQ")           # 40 bytes
 _FILE_PUBLIC = struct.Struct(">6sBxI16s")    # magic, version, reserved, dek id, file id
 _DIR_PUBLIC = struct.Struct(">6sBc16s")      # magic, version, b"D", dir id
 
@@ -57,16 +61,17 @@ DIR_META_SIZE = _DIR_PUBLIC.size + NONCE_SIZE + META_SIZE + TAG_SIZE
 
 
 def _pack_meta(meta: Metadata) -> bytes:
-    return _META.pack(int(meta.kind), meta.mode & 0o7777, meta.uid, meta.gid, meta.rdev, meta.size)
+    return _META.pack(int(meta.kind), meta.mode & 0o7777, meta.uid, meta.gid, meta.rdev, meta.size,
+                      meta.ctime_ns)
 
 
 def _unpack_meta(raw: bytes) -> Metadata:
-    kind, mode, uid, gid, rdev, size = _META.unpack(raw)
+    kind, mode, uid, gid, rdev, size, ctime_ns = _META.unpack(raw)
     try:
         kind = Kind(kind)
     except ValueError:
         raise IntegrityError(f"unknown file kind {kind}") from None
-    return Metadata(kind, mode, uid, gid, rdev, size)
+    return Metadata(kind, mode, uid, gid, rdev, size, ctime_ns)
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,11 @@ class FileState:
         self.writeback_error: BaseException | None = None
         self.header_dirty = False
         self.pending_times: tuple[int, int] | None = None
-        self.mtime_ns: int | None = None      # set by writes not yet on the backend
+        # The time of the last write or truncate whose mtime the backend does not show yet.
+        self.mtime_ns: int | None = None
+        # The backend keeps its own time of a write through a handle that set times (SMB,
+        # once a flush or chmod pinned them): the flush sets the write's time itself.
+        self._stamp_mtime = backend.capabilities.stamps_write_time_on_close
         self.refs = 0
         self.writable = False                 # the backend handle can write
         self.has_writer = False               # some open(2) asked to write
@@ -448,7 +452,8 @@ class FileState:
         return bool(self.dirty) or self.header_dirty or self.size != self.committed \
             or self.low_water < self.committed or self.header_size != self.committed \
             or self.tail_at is not None or self._writeback is not None \
-            or self.writeback_error is not None
+            or self.writeback_error is not None \
+            or self._stamp_mtime and self.mtime_ns is not None
 
     async def settle(self) -> None:
         """Wait until no write-back of this file is in flight. Everything that writes to
@@ -478,9 +483,12 @@ class FileState:
         self.dirty.clear()
         self.presealed.clear()
         self.dirty_bytes = 0
-        self.mtime_ns = None
+        written, self.mtime_ns = self.mtime_ns, None
         if self.pending_times is not None:
             await self.backend.fset_times(self.handle, *self.pending_times)
+        elif written is not None and self._stamp_mtime:
+            # One time per flush, not per write: the write's own, as a local file shows.
+            await self.backend.fset_times(self.handle, None, written)
 
     async def write_back(self) -> None:
         """Write-back under memory pressure, overlapped with the writer: the dirty chunks
@@ -523,7 +531,7 @@ class FileState:
             self.writeback_error = exc
         else:
             self._commit(plan)
-            if not self.dirty:
+            if not self.dirty and not self._stamp_mtime:
                 self.mtime_ns = None
         finally:
             self.inflight = {}

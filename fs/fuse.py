@@ -29,6 +29,7 @@ log = logging.getLogger("sealfs.fuse")
 ATTR_TIMEOUT = 1.0
 ENTRY_TIMEOUT = 1.0
 BLOCK = 4096
+RENAME_WHITEOUT = 1 << 2     # renameat2(2); pyfuse3 names only EXCHANGE and NOREPLACE
 
 
 @dataclass
@@ -340,7 +341,7 @@ class SealfsOperations(pyfuse3.Operations):
 
     @fuse_op
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        if flags & pyfuse3.RENAME_EXCHANGE:
+        if flags & (pyfuse3.RENAME_EXCHANGE | RENAME_WHITEOUT):
             raise pyfuse3.FUSEError(errno.EINVAL)
         old = self._child(parent_inode_old, name_old)
         new = self._child(parent_inode_new, name_new)
@@ -441,6 +442,8 @@ class SealfsOperations(pyfuse3.Operations):
             path = f"{base}/{name}" if base else name
             entry_node = self._remember(path, attr, lookup=False)
             entry = await self._settled_entry(entry_node, attr)
+            if not attr.nlink_known:
+                entry.attr_timeout = 0     # a stat asks again, and the volume counts
             if not pyfuse3.readdir_reply(token, os.fsencode(name), entry,
                                          index + 1):
                 self._maybe_forget(entry_node)

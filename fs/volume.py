@@ -69,6 +69,9 @@ class Attr:
     ctime_ns: int
     rdev: int
     identity: bytes           # file id (shared by hard links) or directory id
+    #: False for a listed directory whose subdirectories were not counted (SMB): its
+    #: nlink is a guess, not to be cached by the kernel
+    nlink_known: bool = True
 
     @property
     def is_dir(self) -> bool:
@@ -227,7 +230,14 @@ class Volume:
         self._dir_key = self._dir_secret.readonly()
         self.cache = ChunkCache(self.tuning.cache_bytes)
         self._dirs: dict[str, DirInfo] = {}
-        self._headers: dict[str, tuple[tuple, FileHeader, int]] = {}
+        #: backend path -> (its stamp, the file id it held): which file a name is
+        self._headers: dict[str, tuple[tuple, bytes]] = {}
+        #: file id -> (header, committed size): one entry for every name of a file, so a
+        #: chmod through one hard link is what all of them show
+        self._files: dict[bytes, tuple[FileHeader, int]] = {}
+        #: directory backend path -> (its mtime when counted or None, subdirectories), for
+        #: backends whose directory stat has no link count (SMB)
+        self._subdirs: dict[str, tuple[int | None, int]] = {}
         # Link counts by file id, for listings that cannot tell (SMB): learnt from every full
         # stat and header read, so all names of a file agree; refreshed when a name's stamp
         # (which includes the change time that link and unlink bump) no longer matches.
@@ -394,14 +404,14 @@ class Volume:
         parts = split_path(path)
         if not parts:
             root = await self._root()
-            return _dir_attr(root, await self.backend.stat(""))
+            return await self._dir_attr(root, await self.backend.stat(""))
         info = self._dirs.get("/".join(parts))
         if info is not None:
             # A directory resolved before (the parent of every new file: the kernel asks
             # for its attributes after each create): its backend path is known already.
             bstat = await self._bstat(info.bpath, path)
             if bstat.is_dir:
-                return _dir_attr(info, bstat)
+                return await self._dir_attr(info, bstat)
         parent, name, bpath, _ = await self._entry(path)
         bstat = await self._bstat(bpath, path)
         return await self._attr(parts, bpath, bstat)
@@ -419,14 +429,15 @@ class Volume:
             return None
         return await self._attr(parts, bpath, bstat)
 
-    async def _attr(self, parts: list[str], bpath: str, bstat: BackendStat) -> Attr:
+    async def _attr(self, parts: list[str], bpath: str, bstat: BackendStat,
+                    count: bool = True) -> Attr:
         if bstat.is_dir:
             key = "/".join(parts)
             info = self._dirs.get(key)
             if info is None or info.bpath != bpath:
                 info = await self._read_dir_info(bpath)
                 self._dirs[key] = info
-            return _dir_attr(info, bstat)
+            return await self._dir_attr(info, bstat, count)
         header, size = await self._header(bpath, bstat)
         nlink = await self._nlink(bpath, bstat, header.file_id)
         state = self._states.get(header.file_id)
@@ -434,7 +445,7 @@ class Volume:
             return self._state_attr(state, bstat, nlink)
         meta = header.meta
         return Attr(meta.kind, meta.mode, meta.uid, meta.gid, size, nlink, bstat.atime_ns,
-                    bstat.mtime_ns, bstat.ctime_ns, meta.rdev, header.file_id)
+                    bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), meta.rdev, header.file_id)
 
     def _state_attr(self, state: FileState, bstat: BackendStat, nlink: int) -> Attr:
         meta = state.meta
@@ -443,7 +454,47 @@ class Volume:
             mtime = state.pending_times[1]
         return Attr(meta.kind, meta.mode, meta.uid, meta.gid, state.size, nlink,
                     state.pending_times[0] if state.pending_times else bstat.atime_ns,
-                    mtime, bstat.ctime_ns, meta.rdev, state.file_id)
+                    mtime, max(bstat.ctime_ns, meta.ctime_ns, state.mtime_ns or 0), meta.rdev,
+                    state.file_id)
+
+    async def _dir_attr(self, info: DirInfo, bstat: BackendStat, count: bool = True) -> Attr:
+        """A directory's attributes. Its link count is 2 + its subdirectories: the
+        backend's, or where the backend has none (SMB) counted from its listing once and
+        then kept by sealfs's own mkdir, rmdir and rename; a count gone stale (the
+        directory's mtime moved under another client) is taken again. count=False (a
+        listing of its parent) only uses a count known already."""
+        nlink, known = max(2, bstat.nlink or 0), True
+        if not self.backend.capabilities.dir_link_counts:
+            cached = self._subdirs.get(info.bpath)
+            if cached is not None and cached[0] in (None, bstat.mtime_ns):
+                if cached[0] is None:
+                    self._subdirs[info.bpath] = (bstat.mtime_ns, cached[1])
+                nlink = 2 + cached[1]
+            elif count:
+                nlink = 2 + await self._count_subdirs(info.bpath, bstat.mtime_ns)
+            else:
+                known = False
+        meta = info.meta
+        return Attr(Kind.DIRECTORY, meta.mode, meta.uid, meta.gid, 4096, nlink,
+                    bstat.atime_ns, bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), 0,
+                    info.dir_id, known)
+
+    async def _count_subdirs(self, bpath: str, mtime_ns: int | None,
+                             entries: list[tuple[str, BackendStat]] | None = None) -> int:
+        if entries is None:
+            entries = await self.backend.scandir(bpath)
+        count = sum(1 for entry, st in entries if st.is_dir and not is_reserved(entry))
+        if len(self._subdirs) > 50_000:
+            self._subdirs.clear()
+        self._subdirs[bpath] = (mtime_ns, count)
+        return count
+
+    def _count_subdir_change(self, parent_bpath: str, delta: int) -> None:
+        """Our own mkdir, rmdir or rename changed a known count: keep it, and take the
+        directory's next mtime as the one it was counted at."""
+        cached = self._subdirs.pop(parent_bpath, None)
+        if cached is not None:
+            self._subdirs[parent_bpath] = (None, max(0, cached[1] + delta))
 
     async def _attr_of_state(self, state: FileState, bstat: BackendStat | None = None) -> Attr:
         if bstat is None:
@@ -472,7 +523,9 @@ class Volume:
         stamp = (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)
         cached = self._headers.get(bpath)
         if cached is not None and cached[0] == stamp:
-            return cached[1], cached[2]
+            known = self._files.get(cached[1])
+            if known is not None:
+                return known
         raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
         header, dek = await self._open_header_bytes(raw, bpath)
         size = header.meta.size
@@ -485,8 +538,10 @@ class Volume:
                 await self.backend.close(handle)
         if len(self._headers) > 100_000:
             self._headers.clear()
+            self._files.clear()
             self._links.clear()
-        self._headers[bpath] = (stamp, header, size)
+        self._headers[bpath] = (stamp, header.file_id)
+        self._files[header.file_id] = (header, size)
         if fresh.nlink is not None:
             self._links[header.file_id] = fresh.nlink
         return header, size
@@ -495,7 +550,12 @@ class Volume:
         """A name changed: forget its header, and its file's link count if we knew it."""
         cached = self._headers.pop(bpath, None)
         if cached is not None:
-            self._links.pop(cached[1].file_id, None)
+            self._forget_file(cached[1])
+
+    def _forget_file(self, file_id: bytes) -> None:
+        """A file's metadata or link count changed: every name of it reads them again."""
+        self._files.pop(file_id, None)
+        self._links.pop(file_id, None)
 
     async def _committed_size(self, handle: Handle, bpath: str, header: FileHeader,
                               cipher: ChunkCipher) -> int:
@@ -552,7 +612,8 @@ class Volume:
                 name = await self._decode_entry(info, entry)
                 if name is None:
                     continue
-                out.append((name, await self._attr(parts + [name], join(info.bpath, entry), bstat)))
+                out.append((name, await self._attr(parts + [name], join(info.bpath, entry), bstat,
+                                                   count=False)))
             except IntegrityError as exc:
                 log.warning("skipping %s in /%s: %s", join(info.bpath, entry), "/".join(parts), exc)
             except FileNotFoundError:
@@ -590,7 +651,9 @@ class Volume:
             raise
         info = DirInfo(bpath, dir_id, meta)
         self._dirs["/".join(split_path(path))] = info
-        return _dir_attr(info, await self.backend.stat(bpath))
+        self._count_subdir_change(parent.bpath, +1)
+        self._subdirs[bpath] = (None, 0)
+        return await self._dir_attr(info, await self.backend.stat(bpath))
 
     async def rmdir(self, path: str) -> None:
         parent, name, bpath, long = await self._entry(path)
@@ -605,6 +668,8 @@ class Volume:
         if long is not None:
             await _remove_quietly(self.backend, sidecar_of(bpath))
         self._forget_dir(path)
+        self._count_subdir_change(parent.bpath, -1)
+        self._subdirs.pop(bpath, None)
 
     async def _check_empty(self, bpath: str, path: str) -> None:
         entries = dict(await self.backend.scandir(bpath))
@@ -926,7 +991,18 @@ class Volume:
         bstat = await self._bstat(bpath, path)
         if bstat.is_dir:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        await self._losing_link(bpath, bstat)
         await self._remove_file_entry(parent, bpath, long)
+
+    async def _losing_link(self, bpath: str, bstat: BackendStat) -> None:
+        """A file is about to lose the name bpath: its change time moves, which its other
+        names and open handles show (the last name of a closed file nobody can look at)."""
+        if self.backend.capabilities.real_change_time:
+            return
+        header, _size = await self._header(bpath, bstat)
+        if header.file_id in self._states \
+                or await self._nlink(bpath, bstat, header.file_id) > 1:
+            await self._touch_file(bpath, bstat)
 
     async def _remove_file_entry(self, parent: DirInfo, bpath: str, long: str | None) -> None:
         state = await self._open_state_at(bpath)
@@ -989,6 +1065,7 @@ class Volume:
                 victim_dir = join(d_parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
                 await self.backend.rename(d_bpath, victim_dir, replace=False)
             else:
+                await self._losing_link(d_bpath, d_stat)
                 victim = await self._open_state_at(d_bpath)
                 if victim is not None and not self.backend.capabilities.unlink_open_files:
                     await self._remove_file_entry(d_parent, d_bpath, None)
@@ -1016,6 +1093,30 @@ class Volume:
             for state in self._states.values():
                 if state.bpath == s_bpath:
                     state.bpath = d_bpath
+        await self._after_rename(s_parent, d_parent, s_bpath, d_bpath, s_stat.is_dir,
+                                 victim_dir is not None, dst)
+
+    async def _after_rename(self, s_parent: DirInfo, d_parent: DirInfo, s_bpath: str,
+                            d_bpath: str, is_dir: bool, replaced_dir: bool, dst: str) -> None:
+        """Subdirectory counts follow a moved directory; the moved entry's change time
+        moves (rename changes its name, as ext4 records)."""
+        if is_dir:
+            moved = self._subdirs.pop(s_bpath, None)
+            prefix = s_bpath + "/"
+            for key in [k for k in self._subdirs if k.startswith(prefix) or k == d_bpath]:
+                del self._subdirs[key]
+            if moved is not None:
+                self._subdirs[d_bpath] = (None, moved[1])
+            if s_parent.bpath != d_parent.bpath:
+                self._count_subdir_change(s_parent.bpath, -1)
+                self._count_subdir_change(d_parent.bpath, +1)
+            if replaced_dir:
+                self._count_subdir_change(d_parent.bpath, -1)
+        if not self.backend.capabilities.real_change_time:
+            if is_dir:
+                await self._touch_dir(await self._dir(split_path(dst)))
+            else:
+                await self._touch_file(d_bpath)
 
     async def link(self, src: str, dst: str) -> Attr:
         if not self.backend.capabilities.hard_links:
@@ -1034,6 +1135,8 @@ class Volume:
             await self._write_sidecar(d_bpath, d_long)
         await self.backend.link(s_bpath, d_bpath)
         self._forget_header(s_bpath)
+        if not self.backend.capabilities.real_change_time:
+            await self._touch_file(d_bpath)
         return await self.stat(dst)
 
     async def symlink(self, path: str, target: str, uid: int | None = None,
@@ -1063,6 +1166,37 @@ class Volume:
         await self.backend.rename(tmp, sidecar, replace=True)
 
     # -- metadata changes --------------------------------------------------------------------
+    async def _touch_file(self, bpath: str, bstat: BackendStat | None = None) -> None:
+        """Record now as the file's change time in its sealed header, leaving its backend
+        times as they are: for backends whose own change time is the write time (SMB).
+        One compound request when the file is not open here."""
+        now = time.time_ns()
+        state = await self._open_state_at(bpath)
+        if state is not None and state.writable:
+            async with state.lock:
+                await state.write_metadata(state.meta.with_(ctime_ns=now))
+            self._forget_file(state.file_id)
+            return
+        if bstat is None:
+            bstat = await self.backend.stat(bpath)
+        header, size = await self._header(bpath, bstat)
+        new = FileHeader(header.dek_id, header.file_id, header.meta.with_(ctime_ns=now))
+        key = file_key(await self.broker.dek(header.dek_id), header.file_id)
+        try:
+            await self.backend.rewrite_head(bpath, seal_header(key, new), bstat.atime_ns,
+                                            bstat.mtime_ns)
+        except PermissionError:
+            log.debug("%s: read-only on the backend; change time not recorded", bpath)
+            return
+        self._forget_file(header.file_id)
+
+    async def _touch_dir(self, info: DirInfo, **changes) -> None:
+        """Rewrite a directory's record with changes and now as its change time (the
+        record is a file inside the directory: writing it moves no time of the directory)."""
+        info.meta = info.meta.with_(ctime_ns=time.time_ns(), **changes)
+        await _overwrite_small(self.backend, join(info.bpath, DIR_META_NAME),
+                               seal_dir_meta(self._dir_key, info.dir_id, info.meta))
+
     async def setattr(self, path: str, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, size: int | None = None,
                       atime_ns: int | None = None, mtime_ns: int | None = None,
@@ -1084,17 +1218,16 @@ class Volume:
         if is_dir:
             if size is not None:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-            if mode is not None or uid is not None or gid is not None:
+            set_times = atime_ns is not None or mtime_ns is not None
+            if mode is not None or uid is not None or gid is not None \
+                    or set_times and not self.backend.capabilities.real_change_time:
                 key = "/".join(split_path(path))
                 info = await self._dir(split_path(path))
-                info.meta = info.meta.with_(
-                    mode=info.meta.mode if mode is None else mode & 0o7777,
-                    uid=info.meta.uid if uid is None else uid,
-                    gid=info.meta.gid if gid is None else gid)
-                await _overwrite_small(self.backend, join(bpath, DIR_META_NAME),
-                                       seal_dir_meta(self._dir_key, info.dir_id, info.meta))
+                await self._touch_dir(info, mode=info.meta.mode if mode is None else mode & 0o7777,
+                                      uid=info.meta.uid if uid is None else uid,
+                                      gid=info.meta.gid if gid is None else gid)
                 self._dirs[key] = info
-            if atime_ns is not None or mtime_ns is not None:
+            if set_times:
                 cur = await self.backend.stat(bpath)
                 await self.backend.set_times(bpath, cur.atime_ns if atime_ns is None else atime_ns,
                                              cur.mtime_ns if mtime_ns is None else mtime_ns)
@@ -1111,11 +1244,14 @@ class Volume:
                         raise OSError(errno.EROFS, "read-only", path)
                     await state.truncate(size)
                     await state.flush()
-                if mode is not None or uid is not None or gid is not None:
+                set_times = atime_ns is not None or mtime_ns is not None
+                if mode is not None or uid is not None or gid is not None \
+                        or set_times and not self.backend.capabilities.real_change_time \
+                        and state.writable:
                     meta = state.meta.with_(
                         mode=state.meta.mode if mode is None else mode & 0o7777,
                         uid=state.meta.uid if uid is None else uid,
-                        gid=state.meta.gid if gid is None else gid)
+                        gid=state.meta.gid if gid is None else gid, ctime_ns=time.time_ns())
                     await state.write_metadata(meta)
                 if atime_ns is not None or mtime_ns is not None:
                     await state.settle()          # no write of ours may land after the times
@@ -1125,7 +1261,7 @@ class Volume:
                     state.pending_times = times
                     state.mtime_ns = None
                     await self.backend.fset_times(state.handle, *times)
-            self._headers.pop(state.bpath, None)
+            self._forget_file(state.file_id)
             return await self._attr_of_state(state)
         finally:
             if opened is not None:
@@ -1147,12 +1283,6 @@ class Volume:
                 if attr.is_dir:
                     stack.append(child)
         return out
-
-
-def _dir_attr(info: DirInfo, bstat: BackendStat) -> Attr:
-    meta = info.meta
-    return Attr(Kind.DIRECTORY, meta.mode, meta.uid, meta.gid, 4096, max(2, bstat.nlink or 0),
-                bstat.atime_ns, bstat.mtime_ns, bstat.ctime_ns, 0, info.dir_id)
 
 
 def _uid(uid: int | None) -> int:
