@@ -256,28 +256,31 @@ def test_mount_with_fifo_planted_stays_responsive(cli_prefix, tmp_path, keyfile)
 
 # -- paths leading out of the store ------------------------------------------------------
 
-def test_put_through_symlinked_directory_stays_in_store(cli_prefix, tmp_path, keyfile):
-    """An encrypted directory replaced by a symlink to a copy of it elsewhere: `put` used
-    to write the new file there, outside the store."""
-    store = new_store(cli_prefix, tmp_path, keyfile, {"/d/x": b"x" * 100})
-    (cdir,) = entries(store, dirs=True)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    shutil.copytree(cdir, outside / "d")
-    shutil.rmtree(cdir)
-    os.symlink(outside / "d", cdir)
-    before = snapshot(outside)
-    local = tmp_path / "new"
-    local.write_bytes(b"y" * 100)
-
-    put = run(cli_prefix, "put", store, local, "/d/y", "--keyfile", keyfile)
-    assert put.returncode != 0, output(put)
-    assert snapshot(outside) == before
-    mkdir = run(cli_prefix, "mkdir", store, "/d/sub", "--keyfile", keyfile)
-    assert mkdir.returncode != 0, output(mkdir)
-    rm = run(cli_prefix, "rm", store, "/d/x", "--keyfile", keyfile)
-    assert rm.returncode != 0, output(rm)
-    assert snapshot(outside) == before
+def test_directory_swapped_for_symlink_under_a_live_mount(cli_prefix, tmp_path, keyfile):
+    """An encrypted directory the mount knows, replaced by a symlink to a copy of it
+    elsewhere: creating, writing and removing in a directory below it (the mount does not
+    stat every component again) used to happen there, outside the store."""
+    store = tmp_path / "store"
+    init_store(store, keyfile)
+    with Mount(store, tmp_path / "mnt", keyfile) as m:
+        e = m.mountpoint / "d" / "e"
+        e.mkdir(parents=True)
+        (e / "x").write_bytes(b"x" * 100)
+        (cdir,) = entries(store, dirs=True)
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        shutil.copytree(cdir, outside / "d")
+        shutil.rmtree(cdir)
+        os.symlink(outside / "d", cdir)
+        before = snapshot(outside)
+        for attempt in (lambda: (e / "y").write_bytes(b"y" * 100),
+                        lambda: (e / "x").write_bytes(b"z" * 100),
+                        lambda: (e / "sub").mkdir(),
+                        lambda: (e / "x").unlink()):
+            with pytest.raises(OSError):
+                attempt()
+        assert snapshot(outside) == before
+        assert os.path.islink(cdir)
 
 
 def test_fallback_walk_is_what_runs_without_openat2():
