@@ -60,24 +60,25 @@ if _renameat2 is not None:
                            ctypes.c_uint]
 
 _HOW_SIZE = ctypes.sizeof(_OpenHow)
-_hows: dict[tuple[int, int], _OpenHow] = {}
+_hows: dict[tuple[int, int], tuple[_OpenHow, object]] = {}
 
 
-def _how(flags: int, mode: int) -> _OpenHow:
-    how = _hows.get((flags, mode))
-    if how is None:
+def _how(flags: int, mode: int):
+    """A pointer to the open_how for these flags, built once (a handful of combinations)."""
+    entry = _hows.get((flags, mode))
+    if entry is None:
         # openat2 refuses a mode without O_CREAT; flags are unsigned to it.
         how = _OpenHow(flags & 0xFFFFFFFF, mode if flags & os.O_CREAT else 0,
                        _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
-        _hows[(flags, mode)] = how
-    return how
+        entry = _hows[(flags, mode)] = (how, ctypes.byref(how))
+    return entry[1]
 
 
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0) -> int:
     """openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: ELOOP on any symlink, EXDEV on
     any way out of dirfd."""
     encoded = os.fsencode(path)
-    how = ctypes.byref(_how(flags, mode))
+    how = _how(flags, mode)
     for _ in range(8):
         fd = _syscall(_SYS_OPENAT2, dirfd, encoded, how, _HOW_SIZE)
         if fd >= 0:
