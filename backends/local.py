@@ -34,8 +34,9 @@ except (AttributeError, ValueError, OSError):
     _IOV_MAX = 16
 
 # What opening a planted entry fails with: a symlink (ELOOP), a non-directory on the way
-# (ENOTDIR), a socket or driverless device (ENXIO, ENODEV), a directory opened to write.
-_MAYBE_FOREIGN = frozenset({errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.ENODEV, errno.EISDIR})
+# (ENOTDIR), a socket or driverless device (ENXIO, ENODEV). A directory opened as a file
+# stays EISDIR, as on SMB: the kernel refuses it and nothing is followed.
+_MAYBE_FOREIGN = frozenset({errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.ENODEV})
 
 
 class LocalHandle(Handle):
@@ -98,8 +99,6 @@ class LocalBackend(Backend):
                     if exc.errno not in _MAYBE_FOREIGN:
                         raise
                     what = classify(fd, comp)
-                    if what is None and exc.errno == errno.EISDIR:
-                        what = "a directory where a file belongs"
                     if what is not None:
                         raise ForeignEntryError(path, what) from None
                     raise
@@ -131,9 +130,10 @@ class LocalBackend(Backend):
         fd = self._resolve(path, flags | FILE_BASE, mode)
         try:
             st = os.fstat(fd)
+            if stat_module.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             if not stat_module.S_ISREG(st.st_mode):
-                raise ForeignEntryError(path, describe(st.st_mode)
-                                        or "a directory where a file belongs")
+                raise ForeignEntryError(path, describe(st.st_mode) or "a special file")
         except BaseException:
             os.close(fd)
             raise
