@@ -2,17 +2,26 @@
 
 Small metadata syscalls run inline (they are microseconds); reads and writes of
 chunk data run in worker threads so sealing and disk I/O overlap across cores.
+
+The store is untrusted (docs/THREAT_MODEL.md): every path is resolved beneath one
+directory fd of the store root without following symlinks (backends/confine.py), every
+file open is O_NOFOLLOW|O_NONBLOCK and refused unless it is a regular file, and
+namespace calls are *at() calls on the confined parent. A symlink, FIFO, socket or
+device in the store raises ForeignEntryError; scandir lists them with foreign=True.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat as stat_module
 from pathlib import Path
 
 import trio
 
-from .base import Backend, BackendStat, BackendStatvfs, Capabilities, Handle
+from .base import Backend, BackendStat, BackendStatvfs, Capabilities, ForeignEntryError, Handle
+from .confine import (DIR_PATH, DIR_READ, FILE_BASE, O_PATH, check_component, classify, describe,
+                      openat2, openat2_works, rename_noreplace)
 
 # Data I/O below this size stays on the event loop: a thread hop (~50-100 us with the
 # wake-up of the trio loop) costs more than a pread/pwrite of 128 KiB from the page cache
@@ -23,6 +32,11 @@ try:
     _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))   # -1 would mean "no limit known"
 except (AttributeError, ValueError, OSError):
     _IOV_MAX = 16
+
+# What opening a planted entry fails with: a symlink (ELOOP), a non-directory on the way
+# (ENOTDIR), a socket or driverless device (ENXIO, ENODEV). A directory opened as a file
+# stays EISDIR, as on SMB: the kernel refuses it and nothing is followed.
+_MAYBE_FOREIGN = frozenset({errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.ENODEV})
 
 
 class LocalHandle(Handle):
@@ -41,13 +55,91 @@ class LocalBackend(Backend):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve() if Path(root).exists() else Path(os.path.abspath(root))
         self.location = str(self.root)
-        self._prefix = self.location.rstrip("/") + "/"
         self._limiter = trio.CapacityLimiter(8)
+        self._rootfd = -1
+        self._openat2 = False
 
-    def _p(self, path: str) -> str:
-        # Concatenation, not os.path.join (several us per call, on every metadata request).
-        return self._prefix + path if path else self.location
+    # -- confinement -------------------------------------------------------------------
+    def _root(self) -> int:
+        """The store root as an O_PATH fd, opened once: every path resolves beneath it.
+        The root itself is the user's choice and may be reached through symlinks."""
+        if self._rootfd < 0:
+            fd = os.open(self.location, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._openat2 = openat2_works(fd)
+            self._rootfd = fd
+        return self._rootfd
 
+    def _resolve(self, path: str, flags: int, mode: int = 0) -> int:
+        """Open path beneath the root with flags, no component a symlink."""
+        root = self._root()
+        if not self._openat2 or "/" not in path:      # one component: openat is as safe, and cheaper
+            return self._walk(root, path, flags, mode)
+        try:
+            return openat2(root, path, flags, mode)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ForeignEntryError(path, "a symbolic link") from None
+            if exc.errno == errno.EXDEV:
+                raise ForeignEntryError(path, "a path out of the store") from None
+            if exc.errno in _MAYBE_FOREIGN:
+                return self._walk(root, path, flags, mode)     # says which entry it is
+            raise
+
+    def _walk(self, root: int, path: str, flags: int, mode: int = 0) -> int:
+        """The fallback without openat2: one O_NOFOLLOW openat per component."""
+        parts = path.split("/")
+        last = len(parts) - 1
+        fd = root
+        try:
+            for i, comp in enumerate(parts):
+                check_component(comp, path)
+                try:
+                    nfd = os.open(comp, flags if i == last else DIR_PATH, mode, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in _MAYBE_FOREIGN:
+                        raise
+                    what = classify(fd, comp)
+                    if what is not None:
+                        raise ForeignEntryError(path, what) from None
+                    raise
+                if fd != root:
+                    os.close(fd)
+                fd = nfd
+        except BaseException:
+            if fd != root:
+                os.close(fd)
+            raise
+        return fd
+
+    def _parent(self, path: str) -> tuple[int, str]:
+        """The confined parent directory fd of path (the root's own fd: never close it)
+        and the last component, for *at() calls."""
+        head, _, name = path.rpartition("/")
+        check_component(name, path)
+        if not head:
+            return self._root(), name
+        return self._resolve(head, DIR_PATH), name
+
+    def _done(self, fd: int) -> None:
+        if fd != self._rootfd:
+            os.close(fd)
+
+    def _open_file(self, path: str, flags: int, mode: int = 0) -> tuple[int, os.stat_result]:
+        """A regular file of the store, opened without blocking or following; anything
+        else there was planted and is refused before a byte is read or written."""
+        fd = self._resolve(path, flags | FILE_BASE, mode)
+        try:
+            st = os.fstat(fd)
+            if stat_module.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat_module.S_ISREG(st.st_mode):
+                raise ForeignEntryError(path, describe(st.st_mode) or "a special file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st
+
+    # -- files -------------------------------------------------------------------------
     async def open(self, path: str, *, write: bool = False, create: bool = False,
                    exclusive: bool = False) -> LocalHandle:
         flags = os.O_RDWR if write else os.O_RDONLY
@@ -55,7 +147,7 @@ class LocalBackend(Backend):
             flags |= os.O_CREAT
         if exclusive:
             flags |= os.O_EXCL
-        fd = os.open(self._p(path), flags | os.O_CLOEXEC, 0o600)
+        fd, _st = self._open_file(path, flags, 0o600)
         return LocalHandle(path, fd, write)
 
     async def read(self, handle: Handle, offset: int, size: int) -> bytes:
@@ -97,9 +189,9 @@ class LocalBackend(Backend):
     async def read_head(self, path: str, size: int) -> tuple[bytes, BackendStat]:
         # One go, no handle object: a cold stat of every file in a directory reads each
         # file's header, so this runs once per file.
-        fd = os.open(self._p(path), os.O_RDONLY | os.O_CLOEXEC)
+        fd, st = self._open_file(path, os.O_RDONLY)
         try:
-            return os.pread(fd, size, 0), BackendStat.from_os(os.fstat(fd))
+            return os.pread(fd, size, 0), BackendStat.from_os(st)
         finally:
             os.close(fd)
 
@@ -122,50 +214,105 @@ class LocalBackend(Backend):
         return BackendStat.from_os(os.fstat(handle.fd))
 
     async def stat(self, path: str) -> BackendStat:
-        return BackendStat.from_os(os.lstat(self._p(path)))
+        if not path:
+            return BackendStat.from_os(os.fstat(self._root()))
+        fd, name = self._parent(path)
+        try:
+            return BackendStat.from_os(os.stat(name, dir_fd=fd, follow_symlinks=False))
+        finally:
+            self._done(fd)
+
+    def _opendir(self, path: str) -> int:
+        return self._resolve(path, DIR_READ) if path else os.open(".", DIR_READ, dir_fd=self._root())
 
     async def listdir(self, path: str) -> list[str]:
-        return os.listdir(self._p(path))
+        fd = self._opendir(path)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
 
     async def scandir(self, path: str) -> list[tuple[str, BackendStat]]:
         out = []
-        with os.scandir(self._p(path)) as it:
-            for entry in it:
-                try:
-                    out.append((entry.name, BackendStat.from_os(entry.stat(follow_symlinks=False))))
-                except FileNotFoundError:
-                    continue
+        fd = self._opendir(path)
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    try:
+                        out.append((entry.name, BackendStat.from_os(entry.stat(follow_symlinks=False))))
+                    except FileNotFoundError:
+                        continue
+        finally:
+            os.close(fd)
         return out
 
     async def make_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
     async def mkdir(self, path: str) -> None:
-        os.mkdir(self._p(path), 0o700)
+        fd, name = self._parent(path)
+        try:
+            os.mkdir(name, 0o700, dir_fd=fd)
+        finally:
+            self._done(fd)
 
     async def rmdir(self, path: str) -> None:
-        os.rmdir(self._p(path))
+        fd, name = self._parent(path)
+        try:
+            os.rmdir(name, dir_fd=fd)
+        finally:
+            self._done(fd)
 
     async def unlink(self, path: str) -> None:
-        os.unlink(self._p(path))
+        # unlinkat removes a symlink itself, never its target.
+        fd, name = self._parent(path)
+        try:
+            os.unlink(name, dir_fd=fd)
+        finally:
+            self._done(fd)
 
     async def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
-        if replace:
-            os.rename(self._p(src), self._p(dst))
-            return
-        _rename_noreplace(self._p(src), self._p(dst))
+        sfd, sname = self._parent(src)
+        try:
+            dfd, dname = self._parent(dst)
+            try:
+                if replace:
+                    os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+                else:
+                    rename_noreplace(sfd, sname, dfd, dname)
+            finally:
+                self._done(dfd)
+        finally:
+            self._done(sfd)
 
     async def link(self, src: str, dst: str) -> None:
-        os.link(self._p(src), self._p(dst))
+        sfd, sname = self._parent(src)
+        try:
+            dfd, dname = self._parent(dst)
+            try:
+                os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+            finally:
+                self._done(dfd)
+        finally:
+            self._done(sfd)
 
     async def set_times(self, path: str, atime_ns: int, mtime_ns: int) -> None:
-        os.utime(self._p(path), ns=(atime_ns, mtime_ns), follow_symlinks=False)
+        fd, name = self._parent(path) if path else (self._root(), ".")
+        try:
+            os.utime(name, ns=(atime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+        finally:
+            self._done(fd)
 
     async def fset_times(self, handle: Handle, atime_ns: int | None, mtime_ns: int) -> None:
         assert isinstance(handle, LocalHandle)
         if atime_ns is None:
             atime_ns = os.fstat(handle.fd).st_atime_ns
         os.utime(handle.fd, ns=(atime_ns, mtime_ns))
+
+    async def aclose(self) -> None:
+        if self._rootfd >= 0:
+            os.close(self._rootfd)
+            self._rootfd = -1
 
     async def statvfs(self) -> BackendStatvfs:
         st = os.statvfs(self.root)
@@ -223,26 +370,3 @@ def _pwritev_full(fd: int, pieces: list[bytes], offset: int) -> None:
             else:
                 views[0] = views[0][written:]
                 written = 0
-
-
-_libc = None
-
-
-def _rename_noreplace(src: str, dst: str) -> None:
-    """renameat2(RENAME_NOREPLACE); falls back to link+unlink where the kernel lacks it."""
-    global _libc
-    import ctypes
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    at_fdcwd = -100
-    rename_noreplace = 1
-    fn = getattr(_libc, "renameat2", None)
-    if fn is not None:
-        res = fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace)
-        if res == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(err, os.strerror(err), dst)
-    os.link(src, dst)
-    os.unlink(src)

@@ -19,6 +19,11 @@ orphaned long-name sidecars, sealfs.tmp.* / sealfs.del.* leftovers (removed
 recursively), uncommitted tails (cut to the committed extent), and write journals left
 by a crashed mount (the chunks they tore restored, then removed). Damaged headers,
 chunks, names and directory records are reported, never "repaired".
+
+The store is untrusted: a symlink, FIFO, device or misplaced directory where sealfs keeps
+its write journals (sealfs.journal itself, or an entry in it) is reported by its
+ciphertext path, and --repair removes that entry itself (unlinkat never follows a
+symlink; the backend refuses to traverse one), never what it points to.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from ..crypto.layout import chunk_count, chunk_plain_length, slot_offset, stored
 from ..crypto.names import (entry_of_sidecar, is_long_name_entry, is_reserved, is_sidecar,
                             long_name_entry, sidecar_of)
 from .files import FileState
-from .journal import journal_path, journaled_file_ids
+from .journal import journal_entries, journal_path
 from .journal import recover as recover_journal
 from .volume import DirInfo, Volume, _read_small
 
@@ -101,7 +106,9 @@ class Fsck:
     # -- walk --------------------------------------------------------------------------------
     async def run(self) -> FsckResult:
         root = await self.vol._root()
-        self.journals = await journaled_file_ids(self.backend)
+        self.journals, planted = await journal_entries(self.backend)
+        for bpath, what in planted:
+            await self._planted(bpath, what)
         await self._check_dir("", "", root)
         for file_id in sorted(self.journals):      # no file has this id any more
             path = journal_path(file_id)
@@ -169,6 +176,26 @@ class Fsck:
             self.problem(self._where(None, join(bpath, entry)), "unknown sealfs.* entry")
             return False
         return self.vol.names.decode(entry, info.dir_id)
+
+    async def _planted(self, bpath: str, what: str) -> None:
+        """Someone wrote into the store: a problem even once removed (fsck exits 4), and
+        --repair removes the entry itself so journals work again."""
+        where = self._where(None, bpath)
+        hint = "" if self.repair else " (fsck --repair removes the entry itself)"
+        self.problem(where, f"{what}, not written by sealfs: planted in the store{hint}")
+        if not self.repair:
+            return
+        try:
+            await self._remove_entry(bpath)
+        except OSError as exc:
+            self.problem(where, f"removing it failed: {exc}")
+            return
+        self.repaired(where, "removed the planted entry itself (nothing it points to)")
+
+    async def _remove_entry(self, bpath: str) -> None:
+        """Remove one planted entry: a symlink or special file is unlinked as itself."""
+        st = await self.backend.stat(bpath)
+        await self._remove_tree(bpath, st.is_dir and not st.foreign)
 
     async def _remove_tree(self, bpath: str, is_dir: bool) -> None:
         if not is_dir:

@@ -13,6 +13,11 @@ record says what the old one was: its final flag and length), leave it; anything
 a torn rewrite, and the record's chunk is written into the slot. Records need no key or
 MAC of their own: each is a sealed chunk that authenticates under the file key with its
 index and final flag, and one that does not is ignored. The format is in docs/FORMAT.md.
+
+The store is untrusted: the journal directory must be a real directory and each journal
+a regular file, checked before anything is read, truncated or removed. Whatever else
+lies there (a symlink, FIFO, device, a directory) is never opened or written through:
+the mount fails that flush with EIO, and fsck reports the entry (see fs/fsck.py).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..backends.base import PAGE_SIZE, Backend, Handle, join
+from ..backends.base import PAGE_SIZE, Backend, ForeignEntryError, Handle, join
 from ..crypto.chunks import ChunkCipher
 from ..crypto.constants import CHUNK_OVERHEAD, JOURNAL_DIR
 from ..crypto.layout import slot_offset
@@ -136,27 +141,66 @@ class Journal:
 
 async def _open_journal(backend: Backend, path: str) -> Handle:
     try:
-        return await backend.open(path, write=True, create=True)
+        handle = await backend.open(path, write=True, create=True)
     except FileNotFoundError:                   # a volume made before journals existed
         try:
             await backend.mkdir(JOURNAL_DIR)
         except FileExistsError:
             pass
-        return await backend.open(path, write=True, create=True)
+        handle = await backend.open(path, write=True, create=True)
+    await _check_regular(backend, handle, path)
+    return handle
 
 
-async def journaled_file_ids(backend: Backend) -> set[bytes]:
-    """File ids with a journal left on the backend (a crashed mount's), listed once."""
+async def _check_regular(backend: Backend, handle: Handle, path: str) -> None:
+    """Backends refuse to open what is not a file; this holds on any backend all the same,
+    before a journal is truncated or replayed."""
+    st = await backend.fstat(handle)
+    if st.is_dir or st.foreign:
+        await backend.close(handle)
+        raise ForeignEntryError(path, "a directory where a file belongs" if st.is_dir
+                                else "not a regular file")
+
+
+async def journal_entries(backend: Backend) -> tuple[set[bytes], list[tuple[str, str]]]:
+    """File ids with a journal left on the backend (a crashed mount's), and the entries
+    sealfs never writes found instead: (backend path, what it is), the journal directory
+    itself when it is not a real directory."""
     try:
-        names = await backend.listdir(JOURNAL_DIR)
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
+        st = await backend.stat(JOURNAL_DIR)
+        if st.foreign or not st.is_dir:
+            return set(), [(JOURNAL_DIR, _what(st, "a directory"))]
+        entries = await backend.scandir(JOURNAL_DIR)
+    except FileNotFoundError:
+        return set(), []
+    except (ForeignEntryError, NotADirectoryError) as exc:   # swapped since the stat
+        return set(), [(JOURNAL_DIR, getattr(exc, "what", None) or str(exc))]
     ids = set()
-    for name in names:
+    planted = []
+    for name, st in entries:
+        if st.foreign or st.is_dir:
+            planted.append((join(JOURNAL_DIR, name), _what(st, "a file")))
+            continue
         try:
             ids.add(bytes.fromhex(name))
         except ValueError:
             continue
+    return ids, planted
+
+
+def _what(st, belongs: str) -> str:
+    if st.foreign:
+        return "a symbolic link or special file"
+    return f"a directory where {belongs} belongs" if st.is_dir else f"a file where {belongs} belongs"
+
+
+async def journaled_file_ids(backend: Backend) -> set[bytes]:
+    """File ids with a journal left on the backend (a crashed mount's), listed once.
+    Planted entries are left out here (never replayed) and reported by fsck."""
+    ids, planted = await journal_entries(backend)
+    for path, what in planted:
+        log.warning("%s: %s in the store, not written by sealfs: ignored (run fsck)",
+                    path, what)
     return ids
 
 
@@ -171,6 +215,7 @@ async def recover(backend: Backend, handle: Handle, file_id: bytes, cipher: Chun
         jh = await backend.open(path)
     except FileNotFoundError:
         return 0
+    await _check_regular(backend, jh, path)
     try:
         size = (await backend.fstat(jh)).size
         blob = await backend.read(jh, 0, size) if size else b""

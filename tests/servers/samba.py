@@ -220,6 +220,10 @@ class SambaServer:
             "preserve case": "yes",
             "create mask": "0600",
             "directory mask": "0700",
+            # The store is untrusted: smbd must not follow a symlink planted in it, not even
+            # one to elsewhere on the share (wide links = no, the default, only keeps them
+            # inside the share). Samba 4.17 shows no reparse point the client could refuse.
+            "follow symlinks": "no",
         }
         if self.share_encrypt is not None:
             share["smb encrypt"] = self.share_encrypt
