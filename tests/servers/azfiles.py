@@ -61,13 +61,13 @@ TENANT = "72f988bf-0000-4000-8000-00000000test"
 
 # Which SAS permission letter each operation needs (Azure's documented mapping).
 _SAS_PERM = {
-    "get_share": "r", "list_dir": "l", "get_dir": "r", "get_file": "r", "head_file": "r",
+    "get_share": "r", "share_stats": "r", "list_dir": "l", "get_dir": "r", "get_file": "r", "head_file": "r",
     "create_dir": "cw", "delete_dir": "d", "set_dir": "w", "create_file": "cw", "put_range": "w",
     "set_file": "w", "delete_file": "d", "rename_file": "w", "rename_dir": "w", "set_meta": "w",
     "create_share": "c", "delete_share": "d", "snapshot_share": "c", "list_shares": "l",
     "list_ranges": "r",
 }
-_READ_OPS = {"get_share", "list_dir", "get_dir", "get_file", "head_file", "list_ranges"}
+_READ_OPS = {"get_share", "share_stats", "list_dir", "get_dir", "get_file", "head_file", "list_ranges"}
 # Share- and account-level operations that data-plane OAuth and a share SAS cannot reach.
 _SHARE_LEVEL = {"create_share", "delete_share", "snapshot_share", "list_shares"}
 
@@ -544,6 +544,8 @@ class _FilesHandler(BaseHTTPRequestHandler):
                         "HEAD": "get_share"}.get(method, "bad_verb")
             if comp == "metadata" and method in ("GET", "HEAD"):
                 return "get_share"
+            if comp == "stats" and method == "GET":
+                return "share_stats"
             return "bad_verb"
         if restype == "directory":
             if comp == "list" and method == "GET":
@@ -703,7 +705,7 @@ class _FilesHandler(BaseHTTPRequestHandler):
                 raise _err(403, "AuthorizationPermissionMismatch")
             return
         if p.account_sas:
-            level = "s" if op == "list_shares" else "c" if op in _SHARE_LEVEL or op == "get_share" else "o"
+            level = "s" if op == "list_shares" else "c" if op in _SHARE_LEVEL or op in ("get_share", "share_stats") else "o"
             if level not in p.resource_types:
                 raise _err(403, "AuthorizationResourceTypeMismatch")
         else:
@@ -740,8 +742,7 @@ class _FilesHandler(BaseHTTPRequestHandler):
                 raise _err(404, "ParentNotFound")
             raise _err(404, "ResourceNotFound")
         if want_dir is not None and node.is_dir != want_dir:
-            raise _err(409 if want_dir is False else 404,
-                       "ResourceTypeMismatch" if want_dir is False else "ResourceNotFound")
+            raise _err(404, "ResourceNotFound")     # a file URL naming a directory, or back
         return node
 
     def _check_parent(self, share: Share, path: str) -> None:
@@ -819,6 +820,14 @@ class _FilesHandler(BaseHTTPRequestHandler):
                    "x-ms-share-quota": str(share.quota), "x-ms-access-tier": "TransactionOptimized"}
         headers.update({f"x-ms-meta-{k}": v for k, v in share.metadata.items()})
         self._send(200, headers=headers)
+
+    def _op_share_stats(self) -> None:
+        share = self._share()
+        used = sum(len(n.data) for n in share.nodes.values())
+        body = (f'<?xml version="1.0" encoding="utf-8"?><ShareStats><ShareUsageBytes>{used}'
+                f'</ShareUsageBytes></ShareStats>')
+        self._send(200, body.encode(), {"Content-Type": "application/xml", "ETag": share.etag,
+                                        "Last-Modified": _rfc1123(share.created)})
 
     def _op_snapshot_share(self) -> None:
         srv = self.srv
