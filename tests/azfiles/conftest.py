@@ -12,22 +12,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import pytest
 
 from sealfs.backends.azfiles import AzureFilesBackend, AzureSettings, AzureTarget
+from tests.conftest import AZFILES_SHARE
 from tests.servers.azfiles import AzureFilesServer
 
-SHARE = "vol"
-
-
-@pytest.fixture(scope="session")
-def azfiles_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureFilesServer]:
-    server = AzureFilesServer(tmp_path_factory.mktemp("azfiles")).start()
-    server.create_share(SHARE)
-    yield server
-    server.stop()
+SHARE = AZFILES_SHARE
 
 
 def point_env_at(server: AzureFilesServer, mp: pytest.MonkeyPatch) -> None:
@@ -63,14 +56,18 @@ class AzStore:
 
 @pytest.fixture
 def azfiles_store(azfiles: AzureFilesServer, tmp_path: Path) -> AzStore:
+    return new_azfiles_store(azfiles, tmp_path)
+
+
+def new_azfiles_store(server: AzureFilesServer, tmp_path: Path) -> AzStore:
+    """A fresh directory on the test share as a STORE URL, with the account key in a file."""
     path = f"t{uuid.uuid4().hex[:12]}"
-    with azfiles._lock:
-        share = azfiles.shares[SHARE]
-        share.nodes[path] = azfiles._node(path, True)
+    with server._lock:
+        server.shares[SHARE].nodes[path] = server._node(path, True)
     key_file = tmp_path / "account.key"
-    key_file.write_text(azfiles.account_key + "\n")
+    key_file.write_text(server.account_key + "\n")
     key_file.chmod(0o600)
-    return AzStore(azfiles, azfiles.share_url(SHARE, path), path, key_file)
+    return AzStore(server, server.share_url(SHARE, path), path, key_file)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 
+@pytest.mark.store_dir
 def test_files_written_through_the_mount_read_back_and_are_sealed(mounted):
     mnt = mounted.mountpoint
     (mnt / "hello.txt").write_bytes(b"MARKER-fuse-smoke")
