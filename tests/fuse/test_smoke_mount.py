@@ -66,6 +66,7 @@ def test_a_missing_name_is_found_as_soon_as_another_client_creates_it(mounted, t
     assert late.read_bytes() == b"made elsewhere"
 
 
+@pytest.mark.hard_links
 def test_names_the_kernel_knows_follow_renames_and_unlinks(mounted):
     """The mount's table of inodes by path: a renamed directory takes its known
     descendants along, an unlinked name is forgotten, a hard link keeps the file."""
