@@ -13,6 +13,8 @@ class BackendOptions:
     """Connection settings that never live in the STORE string (passwords come lazily)."""
 
     smb_password: Callable[[], str | None] | None = None
+    azure_sas: Callable[[], str | None] | None = None
+    azure_account_key: Callable[[], str | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -21,8 +23,11 @@ def open_backend(store: str, options: BackendOptions | None = None) -> Backend:
     if store.startswith("smb://"):
         from .smb import SmbBackend
         return SmbBackend.from_url(store, options)
+    if store.startswith(("https://", "http://")):
+        from .azfiles import AzureFilesBackend
+        return AzureFilesBackend.from_url(store, options)
     if "://" in store:
         scheme = store.split("://", 1)[0]
-        raise ValueError(f"unsupported store URL scheme {scheme!r} (use a local path or smb://)")
+        raise ValueError(f"unsupported store URL scheme {scheme!r} (use a local path, smb:// or https://)")
     from .local import LocalBackend
     return LocalBackend(store)

@@ -35,7 +35,7 @@ from ..crypto.kms_local import scrypt_problem
 from . import localfiles
 from .config_file import VolumeConfigFile, load_config_file, secret_files
 from .errors import exit_code_of, first_error, one_line
-from .keysource import resolve_secrets, smb_password_source
+from .keysource import azure_secret_source, resolve_secrets, smb_password_source
 from .malloc import limit_malloc_arenas, reuse_large_buffers
 from .pins import PinStore
 from .units import format_size, parse_size
@@ -55,6 +55,8 @@ class Context:
         self.config: VolumeConfigFile | None = None
         self.smb_password_file: str | None = None
         self.smb_require_aes256 = False
+        self.azure_sas_file: str | None = None
+        self.azure_account_key_file: str | None = None
         self.audit_log: str | None = None
 
     def audit(self) -> AuditLog:
@@ -99,8 +101,16 @@ class Context:
             self.smb_password_file,
             str(files.smb_password_file) if files and files.smb_password_file else None)
         extra = {"smb_require_aes256": True} if self.smb_require_aes256 else {}
+        sas = azure_secret_source(self.azure_sas_file, "SEALFS_AZURE_SAS",
+                                  str(files.azure_sas_file) if files and files.azure_sas_file else None,
+                                  "Azure SAS")
+        account_key = azure_secret_source(
+            self.azure_account_key_file, "SEALFS_AZURE_ACCOUNT_KEY",
+            str(files.azure_account_key_file) if files and files.azure_account_key_file else None,
+            "Azure account key")
         try:
-            return open_backend(store, BackendOptions(smb_password=password, extra=extra))
+            return open_backend(store, BackendOptions(smb_password=password, azure_sas=sas,
+                                                      azure_account_key=account_key, extra=extra))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -117,11 +127,17 @@ def key_options(fn: Callable) -> Callable:
                   help="File holding the SMB password (smb:// stores). Env: SEALFS_SMB_PASSWORD.")
     @click.option("--smb-require-aes256", is_flag=True, default=False,
                   help="Refuse SMB servers that do not negotiate AES-256-GCM.")
+    @click.option("--azure-sas-file", type=click.Path(dir_okay=False), default=None,
+                  help="File holding a SAS token (https:// Azure Files stores; spr=https). Env: SEALFS_AZURE_SAS.")
+    @click.option("--azure-account-key-file", type=click.Path(dir_okay=False), default=None,
+                  help="File holding the storage account key (grants the whole account). "
+                       "Env: SEALFS_AZURE_ACCOUNT_KEY.")
     @click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
                   help="Append one JSON line per key operation here. Env: SEALFS_AUDIT_LOG.")
     @functools.wraps(fn)
     def wrapper(*args, keyfile=None, passphrase_file=None, config_name=None,
-                smb_password_file=None, smb_require_aes256=False, audit_log=None, **kwargs):
+                smb_password_file=None, smb_require_aes256=False, audit_log=None,
+                azure_sas_file=None, azure_account_key_file=None, **kwargs):
         ctx = click.get_current_context().find_object(Context)
         if audit_log:
             ctx.audit_log = audit_log
@@ -129,6 +145,10 @@ def key_options(fn: Callable) -> Callable:
             ctx.smb_password_file = smb_password_file
         if smb_require_aes256:
             ctx.smb_require_aes256 = True
+        if azure_sas_file:
+            ctx.azure_sas_file = azure_sas_file
+        if azure_account_key_file:
+            ctx.azure_account_key_file = azure_account_key_file
         if keyfile:
             ctx.keyfile = keyfile
         if passphrase_file:

@@ -104,6 +104,8 @@ class VolumeConfigFile:
     keyfile: Path | None = None
     passphrase_file: Path | None = None
     smb_password_file: Path | None = None
+    azure_sas_file: Path | None = None
+    azure_account_key_file: Path | None = None
     kek: str | None = None         # https://VAULT/keys/NAME[/VERSION] or pkcs11:...; None = local
     audit_log: Path | None = None
     chunk_cache: int | None = None
@@ -119,6 +121,8 @@ class SecretFiles:
     keyfile: Path | None
     passphrase_file: Path | None
     smb_password_file: Path | None
+    azure_sas_file: Path | None = None
+    azure_account_key_file: Path | None = None
 
 
 def credential_file(name: str) -> Path | None:
@@ -144,6 +148,9 @@ def secret_files(cfg: VolumeConfigFile | None) -> SecretFiles:
         keyfile=credential_file("keyfile") or (cfg.keyfile if cfg else None),
         passphrase_file=credential_file("passphrase") or (cfg.passphrase_file if cfg else None),
         smb_password_file=credential_file("smb-password") or (cfg.smb_password_file if cfg else None),
+        azure_sas_file=credential_file("azure-sas") or (cfg.azure_sas_file if cfg else None),
+        azure_account_key_file=credential_file("azure-account-key")
+        or (cfg.azure_account_key_file if cfg else None),
     )
 
 
@@ -216,7 +223,7 @@ class _Validator:
     """Turns the raw TOML dict into a VolumeConfigFile, locating bad keys by line."""
 
     TOP_KEYS = ("store", "mountpoint", "keyfile", "passphrase_file", "smb_password_file",
-                "kek", "audit_log", "chunk_cache", "dirty_limit", "options", "sync")
+                "azure_sas_file", "azure_account_key_file", "kek", "audit_log", "chunk_cache", "dirty_limit", "options", "sync")
     SYNC_KEYS = ("source", "path", "exclude", "delete", "checksum")
 
     def __init__(self, text: str, path: Path) -> None:
@@ -334,6 +341,8 @@ class _Validator:
             keyfile=self._path(data, "keyfile", "keyfile"),
             passphrase_file=self._path(data, "passphrase_file", "passphrase_file"),
             smb_password_file=self._path(data, "smb_password_file", "smb_password_file"),
+            azure_sas_file=self._path(data, "azure_sas_file", "azure_sas_file"),
+            azure_account_key_file=self._path(data, "azure_account_key_file", "azure_account_key_file"),
             kek=kek,
             audit_log=self._path(data, "audit_log", "audit_log"),
             chunk_cache=self._size(data, "chunk_cache", "chunk_cache"),

@@ -99,6 +99,25 @@ def _prompt(confirm: bool) -> Callable[[], bytes]:
     return ask
 
 
+def azure_secret_source(secret_file: str | None, env: str, config_file: str | None,
+                        what: str) -> Callable[[], str | None]:
+    """An Azure SAS token or account key, read only if an https:// store is opened, never
+    from argv: the option's file, then the environment variable, then the config file or
+    systemd credential; None when there is none (Entra ID is used then)."""
+    def fetch() -> str | None:
+        path = secret_file or None
+        if path is None and os.environ.get(env):
+            return os.environ[env].strip()
+        path = path or config_file
+        if not path:
+            return None
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise KeyAccessError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    return fetch
+
+
 def smb_password_source(password_file: str | None, config_file: str | None = None) -> Callable[[], str | None]:
     """The SMB password, fetched only if an smb:// store is actually opened.
 

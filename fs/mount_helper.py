@@ -34,6 +34,8 @@ SEALFS_OPTIONS: dict[str, str] = {
     "keyfile": "--keyfile",
     "passphrase_file": "--passphrase-file",
     "smb_password_file": "--smb-password-file",
+    "azure_sas_file": "--azure-sas-file",
+    "azure_account_key_file": "--azure-account-key-file",
 }
 # Options whose value would be a secret: refused outright, even though mount(8)
 # already showed them in its own argv, so fstab lines never hold a secret.

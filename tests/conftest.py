@@ -71,6 +71,19 @@ def need_smbd() -> None:
         pytest.fail("the SMB tests run smbd, which needs root (run them in the CI container)")
 
 
+AZFILES_SHARE = "vol"
+
+
+@pytest.fixture(scope="session")
+def azfiles_server(tmp_path_factory: pytest.TempPathFactory):
+    """One Azure Files REST server per test session (tests/servers/azfiles.py), with a share."""
+    from tests.servers.azfiles import AzureFilesServer
+    server = AzureFilesServer(tmp_path_factory.mktemp("azfiles")).start()
+    server.create_share(AZFILES_SHARE)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def samba() -> Iterator[SambaServer]:
     """One real smbd per test session: loopback, SMB3 only, encryption required."""

@@ -27,7 +27,7 @@ def chunk_size(request) -> str:
     return request.param
 
 
-@pytest.fixture(params=["local", "smb"])
+@pytest.fixture(params=["local", "smb", "azfiles"])
 def backend_kind(request) -> str:
     return request.param
 
@@ -45,13 +45,33 @@ def mounted(request, tmp_path: Path, keyfile: Path, mount_env: dict, chunk_size:
         smb = new_store(request.getfixturevalue("samba"))
         store, store_dir = smb.url, smb.local
         mount_env["SEALFS_SMB_PASSWORD"] = smb.server.password
+    elif backend_kind == "azfiles":
+        # No local directory holds this store's ciphertext: store_dir is None.
+        from tests.azfiles.conftest import new_azfiles_store
+        server = request.getfixturevalue("azfiles_server")
+        az = new_azfiles_store(server, tmp_path)
+        store, store_dir = az.url, None
+        mount_env["SEALFS_AZURE_ACCOUNT_KEY"] = server.account_key
+        mount_env["REQUESTS_CA_BUNDLE"] = str(server.ca_path)
     else:
         store = store_dir = tmp_path / "store"
+    _skip_unless_able(request, str(store), store_dir)
     init_store(store, keyfile, chunk_size, env=mount_env)
     mount = Mount(store, tmp_path / "mnt", keyfile, env=mount_env)
-    mount.store_dir = Path(store_dir)
+    mount.store_dir = Path(store_dir) if store_dir is not None else None
     mount.start()
     try:
         yield mount
     finally:
         mount.close()
+
+
+def _skip_unless_able(request, store: str, store_dir) -> None:
+    """Tests marked hard_links skip where the backend declares none (Azure Files over REST,
+    or over SMB); tests marked store_dir skip where no local directory holds the ciphertext."""
+    from sealfs.backends.registry import BackendOptions, open_backend
+    if request.node.get_closest_marker("hard_links") is not None:
+        if not open_backend(store, BackendOptions()).capabilities.hard_links:
+            pytest.skip("the backend has no hard links (Capabilities.hard_links)")
+    if request.node.get_closest_marker("store_dir") is not None and store_dir is None:
+        pytest.skip("no local directory holds this store's ciphertext")

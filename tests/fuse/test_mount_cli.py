@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.mounting import SEALFS, Mount, init_store, sealfs
 
 
@@ -128,6 +130,7 @@ def test_a_dead_mount_is_cleared_on_the_next_mount(tmp_path, keyfile, mount_env)
     mount.stop()
 
 
+@pytest.mark.hard_links
 def test_rekey_leaves_hard_links_whole_on_every_backend(mounted):
     """rekey finds hard links by the link counts a directory walk reports; SMB listings carry
     none, and re-sealing a linked file by copy would split its names into separate files."""

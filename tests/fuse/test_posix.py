@@ -127,6 +127,7 @@ def test_rename_over_an_open_file_keeps_the_open_handle_working(mounted):
     assert (m / "b").read_bytes() == b"new"
 
 
+@pytest.mark.store_dir
 def test_a_file_being_read_ahead_can_be_renamed_over_unlinked_and_rewritten(mounted):
     """Sequential reads load the next chunks in the background, in batches (on SMB over
     both connections, each with a handle of its own): none of that may keep a name busy,
@@ -193,6 +194,7 @@ def test_rename_noreplace(mounted):
     assert (m / "c").read_bytes() == b"a"
 
 
+@pytest.mark.hard_links
 def test_hard_links_share_content_and_count(mounted):
     m = mounted.mountpoint
     (m / "d").mkdir()
@@ -209,6 +211,7 @@ def test_hard_links_share_content_and_count(mounted):
     assert errno_of(os.link, m / "d", m / "dl") == errno.EPERM
 
 
+@pytest.mark.hard_links
 def test_unlinking_names_of_an_open_file_drops_its_link_count_at_once(mounted):
     """SMB keeps an open file's unlinked name under a hidden name until the last close;
     the count must not include it (nor may the open file vanish from its other name)."""
@@ -230,6 +233,7 @@ def test_unlinking_names_of_an_open_file_drops_its_link_count_at_once(mounted):
     assert os.listdir(m) == []
 
 
+@pytest.mark.hard_links
 def test_link_counts_are_right_at_once_by_name_and_in_listings(mounted):
     """A directory listing (READDIRPLUS) hands the kernel attributes it caches for a second;
     over SMB the listing itself has no link count, yet stat must never show a stale one."""
@@ -348,6 +352,7 @@ def test_statfs(mounted):
     assert st.f_blocks > 0 and st.f_bavail <= st.f_blocks
 
 
+@pytest.mark.store_dir
 def test_fsync_and_fdatasync(mounted):
     p = mounted.mountpoint / "f"
     fd = os.open(p, os.O_CREAT | os.O_RDWR)

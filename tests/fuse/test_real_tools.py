@@ -68,6 +68,7 @@ def test_tar_create_outside_extract_inside(mounted, tmp_path):
     run("diff", "-r", "--no-dereference", src, dst)
 
 
+@pytest.mark.hard_links
 def test_hard_links_survive_cp_tar_and_rsync_out_of_the_mount(mounted, tmp_path):
     """cp -a, tar and rsync -H find hard links by st_nlink > 1 right after listing a directory."""
     src = mounted.mountpoint / "linked"

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 
+@pytest.mark.store_dir
 def test_files_written_through_the_mount_read_back_and_are_sealed(mounted):
     mnt = mounted.mountpoint
     (mnt / "hello.txt").write_bytes(b"MARKER-fuse-smoke")
@@ -65,6 +66,7 @@ def test_a_missing_name_is_found_as_soon_as_another_client_creates_it(mounted, t
     assert late.read_bytes() == b"made elsewhere"
 
 
+@pytest.mark.hard_links
 def test_names_the_kernel_knows_follow_renames_and_unlinks(mounted):
     """The mount's table of inodes by path: a renamed directory takes its known
     descendants along, an unlinked name is forgotten, a hard link keeps the file."""

@@ -1,0 +1,877 @@
+"""Azure Files over HTTPS: the File service REST API through azure-storage-file-share.
+
+For networks that block port 445, and for credentials narrower than the account key:
+Entra ID (RBAC roles), SAS tokens restricted to HTTPS, or the account key.
+
+REST has no open handles: a Handle here is a path (it follows renames made through this
+backend) plus the file's size, shared by every handle on that path, because Put Range
+cannot write past the end of a file: a write that grows the file resizes it first. The
+volume hides unlinked open files itself (unlink_open_files=False), as on SMB, since
+deleting the name deletes the data here too.
+
+Times: REST exposes creation, last-write and change times, not the last access time, and
+sets none of them on read. The access time is kept in the creation-time field, which
+sealfs has no other use for: set_times is one Set File Properties, and a listing returns
+both times.
+
+Requests that Azure throttles (429, 503 ServerBusy) were not executed and are retried
+whatever they are, honouring Retry-After; other server errors (500, 502, 504) and lost
+responses are retried only for idempotent requests (reads, writes of a range, setting a
+size or times). Retrying stops after a bounded time, then the request fails with EIO.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+import weakref
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+from urllib.parse import parse_qs, urlparse
+
+import trio
+
+from .base import (Backend, BackendError, BackendStat, BackendStatvfs, Capabilities, Handle, TransportSecurityError,
+                   join, parent_of)
+
+log = logging.getLogger("sealfs.azfiles")
+T = TypeVar("T")
+RANGE = 4 * 1024 * 1024              # the most one Put Range may carry
+_THROTTLED = {429, 503}               # refused before execution: safe to resend anything
+_RETRYABLE = {500, 502, 504}          # may have been executed: resend idempotent requests only
+CONTRIBUTOR_ROLE = "Storage File Data Privileged Contributor"
+READER_ROLE = "Storage File Data Privileged Reader"
+
+
+@dataclass(frozen=True)
+class AzureTarget:
+    """https://ACCOUNT.file.core.windows.net/SHARE[/PATH] (or any https host)."""
+
+    account_url: str       # https://host[:port]
+    host: str
+    account: str
+    share: str
+    path: str              # inside the share, "" for its root
+
+    @classmethod
+    def parse(cls, url: str, account: str | None = None) -> "AzureTarget":
+        parsed = urlparse(url)
+        if parsed.scheme == "http":
+            raise ValueError("plain http:// is refused: Azure Files stores need https://")
+        if parsed.scheme != "https" or not parsed.hostname:
+            raise ValueError(f"not an Azure Files URL: {url!r} (https://ACCOUNT.file.core.windows.net/SHARE)")
+        if parsed.query or parsed.fragment or parsed.username or parsed.password:
+            raise ValueError("the store URL must not carry a query, user or SAS: give the SAS with "
+                             "--azure-sas-file or SEALFS_AZURE_SAS")
+        parts = [p for p in parsed.path.split("/") if p]
+        if not parts:
+            raise ValueError(f"{url}: the URL names no share (https://ACCOUNT.file.core.windows.net/SHARE)")
+        host = parsed.hostname.lower()
+        name = account or host.split(".")[0]
+        netloc = host if parsed.port is None else f"{host}:{parsed.port}"
+        return cls(f"https://{netloc}", host, name, parts[0], "/".join(parts[1:]))
+
+    @property
+    def location(self) -> str:
+        return f"{self.account_url}/{self.share}" + (f"/{self.path}" if self.path else "")
+
+
+@dataclass
+class AzureSettings:
+    """Tuning and policy knobs; all come from BackendOptions.extra["azure_*"]."""
+
+    threads: int = 16
+    retry_deadline: float = 60.0       # seconds of retrying before a request fails with EIO
+    max_retry_after: float = 30.0
+    connection_timeout: float = 10.0
+    read_timeout: float = 60.0
+    account: str | None = None
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> "AzureSettings":
+        s = cls()
+        for name in ("threads", "retry_deadline", "max_retry_after", "connection_timeout", "read_timeout",
+                     "account"):
+            if f"azure_{name}" in extra:
+                setattr(s, name, extra[f"azure_{name}"])
+        return s
+
+
+def check_sas(sas: str) -> str:
+    """Refuse a SAS that allows plain http or has expired; returns it without a leading '?'."""
+    sas = sas.strip().lstrip("?")
+    q = {k: v[0] for k, v in parse_qs(sas, keep_blank_values=True).items()}
+    if "sig" not in q or "se" not in q:
+        raise PermissionError(errno.EACCES, "the SAS token is malformed (no sig or se)")
+    if q.get("spr") != "https":
+        raise PermissionError(errno.EACCES, "the SAS token allows plain http: make one with spr=https only "
+                                            "(az storage ... --https-only)")
+    try:
+        expiry = dt.datetime.fromisoformat(q["se"].replace("Z", "+00:00"))
+        if expiry.tzinfo is None:
+            expiry = expiry.replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise PermissionError(errno.EACCES, f"the SAS token's expiry {q['se']!r} is malformed") from None
+    if expiry < dt.datetime.now(dt.timezone.utc):
+        raise PermissionError(errno.EACCES, f"the SAS token expired at {q['se']}")
+    return sas
+
+
+class AzureHandle(Handle):
+    __slots__ = ("path", "writable", "state", "closed")
+
+    def __init__(self, path: str, writable: bool, state: "_FileState") -> None:
+        self.path = path
+        self.writable = writable
+        self.state = state
+        self.closed = False
+
+
+class _FileState:
+    """What every handle on one file shares: its size (Put Range cannot grow a file)."""
+
+    __slots__ = ("size", "grow_lock", "refs", "info")
+
+    def __init__(self, size: int, info: BackendStat) -> None:
+        self.size = size
+        self.info = info
+        self.grow_lock = trio.Lock()
+        self.refs = 0
+
+
+def _fmt_time(ns: int) -> str:
+    """Azure's 100 ns time format (datetime would cut to microseconds)."""
+    ns = ns // 100 * 100
+    secs, rem = divmod(ns, 1_000_000_000)
+    base = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=secs)).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{rem // 100:07d}Z"
+
+
+_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,7}))?Z$")
+
+
+def _parse_time(text: str | None) -> int:
+    if not text:
+        return 0
+    m = _TIME_RE.match(text.strip())
+    if m is None:
+        return 0
+    base = dt.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc)
+    secs = int((base - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).total_seconds())
+    return secs * 1_000_000_000 + int((m.group(2) or "0").ljust(7, "0")) * 100
+
+
+def _stat_from_headers(headers: Any, is_dir: bool) -> BackendStat:
+    size = 0 if is_dir else int(headers.get("Content-Length") or 0)
+    return BackendStat(size=size, is_dir=is_dir, mtime_ns=_parse_time(headers.get("x-ms-file-last-write-time")),
+                       atime_ns=_parse_time(headers.get("x-ms-file-creation-time")),
+                       ctime_ns=_parse_time(headers.get("x-ms-file-change-time")),
+                       nlink=1, ino=_ino(headers.get("x-ms-file-id")))
+
+
+def _ino(file_id: str | None) -> int:
+    try:
+        return int(file_id or 0) & ((1 << 63) - 1)
+    except ValueError:
+        return 0
+
+
+class AzureFilesBackend(Backend):
+    """Azure Files REST. See the module docstring."""
+
+    def __init__(self, target: AzureTarget, *, sas: Callable[[], str | None] | None = None,
+                 account_key: Callable[[], str | None] | None = None,
+                 settings: AzureSettings | None = None, credential: Any = None) -> None:
+        self.target = target
+        self.settings = settings or AzureSettings()
+        self.location = target.location
+        self.capabilities = Capabilities(case_insensitive=True, max_name_length=255, max_path_length=2048,
+                                         hard_links=False, unlink_open_files=False,
+                                         stamps_write_time_on_close=False)
+        self._sas_source = sas
+        self._key_source = account_key
+        self._credential = credential         # tests and embedders may pass a TokenCredential
+        self._share_client: Any = None
+        self._auth = ""
+        self._connect_lock = threading.Lock()
+        self._limiter = trio.CapacityLimiter(max(2, self.settings.threads))
+        self._files: dict[str, _FileState] = {}
+        self._handles: weakref.WeakSet[AzureHandle] = weakref.WeakSet()
+        self._session: Any = None
+
+    @classmethod
+    def from_url(cls, store: str, options: Any = None) -> "AzureFilesBackend":
+        """Build from a STORE URL and BackendOptions (azure_sas / azure_account_key callables)."""
+        extra = getattr(options, "extra", None) or {}
+        settings = AzureSettings.from_extra(extra)
+        return cls(AzureTarget.parse(store, settings.account), sas=getattr(options, "azure_sas", None),
+                   account_key=getattr(options, "azure_account_key", None), settings=settings)
+
+    # -- connection ------------------------------------------------------------------------
+    def _client(self) -> Any:
+        """The one ShareClient (and its pooled session), built at first use, in a thread."""
+        with self._connect_lock:
+            if self._share_client is None:
+                self._share_client = self._make_client()
+            return self._share_client
+
+    def _make_client(self) -> Any:
+        import requests
+        from azure.core.pipeline.transport import RequestsTransport
+        from azure.storage.fileshare import ShareClient
+
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.settings.threads * 2)
+        session.mount("https://", adapter)
+        verify: Any = True
+        if not (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")) \
+                and os.environ.get("SSL_CERT_FILE"):
+            verify = os.environ["SSL_CERT_FILE"]
+        self._session = session
+        transport = RequestsTransport(session=session, session_owner=False, connection_verify=verify,
+                                      connection_timeout=self.settings.connection_timeout,
+                                      read_timeout=self.settings.read_timeout)
+        credential, intent = self._pick_credential()
+        kwargs: dict[str, Any] = {"transport": transport, "retry_total": 0}
+        if intent:
+            kwargs["token_intent"] = intent
+        return ShareClient(self.target.account_url, self.target.share, credential=credential, **kwargs)
+
+    def _pick_credential(self) -> tuple[Any, str | None]:
+        """A credential given explicitly wins over the ambient identity: a SAS, then the
+        account key; with neither, Entra ID through DefaultAzureCredential."""
+        if self._credential is not None:
+            self._auth = "Entra ID"
+            return self._credential, "backup"
+        sas = self._sas_source() if self._sas_source else None
+        if sas:
+            self._auth = "SAS"
+            return check_sas(sas), None
+        key = self._key_source() if self._key_source else None
+        if key:
+            log.warning("%s: using the storage account key, which grants full control of the whole "
+                        "account; prefer Entra ID or a share SAS", self.target.account)
+            self._auth = "account key"
+            return {"account_name": self.target.account, "account_key": key.strip()}, None
+        from azure.identity import DefaultAzureCredential
+        self._auth = "Entra ID"
+        return DefaultAzureCredential(exclude_interactive_browser_credential=True), "backup"
+
+    @property
+    def transport(self) -> str:
+        return f"HTTPS (Azure Files REST, {self._auth or 'not connected'})"
+
+    async def aclose(self) -> None:
+        client, self._share_client = self._share_client, None
+        if client is not None:
+            await trio.to_thread.run_sync(client.close)
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _rel(self, path: str) -> str:
+        if path.startswith("/") or "\\" in path:
+            raise OSError(errno.EINVAL, "bad backend path", path)
+        full = join(self.target.path, path)
+        if len(full) > self.capabilities.max_path_length or any(
+                len(p.encode("utf-8")) > self.capabilities.max_name_length for p in path.split("/")):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+        return full
+
+    def _file(self, path: str) -> Any:
+        return self._client().get_file_client(self._rel(path))
+
+    def _dir(self, path: str) -> Any:
+        rel = self._rel(path)
+        client = self._client()
+        return client.get_directory_client(rel) if rel else client.get_directory_client()
+
+    async def _run(self, fn: Callable[[], T], path: str, *, idempotent: bool) -> T:
+        return await trio.to_thread.run_sync(self._call, fn, path, idempotent, limiter=self._limiter)
+
+    def _call(self, fn: Callable[[], T], path: str, idempotent: bool) -> T:
+        """Run one request with bounded retries; map every failure to an OSError."""
+        from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ServiceRequestError,
+                                           ServiceResponseError)
+        deadline = time.monotonic() + self.settings.retry_deadline
+        delay = 0.2
+        while True:
+            wait: float | None = None
+            try:
+                return fn()
+            except ClientAuthenticationError as exc:
+                if getattr(exc, "status_code", None) is None:        # the credential, not the server
+                    raise PermissionError(errno.EACCES, f"{self.target.account}: no usable Azure credential: "
+                                                        f"{_first_line(exc)}") from None
+                raise self._os_error(exc, path) from None
+            except HttpResponseError as exc:
+                status = exc.status_code or 0
+                if status in _THROTTLED or (idempotent and status in _RETRYABLE):
+                    wait = _retry_after(exc, self.settings.max_retry_after)
+                    last = f"HTTP {status} {_code(exc) or ''}".strip()
+                else:
+                    raise self._os_error(exc, path) from None
+            except ServiceRequestError as exc:       # never reached the server: safe to resend
+                if _is_tls_error(exc):
+                    raise TransportSecurityError(f"{self.target.host}: TLS verification failed: "
+                                                 f"{_first_line(exc)}") from None
+                last = f"cannot connect: {_first_line(exc)}"
+            except ServiceResponseError as exc:
+                if not idempotent:
+                    raise BackendError(f"{path or '/'}: the connection to {self.target.host} was lost "
+                                       f"mid-request ({_first_line(exc)}); not retried") from None
+                last = f"connection lost: {_first_line(exc)}"
+            now = time.monotonic()
+            pause = wait if wait is not None else delay
+            if now + pause > deadline:
+                raise BackendError(f"{path or '/'}: {self.target.host} unavailable ({last}); gave up after "
+                                   f"{self.settings.retry_deadline:g} s")
+            log.info("%s: %s; retrying in %.1f s", path or "/", last, pause)
+            time.sleep(pause)
+            delay = min(delay * 2, 5.0)
+
+    def _os_error(self, exc: Any, path: str) -> OSError:
+        code = _code(exc) or ""
+        status = getattr(exc, "status_code", None) or 0
+        p = path or "/"
+        if code in ("ResourceNotFound", "ShareNotFound", "ParentNotFound", "ShareSnapshotNotFound") or \
+                (status == 404 and not code):
+            if code == "ShareNotFound":
+                return FileNotFoundError(errno.ENOENT, f"share {self.target.share!r} does not exist", p)
+            return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), p)
+        if code in ("ResourceAlreadyExists", "ShareAlreadyExists"):
+            return FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), p)
+        if code == "DirectoryNotEmpty":
+            return OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), p)
+        if code == "InvalidResourceName":
+            return OSError(errno.EINVAL, "name not allowed by Azure Files", p)
+        if code == "InvalidRange":
+            return OSError(errno.EINVAL, "range outside the file", p)
+        if code in ("OperationNotSupportedOnShareSnapshot",):
+            return OSError(errno.EROFS, "share snapshots are read-only", p)
+        if status in (401, 403):
+            return PermissionError(errno.EACCES, self._denied(code), p)
+        if code in ("ShareDisabled", "ShareBeingDeleted"):
+            return BackendError(f"{p}: {code}")
+        if status == 413:
+            return OSError(errno.EFBIG, os.strerror(errno.EFBIG), p)
+        return BackendError(f"{p}: {self.target.host} answered HTTP {status} {code}".rstrip())
+
+    def _denied(self, code: str) -> str:
+        if self._auth == "Entra ID":
+            return (f"{code}: the identity lacks a data role on share {self.target.share!r}: grant "
+                    f"'{CONTRIBUTOR_ROLE}' (read-write) or '{READER_ROLE}' (read-only)")
+        if self._auth == "SAS":
+            return f"{code}: the SAS token does not allow this (needs sp=rcwdl for read-write, rl for read-only)"
+        return f"{code}: the storage account refused the credential"
+
+    async def _refine_enoent(self, exc: OSError, path: str) -> OSError:
+        """Azure says only "not found"; POSIX says which: ENOTDIR when an ancestor is a file."""
+        parent = parent_of(path)
+        while parent:
+            kind = await self._kind(parent)
+            if kind == "file":
+                return NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+            if kind == "dir":
+                break
+            parent = parent_of(parent)
+        return exc
+
+    async def _kind(self, path: str) -> str | None:
+        """'file', 'dir' or None (missing)."""
+        try:
+            st = await self.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return "dir" if st.is_dir else "file"
+
+    # -- files -------------------------------------------------------------------------------
+    def _track(self, path: str, writable: bool, st: BackendStat) -> AzureHandle:
+        key = path.lower()
+        state = self._files.get(key)
+        if state is None:
+            state = self._files[key] = _FileState(st.size, st)
+        state.refs += 1
+        handle = AzureHandle(path, writable, state)
+        self._handles.add(handle)
+        return handle
+
+    async def open(self, path: str, *, write: bool = False, create: bool = False,
+                   exclusive: bool = False) -> AzureHandle:
+        if create and exclusive:
+            return await self.create_file(path, b"")
+        state = self._files.get(path.lower())
+        if state is not None:
+            return self._track(path, write, state.info)
+        try:
+            st = await self._stat_file(path)
+        except FileNotFoundError as exc:
+            if not create:
+                kind = await self._kind(path)
+                if kind == "dir":
+                    if write:
+                        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
+                    raise IsADirectoryError(errno.EISDIR, "directories cannot be opened as files", path) from None
+                raise await self._refine_enoent(exc, path) from None
+            st = await self._create(path, 0)
+        return self._track(path, write, st)
+
+    async def _create(self, path: str, size: int) -> BackendStat:
+        fc = self._file(path)
+        try:
+            await self._run(lambda: fc.create_file(size), path, idempotent=True)
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path) from None
+        except FileExistsError:
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
+        return await self._stat_file(path)
+
+    async def create_file(self, path: str, data: bytes) -> AzureHandle:
+        """Azure's Create File overwrites: create under a unique name, fill it, then rename
+        it into place without replacing, which fails atomically if the name exists."""
+        if (await self._kind(path)) is not None:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+        tmp = join(parent_of(path), f".sealfs-azx-{uuid.uuid4().hex}")
+        await self._create(tmp, len(data))
+        try:
+            if data:
+                await self._put_ranges(tmp, [(0, memoryview(data))])
+            await self._rename_file(tmp, path, replace=False)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._run(self._file(tmp).delete_file, tmp, idempotent=False)
+                except OSError:
+                    pass
+            raise
+        return self._track(path, True, await self._stat_file(path))
+
+    def untearable(self, start: int, end: int) -> bool:
+        """One Put Range (at most 4 MiB) is applied whole or not at all."""
+        return 0 < end - start <= RANGE
+
+    async def read(self, handle: Handle, offset: int, size: int) -> bytes:
+        return (await self.read_many(handle, [(offset, size)]))[0]
+
+    async def read_many(self, handle: Handle, reads: list[tuple[int, int]]) -> list[bytes]:
+        assert isinstance(handle, AzureHandle)
+        self._check_open(handle)
+        known = handle.state.size
+        pieces: list[tuple[int, int, int]] = []        # (read index, offset, length)
+        for i, (offset, size) in enumerate(reads):
+            end = min(offset + size, known)
+            pos = offset
+            while pos < end:
+                n = min(RANGE, end - pos)
+                pieces.append((i, pos, n))
+                pos += n
+        results: list[bytes] = [b""] * len(pieces)
+        path = handle.path
+
+        async def fetch(j: int, offset: int, length: int) -> None:
+            fc = self._file(path)
+            results[j] = await self._run(lambda: _download(fc, offset, length), path, idempotent=True)
+
+        await _gather([lambda j=j, o=o, n=n: fetch(j, o, n) for j, (_, o, n) in enumerate(pieces)])
+        out: list[list[bytes]] = [[] for _ in reads]
+        for (i, _, _), data in zip(pieces, results):
+            out[i].append(data)
+        return [b"".join(parts) for parts in out]
+
+    async def write(self, handle: Handle, offset: int, data: bytes | memoryview) -> None:
+        await self.write_many(handle, [(offset, data)])
+
+    async def write_many(self, handle: Handle, writes: list[tuple[int, bytes]]) -> None:
+        assert isinstance(handle, AzureHandle)
+        self._check_open(handle)
+        writes = [(o, d) for o, d in writes if len(d)]
+        if not writes:
+            return
+        end = max(o + len(d) for o, d in writes)
+        await self._grow(handle, end)
+        await self._put_ranges(handle.path, [(o, memoryview(d).cast("B")) for o, d in writes])
+
+    async def _grow(self, handle: AzureHandle, end: int) -> None:
+        state = handle.state
+        if end <= state.size:
+            return
+        async with state.grow_lock:
+            if end > state.size:
+                fc = self._file(handle.path)
+                await self._run(lambda: fc.resize_file(end), handle.path, idempotent=True)
+                state.size = end
+
+    async def _put_ranges(self, path: str, writes: list[tuple[int, memoryview]]) -> None:
+        """Each piece of at most 4 MiB goes whole in one request (so it cannot tear);
+        adjacent small pieces share one; all requests run in parallel."""
+        requests: list[tuple[int, list[memoryview]]] = []
+        for offset, view in writes:
+            while len(view) > RANGE:
+                requests.append((offset, [view[:RANGE]]))
+                offset, view = offset + RANGE, view[RANGE:]
+            last = requests[-1] if requests else None
+            if last is not None and last[0] + sum(len(v) for v in last[1]) == offset \
+                    and sum(len(v) for v in last[1]) + len(view) <= RANGE:
+                last[1].append(view)
+            else:
+                requests.append((offset, [view]))
+
+        async def put(offset: int, views: list[memoryview]) -> None:
+            body = views[0].tobytes() if len(views) == 1 else b"".join(views)
+            fc = self._file(path)
+            await self._run(lambda: fc.upload_range(body, offset, len(body)), path, idempotent=True)
+
+        await _gather([lambda o=o, v=v: put(o, v) for o, v in requests])
+
+    async def truncate(self, handle: Handle, size: int) -> None:
+        assert isinstance(handle, AzureHandle)
+        self._check_open(handle)
+        fc = self._file(handle.path)
+        async with handle.state.grow_lock:
+            await self._run(lambda: fc.resize_file(size), handle.path, idempotent=True)
+            handle.state.size = size
+
+    async def flush(self, handle: Handle) -> None:
+        """A Put Range is durable when it is acknowledged: nothing to flush."""
+        assert isinstance(handle, AzureHandle)
+        self._check_open(handle)
+
+    async def close(self, handle: Handle) -> None:
+        assert isinstance(handle, AzureHandle)
+        if handle.closed:
+            return
+        handle.closed = True
+        handle.state.refs -= 1
+        if handle.state.refs <= 0:
+            key = handle.path.lower()
+            if self._files.get(key) is handle.state:
+                del self._files[key]
+
+    def _check_open(self, handle: AzureHandle) -> None:
+        if handle.closed:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF), handle.path)
+
+    async def fstat(self, handle: Handle) -> BackendStat:
+        assert isinstance(handle, AzureHandle)
+        self._check_open(handle)
+        st = await self._stat_file(handle.path)
+        handle.state.size = st.size
+        return st
+
+    async def fset_times(self, handle: Handle, atime_ns: int, mtime_ns: int) -> None:
+        assert isinstance(handle, AzureHandle)
+        await self.set_times(handle.path, atime_ns, mtime_ns)
+
+    # -- namespace ---------------------------------------------------------------------------
+    async def _stat_file(self, path: str) -> BackendStat:
+        fc = self._file(path)
+        return await self._run(lambda: _headers_of(fc.get_file_properties, False), path, idempotent=True)
+
+    async def _stat_dir(self, path: str) -> BackendStat:
+        dc = self._dir(path)
+        return await self._run(lambda: _headers_of(dc.get_directory_properties, True), path, idempotent=True)
+
+    async def stat(self, path: str) -> BackendStat:
+        if path:
+            try:
+                return await self._stat_file(path)
+            except FileNotFoundError:
+                pass
+        try:
+            return await self._stat_dir(path)
+        except FileNotFoundError as exc:
+            if not path:
+                raise
+            raise await self._refine_enoent(exc, path) from None
+
+    async def read_head(self, path: str, size: int) -> tuple[bytes, BackendStat]:
+        """One GET: the first bytes, and the properties in the same answer's headers."""
+        fc = self._file(path)
+        try:
+            return await self._run(lambda: _download_with_stat(fc, size), path, idempotent=True)
+        except FileNotFoundError as exc:
+            if await self._kind(path) == "dir":
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
+            raise await self._refine_enoent(exc, path) from None
+
+    async def listdir(self, path: str) -> list[str]:
+        return [name for name, _ in await self.scandir(path)]
+
+    async def scandir(self, path: str) -> list[tuple[str, BackendStat]]:
+        dc = self._dir(path)
+        try:
+            return await self._run(lambda: _list(dc), path, idempotent=True)
+        except FileNotFoundError as exc:
+            if path and await self._kind(path) == "file":
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
+            raise await self._refine_enoent(exc, path) from None
+
+    async def make_root(self) -> None:
+        client = self._client()
+        try:
+            await self._run(client.get_share_properties, "", idempotent=True)
+        except FileNotFoundError:
+            try:
+                await self._run(client.create_share, "", idempotent=False)
+            except FileExistsError:
+                pass
+            except PermissionError as exc:
+                raise PermissionError(errno.EACCES, f"share {self.target.share!r} does not exist and this "
+                                                    f"credential cannot create it ({exc.strerror}); create the "
+                                                    f"share first") from None
+        except PermissionError:
+            pass            # data roles and share SAS tokens cannot read share properties
+        built = ""
+        for part in [p for p in self.target.path.split("/") if p]:
+            built = join(built, part)
+            dc = self._client().get_directory_client(built)
+            try:
+                await self._run(dc.create_directory, built, idempotent=False)
+            except FileExistsError:
+                pass
+
+    async def mkdir(self, path: str) -> None:
+        dc = self._dir(path)
+        try:
+            await self._run(dc.create_directory, path, idempotent=False)
+        except FileNotFoundError as exc:
+            raise await self._refine_enoent(exc, path) from None
+
+    async def rmdir(self, path: str) -> None:
+        dc = self._dir(path)
+        try:
+            await self._run(dc.delete_directory, path, idempotent=False)
+        except FileNotFoundError as exc:
+            if await self._kind(path) == "file":
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
+            raise await self._refine_enoent(exc, path) from None
+
+    async def unlink(self, path: str) -> None:
+        fc = self._file(path)
+        try:
+            await self._run(fc.delete_file, path, idempotent=False)
+        except FileNotFoundError as exc:
+            if await self._kind(path) == "dir":
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
+            raise await self._refine_enoent(exc, path) from None
+        self._files.pop(path.lower(), None)
+
+    async def _rename_file(self, src: str, dst: str, replace: bool) -> None:
+        fc, new = self._file(src), self._rel(dst)
+        await self._run(lambda: fc.rename_file(new, overwrite=replace, ignore_read_only=True), src,
+                        idempotent=False)
+
+    async def _rename_dir(self, src: str, dst: str) -> None:
+        dc, new = self._dir(src), self._rel(dst)
+        await self._run(lambda: dc.rename_directory(new, overwrite=False), src, idempotent=False)
+
+    async def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
+        src_kind = await self._kind(src)
+        if src_kind is None:
+            raise await self._refine_enoent(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src), src)
+        same = src.lower() == dst.lower()
+        dst_kind = None if same else await self._kind(dst)
+        if dst_kind is not None:
+            if not replace:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+            if src_kind == "file" and dst_kind == "dir":
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), dst)
+            if src_kind == "dir" and dst_kind == "file":
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dst)
+            if dst_kind == "dir":        # POSIX replaces an empty directory; Azure never does
+                if await self.listdir(dst):
+                    raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), dst)
+                await self.rmdir(dst)
+        try:
+            if src_kind == "file":
+                await self._rename_file(src, dst, replace)
+            else:
+                await self._rename_dir(src, dst)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+        except FileNotFoundError as exc:
+            if await self._kind(src) is None:
+                raise
+            raise await self._refine_enoent(FileNotFoundError(exc.errno, exc.strerror, dst), dst) from None
+        self._follow_rename(src, dst)
+
+    def _follow_rename(self, src: str, dst: str) -> None:
+        """Handles address their file by path: they follow it."""
+        s, prefix = src.lower(), src.lower() + "/"
+        for handle in list(self._handles):
+            low = handle.path.lower()
+            if low == s:
+                handle.path = dst
+            elif low.startswith(prefix):
+                handle.path = dst + handle.path[len(src):]
+        for key in list(self._files):
+            if key == s or key.startswith(prefix):
+                state = self._files.pop(key)
+                self._files[dst.lower() + key[len(s):]] = state
+
+    async def link(self, src: str, dst: str) -> None:
+        raise PermissionError(errno.EPERM, "hard links are not supported by Azure Files over REST", dst)
+
+    async def set_times(self, path: str, atime_ns: int, mtime_ns: int) -> None:
+        """Last-write time, and the access time in the creation-time field (module docstring)."""
+        from azure.storage.fileshare import ContentSettings
+        fc = self._file(path)
+        mtime, atime = _fmt_time(mtime_ns), _fmt_time(atime_ns)
+        try:
+            await self._run(lambda: fc.set_http_headers(ContentSettings(), file_last_write_time=mtime,
+                                                        file_creation_time=atime), path, idempotent=True)
+        except FileNotFoundError as exc:
+            if await self._kind(path) != "dir":
+                raise await self._refine_enoent(exc, path) from None
+            dc = self._dir(path)
+            await self._run(lambda: dc.set_http_headers(file_last_write_time=mtime, file_creation_time=atime),
+                            path, idempotent=True)
+
+    async def statvfs(self) -> BackendStatvfs:
+        client = self._client()
+        block = 4096
+        try:
+            props = await self._run(client.get_share_properties, "", idempotent=True)
+            used = await self._run(client.get_share_stats, "", idempotent=True)
+            total = int(props.quota) * 1024 ** 3
+        except PermissionError:     # a data role or share SAS may not read share properties
+            total, used = 100 * 1024 ** 4, 0
+        free = max(0, total - int(used))
+        return BackendStatvfs(block, total // block, free // block, free // block, 1 << 32, 1 << 32, 255)
+
+
+# -- helpers run in worker threads -----------------------------------------------------------
+
+def _download(fc: Any, offset: int, length: int) -> bytes:
+    return fc.download_file(offset=offset, length=length, max_concurrency=1).readall()
+
+
+def _download_with_stat(fc: Any, size: int) -> tuple[bytes, BackendStat]:
+    seen: dict[str, Any] = {}
+
+    def hook(response: Any) -> None:
+        seen.setdefault("headers", response.http_response.headers)
+
+    try:
+        data = fc.download_file(offset=0, length=size, max_concurrency=1, raw_response_hook=hook).readall()
+    except Exception as exc:
+        if getattr(exc, "error_code", None) == "InvalidRange" or _code(exc) == "InvalidRange":
+            # An empty file has no byte 0: Azure answers 416. Its properties tell the rest.
+            return b"", _headers_of(fc.get_file_properties, False)
+        raise
+    headers = seen["headers"]
+    st = _stat_from_headers(headers, False)
+    total = headers.get("Content-Range", "").rpartition("/")[2]
+    if total.isdigit():
+        st = BackendStat(int(total), False, st.mtime_ns, st.atime_ns, st.ctime_ns, 1, st.ino)
+    return data, st
+
+
+def _headers_of(call: Callable[..., Any], is_dir: bool) -> BackendStat:
+    seen: dict[str, Any] = {}
+
+    def hook(response: Any) -> None:
+        seen["headers"] = response.http_response.headers
+
+    call(raw_response_hook=hook)
+    return _stat_from_headers(seen["headers"], is_dir)
+
+
+def _list(dc: Any) -> list[tuple[str, BackendStat]]:
+    """Every page of the listing, parsed from the XML itself (the SDK's datetimes would
+    drop the 100 ns digits)."""
+    bodies: list[bytes] = []
+
+    def hook(response: Any) -> None:
+        bodies.append(response.http_response.body())
+
+    pages = dc.list_directories_and_files(include=["timestamps", "attributes", "etag"], include_extended_info=True,
+                                          results_per_page=5000, raw_response_hook=hook).by_page()
+    for _ in pages:
+        for _ in _:
+            pass
+    out = []
+    for body in bodies:
+        root = ET.fromstring(body)
+        for entry in root.iter():
+            if entry.tag not in ("File", "Directory"):
+                continue
+            props = entry.find("Properties")
+            get = (lambda tag: props.findtext(tag) if props is not None else None)
+            is_dir = entry.tag == "Directory"
+            out.append((entry.findtext("Name") or "", BackendStat(
+                size=0 if is_dir else int(get("Content-Length") or 0), is_dir=is_dir,
+                mtime_ns=_parse_time(get("LastWriteTime")), atime_ns=_parse_time(get("CreationTime")),
+                ctime_ns=_parse_time(get("ChangeTime")), nlink=1, ino=_ino(entry.findtext("FileId")))))
+    return out
+
+
+async def _gather(jobs: list[Callable[[], Any]]) -> None:
+    if len(jobs) == 1:
+        await jobs[0]()
+        return
+    try:
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(job)
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from None
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The error one of the parallel requests raised (not the others' cancellations)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for e in exc.exceptions:
+                walk(e)
+        else:
+            leaves.append(exc)
+    walk(group)
+    for exc in leaves:
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return leaves[0]
+
+
+def _code(exc: Any) -> str | None:
+    code = getattr(exc, "error_code", None)
+    if code is None:
+        response = getattr(exc, "response", None)
+        code = response.headers.get("x-ms-error-code") if response is not None else None
+    return str(getattr(code, "value", code)) if code else None
+
+
+def _retry_after(exc: Any, cap: float) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        return min(cap, max(0.0, float(value)))
+    except ValueError:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    import ssl
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
