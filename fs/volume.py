@@ -578,10 +578,14 @@ class Volume:
             bpath = join(info.bpath, entry)
             name = None
             try:
+                try:
+                    name = await self._decode_entry(info, entry, stats)   # never opens entry
+                except IntegrityError:
+                    if not bstat.foreign:
+                        raise
                 if bstat.foreign:
                     # never opened: a FIFO would block, a symlink leads out of the store
                     raise ForeignEntryError(bpath, "not a regular file or directory")
-                name = await self._decode_entry(info, entry, stats)
                 if name is None:
                     continue
                 if name in seen:     # cannot happen with the checks above: never crash on it

@@ -122,9 +122,11 @@ def attack_short_name_in_sidecar(store: Path, bpaths: dict) -> tuple[Path, set[s
 
 
 def attack_fifo(store: Path, bpaths: dict) -> tuple[Path, set[str]]:
-    fifo = (store / bpaths["top"]) / b32encode(os.urandom(32))
+    """A FIFO in place of a file, under its genuine encrypted name."""
+    fifo = store / bpaths["top/bad.txt"]
+    fifo.unlink()
     os.mkfifo(fifo)
-    return fifo, set()
+    return fifo, {"top/bad.txt"}
 
 
 ATTACKS = {
