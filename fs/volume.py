@@ -443,6 +443,8 @@ class Volume:
         return await self._attr(parts, bpath, bstat)
 
     async def _attr(self, parts: list[str], bpath: str, bstat: BackendStat) -> Attr:
+        if bstat.foreign:       # planted: reading its header could block (FIFO) or leave the store
+            raise ForeignEntryError(bpath, "not a regular file or directory")
         if bstat.is_dir:
             key = "/".join(parts)
             info = self._dirs.get(key)
