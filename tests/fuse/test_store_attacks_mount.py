@@ -107,14 +107,25 @@ def test_a_planted_fifo_neither_hangs_the_listing_nor_the_mount(mounted, keyfile
     b["top/bad.txt"].unlink()
     os.mkfifo(b["top/bad.txt"])                 # under the file's genuine encrypted name
     mounted.start()
+    try:
+        top = mounted.mountpoint / "top"
+        ls = _run("ls", "-1", str(top))
+        assert ls.returncode == 0, ls.stderr
+        assert "good.txt" in ls.stdout.splitlines()
+        st = _run("stat", str(top / "bad.txt"))
+        assert st.returncode != 0 and "Input/output error" in st.stderr, st.stderr
+        cat = _run("cat", str(top / "good.txt"))
+        assert (cat.returncode, cat.stdout) == (0, "good\n")
+        rel = str(b["top/bad.txt"].relative_to(mounted.store_dir))
+        assert rel in mounted.log.read_text(errors="replace")
+    finally:
+        _release_readers(b["top/bad.txt"])
 
-    top = mounted.mountpoint / "top"
-    ls = _run("ls", "-1", str(top))
-    assert ls.returncode == 0, ls.stderr
-    assert "good.txt" in ls.stdout.splitlines()
-    st = _run("stat", str(top / "bad.txt"))
-    assert st.returncode != 0 and "Input/output error" in st.stderr, st.stderr
-    cat = _run("cat", str(top / "good.txt"))
-    assert (cat.returncode, cat.stdout) == (0, "good\n")
-    rel = str(b["top/bad.txt"].relative_to(mounted.store_dir))
-    assert rel in mounted.log.read_text(errors="replace")
+
+def _release_readers(fifo: Path) -> None:
+    """If the mount did open the FIFO (and block on it), give it end-of-file so that it
+    can unmount: opening the write end without blocking works only while a reader waits."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass                    # ENXIO: nobody is reading it, as it should be
