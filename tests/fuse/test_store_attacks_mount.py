@@ -49,12 +49,20 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(raw)
 
 
-def _run(*cmd: str) -> subprocess.CompletedProcess:
-    """A command on the mount, in a child with a timeout: a hung request cannot hang the test."""
+def _run(*cmd: str, on_hang=None) -> subprocess.CompletedProcess:
+    """A command on the mount, in a child with a timeout: a hung request cannot hang the
+    test. A FUSE request already taken by the mount cannot be killed: on_hang must make
+    the mount answer (or go away) before the child can be reaped."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        out, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
+        if on_hang is not None:
+            on_hang()
+        proc.kill()
+        proc.communicate()
         pytest.fail(f"{' '.join(cmd)} hung on the planted entry")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_damaged_entries_are_listed_as_eio_or_left_out_and_logged(mounted, keyfile):
@@ -107,23 +115,23 @@ def test_a_planted_fifo_neither_hangs_the_listing_nor_the_mount(mounted, keyfile
     b["top/bad.txt"].unlink()
     os.mkfifo(b["top/bad.txt"])                 # under the file's genuine encrypted name
     mounted.start()
-    try:
-        top = mounted.mountpoint / "top"
-        ls = _run("ls", "-1", str(top))
-        assert ls.returncode == 0, ls.stderr
-        assert "good.txt" in ls.stdout.splitlines()
-        st = _run("stat", str(top / "bad.txt"))
-        assert st.returncode != 0 and "Input/output error" in st.stderr, st.stderr
-        cat = _run("cat", str(top / "good.txt"))
-        assert (cat.returncode, cat.stdout) == (0, "good\n")
-        rel = str(b["top/bad.txt"].relative_to(mounted.store_dir))
-        assert rel in mounted.log.read_text(errors="replace")
-    except BaseException:
-        # the mount may be stuck opening the FIFO on its event loop: free it, and kill it
-        # so that teardown does not wait on it
+
+    def unstick() -> None:
+        # the mount is stuck opening the FIFO (on its event loop): free it, and kill it
+        # so that neither the child nor teardown waits on it
         _release_readers(b["top/bad.txt"])
         mounted.kill()
-        raise
+
+    top = mounted.mountpoint / "top"
+    ls = _run("ls", "-1", str(top), on_hang=unstick)
+    assert ls.returncode == 0, ls.stderr
+    assert "good.txt" in ls.stdout.splitlines()
+    st = _run("stat", str(top / "bad.txt"), on_hang=unstick)
+    assert st.returncode != 0 and "Input/output error" in st.stderr, st.stderr
+    cat = _run("cat", str(top / "good.txt"), on_hang=unstick)
+    assert (cat.returncode, cat.stdout) == (0, "good\n")
+    rel = str(b["top/bad.txt"].relative_to(mounted.store_dir))
+    assert rel in mounted.log.read_text(errors="replace")
 
 
 def _release_readers(fifo: Path) -> None:
