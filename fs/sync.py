@@ -24,8 +24,8 @@ the local side (os.replace).
 Per-file failures (OSError, IntegrityError) are reported on stderr, one line each, and
 counted; so is every volume entry that fails authentication or that sealfs never writes
 (Volume.listdir's problems), by its ciphertext path: those make the exit code 4
-(integrity) instead of 1. Anything else (key access, config, the backend going away before the tree is
-listed) is fatal and propagates to the CLI's exit-code mapping.
+(integrity) instead of 1. Anything else (key access, config, the backend going away
+before the tree is listed) is fatal and propagates to the CLI's exit-code mapping.
 """
 
 from __future__ import annotations

@@ -225,3 +225,22 @@ def test_fsck_reports_the_entry_by_its_ciphertext_path(volume, attack):
     problems = [line for line in res.text.splitlines() if line.startswith("PROBLEM: ")]
     assert len(problems) == 1 and str(bad) in problems[0], res.text
     assert "1 problems" in res.text.splitlines()[-1]
+
+
+def test_sync_delete_keeps_a_damaged_entry_and_the_directories_holding_it(volume, tmp_path):
+    """--delete of a directory with a damaged file inside: the rest goes, the damaged file
+    and its directory stay, and the one damaged entry is one error (exit 4)."""
+    store, keyfile, bpaths = volume
+    bad = store / bpaths["top/sub/x.txt"]
+    _flip(bad, 40)
+    src = tmp_path / "src"
+    (src / "top").mkdir(parents=True)
+    (src / "top" / "good.txt").write_bytes(GOOD["top/good.txt"])
+    res = sealfs("sync", "--delete", src, store, "--keyfile", keyfile)
+    assert_reported(res, bad, res.err)
+    assert re.search(r"sync: 1 copied .*, 1 errors$", res.text.strip()), res.text
+    assert bad.exists()
+    left = sealfs("ls", "-R", store, "/", "--keyfile", keyfile)
+    assert [line.rstrip("/") for line in left.text.splitlines()] == ["top", "top/good.txt",
+                                                                     "top/sub"]
+    assert left.code == 4 and str(bad) in left.err
