@@ -27,7 +27,7 @@ from ..crypto.broker import harden_process
 from ..crypto.config import validate_chunk_size
 from ..crypto.constants import (CONFIG_NAME, DEFAULT_CHUNK_SIZE, DIR_META_NAME, SCRYPT_P,
                                 SCRYPT_R)
-from ..crypto.errors import ConfigError, SealfsError, UsageError
+from ..crypto.errors import ConfigError, IntegrityError, SealfsError, UsageError
 from ..crypto.header import Kind
 from ..crypto.kdf import pin_fingerprint
 from ..crypto.kms import provider_for_init
@@ -39,7 +39,7 @@ from .keysource import azure_secret_source, resolve_secrets, smb_password_source
 from .malloc import limit_malloc_arenas, reuse_large_buffers
 from .pins import PinStore
 from .units import format_size, parse_size
-from .volume import Attr, Volume, VolumeTuning
+from .volume import Attr, ListingProblem, Volume, VolumeTuning
 
 log = logging.getLogger("sealfs")
 COPY_BLOCK = 1024 * 1024
@@ -325,13 +325,21 @@ def ls_cmd(store: str, path: str, long: bool, recursive: bool) -> None:
             if not attr.is_dir:
                 click.echo(_format_entry(path.rstrip("/").rsplit("/", 1)[-1], attr, long))
                 return
-            if recursive:
-                for child, cattr in await vol.walk(path):
-                    click.echo(_format_entry(child, cattr, long))
-                return
-            for name, cattr in sorted(await vol.listdir(path)):
+            listing = await (vol.walk(path) if recursive else vol.listdir(path))
+            entries = listing if recursive else sorted(listing, key=lambda entry: entry[0])
+            for name, cattr in entries:
                 click.echo(_format_entry(name, cattr, long))
+            _fail_on_problems(vol, listing.problems, "listed")
     run(main)
+
+
+def _fail_on_problems(vol: Volume, problems: list[ListingProblem], verb: str) -> None:
+    """Entries that failed authentication: one stderr line each, then exit 4 (integrity)."""
+    for problem in problems:
+        click.echo(f"sealfs: integrity error: {vol.describe(problem)}", err=True)
+    if problems:
+        raise IntegrityError(f"{len(problems)} entries failed authentication and were not "
+                             f"{verb} (listed above)")
 
 
 @cli.command()
@@ -445,10 +453,26 @@ def rm(store: str, path: str, recursive: bool) -> None:
                 return
             if not recursive:
                 raise IsADirectoryError(21, "Is a directory (use -r)", path)
-            for child, cattr in reversed(await vol.walk(path)):
-                await (vol.rmdir(child) if cattr.is_dir else vol.unlink(child))
-            await vol.rmdir(path)
+            tree = await vol.walk(path)
+            # what failed authentication stays, and so do the directories holding it
+            keep = _holding(tree.problems)
+            for child, cattr in reversed(tree):
+                if child not in keep:
+                    await (vol.rmdir(child) if cattr.is_dir else vol.unlink(child))
+            if not tree.problems:
+                await vol.rmdir(path)
+            _fail_on_problems(vol, tree.problems, "removed")
     run(main)
+
+
+def _holding(problems: list[ListingProblem]) -> set[str]:
+    """The plaintext directories (and their ancestors) that hold a problem entry."""
+    out: set[str] = set()
+    for problem in problems:
+        parts = problem.parent.split("/") if problem.parent else []
+        for i in range(1, len(parts) + 1):
+            out.add("/".join(parts[:i]))
+    return out
 
 
 @cli.command()

@@ -1,7 +1,8 @@
 """Backup commands: `sealfs sync`, `sealfs restore`, `sealfs fsck` (no mount needed).
 
-Exit codes (on top of fs/cli.py's): sync/restore exit 1 when some files failed (each
-reported on one stderr line); fsck exits 4 when problems remain.
+Exit codes (on top of fs/cli.py's): sync/restore exit 4 when some volume entry failed
+authentication (or was planted in the store), else 1 when some files failed (each
+reported on one stderr line, counted in the summary); fsck exits 4 when problems remain.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
     def sync(src, store, vpath, delete, dry_run, exclude, checksum, jobs) -> None:
         """Back up the local directory SRC into the volume in STORE (incremental, resumable).
 
-        Prints "sync: N copied (B bytes), M deleted, K unchanged, E errors"; exits 1 when
-        some files failed. With --config NAME, SRC and STORE default to sync.source and store.
+        Prints "sync: N copied (B bytes), M deleted, K unchanged, E errors"; exits 4 when
+        a volume entry failed authentication, else 1 when some files failed. With --config NAME, SRC and STORE default to sync.source and store.
         """
         from .sync import Reporter, SyncOptions, sync_tree
         c = ctx()
@@ -65,7 +66,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
         stats = result["stats"]
         click.echo(stats.summary("sync") + (" (dry run)" if dry_run else ""))
         if stats.errors:
-            raise click.exceptions.Exit(1)
+            raise click.exceptions.Exit(stats.exit_code)
 
     @cli.command()
     @click.argument("store", required=False)
@@ -76,7 +77,12 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
                   help="Files transferred at once.")
     @key_options
     def restore(store, dst, vpath, jobs) -> None:
-        """Restore the volume tree (or --path) from STORE into the local directory DST."""
+        """Restore the volume tree (or --path) from STORE into the local directory DST.
+
+        Prints "restore: N copied (B bytes), K unchanged, E errors"; exits 4 when a volume
+        entry failed authentication (each named by its ciphertext path), else 1 when some
+        files failed.
+        """
         from .sync import Reporter, restore_tree
         c = ctx()
         store, dst = c.positionals(store, dst, required=2)
@@ -93,7 +99,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
         stats = result["stats"]
         click.echo(stats.summary("restore"))
         if stats.errors:
-            raise click.exceptions.Exit(1)
+            raise click.exceptions.Exit(stats.exit_code)
 
     @cli.command()
     @click.argument("store", required=False)

@@ -81,6 +81,12 @@ class Fsck:
             return plain or "/"
         return f"{self.backend.location.rstrip('/')}/{bpath} (ciphertext path)"
 
+    def _cipher_note(self, plain: str | None, bpath: str) -> str:
+        """The ciphertext path, for a line that names an object by its plaintext path."""
+        if plain is None:
+            return ""
+        return f" (ciphertext path {self.backend.location.rstrip('/')}/{bpath})"
+
     def problem(self, where: str, what: str) -> None:
         line = f"PROBLEM: {where}: {what}"
         self.result.problems.append(line)
@@ -123,7 +129,7 @@ class Fsck:
         except OSError as exc:
             self.problem(self._where(plain, bpath), f"cannot list directory: {exc}")
             return
-        names = {entry for entry, _ in entries}
+        names = dict(entries)
         for entry, bstat in sorted(entries):
             child = join(bpath, entry)
             if entry == DIR_META_NAME or (bpath == "" and entry in (CONFIG_NAME, JOURNAL_DIR)):
@@ -140,6 +146,9 @@ class Fsck:
                                      lambda c=child: self.backend.unlink(c),
                                      "removed orphaned long-name sidecar")
                 continue
+            if bstat.foreign:       # never opened: a FIFO blocks, a symlink leaves the store
+                self.problem(here, "not a regular file or directory (not written by sealfs)")
+                continue
             name: str | None
             try:
                 name = await self._decode(info, bpath, entry, names)
@@ -154,16 +163,21 @@ class Fsck:
                 try:
                     child_info = await self.vol._read_dir_info(child)
                 except IntegrityError as exc:
-                    self.problem(self._where(child_plain, child), f"directory record: {exc}")
+                    self.problem(self._where(child_plain, child),
+                                 f"directory record: {exc}{self._cipher_note(child_plain, child)}")
                     continue
                 await self._check_dir(child, child_plain, child_info)
             else:
-                await self._check_file(child, self._where(child_plain, child), bstat.size)
+                await self._check_file(child, self._where(child_plain, child), bstat.size,
+                                       self._cipher_note(child_plain, child))
 
-    async def _decode(self, info: DirInfo, bpath: str, entry: str, names: set[str]):
+    async def _decode(self, info: DirInfo, bpath: str, entry: str, names: dict):
         if is_long_name_entry(entry):
-            if sidecar_of(entry) not in names:
+            side = names.get(sidecar_of(entry))
+            if side is None:
                 raise IntegrityError("long name has no sidecar")
+            if side.foreign or side.is_dir:
+                raise IntegrityError("long-name sidecar is not a regular file")
             try:
                 encoded = (await _read_small(self.backend, join(bpath, sidecar_of(entry)),
                                              4096)).decode("ascii")
@@ -171,7 +185,10 @@ class Fsck:
                 raise IntegrityError("long-name sidecar is not ASCII") from None
             if long_name_entry(encoded) != entry:
                 raise IntegrityError("long-name sidecar does not match its entry")
-            return self.vol.names.decode(encoded, info.dir_id)
+            name = self.vol.names.decode(encoded, info.dir_id)
+            if self.vol.names.entry_for(name, info.dir_id)[0] != entry:
+                raise IntegrityError("long-name sidecar holds a name stored under another entry")
+            return name
         if is_reserved(entry):
             self.problem(self._where(None, join(bpath, entry)), "unknown sealfs.* entry")
             return False
@@ -206,7 +223,7 @@ class Fsck:
         await self.backend.rmdir(bpath)
 
     # -- files -------------------------------------------------------------------------------
-    async def _check_file(self, bpath: str, where: str, stored: int) -> None:
+    async def _check_file(self, bpath: str, where: str, stored: int, note: str = "") -> None:
         self.result.files += 1
         cs = self.vol.chunk_size
         try:
@@ -216,12 +233,13 @@ class Fsck:
             return
         try:
             if stored < HEADER_SIZE:
-                self.problem(where, f"file header truncated ({stored} of {HEADER_SIZE} bytes)")
+                self.problem(where, f"file header truncated ({stored} of {HEADER_SIZE} bytes)"
+                                    f"{note}")
                 return
             try:
                 header, dek = await self.vol._open_header(handle, bpath)
             except (IntegrityError, KeyAccessError) as exc:
-                self.problem(where, f"file header: {_strip(exc, bpath)}")
+                self.problem(where, f"file header: {_strip(exc, bpath)}{note}")
                 return
             cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
             if header.file_id in self.journals:

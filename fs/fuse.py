@@ -22,7 +22,7 @@ from ..crypto.errors import IntegrityError
 from ..crypto.header import Kind
 from .errors import errno_of, first_error
 from .pagecache import PageCacheGuard
-from .volume import IFMT_TO_KIND, Attr, OpenFile, Volume, split_path
+from .volume import IFMT_TO_KIND, Attr, Listing, OpenFile, Volume, split_path
 
 log = logging.getLogger("sealfs.fuse")
 
@@ -434,7 +434,7 @@ class SealfsOperations(pyfuse3.Operations):
         if listing is None or start_id == 0:
             # One snapshot per pass: every entry appears once even if the directory
             # changes while it is being read (as ext4 guarantees for existing entries).
-            listing = sorted(await self.volume.listdir(self._path_of(node.inode)))
+            listing = self._with_unreadable(await self.volume.listdir(self._path_of(node.inode)))
             self._dir_handles[fh] = (node, listing)
         base = self._path_of(node.inode)
         for index in range(start_id, len(listing)):
@@ -444,11 +444,26 @@ class SealfsOperations(pyfuse3.Operations):
             entry = await self._settled_entry(entry_node, attr)
             if not attr.nlink_known:
                 entry.attr_timeout = 0     # a stat asks again, and the volume counts
+            if attr.unreadable:
+                # no cached entry or attributes: every stat and open asks again (and fails)
+                entry.entry_timeout = entry.attr_timeout = 0
             if not pyfuse3.readdir_reply(token, os.fsencode(name), entry,
                                          index + 1):
                 self._maybe_forget(entry_node)
                 return
             entry_node.lookups += 1
+
+    def _with_unreadable(self, listing: Listing) -> list[tuple[str, Attr]]:
+        """The entries to show, sorted: those that authenticated, and the names whose
+        header or sealfs.dir did not (stat and open of those fail with EIO, as for any
+        damaged object). A name that does not decrypt cannot be shown under any name:
+        each problem gets an ERROR line naming the ciphertext path."""
+        entries = list(listing)
+        for problem in listing.problems:
+            log.error("integrity failure in readdir: %s", self.volume.describe(problem))
+            if problem.name is not None:
+                entries.append((problem.name, problem.placeholder()))
+        return sorted(entries, key=lambda entry: entry[0])
 
     async def releasedir(self, fh):
         self._dir_handles.pop(fh, None)

@@ -25,8 +25,10 @@ the local side through directory descriptors and never following a symlink
 (fs/localfiles.py): random O_EXCL temporaries, removed only by the run that made them.
 
 Per-file failures (OSError, IntegrityError) are reported on stderr, one line each, and
-counted; anything else (key access, config, the backend going away before the tree is
-listed) is fatal and propagates to the CLI's exit-code mapping.
+counted; so is every volume entry that fails authentication or that sealfs never writes
+(Volume.listdir's problems), by its ciphertext path: those make the exit code 4
+(integrity) instead of 1. Anything else (key access, config, the backend going away
+before the tree is listed) is fatal and propagates to the CLI's exit-code mapping.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ from typing import Callable
 
 import trio
 
+from ..backends.base import ForeignEntryError
 from ..crypto.errors import IntegrityError, UsageError
 from ..crypto.header import Kind
 from . import localfiles
-from .volume import Attr, OpenFile, Volume, split_path
+from .volume import Attr, ListingProblem, OpenFile, Volume, split_path
 
 COPY_BLOCK = 1024 * 1024
 DEFAULT_JOBS = 4
@@ -72,7 +75,14 @@ class SyncStats:
     deleted: int = 0
     unchanged: int = 0
     errors: int = 0
+    #: the errors that were authentication failures (or entries planted in the store)
+    integrity_errors: int = 0
     error_lines: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 4 (integrity) when any entry failed authentication, else 1."""
+        return 4 if self.integrity_errors else 1 if self.errors else 0
 
     def summary(self, verb: str = "sync") -> str:
         line = (f"{verb}: {self.copied} copied ({self.bytes} bytes), ")
@@ -125,6 +135,10 @@ class Reporter:
             self._done += 1
             self._progress.update(self._task, files=f"{self._done}/{self._files} files")
 
+    def problem(self, stats: SyncStats, vol: Volume, problem: ListingProblem) -> None:
+        """A volume entry that failed authentication: an error named by its ciphertext path."""
+        self.error(stats, vol.where_of(problem), IntegrityError(problem.reason))
+
     def line(self, text: str) -> None:
         if self._progress is not None:
             self._progress.console.print(text, markup=False, highlight=False)
@@ -133,6 +147,8 @@ class Reporter:
 
     def error(self, stats: SyncStats, where: str, exc: BaseException) -> None:
         stats.errors += 1
+        if isinstance(exc, (IntegrityError, ForeignEntryError)):
+            stats.integrity_errors += 1
         text = f"{self.verb}: error: {where}: {_one_line(exc)}"
         stats.error_lines.append(text)
         self.line(text)
@@ -216,13 +232,22 @@ def scan_source(root: Path, excludes: tuple[str, ...], warn: Callable[[str], Non
     return out
 
 
-async def scan_volume(vol: Volume, base: str, excludes: tuple[str, ...]) -> dict[str, Attr]:
-    """rel path -> Attr below base."""
+async def scan_volume(vol: Volume, base: str, excludes: tuple[str, ...],
+                      on_problem: Callable[[ListingProblem], None] | None = None
+                      ) -> dict[str, Attr]:
+    """rel path -> Attr below base. Entries that fail authentication go to on_problem
+    (unless excluded by name)."""
     out: dict[str, Attr] = {"": await vol.stat(base)}
     stack = [""]
     while stack:
         rel = stack.pop()
-        for name, attr in await vol.listdir(_vjoin(base, rel)):
+        listing = await vol.listdir(_vjoin(base, rel))
+        for problem in listing.problems:
+            child = f"{rel}/{problem.name}" if rel else problem.name
+            if on_problem is not None and not (
+                    child is not None and excluded(child, problem.bstat.is_dir, excludes)):
+                on_problem(problem)
+        for name, attr in listing:
             child = f"{rel}/{name}" if rel else name
             if excluded(child, attr.is_dir, excludes):
                 continue
@@ -232,18 +257,37 @@ async def scan_volume(vol: Volume, base: str, excludes: tuple[str, ...]) -> dict
     return out
 
 
-async def _remove_tree(vol: Volume, path: str) -> int:
-    """Remove a volume entry (recursively); the number of entries removed."""
+async def _remove_tree(vol: Volume, path: str, reported: set[str] = frozenset()) -> int:
+    """Remove a volume entry (recursively); the number of entries removed.
+
+    Entries that fail authentication stay, with the directories that hold them; those
+    not already in `reported` (backend paths) make it fail with an IntegrityError."""
     attr = await vol.stat(path)
     if not attr.is_dir:
         await vol.unlink(path)
         return 1
     count = 0
-    for child, cattr in reversed(await vol.walk(path)):
+    tree = await vol.walk(path)
+    keep = {prefix for p in tree.problems for prefix in _ancestors(p.parent)}
+    for child, cattr in reversed(tree):
+        if child in keep:
+            continue
         await (vol.rmdir("/" + child) if cattr.is_dir else vol.unlink("/" + child))
         count += 1
-    await vol.rmdir(path)
-    return count + 1
+    if not tree.problems:
+        await vol.rmdir(path)
+        return count + 1
+    new = [p for p in tree.problems if p.bpath not in reported]
+    if new:
+        raise IntegrityError(f"{len(new)} entries below it failed authentication and were "
+                             f"left in place, e.g. {vol.describe(new[0])}")
+    return count
+
+
+def _ancestors(rel: str) -> list[str]:
+    """rel and every directory above it (volume paths without the leading "/")."""
+    parts = split_path(rel)
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 async def _sha256_local(path: Path) -> str:
@@ -294,8 +338,14 @@ async def sync_tree(vol: Volume, source: str | os.PathLike[str], opts: SyncOptio
             await vol.mkdir(sub, 0o755)
 
     src = scan_source(root, opts.excludes, lambda t: reporter.line(f"sync: warning: {t}"))
+    reported: set[str] = set()
+
+    def on_problem(problem: ListingProblem) -> None:
+        reported.add(problem.bpath)
+        reporter.problem(stats, vol, problem)
+
     try:
-        dst = await scan_volume(vol, base, opts.excludes)
+        dst = await scan_volume(vol, base, opts.excludes, on_problem)
     except FileNotFoundError:
         if not opts.dry_run:
             raise
@@ -329,7 +379,7 @@ async def sync_tree(vol: Volume, source: str | os.PathLike[str], opts: SyncOptio
             stats.deleted += sum(1 for r in dst if r == rel or r.startswith(rel + "/"))
             continue
         try:
-            stats.deleted += await _remove_tree(vol, _vjoin(base, rel))
+            stats.deleted += await _remove_tree(vol, _vjoin(base, rel), reported)
         except _PER_FILE_ERRORS as exc:
             reporter.error(stats, _vjoin(base, rel), exc)
     for rel in removed_roots:
@@ -490,7 +540,8 @@ async def restore_tree(vol: Volume, dest: str | os.PathLike[str], path: str = "/
     root_attr = await vol.stat(base)
     if not root_attr.is_dir:
         raise UsageError(f"{base} is not a directory in the volume")
-    entries = await scan_volume(vol, base, ())
+    entries = await scan_volume(vol, base, (),
+                                lambda problem: reporter.problem(stats, vol, problem))
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
     # Everything below DST goes through descriptors and never follows a symlink: someone

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import trio
 
-from ..backends.base import Backend, BackendStat, Handle, join, parent_of
+from ..backends.base import Backend, BackendStat, ForeignEntryError, Handle, join, parent_of
 from ..crypto.audit import AuditLog
 from ..crypto.broker import KeyBroker, wrap_new_dek
 from ..crypto.config import VolumeConfig, WrappedDek
@@ -34,7 +34,7 @@ from ..crypto.kdf import (config_mac_key, dir_meta_key, dir_meta_key_secret, fil
 from ..crypto.kms import KekProvider, KeySecrets, provider_from_config
 from ..crypto.layout import logical_size, stored_size
 from ..crypto.names import (NameCipher, entry_of_sidecar, is_long_name_entry, is_reserved,
-                            is_sidecar, sidecar_of)
+                            is_sidecar, long_name_entry, sidecar_of)
 from ..crypto.chunks import ChunkCipher
 from ..crypto.secmem import secret
 from .cache import ChunkCache
@@ -80,6 +80,53 @@ class Attr:
     @property
     def st_mode(self) -> int:
         return _KIND_TO_IFMT[self.kind] | (self.mode & 0o7777)
+
+    @property
+    def unreadable(self) -> bool:
+        """A placeholder for a name whose header or sealfs.dir failed authentication."""
+        return self.identity.startswith(_UNREADABLE)
+
+
+_UNREADABLE = b"unreadable\0"
+
+
+@dataclass(frozen=True)
+class ListingProblem:
+    """A store entry that failed authentication, or that sealfs never writes (planted).
+
+    The store is untrusted input: such an entry is never shown under a name it cannot
+    prove, and never silently dropped either. Tools count it as an integrity error;
+    the mount logs it (and lists the name, when that decrypted, as unreadable)."""
+
+    bpath: str                  # the entry's ciphertext path in the store
+    reason: str
+    parent: str                 # the plaintext directory it was listed in ("" = root)
+    bstat: BackendStat
+    name: str | None = None     # its plaintext name, when the name itself authenticated
+
+    @property
+    def path(self) -> str | None:
+        if self.name is None:
+            return None
+        return f"{self.parent}/{self.name}" if self.parent else self.name
+
+    def placeholder(self) -> Attr:
+        """What a listing shows for a name that decrypted over an object that did not:
+        a name whose every stat and open fail with EIO (its real type and mode are
+        sealed in the damaged object)."""
+        b = self.bstat
+        kind = Kind.DIRECTORY if b.is_dir else Kind.REGULAR
+        return Attr(kind, 0, 0, 0, 0, 2 if b.is_dir else 1, b.atime_ns, b.mtime_ns,
+                    b.ctime_ns, 0, _UNREADABLE + self.bpath.encode())
+
+
+class Listing(list):
+    """listdir's (name, Attr) pairs of the entries that authenticated; .problems holds
+    the ones that did not, for the caller to report and count."""
+
+    def __init__(self, entries=(), problems: "Iterable[ListingProblem]" = ()) -> None:
+        super().__init__(entries)
+        self.problems: list[ListingProblem] = list(problems)
 
 
 @dataclass
@@ -431,6 +478,8 @@ class Volume:
 
     async def _attr(self, parts: list[str], bpath: str, bstat: BackendStat,
                     count: bool = True) -> Attr:
+        if bstat.foreign:       # planted: reading its header could block (FIFO) or leave the store
+            raise ForeignEntryError(bpath, "not a regular file or directory")
         if bstat.is_dir:
             key = "/".join(parts)
             info = self._dirs.get(key)
@@ -601,33 +650,77 @@ class Volume:
             raise IntegrityError(f"{bpath}: {exc}") from None
 
     # -- directories ---------------------------------------------------------------------
-    async def listdir(self, path: str) -> list[tuple[str, Attr]]:
-        """Entries with attributes. Names that fail to decrypt are logged and left out."""
+    async def listdir(self, path: str) -> Listing:
+        """Entries with attributes. An entry whose name, header or sealfs.dir fails to
+        authenticate, or that sealfs never writes (a symlink, FIFO, device or socket), is
+        left out of the entries and put in .problems by its ciphertext path."""
         parts = split_path(path)
         info = await self._dir(parts)
         entries = await self.backend.scandir(info.bpath)
-        out = []
+        stats = dict(entries)
+        out = Listing()
+        seen: set[str] = set()
         for entry, bstat in entries:
+            bpath = join(info.bpath, entry)
+            name = None
             try:
-                name = await self._decode_entry(info, entry)
+                try:
+                    name = await self._decode_entry(info, entry, stats)   # never opens entry
+                except IntegrityError:
+                    if not bstat.foreign:
+                        raise
+                if bstat.foreign:
+                    # never opened: a FIFO would block, a symlink leads out of the store
+                    raise ForeignEntryError(bpath, "not a regular file or directory")
                 if name is None:
                     continue
-                out.append((name, await self._attr(parts + [name], join(info.bpath, entry), bstat,
-                                                   count=False)))
-            except IntegrityError as exc:
-                log.warning("skipping %s in /%s: %s", join(info.bpath, entry), "/".join(parts), exc)
+                if name in seen:     # cannot happen with the checks above: never crash on it
+                    raise IntegrityError(f"a second entry for the name {name!r}")
+                seen.add(name)
+                out.append((name, await self._attr(parts + [name], bpath, bstat, count=False)))
+            except (IntegrityError, ForeignEntryError) as exc:
+                reason = str(exc)
+                if reason.startswith(bpath + ": "):
+                    reason = reason[len(bpath) + 2:]
+                out.problems.append(ListingProblem(bpath, reason, "/".join(parts), bstat, name))
             except FileNotFoundError:
                 continue
         return out
 
-    async def _decode_entry(self, info: DirInfo, entry: str) -> str | None:
+    def ciphertext_path(self, bpath: str) -> str:
+        """Where an entry is in the store, for messages about entries without a name."""
+        return f"{self.backend.location.rstrip('/')}/{bpath}"
+
+    def where_of(self, problem: ListingProblem) -> str:
+        """A listing problem's ciphertext path (and plaintext path, when its name
+        authenticated), for messages."""
+        of = f" of /{problem.path}" if problem.path is not None else ""
+        return f"{self.ciphertext_path(problem.bpath)} (ciphertext path{of})"
+
+    def describe(self, problem: ListingProblem) -> str:
+        """One line about a listing problem: where it is, and what is wrong."""
+        return f"{self.where_of(problem)}: {problem.reason}"
+
+    async def _decode_entry(self, info: DirInfo, entry: str,
+                            stats: dict[str, BackendStat]) -> str | None:
         if is_long_name_entry(entry):
+            sidecar = sidecar_of(entry)
+            side = stats.get(sidecar)
+            if side is not None and (side.foreign or side.is_dir):
+                raise IntegrityError("long-name sidecar is not a regular file")
             try:
-                encoded = (await _read_small(self.backend, join(info.bpath, sidecar_of(entry)),
+                encoded = (await _read_small(self.backend, join(info.bpath, sidecar),
                                              4096)).decode("ascii")
             except (FileNotFoundError, UnicodeDecodeError):
                 raise IntegrityError("long name has no readable sidecar") from None
-            return self.names.decode(encoded, info.dir_id)
+            # The entry must be the one its name is stored under, or a forged entry
+            # (another entry's sidecar copied, a short name in a sidecar) lists it twice.
+            if long_name_entry(encoded) != entry:
+                raise IntegrityError("long-name sidecar does not match its entry")
+            name = self.names.decode(encoded, info.dir_id)
+            if self.names.entry_for(name, info.dir_id)[0] != entry:
+                raise IntegrityError("long-name sidecar holds a name stored under another entry")
+            return name
         if is_reserved(entry):
             return None
         return self.names.decode(entry, info.dir_id)
@@ -1271,18 +1364,25 @@ class Volume:
         return await self.backend.statvfs()
 
     # -- whole-tree helpers (CLI, sync, fsck) ----------------------------------------------
-    async def walk(self, path: str = "") -> "list[tuple[str, Attr]]":
-        """Every entry below path, depth first, as (plaintext path, attr)."""
-        out: list[tuple[str, Attr]] = []
+    async def walk(self, path: str = "") -> Listing:
+        """Every entry below path, depth first, as (plaintext path, attr); .problems
+        gathers those of every directory listed (see listdir)."""
+        out = Listing()
         stack = ["/".join(split_path(path))]
         while stack:
             current = stack.pop()
-            for name, attr in sorted(await self.listdir(current)):
+            listing = await self.listdir(current)
+            out.problems.extend(listing.problems)
+            for name, attr in sorted(listing, key=_by_name):
                 child = f"{current}/{name}" if current else name
                 out.append((child, attr))
                 if attr.is_dir:
                     stack.append(child)
         return out
+
+
+def _by_name(entry: tuple[str, Attr]) -> str:
+    return entry[0]
 
 
 def _uid(uid: int | None) -> int:

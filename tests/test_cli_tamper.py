@@ -147,10 +147,11 @@ def test_a_file_moved_into_another_directory_is_not_listed_and_cat_fails(tmp_pat
     bdir = backend_path(store, keyfile, "/b")
     shutil.move(moved, bdir / moved.name)
     res = run_sealfs("ls", store, "/b", "--keyfile", keyfile)
-    assert res.code == 0
+    assert res.code == 4                  # integrity: listed by its ciphertext path only
     assert res.text.splitlines() == ["other"]
-    assert "WARNING" in res.err and "skipping" in res.err
+    assert f"{bdir / moved.name} (ciphertext path)" in res.err, res.err
     res = run_sealfs("ls", store, "-R", "--keyfile", keyfile)
+    assert res.code == 4 and f"{bdir / moved.name} (ciphertext path)" in res.err
     assert sorted(res.text.splitlines()) == ["a/", "b/", "b/other"]
     for path in ("/a/secret", "/b/secret"):
         res = run_sealfs("cat", store, path, "--keyfile", keyfile)
