@@ -76,9 +76,10 @@ class BackendStat:
     # None: this answer cannot tell (an SMB directory listing has no link count field).
     nlink: int | None = 1
     ino: int = 0
-    # Neither a regular file nor a directory (symlink, FIFO, socket, device): nothing
-    # sealfs writes, so in a store it was planted. Listed so it can be reported.
-    foreign: bool = False
+    # What the entry is when it is neither a regular file nor a directory ("a FIFO", "a
+    # symbolic link", ...), else "": nothing sealfs writes, so in a store it was planted.
+    # Listed so it can be reported, never opened.
+    foreign: str = ""
 
     @classmethod
     def from_os(cls, st) -> "BackendStat":
@@ -90,8 +91,23 @@ class BackendStat:
             ctime_ns=st.st_ctime_ns,
             nlink=st.st_nlink,
             ino=st.st_ino,
-            foreign=not (stat_module.S_ISREG(st.st_mode) or stat_module.S_ISDIR(st.st_mode)),
+            foreign=describe_foreign(st.st_mode) or "",
         )
+
+
+def describe_foreign(mode: int) -> str | None:
+    """What an entry of this st_mode is, if it is something sealfs never writes."""
+    if stat_module.S_ISREG(mode) or stat_module.S_ISDIR(mode):
+        return None
+    if stat_module.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat_module.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat_module.S_ISSOCK(mode):
+        return "a socket"
+    if stat_module.S_ISCHR(mode) or stat_module.S_ISBLK(mode):
+        return "a device node"
+    return "a special file"
 
 
 @dataclass(frozen=True)

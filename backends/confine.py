@@ -22,9 +22,8 @@ import ctypes
 import errno
 import os
 import platform
-import stat as stat_module
 
-from .base import ForeignEntryError
+from .base import ForeignEntryError, describe_foreign
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 # A directory on the way: a handle for *at() calls only, never a symlink.
@@ -112,21 +111,7 @@ def classify(dirfd: int, name: str) -> str | None:
         st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except OSError:
         return None
-    return describe(st.st_mode)
-
-
-def describe(mode: int) -> str | None:
-    if stat_module.S_ISREG(mode) or stat_module.S_ISDIR(mode):
-        return None
-    if stat_module.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat_module.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat_module.S_ISSOCK(mode):
-        return "a socket"
-    if stat_module.S_ISCHR(mode) or stat_module.S_ISBLK(mode):
-        return "a device node"
-    return "a special file"
+    return describe_foreign(st.st_mode)
 
 
 def rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
@@ -142,4 +127,4 @@ def rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
 
 
 __all__ = ["ForeignEntryError", "openat2", "openat2_works", "check_component", "classify",
-           "describe", "rename_noreplace", "DIR_PATH", "DIR_READ", "FILE_BASE", "O_PATH"]
+           "rename_noreplace", "DIR_PATH", "DIR_READ", "FILE_BASE", "O_PATH"]

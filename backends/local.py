@@ -7,7 +7,7 @@ The store is untrusted (docs/THREAT_MODEL.md): every path is resolved beneath on
 directory fd of the store root without following symlinks (backends/confine.py), every
 file open is O_NOFOLLOW|O_NONBLOCK and refused unless it is a regular file, and
 namespace calls are *at() calls on the confined parent. A symlink, FIFO, socket or
-device in the store raises ForeignEntryError; scandir lists them with foreign=True.
+device in the store raises ForeignEntryError; scandir lists them with BackendStat.foreign saying what they are.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import trio
 
-from .base import Backend, BackendStat, BackendStatvfs, Capabilities, ForeignEntryError, Handle
-from .confine import (DIR_PATH, DIR_READ, FILE_BASE, O_PATH, check_component, classify, describe,
+from .base import (Backend, BackendStat, BackendStatvfs, Capabilities, ForeignEntryError, Handle,
+                   describe_foreign)
+from .confine import (DIR_PATH, DIR_READ, FILE_BASE, O_PATH, check_component, classify,
                       openat2, openat2_works, rename_noreplace)
 
 # Data I/O below this size stays on the event loop: a thread hop (~50-100 us with the
@@ -133,7 +134,7 @@ class LocalBackend(Backend):
             if stat_module.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             if not stat_module.S_ISREG(st.st_mode):
-                raise ForeignEntryError(path, describe(st.st_mode) or "a special file")
+                raise ForeignEntryError(path, describe_foreign(st.st_mode) or "a special file")
         except BaseException:
             os.close(fd)
             raise

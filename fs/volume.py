@@ -479,7 +479,7 @@ class Volume:
     async def _attr(self, parts: list[str], bpath: str, bstat: BackendStat,
                     count: bool = True) -> Attr:
         if bstat.foreign:       # planted: reading its header could block (FIFO) or leave the store
-            raise ForeignEntryError(bpath, "not a regular file or directory")
+            raise ForeignEntryError(bpath, bstat.foreign)
         if bstat.is_dir:
             key = "/".join(parts)
             info = self._dirs.get(key)
@@ -671,7 +671,7 @@ class Volume:
                         raise
                 if bstat.foreign:
                     # never opened: a FIFO would block, a symlink leads out of the store
-                    raise ForeignEntryError(bpath, "not a regular file or directory")
+                    raise ForeignEntryError(bpath, bstat.foreign)
                 if name is None:
                     continue
                 if name in seen:     # cannot happen with the checks above: never crash on it

@@ -65,6 +65,7 @@ def _run(*cmd: str, on_hang=None) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+@pytest.mark.store_dir
 def test_damaged_entries_are_listed_as_eio_or_left_out_and_logged(mounted, keyfile):
     _populate(mounted)
     mounted.stop()
