@@ -194,7 +194,8 @@ class AzureFilesBackend(Backend):
         self.location = target.location
         self.capabilities = Capabilities(case_insensitive=True, max_name_length=255, max_path_length=2048,
                                          hard_links=False, unlink_open_files=False,
-                                         stamps_write_time_on_close=False)
+                                         stamps_write_time_on_close=False,
+                                         time_resolution_ns=100)
         self._sas_source = sas
         self._key_source = account_key
         self._credential = credential         # tests and embedders may pass a TokenCredential

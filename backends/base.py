@@ -64,6 +64,9 @@ class Capabilities:
     # A directory's stat has a POSIX link count (2 + subdirectories). SMB has none: the
     # volume counts the subdirectories itself.
     dir_link_counts: bool = True
+    # The finest step of the times the backend keeps: SMB and Azure Files keep 100 ns
+    # (FILETIME), so a time set there comes back cut to that step.
+    time_resolution_ns: int = 1
 
 
 @dataclass(frozen=True)

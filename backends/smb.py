@@ -984,7 +984,8 @@ class SmbBackend(Backend):
         self.capabilities = Capabilities(case_insensitive=True, max_name_length=255, hard_links=hard_links,
                                          unlink_open_files=False,
                                          stamps_write_time_on_close=True,
-                                         real_change_time=False, dir_link_counts=False)
+                                         real_change_time=False, dir_link_counts=False,
+                                         time_resolution_ns=100)
         self._base = target.path.replace("/", "\\")
 
     @classmethod

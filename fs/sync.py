@@ -407,11 +407,12 @@ async def sync_tree(vol: Volume, source: str | os.PathLike[str], opts: SyncOptio
             reporter.error(stats, str(root / rel), exc)
 
     # 4. Files and symlinks, at most opts.jobs at once.
+    resolution = vol.backend.capabilities.time_resolution_ns
     todo = [(rel, st) for rel, st in src.items()
             if rel and not stat_module.S_ISDIR(st.st_mode) and _parent_rel(rel) not in failed_dirs]
     todo.sort(key=lambda item: item[0])
     reporter.start(sum(st.st_size for rel, st in todo
-                       if _needs_copy_quick(st, dst.get(rel), opts.checksum)), len(todo))
+                       if _needs_copy_quick(st, dst.get(rel), opts.checksum, resolution)), len(todo))
     limiter = trio.CapacityLimiter(max(1, opts.jobs))
 
     async def one(rel: str, st: os.stat_result) -> None:
@@ -439,17 +440,25 @@ async def sync_tree(vol: Volume, source: str | os.PathLike[str], opts: SyncOptio
                 mode = stat_module.S_IMODE(st.st_mode)
                 if attr.mode != mode or attr.uid != st.st_uid or attr.gid != st.st_gid:
                     await vol.setattr(path, mode=mode, uid=st.st_uid, gid=st.st_gid)
-                if attr.mtime_ns != st.st_mtime_ns:
+                if not same_time(attr.mtime_ns, st.st_mtime_ns, resolution):
                     await vol.setattr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
             except _PER_FILE_ERRORS as exc:
                 reporter.error(stats, str(root / rel), exc)
     return stats
 
 
-def _needs_copy_quick(st: os.stat_result, attr: Attr | None, checksum: bool) -> bool:
+def _needs_copy_quick(st: os.stat_result, attr: Attr | None, checksum: bool,
+                      resolution: int) -> bool:
     if attr is None or attr.size != st.st_size:
         return True
-    return checksum or attr.mtime_ns != st.st_mtime_ns
+    return checksum or not same_time(attr.mtime_ns, st.st_mtime_ns, resolution)
+
+
+def same_time(stored_ns: int, local_ns: int, resolution: int) -> bool:
+    """Whether a time read back from the store is the local one: the store keeps times
+    only to its resolution (100 ns on SMB and Azure Files), so ext4's nanoseconds come
+    back cut, and an exact comparison would copy every file on every sync."""
+    return stored_ns // resolution == local_ns // resolution
 
 
 async def _sync_entry(vol: Volume, root: Path, base: str, rel: str, st: os.stat_result,
@@ -457,19 +466,21 @@ async def _sync_entry(vol: Volume, root: Path, base: str, rel: str, st: os.stat_
                       reporter: Reporter, say: Callable[[str], None]) -> None:
     path = _vjoin(base, rel)
     local = root / rel
+    resolution = vol.backend.capabilities.time_resolution_ns
     is_link = stat_module.S_ISLNK(st.st_mode)
     target = os.readlink(local) if is_link else None
     want_kind = Kind.SYMLINK if is_link else Kind.REGULAR
     same = False
     if attr is not None and attr.kind == want_kind:
         if is_link:
-            same = attr.mtime_ns == st.st_mtime_ns and await vol.readlink(path) == target
+            same = same_time(attr.mtime_ns, st.st_mtime_ns, resolution) \
+                and await vol.readlink(path) == target
         elif attr.size != st.st_size:
             same = False
         elif opts.checksum:
             same = await _sha256_local(local) == await _sha256_volume(vol, path)
         else:
-            same = attr.mtime_ns == st.st_mtime_ns
+            same = same_time(attr.mtime_ns, st.st_mtime_ns, resolution)
     if same:
         stats.unchanged += 1
         mode = stat_module.S_IMODE(st.st_mode)
@@ -478,7 +489,7 @@ async def _sync_entry(vol: Volume, root: Path, base: str, rel: str, st: os.stat_
                 say(f"change mode of {path}")
             else:
                 await vol.setattr(path, mode=mode, uid=st.st_uid, gid=st.st_gid)
-                if attr.mtime_ns != st.st_mtime_ns:
+                if not same_time(attr.mtime_ns, st.st_mtime_ns, resolution):
                     await vol.setattr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
         return
     if opts.dry_run:

@@ -402,3 +402,24 @@ def test_sync_replaces_changed_files_through_its_temporaries(any_store, keyfile,
     r = run("restore", url, out, "--keyfile", keyfile, env=env)
     assert r.returncode == 0, r.stderr
     assert snapshot(out) == snapshot(src)
+
+
+def test_an_unchanged_tree_is_not_copied_again_whatever_the_time_resolution(
+        any_store, keyfile, tmp_path):
+    """ext4 keeps nanoseconds, SMB 100 ns steps: the second sync of an unchanged tree
+    copies nothing on either backend (exact comparison re-copied almost every file)."""
+    _factory, url, env, _where = any_store
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(5):
+        p = src / "d" / f"f{i}"
+        p.write_bytes(b"x" * i)
+        t = 1_600_000_000_000_000_000 + i * 1_000_000_007      # not a multiple of 100 ns
+        os.utime(p, ns=(t, t))
+    os.symlink("f1", src / "link")
+    os.utime(src / "link", ns=(1_600_000_000_123_456_789,) * 2, follow_symlinks=False)
+    os.utime(src / "d", ns=(1_600_000_000_987_654_321,) * 2)
+    assert run("sync", src, url, "--keyfile", keyfile, env=env).returncode == 0
+    r = run("sync", src, url, "--keyfile", keyfile, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sync_summary(r) == "sync: 0 copied (0 bytes), 0 deleted, 6 unchanged, 0 errors"
