@@ -27,12 +27,12 @@ from ..crypto.broker import harden_process
 from ..crypto.config import validate_chunk_size
 from ..crypto.constants import (CONFIG_NAME, DEFAULT_CHUNK_SIZE, DIR_META_NAME, SCRYPT_P,
                                 SCRYPT_R)
-from ..crypto.errors import ConfigError, IntegrityError, SealfsError, UsageError
-from ..crypto.header import Kind
+from ..crypto.errors import ConfigError, SealfsError, UsageError
 from ..crypto.kdf import pin_fingerprint
 from ..crypto.kms import provider_for_init
 from ..crypto.kms_local import scrypt_problem
 from . import localfiles
+from .cli_report import fail_on_problems
 from .config_file import VolumeConfigFile, load_config_file, secret_files
 from .errors import exit_code_of, first_error, one_line
 from .keysource import azure_secret_source, resolve_secrets, smb_password_source
@@ -329,17 +329,8 @@ def ls_cmd(store: str, path: str, long: bool, recursive: bool) -> None:
             entries = listing if recursive else sorted(listing, key=lambda entry: entry[0])
             for name, cattr in entries:
                 click.echo(_format_entry(name, cattr, long))
-            _fail_on_problems(vol, listing.problems, "listed")
+            fail_on_problems(vol, listing.problems, "listed")
     run(main)
-
-
-def _fail_on_problems(vol: Volume, problems: list[ListingProblem], verb: str) -> None:
-    """Entries that failed authentication: one stderr line each, then exit 4 (integrity)."""
-    for problem in problems:
-        click.echo(f"sealfs: integrity error: {vol.describe(problem)}", err=True)
-    if problems:
-        raise IntegrityError(f"{len(problems)} entries failed authentication and were not "
-                             f"{verb} (listed above)")
 
 
 @cli.command()
@@ -461,7 +452,7 @@ def rm(store: str, path: str, recursive: bool) -> None:
                     await (vol.rmdir(child) if cattr.is_dir else vol.unlink(child))
             if not tree.problems:
                 await vol.rmdir(path)
-            _fail_on_problems(vol, tree.problems, "removed")
+            fail_on_problems(vol, tree.problems, "removed")
     run(main)
 
 

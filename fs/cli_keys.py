@@ -8,6 +8,7 @@ import click
 
 from ..crypto.errors import UsageError
 from ..crypto.kms import KeySecrets, provider_for_init
+from .cli_report import fail_on_problems
 from .keysource import _read_passphrase_file
 from .rekey import add_dek, dek_usage, rekey, rotate_kek
 
@@ -31,14 +32,17 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
             async with opened_volume(store) as vol:
                 cfg = vol.config
                 usage = await dek_usage(vol)
+                counts = usage.files
                 click.echo(f"KEK: {cfg.kek.get('provider')} {vol.broker.provider.kek_id}")
                 for dek in cfg.deks:
                     flags = [f for f, on in (("current", dek.id == cfg.current_dek_id),
                                              ("names", dek.id == cfg.name_dek_id)) if on]
                     version = f" version {dek.kek_version}" if dek.kek_version else ""
                     click.echo(f"DEK {dek.id}: {dek.algorithm}{version}, created {dek.created}, "
-                               f"{usage.get(dek.id, 0)} files"
+                               f"{counts.get(dek.id, 0)} files"
                                + (f" ({', '.join(flags)})" if flags else ""))
+                # an unreadable file may still be sealed by any DEK: its count is unknown
+                fail_on_problems(vol, usage.problems, "counted")
         run(main)
 
     @keys.command(name="add-dek")
@@ -106,4 +110,6 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
                            f"on DEK {vol.config.current_dek_id}"
                            + (f"; {result.skipped_links} hard-linked files skipped"
                               if result.skipped_links else ""))
+                # not re-sealed: an older DEK may still seal them, so none may be retired yet
+                fail_on_problems(vol, result.problems, "re-sealed")
         run(main)

@@ -9,41 +9,43 @@ rerun simply continues.
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import trio
 
 from ..crypto.config import WrappedDek
-from ..crypto.header import HEADER_SIZE, Kind, read_header_public
+from ..crypto.header import Kind
 from ..crypto.kms import KekProvider
-from .volume import Volume
+from .volume import Attr, ListingProblem, Volume
 
 log = logging.getLogger("sealfs.rekey")
 
-REKEY_TEMP_PREFIX = ".sealfs-rekey."
+#: rekey's temporaries: sealfs.tmp.rekey.<random>, a reserved backend name no user's
+#: file can have (a plaintext prefix like ".sealfs-rekey." would take users' files for
+#: leftovers and delete them)
+TEMP_TAG = "rekey."
 COPY_BLOCK = 4 * 1024 * 1024
 
 
-async def dek_usage(volume: Volume) -> Counter[int]:
+@dataclass
+class DekUsage:
+    """How many files each DEK seals, and the entries that could not be read: while there
+    are problems the counts are a lower bound, and no DEK may be taken for unused."""
+
+    files: Counter[int] = field(default_factory=Counter)
+    problems: list[ListingProblem] = field(default_factory=list)
+
+
+async def dek_usage(volume: Volume) -> DekUsage:
     """How many files each DEK seals (read from the public part of every header)."""
-    usage: Counter[int] = Counter()
-    for path, attr in await volume.walk():
+    listing = await volume.walk()
+    usage = DekUsage(problems=list(listing.problems))
+    for path, attr in listing:
         if attr.kind != Kind.DIRECTORY:
-            usage[await file_dek_id(volume, path)] += 1
+            usage.files[await volume.file_dek_id(path)] += 1
     return usage
-
-
-async def file_dek_id(volume: Volume, path: str) -> int:
-    _parent, _name, bpath, _long = await volume._entry(path)
-    handle = await volume.backend.open(bpath)
-    try:
-        raw = await volume.backend.read(handle, 0, HEADER_SIZE)
-    finally:
-        await volume.backend.close(handle)
-    return read_header_public(raw)[0]
 
 
 async def add_dek(volume: Volume) -> WrappedDek:
@@ -68,20 +70,21 @@ class RekeyResult:
     resealed: int = 0
     skipped_links: int = 0
     already_current: int = 0
+    #: entries that failed authentication: not re-sealed, so their DEK may still be in use
+    problems: list[ListingProblem] = field(default_factory=list)
 
 
 async def rekey(volume: Volume, progress: Callable[[str], None] | None = None) -> RekeyResult:
     """Re-seal every file that is not under the current DEK."""
     current = volume.config.current_dek_id
-    result = RekeyResult()
-    for path, attr in await volume.walk():
-        name = path.rsplit("/", 1)[-1]
-        if name.startswith(REKEY_TEMP_PREFIX):
-            await volume.unlink(path)          # left by an interrupted run
-            continue
+    listing = await volume.walk()
+    result = RekeyResult(problems=list(listing.problems))
+    for directory in ["", *(path for path, attr in listing if attr.is_dir)]:
+        await volume.remove_temps(directory, TEMP_TAG)    # left by an interrupted run
+    for path, attr in listing:
         if attr.kind == Kind.DIRECTORY:
             continue
-        if await file_dek_id(volume, path) == current:
+        if await volume.file_dek_id(path) == current:
             result.already_current += 1
             continue
         if attr.nlink > 1:
@@ -96,22 +99,27 @@ async def rekey(volume: Volume, progress: Callable[[str], None] | None = None) -
     return result
 
 
-async def _reseal(volume: Volume, path: str, attr) -> None:
+async def _reseal(volume: Volume, path: str, attr: Attr) -> None:
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    temp = (parent + "/" if parent else "") + REKEY_TEMP_PREFIX + os.urandom(6).hex()
     source = await volume.open(path)
     try:
-        target = await volume.create(temp, attr.mode, attr.uid, attr.gid, kind=attr.kind,
-                                     rdev=attr.rdev)
+        target, temp = await volume.create_temp(parent, attr.mode, attr.uid, attr.gid,
+                                                tag=TEMP_TAG, kind=attr.kind, rdev=attr.rdev)
         try:
-            offset = 0
-            while block := await source.read(offset, COPY_BLOCK):
-                await target.write(offset, block)
-                offset += len(block)
-            await target.fsync()
-        finally:
-            await target.close()
+            try:
+                offset = 0
+                while block := await source.read(offset, COPY_BLOCK):
+                    await target.write(offset, block)
+                    offset += len(block)
+                await volume.setattr(path, atime_ns=attr.atime_ns, mtime_ns=attr.mtime_ns,
+                                     handle=target)
+                await target.fsync()
+            finally:
+                await target.close()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await volume.discard_temp(temp)
+            raise
     finally:
         await source.close()
-    await volume.setattr(temp, atime_ns=attr.atime_ns, mtime_ns=attr.mtime_ns)
-    await volume.rename(temp, path)
+    await volume.place_temp(temp, path)

@@ -565,6 +565,12 @@ class Volume:
         state = self._states.get(file_id)
         return max(0, nlink - len(state.victims)) if state is not None else nlink
 
+    async def file_dek_id(self, path: str) -> int:
+        """The id of the DEK that seals a file (rekey, `keys list`): from its header."""
+        _parent, _name, bpath, _long = await self._entry(path)
+        header, _size = await self._header(bpath, await self._bstat(bpath, path))
+        return header.dek_id
+
     async def _header(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int]:
         """A file's header and committed size, cached while the backend file is unchanged.
 
@@ -857,7 +863,7 @@ class Volume:
     # -- temporaries: files no plaintext name can reach -----------------------------------
     async def create_temp(self, directory: str, mode: int = 0o600, uid: int | None = None,
                           gid: int | None = None, *, tag: str, kind: Kind = Kind.REGULAR,
-                          content: bytes = b"") -> tuple[OpenFile, "TempName"]:
+                          rdev: int = 0, content: bytes = b"") -> tuple[OpenFile, "TempName"]:
         """Create a file in directory under a reserved backend name (sealfs.tmp.<tag><random>)
         and return it open for writing. No plaintext name can equal it, so no user's file
         is ever taken for it; place_temp() later renames it over its real name. The tag
@@ -866,7 +872,7 @@ class Volume:
             raise ValueError(f"bad temporary tag {tag!r}")
         parent = await self._dir(split_path(directory))
         tmp = join(parent.bpath, TEMP_PREFIX + tag + os.urandom(8).hex())
-        state = await self._new_file(tmp, tmp, mode, uid, gid, kind, 0, content)
+        state = await self._new_file(tmp, tmp, mode, uid, gid, kind, rdev, content)
         return self._open_new(state, directory, False), TempName(tmp)
 
     async def place_temp(self, temp: "TempName", path: str) -> None:
