@@ -225,6 +225,12 @@ def test_atime_moves_as_on_a_noatime_mount(mounted, case: Case):
     assert not wrong, wrong
 
 
+def test_the_mount_says_noatime(mounted):
+    fields = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    options = [f[3].split(",") for f in fields if f[1] == str(mounted.mountpoint)]
+    assert len(options) == 1 and "noatime" in options[0], options
+
+
 def test_reads_never_move_an_atime_older_than_the_changes(mounted):
     """The case relatime would move, again and again: an atime set back behind the file's
     and directory's mtime and ctime. No read, listing or stat moves it, before or after a
