@@ -32,6 +32,10 @@ DIR_PATH = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Every file open: a FIFO or device planted under a file's name must not block or attach.
 FILE_BASE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# sealfs's own reads (headers, chunks, listings) are no access by a user: they must not
+# move the store's atime (a sealfs mount is noatime). Not for O_PATH opens (openat2 refuses
+# other flags there).
+O_NOATIME = getattr(os, "O_NOATIME", 0o1000000)
 
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
@@ -127,4 +131,4 @@ def rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
 
 
 __all__ = ["ForeignEntryError", "openat2", "openat2_works", "check_component", "classify",
-           "rename_noreplace", "DIR_PATH", "DIR_READ", "FILE_BASE", "O_PATH"]
+           "rename_noreplace", "DIR_PATH", "DIR_READ", "FILE_BASE", "O_NOATIME", "O_PATH"]

@@ -8,11 +8,16 @@ directory fd of the store root without following symlinks (backends/confine.py),
 file open is O_NOFOLLOW|O_NONBLOCK and refused unless it is a regular file, and
 namespace calls are *at() calls on the confined parent. A symlink, FIFO, socket or
 device in the store raises ForeignEntryError; scandir lists them with BackendStat.foreign saying what they are.
+
+Files and listed directories are opened O_NOATIME: a sealfs mount is noatime (a file's
+atime is set at creation and by utimens, nothing else moves it), and sealfs's own reads of
+headers, chunks and listings would otherwise move the store's atime under relatime.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat as stat_module
 from pathlib import Path
@@ -21,8 +26,10 @@ import trio
 
 from .base import (Backend, BackendStat, BackendStatvfs, Capabilities, ForeignEntryError, Handle,
                    describe_foreign)
-from .confine import (DIR_PATH, DIR_READ, FILE_BASE, O_PATH, check_component, classify,
-                      openat2, openat2_works, rename_noreplace)
+from .confine import (DIR_PATH, DIR_READ, FILE_BASE, O_NOATIME, O_PATH, check_component,
+                      classify, openat2, openat2_works, rename_noreplace)
+
+log = logging.getLogger(__name__)
 
 # Data I/O below this size stays on the event loop: a thread hop (~50-100 us with the
 # wake-up of the trio loop) costs more than a pread/pwrite of 128 KiB from the page cache
@@ -59,6 +66,9 @@ class LocalBackend(Backend):
         self._limiter = trio.CapacityLimiter(8)
         self._rootfd = -1
         self._openat2 = False
+        # O_NOATIME needs the caller to own the file (or CAP_FOWNER): dropped for good at
+        # the first EPERM, a store owned by someone else.
+        self._noatime = O_NOATIME
 
     # -- confinement -------------------------------------------------------------------
     def _root(self) -> int:
@@ -121,6 +131,26 @@ class LocalBackend(Backend):
             return self._root(), name
         return self._resolve(head, DIR_PATH), name
 
+    def _open_noatime(self, path: str, flags: int, mode: int = 0, *, at_root: bool = False) -> int:
+        """Open with O_NOATIME while this process may (see __init__); at_root opens the
+        store root itself (path ".")."""
+        def open_(extra: int) -> int:
+            if at_root:
+                return os.open(".", flags | extra, mode, dir_fd=self._root())
+            return self._resolve(path, flags | extra, mode)
+        if not self._noatime:
+            return open_(0)
+        try:
+            return open_(self._noatime)
+        except PermissionError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+            fd = open_(0)                      # raises if EPERM had another cause
+            self._noatime = 0
+            log.warning("%s: not the owner of the store's files, so sealfs's own reads of "
+                        "them move their access times (O_NOATIME refused)", self.location)
+            return fd
+
     def _done(self, fd: int) -> None:
         if fd != self._rootfd:
             os.close(fd)
@@ -128,7 +158,7 @@ class LocalBackend(Backend):
     def _open_file(self, path: str, flags: int, mode: int = 0) -> tuple[int, os.stat_result]:
         """A regular file of the store, opened without blocking or following; anything
         else there was planted and is refused before a byte is read or written."""
-        fd = self._resolve(path, flags | FILE_BASE, mode)
+        fd = self._open_noatime(path, flags | FILE_BASE, mode)
         try:
             st = os.fstat(fd)
             if stat_module.S_ISDIR(st.st_mode):
@@ -224,7 +254,7 @@ class LocalBackend(Backend):
             self._done(fd)
 
     def _opendir(self, path: str) -> int:
-        return self._resolve(path, DIR_READ) if path else os.open(".", DIR_READ, dir_fd=self._root())
+        return self._open_noatime(path, DIR_READ, at_root=not path)
 
     async def listdir(self, path: str) -> list[str]:
         fd = self._opendir(path)

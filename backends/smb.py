@@ -15,6 +15,15 @@ on the next request after a drop and re-verifies encryption; open handles are re
 lazily on the new channel. Idempotent operations are retried once after a reconnect,
 the rest raise BackendError (EIO): a write is reported done only once the server
 acknowledged every byte of it.
+
+Access times live in each file's and directory's CreationTime. A sealfs mount is noatime
+(atime is set at creation and by utimens, nothing else moves it), but the server moves its
+LastAccessTime whenever it reads a file or lists a directory for us: a Linux smbd's kernel
+does under relatime, and Samba takes a time of -1 (MS-FSA's "stop updating it through this
+handle") as "leave it". Putting it back after each read would cost a SET_INFO per read
+for good (that SET_INFO moves the change time, so the next read moves the atime again).
+CreationTime is set once by the server at creation, kept across renames and hard links,
+settable to 100 ns, in every stat and listing reply, and moved by no read.
 """
 
 from __future__ import annotations
@@ -1698,12 +1707,7 @@ class SmbBackend(Backend):
         name = self._smb_path(path)
 
         def msgs() -> list[Any]:
-            info = FileBasicInformation()
-            info["creation_time"] = 0
-            info["last_access_time"] = _ns_filetime(atime_ns)
-            info["last_write_time"] = _ns_filetime(mtime_ns)
-            info["change_time"] = 0
-            info["file_attributes"] = 0
+            info = _times_info(atime_ns, mtime_ns)
             return [_create_msg(name, Access.FILE_WRITE_ATTRIBUTES | Access.FILE_READ_ATTRIBUTES,
                                 CreateDisposition.FILE_OPEN, CreateOptions.FILE_OPEN_REPARSE_POINT),
                     _setinfo_msg(_RELATED_FID, info), _close_msg(_RELATED_FID)]
@@ -1867,10 +1871,13 @@ def _write_msg(fid: bytes, offset: int, data: bytes) -> Any:
 
 
 def _times_info(atime_ns: int | None, mtime_ns: int) -> FileBasicInformation:
-    """Access and write time to set; 0 leaves a field (creation, change, None atime) as is."""
+    """Access and write time to set; 0 leaves a field (change, None atime) as is. The access
+    time goes to CreationTime, where sealfs keeps it (module docstring), and to
+    LastAccessTime, so the server shows it too until its next read."""
     info = FileBasicInformation()
-    info["creation_time"] = 0
-    info["last_access_time"] = 0 if atime_ns is None else _ns_filetime(atime_ns)
+    atime = 0 if atime_ns is None else _ns_filetime(atime_ns)
+    info["creation_time"] = atime
+    info["last_access_time"] = atime
     info["last_write_time"] = _ns_filetime(mtime_ns)
     info["change_time"] = 0
     info["file_attributes"] = 0
@@ -1878,7 +1885,8 @@ def _times_info(atime_ns: int | None, mtime_ns: int) -> FileBasicInformation:
 
 
 def _stat_from_infos(basic: bytes, standard: bytes, internal: bytes) -> BackendStat:
-    ctime_raw, atime_raw, mtime_raw, change_raw, attrs = struct.unpack_from("<QQQQI", basic)
+    # The access time is the CreationTime (module docstring), not the server's LastAccessTime.
+    atime_raw, _server_atime, mtime_raw, change_raw, attrs = struct.unpack_from("<QQQQI", basic)
     _alloc, eof, nlink, _delete_pending, is_dir = struct.unpack_from("<qqIBB", standard)
     ino = struct.unpack_from("<Q", internal)[0] if len(internal) >= 8 else 0
     directory = bool(is_dir) or bool(attrs & _FILE_ATTRIBUTE_DIRECTORY)
@@ -1894,8 +1902,8 @@ def _parse_dir_entries(buf: bytes) -> list[tuple[str, BackendStat]]:
     out = []
     pos = 0
     while True:
-        (next_off, _idx, _ctime, atime, mtime, change, eof, _alloc, attrs, name_len, _ea, _res,
-         file_id) = _DIR_ENTRY.unpack_from(buf, pos)
+        (next_off, _idx, atime, _server_atime, mtime, change, eof, _alloc, attrs, name_len, _ea,
+         _res, file_id) = _DIR_ENTRY.unpack_from(buf, pos)
         name = buf[pos + _DIR_ENTRY.size: pos + _DIR_ENTRY.size + name_len].decode("utf-16-le")
         if name not in (".", ".."):
             is_dir = bool(attrs & _FILE_ATTRIBUTE_DIRECTORY)

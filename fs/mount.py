@@ -108,7 +108,8 @@ async def serve(volume: Volume, mountpoint: Path, options: set[str],
                 on_ready: Callable[[], None] | None = None) -> None:
     ops = SealfsOperations(volume)
     await ops.prepare()
-    fuse_options = set(pyfuse3.default_options) | {"fsname=sealfs", "subtype=sealfs"}
+    # noatime: what sealfs does (docs/FORMAT.md section 1), so the mount says so.
+    fuse_options = set(pyfuse3.default_options) | {"fsname=sealfs", "subtype=sealfs", "noatime"}
     if os.getuid() == 0:
         fuse_options.add("allow_other")
     fuse_options |= options - {"nonempty"}
