@@ -890,6 +890,9 @@ class Volume:
             for state in self._states.values():
                 if state.bpath.startswith(prefix):
                     state.bpath = d_bpath + "/" + state.bpath[len(prefix):]
+                # Hidden names of its unlinked links go on the last close: at the new path.
+                state.victims = [d_bpath + "/" + v[len(prefix):] if v.startswith(prefix) else v
+                                 for v in state.victims]
             self._headers.clear()
         else:
             for state in self._states.values():
