@@ -979,6 +979,7 @@ class SmbBackend(Backend):
         self._limiter = trio.CapacityLimiter(max(2, self.settings.threads))
         self._idle: collections.OrderedDict[int, tuple[SmbHandle, float]] = collections.OrderedDict()
         self._idle_lock = threading.Lock()
+        self._evict_lock = threading.Lock()   # held by a sweep until its closes are done
         self._open_handles: weakref.WeakSet[SmbHandle] = weakref.WeakSet()
         self._reopen_lock = threading.Lock()
         # Renames in progress, as (src, dst, renaming task, gate), and the work in flight
@@ -1069,7 +1070,7 @@ class SmbBackend(Backend):
                 if self._settled is None:
                     self._settled = trio.Event()
                 await self._settled.wait()
-            if self._idle:
+            if self._sweeping():
                 await self._run(self._evict_idle, (src, dst))
             below = [h for h in self._open_handles if not h.closed and h.path.startswith(src + "/")]
             if below:
@@ -1478,7 +1479,7 @@ class SmbBackend(Backend):
         if self._put_idle(handle):
             return
         handle.closed = True
-        await self._run(self._close_now, handle)
+        await self._io(handle, self._close_now, handle)   # a rename waits for this close
 
     def _close_now(self, handle: SmbHandle) -> None:
         """Close on the server if the handle's connection is still the one it was opened on
@@ -1528,25 +1529,41 @@ class SmbBackend(Backend):
                     return h
         return None
 
-    def _evict_idle(self, paths: Iterable[str] = (), everything: bool = False) -> None:
-        """Close cached handles under paths (or all / expired): SMB keeps an open name busy."""
-        now = time.monotonic()
-        prefixes = [p for p in paths]
-        victims = []
-        with self._idle_lock:
-            for key, (h, since) in list(self._idle.items()):
-                hit = everything or now - since >= self.settings.handle_cache_ttl or any(
-                    not p or h.path == p or h.path.startswith(p + "/") for p in prefixes)
-                if hit:
-                    del self._idle[key]
-                    victims.append(h)
-        for h in victims:
-            self._close_now(h)
+    def _evict_idle(self, paths: Iterable[str] = (), everything: bool = False, wait: bool = True) -> None:
+        """Close cached handles under paths (or all / expired): SMB keeps an open name busy.
+
+        When it returns, no handle it was asked for is open on the server, not even one
+        that a concurrent sweep took out of the cache first: sweeps run one at a time
+        (a rename that found the cache empty would otherwise race that sweep's CLOSE;
+        this was the mkdir EACCES: ACCESS_DENIED renaming sealfs.tmp.* while its
+        sealfs.dir was still being closed). A sweep for expired handles only (wait
+        unset) leaves them to a sweep already under way."""
+        if not self._evict_lock.acquire(blocking=wait):
+            return
+        try:
+            now = time.monotonic()
+            prefixes = [p for p in paths]
+            victims = []
+            with self._idle_lock:
+                for key, (h, since) in list(self._idle.items()):
+                    hit = everything or now - since >= self.settings.handle_cache_ttl or any(
+                        not p or h.path == p or h.path.startswith(p + "/") for p in prefixes)
+                    if hit:
+                        del self._idle[key]
+                        victims.append(h)
+            for h in victims:
+                self._close_now(h)
+        finally:
+            self._evict_lock.release()
+
+    def _sweeping(self) -> bool:
+        """Cached handles to close, or a sweep closing some right now."""
+        return bool(self._idle) or self._evict_lock.locked()
 
     async def _evict(self, *paths: str) -> None:
         """Close cached handles under paths, and any past their TTL."""
-        if self._idle:
-            await self._run(self._evict_idle, paths)
+        if self._sweeping() if paths else self._idle:
+            await self._run(self._evict_idle, paths, False, bool(paths))
 
     # -- namespace ---------------------------------------------------------------------------------
     def _path_op(self, path: str, messages: Callable[[], list[Any]], idempotent: bool,
@@ -1681,7 +1698,7 @@ class SmbBackend(Backend):
         for handle in list(self._open_handles):
             if handle.path == path:
                 handle.unlinked = True
-        if self._idle:
+        if self._sweeping():
             await self._run(self._evict_idle, (), True)
         await self._delete(path, CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_OPEN_REPARSE_POINT)
 
