@@ -816,7 +816,7 @@ class Volume:
             await self.backend.rename(bpath, hidden, replace=False)
             if state.bpath == bpath:
                 state.bpath = hidden
-            state.victims.append(hidden)
+            await self._add_victim(state, hidden)
         else:
             await self.backend.unlink(bpath)
             if state is not None and state.bpath == bpath:
@@ -875,7 +875,15 @@ class Volume:
                     victim.unlinked = True
         if d_long is not None:
             await self._write_sidecar(d_bpath, d_long)
-        await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
+        try:
+            await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
+        except PermissionError:
+            if d_stat is None or d_stat.is_dir or self.backend.capabilities.unlink_open_files:
+                raise
+            # Opened since it was checked above (an open or a stat in flight): SMB will not
+            # replace an open file, so it goes aside like an open victim, then src moves.
+            await self._hide_busy(d_parent, d_bpath)
+            await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
         if s_long is not None:
             await _remove_quietly(self.backend, sidecar_of(s_bpath))
         if victim_dir is not None:
@@ -898,6 +906,30 @@ class Volume:
             for state in self._states.values():
                 if state.bpath == s_bpath:
                     state.bpath = d_bpath
+
+    async def _hide_busy(self, parent: DirInfo, bpath: str) -> None:
+        """Move aside a file that something holds open, so that its name can be reused:
+        the victim of its open state if it has one by now, else deleted (on SMB when the
+        last handle closes)."""
+        hidden = join(parent.bpath, HIDDEN_PREFIX + os.urandom(8).hex())
+        await self.backend.rename(bpath, hidden, replace=False)
+        self._forget_header(bpath)
+        state = await self._open_state_at(hidden)
+        if state is None:
+            await _remove_quietly(self.backend, hidden)
+            return
+        if state.bpath == bpath:
+            state.bpath = hidden
+        await self._add_victim(state, hidden)
+
+    async def _add_victim(self, state: FileState, hidden: str) -> None:
+        """A hidden name goes with its file's last close; when that close is under way
+        already (the state is no longer registered) it may be past its victims: the name
+        goes now (on SMB when the last handle on it closes)."""
+        if self._states.get(state.file_id) is state:
+            state.victims.append(hidden)
+        else:
+            await _remove_quietly(self.backend, hidden)
 
     async def link(self, src: str, dst: str) -> Attr:
         if not self.backend.capabilities.hard_links:

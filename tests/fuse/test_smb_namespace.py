@@ -7,7 +7,9 @@ neither rule, so these run on both backends: the local one is the reference.
 
 from __future__ import annotations
 
+import errno
 import mmap
+import multiprocessing
 import os
 import random
 
@@ -142,3 +144,88 @@ def test_rename_open_file_keeps_the_fd_working(mounted):
         os.close(fd)
     assert (root / "e" / "h").read_bytes() == b"012xy56789!"
     assert os.listdir(root / "e") == ["h"]
+
+
+# -- concurrent load ---------------------------------------------------------------------------
+ITERATIONS = 400          # namespace operations per process
+PROCESSES = 4
+DIRS = [f"d{i}" for i in range(3)]
+FILES = [f"f{i}" for i in range(3)]
+OPS = ["mkdir", "mkdir", "create", "create", "read", "rename_dir", "rename_file", "rename_file",
+       "rmdir", "unlink", "unlink"]
+# What the races between the processes legitimately produce (a name just taken or just
+# gone, a directory that just got an entry); anything else is a bug.
+EXPECTED_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY}
+
+
+def _churn(root: str, seed: int, out) -> None:
+    rng = random.Random(seed)
+    seen: dict[str, int] = {}
+    unexpected: list[str] = []
+    for _ in range(ITERATIONS):
+        d, d2 = rng.choice(DIRS), rng.choice(DIRS)
+        f, f2 = rng.choice(FILES), rng.choice(FILES)
+        op = rng.choice(OPS)
+        try:
+            if op == "mkdir":
+                os.mkdir(os.path.join(root, d))
+            elif op == "create":
+                # O_EXCL: each file is written once. (Concurrent rewrites of one existing
+                # file over SMB can fail authentication today: not this test's subject.)
+                fd = os.open(os.path.join(root, d, f), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                try:
+                    os.write(fd, b"x" * rng.randrange(1, 5000))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            elif op == "read":
+                with open(os.path.join(root, d, f), "rb") as fh:
+                    data = fh.read()
+                if data.strip(b"x"):
+                    unexpected.append(f"read {d}/{f}: content is not what was written")
+            elif op == "rename_dir":
+                os.rename(os.path.join(root, d), os.path.join(root, d2))
+            elif op == "rename_file":
+                os.rename(os.path.join(root, d, f), os.path.join(root, d2, f2))
+            elif op == "rmdir":
+                os.rmdir(os.path.join(root, d))
+            else:
+                os.unlink(os.path.join(root, d, f))
+            seen["ok"] = seen.get("ok", 0) + 1
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno, str(exc.errno))
+            seen[name] = seen.get(name, 0) + 1
+            if exc.errno not in EXPECTED_ERRNOS:
+                unexpected.append(f"{op} {exc}")
+    out.put((seed, seen, unexpected))
+
+
+def test_concurrent_namespace_churn_sees_only_race_errnos(mounted):
+    """PROCESSES processes, ITERATIONS random mkdir/create/read/rename/rmdir/unlink each,
+    in one small tree, so that they collide all the time."""
+    root = str(mounted.mountpoint)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_churn, args=(root, seed, out)) for seed in range(PROCESSES)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    total: dict[str, int] = {}
+    for _seed, seen, _ in results:
+        for k, v in seen.items():
+            total[k] = total.get(k, 0) + v
+    assert sum(total.values()) == PROCESSES * ITERATIONS
+    assert total.get("ok", 0) > PROCESSES * ITERATIONS // 8, total   # they did real work
+    unexpected = [u for _, _, errs in results for u in errs]
+    assert not unexpected, (total, unexpected[:20])
+    # What is left is a consistent tree: every directory can be listed and emptied.
+    for d in os.listdir(root):
+        for f in os.listdir(os.path.join(root, d)):
+            os.unlink(os.path.join(root, d, f))
+        os.rmdir(os.path.join(root, d))
+    assert os.listdir(root) == []
+
+
