@@ -882,8 +882,19 @@ class Volume:
                 raise
             # Opened since it was checked above (an open or a stat in flight): SMB will not
             # replace an open file, so it goes aside like an open victim, then src moves.
-            await self._hide_busy(d_parent, d_bpath)
-            await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
+            hidden = join(d_parent.bpath, HIDDEN_PREFIX + os.urandom(8).hex())
+            await self.backend.rename(d_bpath, hidden, replace=False)
+            self._forget_header(d_bpath)
+            try:
+                await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
+            except BaseException:
+                with trio.CancelScope(shield=True):   # the rename failed: dst stays
+                    try:
+                        await self.backend.rename(hidden, d_bpath, replace=False)
+                    except OSError as exc:
+                        log.warning("%s: could not move back to %s: %s", hidden, d_bpath, exc)
+                raise
+            await self._hidden_busy(d_bpath, hidden)
         if s_long is not None:
             await _remove_quietly(self.backend, sidecar_of(s_bpath))
         if victim_dir is not None:
@@ -907,13 +918,10 @@ class Volume:
                 if state.bpath == s_bpath:
                     state.bpath = d_bpath
 
-    async def _hide_busy(self, parent: DirInfo, bpath: str) -> None:
-        """Move aside a file that something holds open, so that its name can be reused:
-        the victim of its open state if it has one by now, else deleted (on SMB when the
-        last handle closes)."""
-        hidden = join(parent.bpath, HIDDEN_PREFIX + os.urandom(8).hex())
-        await self.backend.rename(bpath, hidden, replace=False)
-        self._forget_header(bpath)
+    async def _hidden_busy(self, bpath: str, hidden: str) -> None:
+        """A replaced file that something held open, moved aside from bpath to hidden: the
+        victim of its open state if it has one by now, else deleted (on SMB when the last
+        handle closes)."""
         state = await self._open_state_at(hidden)
         if state is None:
             await _remove_quietly(self.backend, hidden)
