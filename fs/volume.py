@@ -317,9 +317,18 @@ class Volume:
         try:
             raw = await _read_small(self.backend, join(bpath, DIR_META_NAME), DIR_META_SIZE + 1)
         except FileNotFoundError:
+            if bpath and not await self._is_dir(bpath):
+                # Renamed or removed since it was looked up: a race, not damage.
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", bpath) from None
             raise IntegrityError(f"directory {bpath or '/'} has no {DIR_META_NAME}") from None
         dir_id, meta = open_dir_meta(self._dir_key, raw)
         return DirInfo(bpath, dir_id, meta)
+
+    async def _is_dir(self, bpath: str) -> bool:
+        try:
+            return (await self.backend.stat(bpath)).is_dir
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     async def _dir(self, parts: list[str]) -> DirInfo:
         key = "/".join(parts)
