@@ -29,6 +29,7 @@ settable to 100 ns, in every stat and listing reply, and moved by no read.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import getpass
 import itertools
@@ -42,7 +43,7 @@ import weakref
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import trio
@@ -860,6 +861,14 @@ class _Channel:
         return results
 
 
+_PARKED = 0   # SmbHandle.generation while closed for a rename: no live channel has it
+
+
+def _overlaps(path: str, src: str, dst: str) -> bool:
+    """Whether a rename of src to dst moves path (below src) or replaces it (dst, below)."""
+    return path.startswith(src + "/") or path == dst or path.startswith(dst + "/")
+
+
 class _Unreachable(Exception):
     """TCP/SMB connect failed for a reason that may pass (server restarting)."""
 
@@ -950,7 +959,7 @@ class SmbHandle(Handle):
     """
 
     __slots__ = ("path", "writable", "channel", "fid", "generation", "closed", "unlinked",
-                 "readers", "reading", "file_index", "spread")
+                 "readers", "reading", "file_index", "spread", "wrote")
 
     def __init__(self, path: str, writable: bool, channel: _Channel, fid: bytes, generation: int) -> None:
         self.path = path
@@ -964,6 +973,7 @@ class SmbHandle(Handle):
         self.reading = 0          # read_many calls in flight (counted on the event loop)
         self.file_index: int | None = None   # the server's file id, once asked
         self.spread = True        # False: a sibling could not be opened; don't try again
+        self.wrote = False        # written through: its close would stamp the write time
 
 
 # -- the backend ----------------------------------------------------------------------------------
@@ -985,8 +995,15 @@ class SmbBackend(Backend):
         self._limiter = trio.CapacityLimiter(max(2, self.settings.threads))
         self._idle: collections.OrderedDict[int, tuple[SmbHandle, float]] = collections.OrderedDict()
         self._idle_lock = threading.Lock()
+        self._evict_lock = threading.Lock()   # held by a sweep until its closes are done
         self._open_handles: weakref.WeakSet[SmbHandle] = weakref.WeakSet()
         self._reopen_lock = threading.Lock()
+        # Renames in progress, as (src, dst, renaming task, gate), and the work in flight
+        # on names that one must not overlap (see _renaming).
+        self._moving: list[tuple[str, str, Any, trio.Event]] = []
+        self._inflight: dict[int, str | SmbHandle] = {}
+        self._tokens = itertools.count()
+        self._settled: trio.Event | None = None
         hard_links = self.settings.hard_links
         if hard_links is None:  # Azure Files supports hard links only on NFS shares
             hard_links = not target.host.lower().endswith(".file.core.windows.net")
@@ -1024,6 +1041,94 @@ class SmbBackend(Backend):
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def _io(self, what: "str | SmbHandle", fn: Callable[..., T], *args: Any) -> T:
+        """_run for work that keeps a name open on the server (a handle's requests, a
+        directory listing): it waits for a rename that moves or replaces that name, and
+        such a rename waits for it (_renaming)."""
+        if self._moving:
+            await self._wait_moves(what)
+        token = next(self._tokens)
+        self._inflight[token] = what
+        try:
+            return await self._run(fn, *args)
+        finally:
+            del self._inflight[token]
+            settled, self._settled = self._settled, None
+            if settled is not None:
+                settled.set()
+
+    async def _wait_moves(self, what: "str | SmbHandle") -> None:
+        """Until no other task's rename moves or replaces what's name."""
+        me = trio.lowlevel.current_task()
+        while True:
+            path = what.path if isinstance(what, SmbHandle) else what
+            gate = next((g for src, dst, task, g in self._moving
+                         if task is not me and _overlaps(path, src, dst)), None)
+            if gate is None:
+                return
+            await gate.wait()
+
+    @contextlib.asynccontextmanager
+    async def _renaming(self, src: str, dst: str) -> AsyncIterator[None]:
+        """The name-level critical section of a rename of src to dst.
+
+        SMB servers refuse to rename a directory while a file below it is open (Samba
+        when its own process, i.e. the same channel, has one open; Windows for any open)
+        and to replace a file that is open. So meanwhile new work below src or on dst
+        waits (_io, close), the work in flight there finishes, cached idle handles there
+        close, and the handles the user holds open below src are closed on the server,
+        to be reopened at their new path by their next request (_park, _fid).
+        """
+        entry = (src, dst, trio.lowlevel.current_task(), trio.Event())
+        self._moving.append(entry)
+        try:
+            while any(_overlaps(w.path if isinstance(w, SmbHandle) else w, src, dst)
+                      for w in self._inflight.values()):
+                if self._settled is None:
+                    self._settled = trio.Event()
+                await self._settled.wait()
+            if self._sweeping():
+                await self._run(self._evict_idle, (src, dst))
+            below = [h for h in self._open_handles if not h.closed and h.path.startswith(src + "/")]
+            if below:
+                await self._run(self._park, below)
+            yield
+        finally:
+            self._moving.remove(entry)
+            entry[3].set()
+
+    def _park(self, handles: list[SmbHandle]) -> None:
+        """Close open handles on the server; each reopens by path on its next request.
+        Read-only siblings just close (new ones open when reads overlap again)."""
+        for handle in handles:
+            readers, handle.readers = handle.readers, []
+            for reader in readers:
+                self._close_now(reader)
+            channel = handle.channel
+            if handle.closed or handle.generation != channel.generation or channel.conn is None:
+                continue    # closed, or its file id died with a connection: reopens anyway
+            try:
+                if handle.wrote:
+                    self._pin_times(handle)
+                channel.call([_close_msg(handle.fid)])
+            except (SMBResponseException, _ConnectionLost, BackendError) as exc:
+                log.debug("%s: closing before a rename: %s", handle.path, exc)
+            handle.generation = _PARKED
+
+    def _pin_times(self, handle: SmbHandle) -> None:
+        """A server stamps its own write time when a handle that wrote closes (MS-FSA);
+        times set through the handle first stick, so the close changes nothing."""
+        resp = handle.channel.call([_query_msg(handle.fid, InfoType.SMB2_0_INFO_FILE,
+                                               FileInformationClass.FILE_BASIC_INFORMATION, 40)])[0]
+        _ctime, atime, mtime, _change, _attrs = struct.unpack_from("<QQQQI", _query_buffer(resp))
+        info = FileBasicInformation()
+        info["creation_time"] = 0
+        info["last_access_time"] = atime
+        info["last_write_time"] = mtime
+        info["change_time"] = 0
+        info["file_attributes"] = 0
+        handle.channel.call([_setinfo_msg(handle.fid, info)])
 
     def _attempt(self, channel: _Channel, op: Callable[[], T], path: str, idempotent: bool) -> T:
         """Run op on a live channel; on a dropped connection reconnect, and retry if safe."""
@@ -1072,8 +1177,11 @@ class SmbBackend(Backend):
             resp = channel.call([_create_msg(self._smb_path(handle.path), access, CreateDisposition.FILE_OPEN,
                                              CreateOptions.FILE_NON_DIRECTORY_FILE)])[0]
             handle.fid = _parse_create(resp)["file_id"].get_value()
+            parked = handle.generation == _PARKED
             handle.generation = channel.generation
-            log.info("%s: reopened %s after reconnect", self.target.where, handle.path)
+            handle.wrote = False
+            if not parked:
+                log.info("%s: reopened %s after reconnect", self.target.where, handle.path)
             return handle.fid
 
     async def connect(self) -> None:
@@ -1094,6 +1202,8 @@ class SmbBackend(Backend):
     async def open(self, path: str, *, write: bool = False, create: bool = False,
                    exclusive: bool = False) -> SmbHandle:
         await self._evict()  # expired cached handles only
+        if self._moving:
+            await self._wait_moves(path)
         if not (create and exclusive):
             cached = self._take_idle(path, write)
             if cached is not None:
@@ -1114,8 +1224,8 @@ class SmbBackend(Backend):
             return SmbHandle(path, write, channel, _parse_create(resp)["file_id"].get_value(), channel.generation)
 
         try:
-            handle = await self._run(self._attempt, channel, op, path,
-                                     disposition != CreateDisposition.FILE_CREATE)
+            handle = await self._io(path, self._attempt, channel, op, path,
+                                    disposition != CreateDisposition.FILE_CREATE)
         except FileNotFoundError as exc:
             raise await self._refine_enoent(exc, path) from None
         self._open_handles.add(handle)
@@ -1144,6 +1254,7 @@ class SmbBackend(Backend):
                     pass
                 raise
             handle = SmbHandle(path, True, channel, fid, channel.generation)
+            handle.wrote = True
             try:
                 _check_written(channel._receive(write), len(payload), path)
             except BaseException:
@@ -1155,7 +1266,7 @@ class SmbBackend(Backend):
             return handle
 
         try:
-            handle = await self._run(self._attempt, channel, op, path, False)
+            handle = await self._io(path, self._attempt, channel, op, path, False)
         except FileNotFoundError as exc:
             raise await self._refine_enoent(exc, path) from None
         self._open_handles.add(handle)
@@ -1228,8 +1339,9 @@ class SmbBackend(Backend):
 
         try:
             if handle.file_index is None:
-                handle.file_index = await self._run(self._attempt, handle.channel, own_index, handle.path, True)
-            reader, index = await self._run(self._attempt, channel, open_reader, handle.path, True)
+                handle.file_index = await self._io(handle, self._attempt, handle.channel, own_index,
+                                                   handle.path, True)
+            reader, index = await self._io(handle, self._attempt, channel, open_reader, handle.path, True)
         except OSError as exc:
             log.debug("%s: no second reader: %s", handle.path, exc)
             return None
@@ -1271,7 +1383,7 @@ class SmbBackend(Backend):
                 k += n
             return [_cut_spans(got, offset, size) for offset, size in reads]
 
-        return await self._run(self._attempt, channel, op, handle.path, True)
+        return await self._io(handle, self._attempt, channel, op, handle.path, True)
 
     def _pipeline_reads(self, channel: _Channel, msgs: list[Any]) -> list[memoryview]:
         """Pipeline READs; STATUS_END_OF_FILE is an empty piece, not an error."""
@@ -1325,12 +1437,13 @@ class SmbBackend(Backend):
 
         def op() -> None:
             fid = self._fid(handle)
+            handle.wrote = True
             msgs = [_GatheredWrite(fid, offset, segments) for offset, segments
                     in _write_requests(writes, self._io_size(channel, read=False))]
             for resp, msg in zip(channel.pipeline(msgs), msgs):
                 _check_written(resp, msg.length, handle.path)
 
-        await self._run(self._attempt, channel, op, handle.path, True)
+        await self._io(handle, self._attempt, channel, op, handle.path, True)
 
     async def truncate(self, handle: Handle, size: int) -> None:
         assert isinstance(handle, SmbHandle)
@@ -1339,9 +1452,11 @@ class SmbBackend(Backend):
         def op() -> None:
             info = FileEndOfFileInformation()
             info["end_of_file"] = size
-            channel.call([_setinfo_msg(self._fid(handle), info)])
+            fid = self._fid(handle)
+            handle.wrote = True
+            channel.call([_setinfo_msg(fid, info)])
 
-        await self._run(self._attempt, channel, op, handle.path, True)
+        await self._io(handle, self._attempt, channel, op, handle.path, True)
 
     async def fset_times(self, handle: Handle, atime_ns: int | None, mtime_ns: int) -> None:
         """Times set through the writing handle stick: later writes and the close on that
@@ -1352,7 +1467,7 @@ class SmbBackend(Backend):
         def op() -> None:
             channel.call([_setinfo_msg(self._fid(handle), _times_info(atime_ns, mtime_ns))])
 
-        await self._run(self._attempt, channel, op, handle.path, True)
+        await self._io(handle, self._attempt, channel, op, handle.path, True)
 
     async def rewrite_head(self, path: str, data: bytes, atime_ns: int, mtime_ns: int) -> None:
         """CREATE, WRITE, SET_INFO (times, through the handle: the close stamps nothing)
@@ -1381,16 +1496,20 @@ class SmbBackend(Backend):
             msg["file_id"] = self._fid(handle)
             channel.call([msg])
 
-        await self._run(self._attempt, channel, op, handle.path, True)
+        await self._io(handle, self._attempt, channel, op, handle.path, True)
 
     async def close(self, handle: Handle) -> None:
         assert isinstance(handle, SmbHandle)
         if handle.closed:
             return
+        if self._moving:
+            await self._wait_moves(handle)   # not into the idle cache under a moving name
+            if handle.closed:
+                return
         if self._put_idle(handle):
             return
         handle.closed = True
-        await self._run(self._close_now, handle)
+        await self._io(handle, self._close_now, handle)   # a rename waits for this close
 
     def _close_now(self, handle: SmbHandle) -> None:
         """Close on the server if the handle's connection is still the one it was opened on
@@ -1416,7 +1535,7 @@ class SmbBackend(Backend):
             resps = channel.call(_stat_queries(fid))
             return _stat_from_infos(*[_query_buffer(r) for r in resps])
 
-        return await self._run(self._attempt, channel, op, handle.path, True)
+        return await self._io(handle, self._attempt, channel, op, handle.path, True)
 
     # -- idle handle cache -------------------------------------------------------------------------
     def _put_idle(self, handle: SmbHandle) -> bool:
@@ -1440,25 +1559,41 @@ class SmbBackend(Backend):
                     return h
         return None
 
-    def _evict_idle(self, paths: Iterable[str] = (), everything: bool = False) -> None:
-        """Close cached handles under paths (or all / expired): SMB keeps an open name busy."""
-        now = time.monotonic()
-        prefixes = [p for p in paths]
-        victims = []
-        with self._idle_lock:
-            for key, (h, since) in list(self._idle.items()):
-                hit = everything or now - since >= self.settings.handle_cache_ttl or any(
-                    not p or h.path == p or h.path.startswith(p + "/") for p in prefixes)
-                if hit:
-                    del self._idle[key]
-                    victims.append(h)
-        for h in victims:
-            self._close_now(h)
+    def _evict_idle(self, paths: Iterable[str] = (), everything: bool = False, wait: bool = True) -> None:
+        """Close cached handles under paths (or all / expired): SMB keeps an open name busy.
+
+        When it returns, no handle it was asked for is open on the server, not even one
+        that a concurrent sweep took out of the cache first: sweeps run one at a time
+        (a rename that found the cache empty would otherwise race that sweep's CLOSE;
+        this was the mkdir EACCES: ACCESS_DENIED renaming sealfs.tmp.* while its
+        sealfs.dir was still being closed). A sweep for expired handles only (wait
+        unset) leaves them to a sweep already under way."""
+        if not self._evict_lock.acquire(blocking=wait):
+            return
+        try:
+            now = time.monotonic()
+            prefixes = [p for p in paths]
+            victims = []
+            with self._idle_lock:
+                for key, (h, since) in list(self._idle.items()):
+                    hit = everything or now - since >= self.settings.handle_cache_ttl or any(
+                        not p or h.path == p or h.path.startswith(p + "/") for p in prefixes)
+                    if hit:
+                        del self._idle[key]
+                        victims.append(h)
+            for h in victims:
+                self._close_now(h)
+        finally:
+            self._evict_lock.release()
+
+    def _sweeping(self) -> bool:
+        """Cached handles to close, or a sweep closing some right now."""
+        return bool(self._idle) or self._evict_lock.locked()
 
     async def _evict(self, *paths: str) -> None:
         """Close cached handles under paths, and any past their TTL."""
-        if self._idle:
-            await self._run(self._evict_idle, paths)
+        if self._sweeping() if paths else self._idle:
+            await self._run(self._evict_idle, paths, False, bool(paths))
 
     # -- namespace ---------------------------------------------------------------------------------
     def _path_op(self, path: str, messages: Callable[[], list[Any]], idempotent: bool,
@@ -1554,7 +1689,7 @@ class SmbBackend(Backend):
             return out
 
         try:
-            return await self._run(self._attempt, channel, op, path, True)
+            return await self._io(path, self._attempt, channel, op, path, True)
         except FileNotFoundError as exc:
             raise await self._refine_enoent(exc, path) from None
 
@@ -1593,7 +1728,7 @@ class SmbBackend(Backend):
         for handle in list(self._open_handles):
             if handle.path == path:
                 handle.unlinked = True
-        if self._idle:
+        if self._sweeping():
             await self._run(self._evict_idle, (), True)
         await self._delete(path, CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_OPEN_REPARSE_POINT)
 
@@ -1615,7 +1750,6 @@ class SmbBackend(Backend):
     async def _renamed(self, src: str, dst: str, replace: bool, query: bool) -> list[Any]:
         """One compound: open src, rename it to dst, (query it,) close. FileExistsError
         names dst; a missing src is refined as for any path."""
-        await self._evict(src, dst)
         src_name, dst_name = self._smb_path(src), self._smb_path(dst)
 
         def msgs() -> list[Any]:
@@ -1637,24 +1771,30 @@ class SmbBackend(Backend):
             raise
 
     async def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
-        try:
-            await self._renamed(src, dst, replace, query=False)
-        except OSError as exc:
-            if replace and exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EACCES):
-                await self._rename_over_dir(src, dst, exc)
-                return
-            raise
-        self._follow_rename(src, dst)
+        async with self._renaming(src, dst):
+            try:
+                await self._renamed(src, dst, replace, query=False)
+            except OSError as exc:
+                if replace and exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EACCES):
+                    await self._rename_over_dir(src, dst, exc)
+                    return
+                raise
+            self._follow_rename(src, dst)
 
     async def place_new(self, handle: Handle, src: str, dst: str) -> BackendStat:
         """The rename and the stat in one compound: open src, rename it, query it, close."""
-        resps = await self._renamed(src, dst, False, query=True)
-        self._follow_rename(src, dst)
+        async with self._renaming(src, dst):
+            resps = await self._renamed(src, dst, False, query=True)
+            self._follow_rename(src, dst)
         return _stat_from_infos(*[_query_buffer(r) for r in resps[2:5]])
 
     def _follow_rename(self, src: str, dst: str) -> None:
-        """Open handles follow their file: a reconnect reopens, and a close caches, by path."""
+        """Open handles follow their file: a reconnect reopens, and a close caches, by path.
+        One still on dst had its file replaced: that file has no name to reopen by now."""
         prefix = src + "/"
+        for handle in list(self._open_handles):
+            if handle.path == dst:
+                handle.unlinked = True
         for handle in list(self._open_handles):
             if handle.path == src:
                 handle.path = dst

@@ -398,9 +398,18 @@ class Volume:
         try:
             raw = await _read_small(self.backend, join(bpath, DIR_META_NAME), DIR_META_SIZE + 1)
         except FileNotFoundError:
+            if bpath and not await self._is_dir(bpath):
+                # Renamed or removed since it was looked up: a race, not damage.
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", bpath) from None
             raise IntegrityError(f"directory {bpath or '/'} has no {DIR_META_NAME}") from None
         dir_id, meta = open_dir_meta(self._dir_key, raw)
         return DirInfo(bpath, dir_id, meta)
+
+    async def _is_dir(self, bpath: str) -> bool:
+        try:
+            return (await self.backend.stat(bpath)).is_dir
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     async def _dir(self, parts: list[str]) -> DirInfo:
         key = "/".join(parts)
@@ -1112,7 +1121,7 @@ class Volume:
             await self.backend.rename(bpath, hidden, replace=False)
             if state.bpath == bpath:
                 state.bpath = hidden
-            state.victims.append(hidden)
+            await self._add_victim(state, hidden)
         else:
             await self.backend.unlink(bpath)
             if state is not None and state.bpath == bpath:
@@ -1172,7 +1181,26 @@ class Volume:
                     victim.unlinked = True
         if d_long is not None:
             await self._write_sidecar(d_bpath, d_long)
-        await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
+        try:
+            await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
+        except PermissionError:
+            if d_stat is None or d_stat.is_dir or self.backend.capabilities.unlink_open_files:
+                raise
+            # Opened since it was checked above (an open or a stat in flight): SMB will not
+            # replace an open file, so it goes aside like an open victim, then src moves.
+            hidden = join(d_parent.bpath, HIDDEN_PREFIX + os.urandom(8).hex())
+            await self.backend.rename(d_bpath, hidden, replace=False)
+            self._forget_header(d_bpath)
+            try:
+                await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
+            except BaseException:
+                with trio.CancelScope(shield=True):   # the rename failed: dst stays
+                    try:
+                        await self.backend.rename(hidden, d_bpath, replace=False)
+                    except OSError as exc:
+                        log.warning("%s: could not move back to %s: %s", hidden, d_bpath, exc)
+                raise
+            await self._hidden_busy(d_bpath, hidden)
         if s_long is not None:
             await _remove_quietly(self.backend, sidecar_of(s_bpath))
         if victim_dir is not None:
@@ -1187,6 +1215,9 @@ class Volume:
             for state in self._states.values():
                 if state.bpath.startswith(prefix):
                     state.bpath = d_bpath + "/" + state.bpath[len(prefix):]
+                # Hidden names of its unlinked links go on the last close: at the new path.
+                state.victims = [d_bpath + "/" + v[len(prefix):] if v.startswith(prefix) else v
+                                 for v in state.victims]
             self._headers.clear()
         else:
             for state in self._states.values():
@@ -1216,6 +1247,27 @@ class Volume:
                 await self._touch_dir(await self._dir(split_path(dst)))
             else:
                 await self._touch_file(d_bpath)
+
+    async def _hidden_busy(self, bpath: str, hidden: str) -> None:
+        """A replaced file that something held open, moved aside from bpath to hidden: the
+        victim of its open state if it has one by now, else deleted (on SMB when the last
+        handle closes)."""
+        state = await self._open_state_at(hidden)
+        if state is None:
+            await _remove_quietly(self.backend, hidden)
+            return
+        if state.bpath == bpath:
+            state.bpath = hidden
+        await self._add_victim(state, hidden)
+
+    async def _add_victim(self, state: FileState, hidden: str) -> None:
+        """A hidden name goes with its file's last close; when that close is under way
+        already (the state is no longer registered) it may be past its victims: the name
+        goes now (on SMB when the last handle on it closes)."""
+        if self._states.get(state.file_id) is state:
+            state.victims.append(hidden)
+        else:
+            await _remove_quietly(self.backend, hidden)
 
     async def link(self, src: str, dst: str) -> Attr:
         if not self.backend.capabilities.hard_links:
