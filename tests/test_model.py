@@ -118,6 +118,7 @@ def _check(cs: int, ops, writeback: str) -> None:
         root = Path(tmp)
         keyfile = root / "key"
         keyfile.write_bytes(_KEY)
+        keyfile.chmod(0o600)
         trio.run(run_ops, root, keyfile, cs, ops, writeback)
 
 
