@@ -38,8 +38,17 @@ from urllib.parse import parse_qs, urlparse
 
 import trio
 
-from .base import (Backend, BackendError, BackendStat, BackendStatvfs, Capabilities, Handle, TransportSecurityError,
-                   join, parent_of)
+from .base import (
+    Backend,
+    BackendError,
+    BackendStat,
+    BackendStatvfs,
+    Capabilities,
+    Handle,
+    TransportSecurityError,
+    join,
+    parent_of,
+)
 
 log = logging.getLogger("sealfs.azfiles")
 T = TypeVar("T")
@@ -300,8 +309,12 @@ class AzureFilesBackend(Backend):
 
     def _call(self, fn: Callable[[], T], path: str, idempotent: bool) -> T:
         """Run one request with bounded retries; map every failure to an OSError."""
-        from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ServiceRequestError,
-                                           ServiceResponseError)
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            HttpResponseError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
         deadline = time.monotonic() + self.settings.retry_deadline
         delay = 0.2
         while True:

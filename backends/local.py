@@ -24,10 +24,27 @@ from pathlib import Path
 
 import trio
 
-from .base import (Backend, BackendStat, BackendStatvfs, Capabilities, ForeignEntryError, Handle,
-                   describe_foreign)
-from .confine import (DIR_PATH, DIR_READ, FILE_BASE, O_NOATIME, O_PATH, check_component,
-                      classify, openat2, openat2_works, rename_noreplace)
+from .base import (
+    Backend,
+    BackendStat,
+    BackendStatvfs,
+    Capabilities,
+    ForeignEntryError,
+    Handle,
+    describe_foreign,
+)
+from .confine import (
+    DIR_PATH,
+    DIR_READ,
+    FILE_BASE,
+    O_NOATIME,
+    O_PATH,
+    check_component,
+    classify,
+    openat2,
+    openat2_works,
+    rename_noreplace,
+)
 
 log = logging.getLogger(__name__)
 

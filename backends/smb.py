@@ -39,9 +39,9 @@ import select
 import socket
 import struct
 import threading
-import weakref
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -64,7 +64,6 @@ from smbprotocol.header import Commands, NtStatus, Smb2Flags, SMB2HeaderRequest
 from smbprotocol.open import (
     CreateDisposition,
     CreateOptions,
-    FilePipePrinterAccessMask as Access,
     ImpersonationLevel,
     ShareAccess,
     SMB2CloseRequest,
@@ -80,6 +79,9 @@ from smbprotocol.open import (
     SMB2SetInfoRequest,
     SMB2WriteRequest,
     SMB2WriteResponse,
+)
+from smbprotocol.open import (
+    FilePipePrinterAccessMask as Access,
 )
 from smbprotocol.session import Session
 from smbprotocol.transport import Tcp

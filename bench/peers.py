@@ -605,7 +605,7 @@ PEERS = {"plain": PlainTarget, "gocryptfs": GocryptfsTarget, "rclone": RcloneCry
 
 
 def _smb_raw(work: Path, share: SmbShare) -> Target:
-    from .smb_raw import SmbRawTarget   # imports the SMB backend only when benched
+    from .smb_raw import SmbRawTarget  # imports the SMB backend only when benched
     return SmbRawTarget(work, share)
 
 

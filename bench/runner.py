@@ -150,8 +150,7 @@ def run_one(target: Target, cfg: BenchConfig, tar_path: Path | None,
 
 
 def run_bench(cfg: BenchConfig, console=None) -> Results:
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="sealfs-bench-", dir=cfg.workdir))

@@ -26,7 +26,7 @@ import trio
 
 from ..backends.registry import BackendOptions, open_backend
 from ..backends.smb import SmbBackend
-from ..fs.files import FileTuning
+from ..fs.core.files import FileTuning
 from .peers import DirectTarget, drop_file_cache, quiesce_disk
 from .samba import SmbShare
 

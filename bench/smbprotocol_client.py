@@ -4,7 +4,7 @@ A process of its own because the baseline moved with the bench process's allocat
 smbprotocol builds every 1 MiB message from fresh megabyte bytes objects (about 1,250
 page faults per MiB written), and what those faults cost on this project's VM varied
 threefold within one day (its write 250-750 MB/s for the same code). `--reuse-buffers`
-applies the glibc settings sealfs's own one-shot commands use (fs/malloc.py), which
+applies the glibc settings sealfs's own one-shot commands use (fs/cli/malloc.py), which
 take the faults out: that is the stricter baseline, `smbprotocol-reuse`.
 
 The session is set up before the clock starts; the time printed covers open, the
@@ -60,7 +60,7 @@ def _transfer(smbclient, args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.reuse_buffers:
-        from ..fs.malloc import reuse_large_buffers
+        from ..fs.cli.malloc import reuse_large_buffers
         reuse_large_buffers()
     import smbclient
     try:

@@ -6,7 +6,6 @@ tarball steps in seconds, storage overhead as backend bytes / logical bytes.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random

@@ -10,9 +10,9 @@ from typing import Iterator
 import pytest
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.kms import KeySecrets, provider_for_init
-from sealfs.fs.pins import PinStore
-from sealfs.fs.volume import Volume
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume
 from tests.servers.samba import SambaServer
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.chunks import ChunkCipher
-from sealfs.crypto.constants import JOURNAL_DIR
-from sealfs.crypto.header import read_header_public
-from sealfs.crypto.kdf import file_key
-from sealfs.crypto.kms import KeySecrets
-from sealfs.crypto.layout import slot_offset
-from sealfs.fs.journal import ATOMIC_WRITE, Record, encode, journal_path
-from sealfs.fs.pins import PinStore
-from sealfs.fs.volume import Volume
+from sealfs.crypto.format.chunks import ChunkCipher
+from sealfs.crypto.format.constants import JOURNAL_DIR
+from sealfs.crypto.format.header import read_header_public
+from sealfs.crypto.format.kdf import file_key
+from sealfs.crypto.keys.kms import KeySecrets
+from sealfs.crypto.format.layout import slot_offset
+from sealfs.fs.core.journal import ATOMIC_WRITE, Record, encode, journal_path
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume
 
 
 async def tear_in_place_rewrite(store: Path, keyfile: Path, target: Path, index: int,

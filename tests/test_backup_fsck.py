@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.constants import NONCE_SIZE
-from sealfs.crypto.header import HEADER_PUBLIC_SIZE
-from sealfs.crypto.kms import KeySecrets
-from sealfs.crypto.layout import slot_offset
-from sealfs.fs.pins import PinStore
-from sealfs.fs.volume import Volume
+from sealfs.crypto.format.constants import NONCE_SIZE
+from sealfs.crypto.format.header import HEADER_PUBLIC_SIZE
+from sealfs.crypto.keys.kms import KeySecrets
+from sealfs.crypto.format.layout import slot_offset
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume
 from tests.mounting import init_store, sealfs
 from tests.tearing import tear_in_place_rewrite
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.kms import KeySecrets
-from sealfs.fs.pins import PinStore
-from sealfs.fs.volume import Volume
+from sealfs.crypto.keys.kms import KeySecrets
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume
 from tests.mounting import SEALFS, init_store, sealfs
 
 MODES = (0o644, 0o600, 0o755, 0o700, 0o444, 0o640, 0o4755, 0o2750)
@@ -198,7 +198,7 @@ async def test_checksum_catches_same_size_same_mtime_change(tmp_path, keyfile, v
 async def test_per_file_errors_are_reported_and_counted(tmp_path, keyfile, vstore, monkeypatch):
     """One failing file: one stderr line, counted, the rest still copied (the CLI exits 1)."""
     import io
-    import sealfs.fs.sync as sync_mod
+    import sealfs.fs.tools.sync as sync_mod
     src = tmp_path / "src"
     src.mkdir()
     for name in ("a.txt", "bad.txt", "c.txt"):

@@ -240,9 +240,9 @@ def test_ls_and_cat_handle_names_that_are_not_utf8(tmp_path, keyfile):
     """FUSE may create any byte string as a name (kept with surrogateescape)."""
     import trio
     from sealfs.backends.local import LocalBackend
-    from sealfs.crypto.kms import KeySecrets, provider_for_init
-    from sealfs.fs.pins import PinStore
-    from sealfs.fs.volume import Volume
+    from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
+    from sealfs.fs.core.pins import PinStore
+    from sealfs.fs.core.volume import Volume
     store = tmp_path / "s"
     store.mkdir()
 

@@ -1,5 +1,5 @@
 """Keys through the CLI: wrong keys change nothing, key-source precedence
-(fs/keysource.py), passphrase volumes, and secrets that never reach stdout/stderr."""
+(fs/cli/keysource.py), passphrase volumes, and secrets that never reach stdout/stderr."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import trio
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.config import WrappedDek
-from sealfs.crypto.kms import KeySecrets, provider_for_init
-from sealfs.fs.pins import PinStore
-from sealfs.fs.volume import Volume
-from sealfs.crypto.kms_local import KeyfileKek
+from sealfs.crypto.format.config import WrappedDek
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume
+from sealfs.crypto.keys.kms_local import KeyfileKek
 
 from tests.conftest import run_sealfs, tree_snapshot
 
@@ -127,7 +127,7 @@ def test_an_empty_passphrase_file_is_refused(pass_volume, tmp_path):
     assert_key_error(run_sealfs("ls", store, "--passphrase-file", empty), "empty")
 
 
-# -- key-source precedence (fs/keysource.py) --------------------------------------------------
+# -- key-source precedence (fs/cli/keysource.py) --------------------------------------------------
 
 def test_the_command_line_keyfile_beats_the_environment(key_volume):
     store, keyfile, wrong, _ = key_volume

@@ -1,4 +1,4 @@
-"""Volume pinning (docs/FORMAT.md section 5; fs/pins.py): the first use pins a volume
+"""Volume pinning (docs/FORMAT.md section 5; fs/core/pins.py): the first use pins a volume
 (id + config-key fingerprint); a substituted sealfs.json is refused with exit 6 until
 `sealfs repin STORE`."""
 
@@ -11,14 +11,14 @@ import pytest
 import trio
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.config import VolumeConfig, WrappedDek
-from sealfs.crypto.constants import CONFIG_NAME, DIR_META_NAME
-from sealfs.crypto.header import Kind, Metadata, new_dir_id, seal_dir_meta
-from sealfs.crypto.kdf import config_mac_key, dir_meta_key
-from sealfs.crypto.kms import KeySecrets, provider_for_init
-from sealfs.crypto.kms_local import KeyfileKek
-from sealfs.fs.pins import default_pin_path
-from sealfs.fs.volume import Volume
+from sealfs.crypto.format.config import VolumeConfig, WrappedDek
+from sealfs.crypto.format.constants import CONFIG_NAME, DIR_META_NAME
+from sealfs.crypto.format.header import Kind, Metadata, new_dir_id, seal_dir_meta
+from sealfs.crypto.format.kdf import config_mac_key, dir_meta_key
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
+from sealfs.crypto.keys.kms_local import KeyfileKek
+from sealfs.fs.core.pins import default_pin_path
+from sealfs.fs.core.volume import Volume
 
 from tests.conftest import run_sealfs, tree_snapshot
 

@@ -14,12 +14,12 @@ import pytest
 import trio
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.constants import CHUNK_OVERHEAD
-from sealfs.crypto.header import HEADER_SIZE
-from sealfs.crypto.kms import KeySecrets
-from sealfs.crypto.layout import slot_offset, stored_size
-from sealfs.fs.pins import PinStore
-from sealfs.fs.volume import Volume
+from sealfs.crypto.format.constants import CHUNK_OVERHEAD
+from sealfs.crypto.format.header import HEADER_SIZE
+from sealfs.crypto.keys.kms import KeySecrets
+from sealfs.crypto.format.layout import slot_offset, stored_size
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume
 
 from tests.conftest import run_sealfs
 
@@ -53,7 +53,7 @@ def template(tmp_path_factory):
     files = {name: os.urandom(_SIZE) for name in ("victim", "donor")}
 
     async def main():
-        from sealfs.crypto.kms import provider_for_init
+        from sealfs.crypto.keys.kms import provider_for_init
         secrets = KeySecrets(keyfile=keyfile)
         pins = PinStore(root / "pins.json")
         await Volume.init(LocalBackend(store), provider_for_init(None, secrets), chunk_size=CS, pins=pins)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.kms import KeySecrets
-from sealfs.fs.pins import PinStore
-from sealfs.fs.volume import Volume
+from sealfs.crypto.keys.kms import KeySecrets
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume
 from tests.servers.samba import new_store
 
 SEALFS_BIN = str(Path(sys.executable).with_name("sealfs"))

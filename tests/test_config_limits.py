@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 
 from sealfs.backends.base import BackendError
 from sealfs.backends.registry import BackendOptions, open_backend
-from sealfs.crypto.config import canonical_json
-from sealfs.crypto.kdf import config_mac_key
-from sealfs.crypto.kms_local import scrypt_problem
+from sealfs.crypto.format.config import canonical_json
+from sealfs.crypto.format.kdf import config_mac_key
+from sealfs.crypto.keys.kms_local import scrypt_problem
 
 from tests.conftest import run_sealfs
 

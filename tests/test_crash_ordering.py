@@ -1,4 +1,4 @@
-"""Crash ordering (fs/files.py FileState.flush; docs/FORMAT.md section 9):
+"""Crash ordering (fs/core/files.py FileState.flush; docs/FORMAT.md section 9):
 
 a size change touches two chunks (the old and the new final one). Grow = new chunks,
 then the old final chunk resealed, then the header; shrink = header, then the new final
@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.constants import CHUNK_OVERHEAD
-from sealfs.crypto.constants import JOURNAL_DIR
-from sealfs.crypto.header import HEADER_SIZE, read_header_public
-from sealfs.crypto.kms import KeySecrets
-from sealfs.crypto.layout import final_index, slot_offset, stored_size
-from sealfs.fs.pins import PinStore
-from sealfs.fs.journal import journal_path
-from sealfs.fs.volume import Volume
+from sealfs.crypto.format.constants import CHUNK_OVERHEAD
+from sealfs.crypto.format.constants import JOURNAL_DIR
+from sealfs.crypto.format.header import HEADER_SIZE, read_header_public
+from sealfs.crypto.keys.kms import KeySecrets
+from sealfs.crypto.format.layout import final_index, slot_offset, stored_size
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.journal import journal_path
+from sealfs.fs.core.volume import Volume
 
 CS = 4096
 
@@ -45,7 +45,7 @@ TARGET = "target"
 
 class Recorder(LocalBackend):
     """A local backend that logs every mutation of one backend file and of the write
-    journal (fs/journal.py), in issue order."""
+    journal (fs/core/journal.py), in issue order."""
 
     def __init__(self, root, target: str) -> None:
         super().__init__(root)
@@ -357,9 +357,9 @@ async def _make_file(make_volume, keyfile, content: bytes):
 
 async def _cipher_for(vol: Volume, path: str):
     """The real chunk cipher of a file, for building crash states by hand."""
-    from sealfs.crypto.chunks import ChunkCipher
-    from sealfs.crypto.header import read_header_public
-    from sealfs.crypto.kdf import file_key
+    from sealfs.crypto.format.chunks import ChunkCipher
+    from sealfs.crypto.format.header import read_header_public
+    from sealfs.crypto.format.kdf import file_key
     bpath = await _bpath(vol, path)
     raw = (vol.backend.root / bpath).read_bytes()
     dek_id, file_id = read_header_public(raw)

@@ -20,19 +20,19 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto import kdf
-from sealfs.crypto.chunks import ChunkCipher, chunk_aad
-from sealfs.crypto.config import VolumeConfig, canonical_json
-from sealfs.crypto.errors import IntegrityError, KeyAccessError
-from sealfs.crypto.header import (FileHeader, Kind, Metadata, open_dir_meta, open_header,
+from sealfs.crypto.format import kdf
+from sealfs.crypto.format.chunks import ChunkCipher, chunk_aad
+from sealfs.crypto.format.config import VolumeConfig, canonical_json
+from sealfs.errors import IntegrityError, KeyAccessError
+from sealfs.crypto.format.header import (FileHeader, Kind, Metadata, open_dir_meta, open_header,
                                   seal_dir_meta, seal_header)
-from sealfs.crypto.kms import KeySecrets
-from sealfs.crypto.kms_local import KeyfileKek, PassphraseKek
-from sealfs.crypto.layout import (chunk_plain_length, final_index, logical_size, slot_offset,
+from sealfs.crypto.keys.kms import KeySecrets
+from sealfs.crypto.keys.kms_local import KeyfileKek, PassphraseKek
+from sealfs.crypto.format.layout import (chunk_plain_length, final_index, logical_size, slot_offset,
                                   stored_size)
-from sealfs.crypto.names import NameCipher, check_name, long_name_entry, pad_name
-from sealfs.fs.files import FileState
-from sealfs.fs.volume import Volume
+from sealfs.crypto.format.names import NameCipher, check_name, long_name_entry, pad_name
+from sealfs.fs.core.files import FileState
+from sealfs.fs.core.volume import Volume
 
 sys.path.insert(0, str(Path(__file__).parent))
 import independent_decryptor as ind  # noqa: E402

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.crypto.header import Kind
-from sealfs.crypto.layout import slot_offset
+from sealfs.crypto.format.header import Kind
+from sealfs.crypto.format.layout import slot_offset
 
 sys.path.insert(0, str(Path(__file__).parent))
 import independent_decryptor as ind  # noqa: E402
@@ -299,8 +299,8 @@ SCENARIOS = {
 async def test_every_crash_point_reads_old_or_new(name, make_volume, keyfile: Path):
     """Replay each prefix of the writer's requests: the independent reader must get the old
     content, the new content, or (shrink then grow) the low-water content; never EIO."""
-    from sealfs.crypto.kms import KeySecrets
-    from sealfs.fs.volume import Volume
+    from sealfs.crypto.keys.kms import KeySecrets
+    from sealfs.fs.core.volume import Volume
 
     initial_size, low, action = SCENARIOS[name]
     old = blob(initial_size, 1)

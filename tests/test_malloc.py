@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 _CHURN = """
 import resource, sys
 if sys.argv[1] == "tuned":
-    from sealfs.fs.malloc import reuse_large_buffers
+    from sealfs.fs.cli.malloc import reuse_large_buffers
     reuse_large_buffers()
 MiB = 1 << 20
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

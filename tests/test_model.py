@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.kms import KeySecrets, provider_for_init
-from sealfs.crypto.layout import stored_size
-from sealfs.fs.pins import PinStore
-from sealfs.fs.volume import Volume, VolumeTuning
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
+from sealfs.crypto.format.layout import stored_size
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume, VolumeTuning
 
 
 def ops_strategy(cs: int):

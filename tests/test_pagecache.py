@@ -10,7 +10,7 @@ import threading
 
 import trio
 
-from sealfs.fs.pagecache import PAGE, PageCacheGuard
+from sealfs.fs.fuse.pagecache import PAGE, PageCacheGuard
 
 INODE = 7
 

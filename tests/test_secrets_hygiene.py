@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.crypto.broker import KeyBroker, wrap_new_dek
-from sealfs.crypto.config import VolumeConfig
-from sealfs.crypto.kms import KeySecrets
-from sealfs.crypto.kms_local import KeyfileKek
-from sealfs.crypto.secret_files import SecretFileModeError
-from sealfs.fs.keysource import smb_password_source
+from sealfs.crypto.keys.broker import KeyBroker, wrap_new_dek
+from sealfs.crypto.format.config import VolumeConfig
+from sealfs.crypto.keys.kms import KeySecrets
+from sealfs.crypto.keys.kms_local import KeyfileKek
+from sealfs.crypto.keys.secret_files import SecretFileModeError
+from sealfs.fs.cli.keysource import smb_password_source
 from tests.conftest import SEALFS_CMD, run_sealfs
 from tests.fuse.conftest import backend_kind, chunk_size, mount_env, mounted  # noqa: F401 (fixtures)
 
@@ -171,7 +171,7 @@ def test_an_smb_password_file_the_group_can_read_is_refused(tmp_path) -> None:
 
 def test_a_pin_file_the_group_can_read_is_refused(tmp_path) -> None:
     pytest.importorskip("pkcs11")
-    from sealfs.crypto.kms_pkcs11 import Pkcs11Uri, _read_pin
+    from sealfs.crypto.keys.kms_pkcs11 import Pkcs11Uri, _read_pin
     pin = tmp_path / "pin"
     pin.write_text("1234\n")
     pin.chmod(0o640)

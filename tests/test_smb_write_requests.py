@@ -53,7 +53,7 @@ def test_requests_are_views_of_the_callers_buffers_not_copies() -> None:
 def test_chunk_slots_cut_from_read_pieces_match_the_joined_bytes(sizes, wanted) -> None:
     """FileState cuts chunk slots out of a read's pieces (SmbBackend.read_many_pieces):
     views where a slot lies in one piece, a copy where it spans pieces, short at the end."""
-    from sealfs.fs.files import _cut
+    from sealfs.fs.core.files import _cut
     blob = bytes(range(256)) * 2
     pieces, pos = [], 0
     for n in sizes:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.crypto.constants import JOURNAL_DIR
-from sealfs.crypto.header import HEADER_SIZE, read_header_public
+from sealfs.crypto.format.constants import JOURNAL_DIR
+from sealfs.crypto.format.header import HEADER_SIZE, read_header_public
 
 import tests.mounting as mounting
 from tests.mounting import Mount, init_store

@@ -21,10 +21,10 @@ import pytest
 import trio
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.kms import KeySecrets, provider_for_init
-from sealfs.crypto.names import b32encode, long_name_entry, sidecar_of
-from sealfs.fs.pins import PinStore
-from sealfs.fs.volume import Volume
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
+from sealfs.crypto.format.names import b32encode, long_name_entry, sidecar_of
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume
 
 from tests.conftest import run_sealfs
 

@@ -8,7 +8,7 @@ import unicodedata
 
 import pytest
 
-from sealfs.crypto.constants import LONGNAME_PREFIX, LONGNAME_SIDECAR_SUFFIX
+from sealfs.crypto.format.constants import LONGNAME_PREFIX, LONGNAME_SIDECAR_SUFFIX
 
 from tests.conftest import backend_names
 

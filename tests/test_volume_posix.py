@@ -10,7 +10,7 @@ import stat
 import pytest
 import trio
 
-from sealfs.crypto.header import Kind
+from sealfs.crypto.format.header import Kind
 
 
 async def names_in(vol, path: str = "") -> list[str]:

@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from sealfs.crypto.constants import CHUNK_OVERHEAD
-from sealfs.crypto.header import HEADER_SIZE
-from sealfs.crypto.layout import slot_offset, stored_size
+from sealfs.crypto.format.constants import CHUNK_OVERHEAD
+from sealfs.crypto.format.header import HEADER_SIZE
+from sealfs.crypto.format.layout import slot_offset, stored_size
 
 KIB = 1024
 CHUNK_SIZES = [4 * KIB, 64 * KIB, 1024 * KIB]

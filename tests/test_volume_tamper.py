@@ -10,10 +10,10 @@ import shutil
 
 import pytest
 
-from sealfs.crypto.constants import CHUNK_OVERHEAD
-from sealfs.crypto.errors import IntegrityError
-from sealfs.crypto.header import HEADER_SIZE
-from sealfs.crypto.layout import slot_offset, stored_size
+from sealfs.crypto.format.constants import CHUNK_OVERHEAD
+from sealfs.errors import IntegrityError
+from sealfs.crypto.format.header import HEADER_SIZE
+from sealfs.crypto.format.layout import slot_offset, stored_size
 
 CS = 4096
 

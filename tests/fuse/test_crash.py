@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.crypto.layout import slot_offset, stored_size
+from sealfs.crypto.format.layout import slot_offset, stored_size
 from tests.mounting import Mount, init_store, sealfs
 
 pytestmark = pytest.mark.fuse

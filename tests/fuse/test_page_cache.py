@@ -8,7 +8,7 @@ straddling pages 1 and 2 fills page 1 and then waits for page 2; an fstat revali
 attributes (stale since the flush's writes), sees a new mtime and drops page 1
 (auto_inval_data); a read of page 1 then reaches sealfs before the write. Its reply puts
 the old bytes back in the cache, and the write lands a moment later. sealfs must drop that
-page again (fs/pagecache.py): an mmap reader, which never revalidates, checks.
+page again (fs/fuse/pagecache.py): an mmap reader, which never revalidates, checks.
 
 The ordering is forced with short sleeps inside a flush of known length, so it runs on the
 local backend; which backend holds the bytes does not matter to the kernel.

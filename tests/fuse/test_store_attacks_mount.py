@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.kms import KeySecrets
-from sealfs.crypto.names import b32encode, long_name_entry, sidecar_of
-from sealfs.fs.volume import Volume
+from sealfs.crypto.keys.kms import KeySecrets
+from sealfs.crypto.format.names import b32encode, long_name_entry, sidecar_of
+from sealfs.fs.core.volume import Volume
 
 LONG = "L" * 200
 FILES = {"top/good.txt": b"good\n", "top/bad.txt": b"bad\n", "top/sub/x.txt": b"x\n",

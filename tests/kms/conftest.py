@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root: tests
 
 from tests.servers.keyvault import KeyVaultServer, ensure_hosts  # noqa: E402
 
-from sealfs.crypto.kms import KeySecrets  # noqa: E402
+from sealfs.crypto.keys.kms import KeySecrets  # noqa: E402
 
 VAULT_HOSTS = ["kv.example.test", "hsm.example.test", "example.test"]
 SOFTHSM_MODULES = ["/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"]

@@ -15,12 +15,12 @@ from azure.keyvault.keys import KeyClient
 from tests.kms.conftest import point_env_at
 from tests.servers.keyvault import KeyVaultServer
 
-from sealfs.crypto.audit import AuditLog
-from sealfs.crypto.broker import KeyBroker, harden_process, wrap_new_dek
-from sealfs.crypto.config import VolumeConfig
-from sealfs.crypto.errors import KeyAccessError
-from sealfs.crypto.kms import KeySecrets, provider_for_init, provider_from_config
-from sealfs.crypto.kms_azure import AzureKeyRef
+from sealfs.crypto.keys.audit import AuditLog
+from sealfs.crypto.keys.broker import KeyBroker, harden_process, wrap_new_dek
+from sealfs.crypto.format.config import VolumeConfig
+from sealfs.errors import KeyAccessError
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init, provider_from_config
+from sealfs.crypto.keys.kms_azure import AzureKeyRef
 
 
 def _volume(provider, n: int = 1, audit: AuditLog | None = None) -> tuple[VolumeConfig, list[bytes]]:
@@ -100,7 +100,7 @@ async def test_ttl_evicts_only_idle_keys_and_zeroes_them(keyvault, kv_key_uri, a
 
 
 async def test_max_entries_drops_least_recently_used_idle(tmp_path) -> None:
-    from sealfs.crypto.kms_local import KeyfileKek, create_keyfile
+    from sealfs.crypto.keys.kms_local import KeyfileKek, create_keyfile
 
     create_keyfile(tmp_path / "k")
     provider = KeyfileKek(tmp_path / "k")
@@ -202,7 +202,7 @@ def _assert_no_key_material(text: str, keys: list[bytes]) -> None:
 
 
 def test_audit_records_failures_and_refuses_bytes(tmp_path) -> None:
-    from sealfs.crypto.kms_local import KeyfileKek, create_keyfile
+    from sealfs.crypto.keys.kms_local import KeyfileKek, create_keyfile
 
     create_keyfile(tmp_path / "k")
     log = AuditLog(tmp_path / "a.jsonl", volume_id="v")
@@ -232,7 +232,7 @@ def test_wrap_new_dek_verifies_unwrap_permission(keyvault, kv_key_uri, azure_sec
 
 
 def test_harden_process_in_a_child() -> None:
-    code = ("import ctypes; from sealfs.crypto.broker import harden_process; r = harden_process(); "
+    code = ("import ctypes; from sealfs.crypto.keys.broker import harden_process; r = harden_process(); "
             "print(r['dumpable_off'], ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.split() == ["True", "0"], out.stderr

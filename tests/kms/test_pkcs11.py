@@ -9,9 +9,9 @@ import pytest
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 
-from sealfs.crypto.config import WrappedDek
-from sealfs.crypto.errors import KeyAccessError, UsageError
-from sealfs.crypto.kms import KeySecrets, provider_for_init, provider_from_config
+from sealfs.crypto.format.config import WrappedDek
+from sealfs.errors import KeyAccessError, UsageError
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init, provider_from_config
 
 
 @pytest.mark.parametrize("obj,mechanism,expect", [

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.crypto.errors import ConfigError
-from sealfs.fs.config_file import (ConfigFileError, SecretFiles, SyncConfig, VolumeConfigFile,
+from sealfs.errors import ConfigError
+from sealfs.fs.cli.config_file import (ConfigFileError, SecretFiles, SyncConfig, VolumeConfigFile,
                                    credential_file, load_config_file, secret_files,
                                    parse_config_text, parse_size, resolve_config_path)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.crypto.errors import UsageError
-from sealfs.fs.mount_helper import (MountHelperError, build_mount_argv, main, parse_helper_args,
+from sealfs.errors import UsageError
+from sealfs.fs.fuse.mount_helper import (MountHelperError, build_mount_argv, main, parse_helper_args,
                                     split_options)
 
 BASE = ["sealfs", "mount", "smb://h/share", "/mnt/v", "--daemon"]
@@ -116,7 +116,7 @@ def test_main_execs_sealfs(tmp_path: Path) -> None:
     stub.chmod(0o755)
     env = dict(os.environ, SEALFS_BIN=str(stub))
     res = subprocess.run(
-        [sys.executable, "-c", "import sys; from sealfs.fs.mount_helper import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from sealfs.fs.fuse.mount_helper import main; sys.exit(main())",
          "smb://h/s", "/mnt/v", "-o", "defaults,_netdev,config=vol1,allow_other"],
         env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -126,7 +126,7 @@ def test_main_execs_sealfs(tmp_path: Path) -> None:
 
 def test_find_sealfs_follows_helper_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """/sbin/mount.fuse.sealfs -> /usr/local/bin/mount.sealfs finds /usr/local/bin/sealfs."""
-    from sealfs.fs import mount_helper
+    from sealfs.fs.fuse import mount_helper
     bindir = tmp_path / "bin"
     bindir.mkdir()
     for name in ("mount.sealfs", "sealfs"):

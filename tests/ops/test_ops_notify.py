@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.fs import notify
+from sealfs.fs.fuse import notify
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import os
 
 import pytest
 
-from sealfs.crypto.constants import JOURNAL_DIR
-from sealfs.crypto.header import HEADER_SIZE, read_header_public
-from sealfs.crypto.kms import KeySecrets, provider_for_init
-from sealfs.fs.pins import PinStore
-from sealfs.fs.volume import Volume
+from sealfs.crypto.format.constants import JOURNAL_DIR
+from sealfs.crypto.format.header import HEADER_SIZE, read_header_public
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume
 
 PRECIOUS = b"someone else's file on the same share\n" * 100
 

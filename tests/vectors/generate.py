@@ -23,16 +23,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sealfs.crypto import kdf
-from sealfs.crypto.chunks import ChunkCipher, chunk_aad
-from sealfs.crypto.config import VolumeConfig, WrappedDek, canonical_json
-from sealfs.crypto.constants import (CONFIG_NAME, DIR_META_NAME, HIDDEN_PREFIX, INFO_CONFIG,
+from sealfs.crypto.format import kdf
+from sealfs.crypto.format.chunks import ChunkCipher, chunk_aad
+from sealfs.crypto.format.config import VolumeConfig, WrappedDek, canonical_json
+from sealfs.crypto.format.constants import (CONFIG_NAME, DIR_META_NAME, HIDDEN_PREFIX, INFO_CONFIG,
                                      INFO_DIRS, INFO_FILE, INFO_NAMES, INFO_PIN, TEMP_PREFIX)
-from sealfs.crypto.header import (FileHeader, Kind, Metadata, seal_dir_meta, seal_header)
-from sealfs.crypto.kms_local import KeyfileKek, PassphraseKek
-from sealfs.crypto.layout import (chunk_plain_length, final_index, logical_size, slot_offset,
+from sealfs.crypto.format.header import (FileHeader, Kind, Metadata, seal_dir_meta, seal_header)
+from sealfs.crypto.keys.kms_local import KeyfileKek, PassphraseKek
+from sealfs.crypto.format.layout import (chunk_plain_length, final_index, logical_size, slot_offset,
                                   stored_size)
-from sealfs.crypto.names import NameCipher, pad_name, sidecar_of
+from sealfs.crypto.format.names import NameCipher, pad_name, sidecar_of
 
 HERE = Path(__file__).resolve().parent
 CREATED = "2024-01-01T00:00:00Z"

@@ -1,0 +1,70 @@
+"""The key hierarchy below a DEK: HKDF-SHA256 derivations, one per purpose."""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ...errors import KeyAccessError
+from ..secmem import SecretBuffer, secret
+from .constants import INFO_CONFIG, INFO_DIRS, INFO_FILE, INFO_NAMES, INFO_PIN
+
+KeyBytes = bytes | bytearray | memoryview
+
+
+def _live(key: KeyBytes) -> KeyBytes:
+    """An all-zero key is a wiped one: deriving from it would seal data under a public key."""
+    if not any(key):
+        raise KeyAccessError("a data key was used after it was zeroed (evicted from the cache)")
+    return key
+
+
+def hkdf(key: KeyBytes, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(_live(key))
+
+
+def hkdf_secret(key: KeyBytes, info: bytes, length: int = 32, salt: bytes | None = None) -> SecretBuffer:
+    """Like hkdf(), derived straight into locked memory: no Python copy of the result."""
+    out = secret(length)
+    HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive_into(_live(key), out.view)
+    return out
+
+
+def file_key(dek: KeyBytes, file_id: bytes) -> bytes:
+    """Per-file key: the GCM random-nonce bound (2^32 seals) then holds per file, not per volume."""
+    return hkdf(dek, INFO_FILE, 32, salt=file_id)
+
+
+def file_key_secret(dek: KeyBytes, file_id: bytes) -> SecretBuffer:
+    """file_key() in locked memory, for keys held while a file is open."""
+    return hkdf_secret(dek, INFO_FILE, 32, salt=file_id)
+
+
+def name_key(dek: KeyBytes) -> bytes:
+    """64 bytes: AES-SIV with AES-256 needs two 256-bit keys."""
+    return hkdf(dek, INFO_NAMES, 64)
+
+
+def name_key_secret(dek: KeyBytes) -> SecretBuffer:
+    """name_key() in locked memory, for the key a volume holds while open."""
+    return hkdf_secret(dek, INFO_NAMES, 64)
+
+
+def config_mac_key(dek: KeyBytes) -> bytes:
+    return hkdf(dek, INFO_CONFIG, 32)
+
+
+def dir_meta_key(dek: KeyBytes) -> bytes:
+    return hkdf(dek, INFO_DIRS, 32)
+
+
+def dir_meta_key_secret(dek: KeyBytes) -> SecretBuffer:
+    """dir_meta_key() in locked memory, for the key a volume holds while open."""
+    return hkdf_secret(dek, INFO_DIRS, 32)
+
+
+def pin_fingerprint(dek: KeyBytes) -> str:
+    """What clients pin: commits to the config key without revealing anything usable."""
+    return hashlib.sha256(hkdf(dek, INFO_PIN, 32)).hexdigest()

@@ -1,0 +1,86 @@
+"""`sealfs bench`: chunk sizes x backends, against plain / gocryptfs / securefs / rclone crypt / cryfs and,
+for smb, the raw SMB backend and rclone crypt over rclone's smb client."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: ARG001 (shared signature)
+    @cli.command(name="bench")
+    @click.option("--chunk-sizes", default="4K,16K,64K,256K,1M,4M", show_default=True,
+                  help="Comma-separated sealfs chunk sizes (each a fresh volume).")
+    @click.option("--backends", default="local", show_default=True,
+                  help="local and/or smb (smb starts a throwaway encrypted smbd unless --smb-url).")
+    @click.option("--smb-url", default=None, metavar="URL",
+                  help="smb://USER@HOST[:PORT]/SHARE[/DIR] to bench against (password: SEALFS_SMB_PASSWORD).")
+    @click.option("--size", "size_mib", type=int, default=256, show_default=True,
+                  help="MiB for the sequential write/read/cold-read test (1 MiB I/O); 0 skips.")
+    @click.option("--seconds", type=float, default=5, show_default=True,
+                  help="Seconds each for random 4 KiB read and write IOPS (fio psync); 0 skips.")
+    @click.option("--direct/--buffered", default=True, show_default=True,
+                  help="Random 4 KiB I/O with O_DIRECT (reaches the filesystem) or buffered.")
+    @click.option("--files", type=int, default=1000, show_default=True,
+                  help="Small 4 KiB files to create/stat/delete; 0 skips.")
+    @click.option("--tarball/--no-tarball", default=False, show_default=True,
+                  help="Extract, read and delete a tarball of a Python package.")
+    @click.option("--repeats", type=int, default=1, show_default=True,
+                  help="Runs per target (reported as median, min, max).")
+    @click.option("--peers", default="plain,pyfuse3,gocryptfs,securefs,rclone,cryfs,smb-raw,smbprotocol,smbprotocol-reuse,smbclient,rclone-smb", show_default=True,
+                  help="Reference filesystems measured in the same run (skipped if not installed); "
+                       "pyfuse3 is a pass-through over sealfs's own FUSE stack without crypto; "
+                       "smb-raw (the SMB backend alone), smbprotocol (the library's file API; "
+                       "-reuse: with glibc reusing its buffers), "
+                       "smbclient (Samba's C client), all sequential only, and rclone-smb (rclone "
+                       "crypt over rclone's smb client) run on the same share when smb is benched.")
+    @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench-results",
+                  show_default=True, help="Directory for results.json/.csv/.md and PNG charts.")
+    @click.option("--workdir", type=click.Path(file_okay=False), default=None,
+                  help="Where stores and mount points go (default: system temp dir).")
+    def bench(chunk_sizes: str, backends: str, smb_url: str | None, size_mib: int, seconds: float,
+              files: int, direct: bool, tarball: bool, repeats: int, peers: str, out_dir: str,
+              workdir: str | None) -> None:
+        """Benchmark sealfs mounts per chunk size and backend against peer filesystems."""
+        from rich.console import Console
+
+        from ...bench.report import write_all
+        from ...bench.runner import BenchConfig, run_bench
+        from .units import format_size, parse_size
+
+        try:
+            sizes = [format_size(parse_size(s)) for s in _csv(chunk_sizes)]
+        except ValueError as exc:
+            raise click.UsageError(f"--chunk-sizes: {exc}") from None
+        backend_list = _csv(backends)
+        bad = [b for b in backend_list if b not in ("local", "smb")]
+        if bad:
+            raise click.UsageError(f"--backends: unknown {', '.join(bad)} (local, smb)")
+        if repeats < 1:
+            raise click.UsageError("--repeats must be at least 1")
+        if smb_url and "smb" not in backend_list:
+            backend_list.append("smb")
+        cfg = BenchConfig(chunk_sizes=sizes, backends=backend_list, peers=_csv(peers),
+                          size_mib=size_mib, seconds=seconds, files=files, direct=direct, tarball=tarball,
+                          repeats=repeats, out=Path(out_dir), smb_url=smb_url,
+                          smb_password=os.environ.get("SEALFS_SMB_PASSWORD"),
+                          workdir=Path(workdir) if workdir else None)
+        if cfg.workdir:
+            cfg.workdir.mkdir(parents=True, exist_ok=True)
+        console = Console(stderr=True)
+        results = run_bench(cfg, console)
+        paths = write_all(results, cfg.out)
+        console.print(results_summary(paths))
+        if results.errors:
+            raise click.ClickException(f"{len(results.errors)} target run(s) failed: "
+                                       + "; ".join(results.errors)[:2000])
+
+
+def results_summary(paths: list[Path]) -> str:
+    return "wrote " + ", ".join(str(p) for p in paths)

@@ -1,0 +1,358 @@
+"""`sealfs fsck`: verify every byte of a volume on its backend, repair only what is safe.
+
+Volume.load has already verified sealfs.json (its MAC) and the root's sealfs.dir.
+The check then walks the backend tree from the root:
+
+  - each directory's sealfs.dir (dir id + sealed metadata);
+  - each entry name, decrypted with the parent's dir id (long names via their sidecar,
+    whose hash must match the entry name); a name that does not decrypt (modified, or
+    moved in from another directory) is reported by its ciphertext path;
+  - each file: the header, then every chunk (GCM tag, index and final flag; all-zero
+    non-final slots are holes); the committed size by the reader rule of FORMAT.md
+    (FileState.resolve_size); backend bytes beyond the committed extent are an
+    "uncommitted tail".
+
+Problems are printed one per line as "PROBLEM: <where>: <what>", <where> being the
+plaintext path when every component decrypted, else the backend (ciphertext) path.
+--repair fixes only what loses nothing a reader could see, each as "REPAIRED: ...":
+orphaned long-name sidecars, sealfs.tmp.* / sealfs.del.* leftovers (removed
+recursively), uncommitted tails (cut to the committed extent), and write journals left
+by a crashed mount (the chunks they tore restored, then removed). Damaged headers,
+chunks, names and directory records are reported, never "repaired".
+
+The store is untrusted: a symlink, FIFO, device or misplaced directory where sealfs keeps
+its write journals (sealfs.journal itself, or an entry in it) is reported by its
+ciphertext path, and --repair removes that entry itself (unlinkat never follows a
+symlink; the backend refuses to traverse one), never what it points to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ...backends.base import join
+from ...crypto.format.chunks import ChunkCipher
+from ...crypto.format.constants import (
+    CHUNK_OVERHEAD,
+    CONFIG_NAME,
+    DIR_META_NAME,
+    HIDDEN_PREFIX,
+    JOURNAL_DIR,
+    NONCE_SIZE,
+    TEMP_PREFIX,
+)
+from ...crypto.format.header import HEADER_SIZE
+from ...crypto.format.kdf import file_key
+from ...crypto.format.layout import chunk_count, chunk_plain_length, slot_offset, stored_size
+from ...crypto.format.names import (
+    entry_of_sidecar,
+    is_long_name_entry,
+    is_reserved,
+    is_sidecar,
+    long_name_entry,
+    sidecar_of,
+)
+from ...errors import IntegrityError, KeyAccessError
+from ..core.files import FileState
+from ..core.journal import journal_entries, journal_path
+from ..core.journal import recover as recover_journal
+from ..core.volume import DirInfo, Volume, _read_small
+
+READ_BLOCK = 1024 * 1024
+MAX_CHUNK_LINES = 20          # per file; the rest is summarised in one line
+
+
+@dataclass
+class FsckResult:
+    problems: list[str] = field(default_factory=list)     # still present
+    repaired: list[str] = field(default_factory=list)
+    directories: int = 0
+    files: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        return (f"fsck: {self.directories} directories, {self.files} files checked: "
+                f"{len(self.problems)} problems, {len(self.repaired)} repaired")
+
+
+class Fsck:
+    def __init__(self, volume: Volume, repair: bool = False,
+                 out: Callable[[str], None] = print) -> None:
+        self.vol = volume
+        self.backend = volume.backend
+        self.repair = repair
+        self.out = out
+        self.result = FsckResult()
+
+    # -- reporting ---------------------------------------------------------------------------
+    def _where(self, plain: str | None, bpath: str) -> str:
+        if plain is not None:
+            return plain or "/"
+        return f"{self.backend.location.rstrip('/')}/{bpath} (ciphertext path)"
+
+    def _cipher_note(self, plain: str | None, bpath: str) -> str:
+        """The ciphertext path, for a line that names an object by its plaintext path."""
+        if plain is None:
+            return ""
+        return f" (ciphertext path {self.backend.location.rstrip('/')}/{bpath})"
+
+    def problem(self, where: str, what: str) -> None:
+        line = f"PROBLEM: {where}: {what}"
+        self.result.problems.append(line)
+        self.out(line)
+
+    def repaired(self, where: str, what: str) -> None:
+        line = f"REPAIRED: {where}: {what}"
+        self.result.repaired.append(line)
+        self.out(line)
+
+    async def _safe(self, where: str, what: str, fix, done: str) -> None:
+        """A problem that --repair may fix."""
+        if not self.repair:
+            self.problem(where, what + " (fsck --repair fixes it)")
+            return
+        try:
+            await fix()
+        except OSError as exc:
+            self.problem(where, f"{what}; repair failed: {exc}")
+            return
+        self.repaired(where, done)
+
+    # -- walk --------------------------------------------------------------------------------
+    async def run(self) -> FsckResult:
+        root = await self.vol._root()
+        self.journals, planted = await journal_entries(self.backend)
+        for bpath, what in planted:
+            await self._planted(bpath, what)
+        await self._check_dir("", "", root)
+        for file_id in sorted(self.journals):      # no file has this id any more
+            path = journal_path(file_id)
+            await self._safe(self._where(None, path), "write journal of a file that no longer exists",
+                             lambda p=path: self.backend.unlink(p), "removed orphaned write journal")
+        return self.result
+
+    async def _check_dir(self, bpath: str, plain: str | None, info: DirInfo) -> None:
+        self.result.directories += 1
+        try:
+            entries = await self.backend.scandir(bpath)
+        except OSError as exc:
+            self.problem(self._where(plain, bpath), f"cannot list directory: {exc}")
+            return
+        names = dict(entries)
+        for entry, bstat in sorted(entries):
+            child = join(bpath, entry)
+            if entry == DIR_META_NAME or (bpath == "" and entry in (CONFIG_NAME, JOURNAL_DIR)):
+                continue
+            here = self._where(None, child)
+            if entry.startswith(TEMP_PREFIX) or entry.startswith(HIDDEN_PREFIX):
+                await self._safe(here, "leftover of an interrupted operation",
+                                 lambda c=child, d=bstat.is_dir: self._remove_tree(c, d),
+                                 "removed leftover")
+                continue
+            if is_sidecar(entry):
+                if entry_of_sidecar(entry) not in names:
+                    await self._safe(here, "orphaned long-name sidecar",
+                                     lambda c=child: self.backend.unlink(c),
+                                     "removed orphaned long-name sidecar")
+                continue
+            if bstat.foreign:       # never opened: a FIFO blocks, a symlink leaves the store
+                self.problem(here, "not a regular file or directory (not written by sealfs)")
+                continue
+            name: str | None
+            try:
+                name = await self._decode(info, bpath, entry, names)
+            except IntegrityError as exc:
+                self.problem(here, f"name does not decrypt in this directory (moved from "
+                                   f"another directory, or modified): {exc}")
+                name = None
+            if name is False:        # an unknown reserved entry (reported)
+                continue
+            child_plain = f"{plain}/{name}" if plain is not None and name is not None else None
+            if bstat.is_dir:
+                try:
+                    child_info = await self.vol._read_dir_info(child)
+                except IntegrityError as exc:
+                    self.problem(self._where(child_plain, child),
+                                 f"directory record: {exc}{self._cipher_note(child_plain, child)}")
+                    continue
+                await self._check_dir(child, child_plain, child_info)
+            else:
+                await self._check_file(child, self._where(child_plain, child), bstat.size,
+                                       self._cipher_note(child_plain, child))
+
+    async def _decode(self, info: DirInfo, bpath: str, entry: str, names: dict):
+        if is_long_name_entry(entry):
+            side = names.get(sidecar_of(entry))
+            if side is None:
+                raise IntegrityError("long name has no sidecar")
+            if side.foreign or side.is_dir:
+                raise IntegrityError("long-name sidecar is not a regular file")
+            try:
+                encoded = (await _read_small(self.backend, join(bpath, sidecar_of(entry)),
+                                             4096)).decode("ascii")
+            except UnicodeDecodeError:
+                raise IntegrityError("long-name sidecar is not ASCII") from None
+            if long_name_entry(encoded) != entry:
+                raise IntegrityError("long-name sidecar does not match its entry")
+            name = self.vol.names.decode(encoded, info.dir_id)
+            if self.vol.names.entry_for(name, info.dir_id)[0] != entry:
+                raise IntegrityError("long-name sidecar holds a name stored under another entry")
+            return name
+        if is_reserved(entry):
+            self.problem(self._where(None, join(bpath, entry)), "unknown sealfs.* entry")
+            return False
+        return self.vol.names.decode(entry, info.dir_id)
+
+    async def _planted(self, bpath: str, what: str) -> None:
+        """Someone wrote into the store: a problem even once removed (fsck exits 4), and
+        --repair removes the entry itself so journals work again."""
+        where = self._where(None, bpath)
+        hint = "" if self.repair else " (fsck --repair removes the entry itself)"
+        self.problem(where, f"{what}, not written by sealfs: planted in the store{hint}")
+        if not self.repair:
+            return
+        try:
+            await self._remove_entry(bpath)
+        except OSError as exc:
+            self.problem(where, f"removing it failed: {exc}")
+            return
+        self.repaired(where, "removed the planted entry itself (nothing it points to)")
+
+    async def _remove_entry(self, bpath: str) -> None:
+        """Remove one planted entry: a symlink or special file is unlinked as itself."""
+        st = await self.backend.stat(bpath)
+        await self._remove_tree(bpath, st.is_dir and not st.foreign)
+
+    async def _remove_tree(self, bpath: str, is_dir: bool) -> None:
+        if not is_dir:
+            await self.backend.unlink(bpath)
+            return
+        for entry, bstat in await self.backend.scandir(bpath):
+            await self._remove_tree(join(bpath, entry), bstat.is_dir)
+        await self.backend.rmdir(bpath)
+
+    # -- files -------------------------------------------------------------------------------
+    async def _check_file(self, bpath: str, where: str, stored: int, note: str = "") -> None:
+        self.result.files += 1
+        cs = self.vol.chunk_size
+        try:
+            handle = await self.backend.open(bpath)
+        except OSError as exc:
+            self.problem(where, f"cannot open: {exc}")
+            return
+        try:
+            if stored < HEADER_SIZE:
+                self.problem(where, f"file header truncated ({stored} of {HEADER_SIZE} bytes)"
+                                    f"{note}")
+                return
+            try:
+                header, dek = await self.vol._open_header(handle, bpath)
+            except (IntegrityError, KeyAccessError) as exc:
+                self.problem(where, f"file header: {_strip(exc, bpath)}{note}")
+                return
+            cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
+            if header.file_id in self.journals:
+                self.journals.discard(header.file_id)
+                await self._check_journal(bpath, where, header.file_id, cipher)
+                stored = (await self.backend.fstat(handle)).size
+            try:
+                committed = await FileState.resolve_size(self.backend, handle, header, cipher,
+                                                         cs, stored)
+            except IntegrityError as exc:
+                self.problem(where, f"{exc}; backend size {stored}")
+                await self._scan_chunks(handle, where, cipher, stored, None)
+                return
+            await self._scan_chunks(handle, where, cipher, stored, committed)
+        finally:
+            await self.backend.close(handle)
+        extent = stored_size(committed, cs)
+        if stored > extent:
+            async def cut() -> None:
+                h = await self.backend.open(bpath, write=True)
+                try:
+                    await self.backend.truncate(h, extent)
+                    await self.backend.flush(h)
+                finally:
+                    await self.backend.close(h)
+            await self._safe(where, f"uncommitted tail of {stored - extent} bytes after the "
+                                    f"committed size {committed}",
+                             cut, f"cut uncommitted tail of {stored - extent} bytes")
+
+    async def _check_journal(self, bpath: str, where: str, file_id: bytes,
+                             cipher: ChunkCipher) -> None:
+        """A journal left by a flush that never finished (fs/core/journal.py): the chunks it
+        tore are restored from it, the first thing a mount would do on opening the file."""
+        cs = self.vol.chunk_size
+        handle = await self.backend.open(bpath)
+        try:
+            torn = await recover_journal(self.backend, handle, file_id, cipher, cs, apply=False)
+        finally:
+            await self.backend.close(handle)
+
+        async def replay() -> None:
+            h = await self.backend.open(bpath, write=True)
+            try:
+                await recover_journal(self.backend, h, file_id, cipher, cs)
+                await self.backend.flush(h)
+            finally:
+                await self.backend.close(h)
+
+        if torn:
+            await self._safe(where, f"{torn} chunk(s) torn by an interrupted write, "
+                                    f"restorable from its write journal",
+                             replay, f"restored {torn} torn chunk(s) from the write journal")
+        else:
+            await self._safe(where, "leftover write journal of an interrupted write",
+                             replay, "removed spent write journal")
+
+    async def _scan_chunks(self, handle, where: str, cipher: ChunkCipher, stored: int,
+                           committed: int | None) -> None:
+        """Verify every chunk; with committed None (no valid final chunk), the chunks that
+        are present are checked as non-final ones so damage elsewhere is listed too."""
+        cs = self.vol.chunk_size
+        slot = cs + CHUNK_OVERHEAD
+        if committed is None:
+            count = max(0, (stored - HEADER_SIZE) // slot)       # complete slots only
+            size = count * cs
+            final = -1
+        else:
+            count = chunk_count(committed, cs)
+            size = committed
+            final = count - 1
+        per_read = max(1, READ_BLOCK // slot)
+        bad: list[int] = []
+        for first in range(0, count, per_read):
+            last = min(count, first + per_read)
+            start = slot_offset(first, cs)
+            end = slot_offset(last - 1, cs) + chunk_plain_length(last - 1, size, cs) + CHUNK_OVERHEAD
+            data = memoryview(await self.backend.read(handle, start, end - start))
+            for i in range(first, last):
+                lo = slot_offset(i, cs) - start
+                sealed = data[lo:lo + chunk_plain_length(i, size, cs) + CHUNK_OVERHEAD]
+                if len(sealed) < CHUNK_OVERHEAD:
+                    bad.append(i)
+                    continue
+                if i != final and sealed[:NONCE_SIZE] == bytes(NONCE_SIZE) \
+                        and sealed == bytes(len(sealed)):
+                    continue                                   # a hole
+                if not cipher.verifies(i, sealed, i == final):
+                    bad.append(i)
+        for i in bad[:MAX_CHUNK_LINES]:
+            self.problem(where, f"chunk {i} failed authentication")
+        if len(bad) > MAX_CHUNK_LINES:
+            self.problem(where, f"{len(bad) - MAX_CHUNK_LINES} more chunks failed authentication")
+
+
+def _strip(exc: BaseException, bpath: str) -> str:
+    text = str(exc)
+    prefix = f"{bpath}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+async def fsck_volume(volume: Volume, repair: bool = False,
+                      out: Callable[[str], None] = print) -> FsckResult:
+    return await Fsck(volume, repair, out).run()
