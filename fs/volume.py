@@ -545,6 +545,15 @@ class Volume:
         if cached is not None:
             self._subdirs[parent_bpath] = (None, max(0, cached[1] + delta))
 
+    async def _entries_changed(self, *parents: DirInfo) -> None:
+        """Entries of these directories were added, removed or renamed: their mtime and
+        ctime move, which backends that leave them alone (Azure Files over REST) need
+        done by us, one request a directory."""
+        if self.backend.capabilities.dir_times_follow_entries:
+            return
+        for bpath in dict.fromkeys(parent.bpath for parent in parents):
+            await self.backend.stamp_dir(bpath)
+
     async def _attr_of_state(self, state: FileState, bstat: BackendStat | None = None) -> Attr:
         if bstat is None:
             bstat = await self.backend.fstat(state.handle)
@@ -746,6 +755,7 @@ class Volume:
         self._dirs["/".join(split_path(path))] = info
         self._count_subdir_change(parent.bpath, +1)
         self._subdirs[bpath] = (None, 0)
+        await self._entries_changed(parent)
         return await self._dir_attr(info, await self.backend.stat(bpath))
 
     async def rmdir(self, path: str) -> None:
@@ -763,6 +773,7 @@ class Volume:
         self._forget_dir(path)
         self._count_subdir_change(parent.bpath, -1)
         self._subdirs.pop(bpath, None)
+        await self._entries_changed(parent)
 
     async def _check_empty(self, bpath: str, path: str) -> None:
         entries = dict(await self.backend.scandir(bpath))
@@ -817,6 +828,7 @@ class Volume:
             raise
         opened = self._open_new(state, path, append)
         opened.fresh_stat = created       # FUSE's create asks for attributes right away
+        await self._entries_changed(parent)
         return opened
 
     async def _new_file(self, tmp: str, bpath: str, mode: int, uid: int | None,
@@ -895,6 +907,7 @@ class Volume:
         for state in self._states.values():
             if state.bpath == temp.bpath:
                 state.bpath = bpath
+        await self._entries_changed(parent)
 
     async def discard_temp(self, temp: "TempName") -> None:
         await _remove_quietly(self.backend, temp.bpath)
@@ -1086,6 +1099,7 @@ class Volume:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         await self._losing_link(bpath, bstat)
         await self._remove_file_entry(parent, bpath, long)
+        await self._entries_changed(parent)
 
     async def _losing_link(self, bpath: str, bstat: BackendStat) -> None:
         """A file is about to lose the name bpath: its change time moves, which its other
@@ -1210,6 +1224,7 @@ class Volume:
                 await self._touch_dir(await self._dir(split_path(dst)))
             else:
                 await self._touch_file(d_bpath)
+        await self._entries_changed(s_parent, d_parent)
 
     async def link(self, src: str, dst: str) -> Attr:
         if not self.backend.capabilities.hard_links:
@@ -1230,6 +1245,7 @@ class Volume:
         self._forget_header(s_bpath)
         if not self.backend.capabilities.real_change_time:
             await self._touch_file(d_bpath)
+        await self._entries_changed(d_parent)
         return await self.stat(dst)
 
     async def symlink(self, path: str, target: str, uid: int | None = None,
