@@ -548,11 +548,13 @@ class Volume:
     async def _entries_changed(self, *parents: DirInfo) -> None:
         """Entries of these directories were added, removed or renamed: their mtime and
         ctime move, which backends that leave them alone (Azure Files over REST) need
-        done by us, one request a directory."""
+        done by us, one request a directory. Their subdirectory counts (kept by the
+        callers) stay valid at the mtime stamped: no recount for our own change."""
         if self.backend.capabilities.dir_times_follow_entries:
             return
         for bpath in dict.fromkeys(parent.bpath for parent in parents):
             await self.backend.stamp_dir(bpath)
+            self._count_subdir_change(bpath, 0)
 
     async def _attr_of_state(self, state: FileState, bstat: BackendStat | None = None) -> Attr:
         if bstat is None:
