@@ -12,7 +12,9 @@ deleting the name deletes the data here too.
 Times: REST exposes creation, last-write and change times, not the last access time, and
 sets none of them on read. The access time is kept in the creation-time field, which
 sealfs has no other use for: set_times is one Set File Properties, and a listing returns
-both times.
+both times. Creating, deleting or renaming an entry over REST moves no time of its
+directory, and nothing reports a directory's link count: the volume stamps the directory
+(stamp_dir) and counts subdirectories itself.
 
 Requests that Azure throttles (429, 503 ServerBusy) were not executed and are retried
 whatever they are, honouring Retry-After; other server errors (500, 502, 504) and lost
@@ -203,8 +205,8 @@ class AzureFilesBackend(Backend):
         self.location = target.location
         self.capabilities = Capabilities(case_insensitive=True, max_name_length=255, max_path_length=2048,
                                          hard_links=False, unlink_open_files=False,
-                                         stamps_write_time_on_close=False,
-                                         time_resolution_ns=100)
+                                         stamps_write_time_on_close=False, dir_link_counts=False,
+                                         dir_times_follow_entries=False, time_resolution_ns=100)
         self._sas_source = sas
         self._key_source = account_key
         self._credential = credential         # tests and embedders may pass a TokenCredential
@@ -748,6 +750,12 @@ class AzureFilesBackend(Backend):
             dc = self._dir(path)
             await self._run(lambda: dc.set_http_headers(file_last_write_time=mtime, file_creation_time=atime),
                             path, idempotent=True)
+
+    async def stamp_dir(self, path: str) -> None:
+        """One Set Directory Properties: last-write time now, change time now (its default),
+        creation time (our access time) preserved."""
+        dc = self._dir(path)
+        await self._run(lambda: dc.set_http_headers(file_last_write_time="now"), path, idempotent=True)
 
     async def statvfs(self) -> BackendStatvfs:
         client = self._client()

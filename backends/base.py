@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import errno
 import stat as stat_module
+import time
 from dataclasses import dataclass
 
 
@@ -67,6 +68,10 @@ class Capabilities:
     # The finest step of the times the backend keeps: SMB and Azure Files keep 100 ns
     # (FILETIME), so a time set there comes back cut to that step.
     time_resolution_ns: int = 1
+    # Adding, removing or renaming an entry moves its directory's mtime and ctime, as on
+    # POSIX. Azure Files over REST moves neither: the volume stamps the directory itself
+    # (Backend.stamp_dir) after each change of its entries.
+    dir_times_follow_entries: bool = True
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def set_times(self, path: str, atime_ns: int, mtime_ns: int) -> None: ...
+
+    async def stamp_dir(self, path: str) -> None:
+        """Move a directory's mtime and ctime to now and leave its atime: what a change of
+        its entries does on POSIX, for backends that do not do it themselves
+        (Capabilities.dir_times_follow_entries False). Backends may do it in one request."""
+        current = await self.stat(path)
+        await self.set_times(path, current.atime_ns, time.time_ns())
 
     async def fset_times(self, handle: Handle, atime_ns: int | None, mtime_ns: int) -> None:
         """Set times through an open handle (on SMB they then survive later writes on it).

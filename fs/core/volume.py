@@ -583,6 +583,17 @@ class Volume:
         if cached is not None:
             self._subdirs[parent_bpath] = (None, max(0, cached[1] + delta))
 
+    async def _entries_changed(self, *parents: DirInfo) -> None:
+        """Entries of these directories were added, removed or renamed: their mtime and
+        ctime move, which backends that leave them alone (Azure Files over REST) need
+        done by us, one request a directory. Their subdirectory counts (kept by the
+        callers) stay valid at the mtime stamped: no recount for our own change."""
+        if self.backend.capabilities.dir_times_follow_entries:
+            return
+        for bpath in dict.fromkeys(parent.bpath for parent in parents):
+            await self.backend.stamp_dir(bpath)
+            self._count_subdir_change(bpath, 0)
+
     async def _attr_of_state(self, state: FileState, bstat: BackendStat | None = None) -> Attr:
         if bstat is None:
             bstat = await self.backend.fstat(state.handle)
@@ -790,6 +801,7 @@ class Volume:
         self._dirs["/".join(split_path(path))] = info
         self._count_subdir_change(parent.bpath, +1)
         self._subdirs[bpath] = (None, 0)
+        await self._entries_changed(parent)
         return await self._dir_attr(info, await self.backend.stat(bpath))
 
     async def rmdir(self, path: str) -> None:
@@ -807,6 +819,7 @@ class Volume:
         self._forget_dir(path)
         self._count_subdir_change(parent.bpath, -1)
         self._subdirs.pop(bpath, None)
+        await self._entries_changed(parent)
 
     async def _check_empty(self, bpath: str, path: str) -> None:
         entries = dict(await self.backend.scandir(bpath))
@@ -861,6 +874,7 @@ class Volume:
             raise
         opened = self._open_new(state, path, append)
         opened.fresh_stat = created       # FUSE's create asks for attributes right away
+        await self._entries_changed(parent)
         return opened
 
     async def _new_file(self, tmp: str, bpath: str, mode: int, uid: int | None,
@@ -939,6 +953,7 @@ class Volume:
         for state in self._states.values():
             if state.bpath == temp.bpath:
                 state.bpath = bpath
+        await self._entries_changed(parent)
 
     async def discard_temp(self, temp: "TempName") -> None:
         await _remove_quietly(self.backend, temp.bpath)
@@ -1130,6 +1145,7 @@ class Volume:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         await self._losing_link(bpath, bstat)
         await self._remove_file_entry(parent, bpath, long)
+        await self._entries_changed(parent)
 
     async def _losing_link(self, bpath: str, bstat: BackendStat) -> None:
         """A file is about to lose the name bpath: its change time moves, which its other
@@ -1276,6 +1292,7 @@ class Volume:
                 await self._touch_dir(await self._dir(split_path(dst)))
             else:
                 await self._touch_file(d_bpath)
+        await self._entries_changed(s_parent, d_parent)
 
     async def _hidden_busy(self, bpath: str, hidden: str) -> None:
         """A replaced file that something held open, moved aside from bpath to hidden: the
@@ -1317,6 +1334,7 @@ class Volume:
         self._forget_header(s_bpath)
         if not self.backend.capabilities.real_change_time:
             await self._touch_file(d_bpath)
+        await self._entries_changed(d_parent)
         return await self.stat(dst)
 
     async def symlink(self, path: str, target: str, uid: int | None = None,

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -32,6 +38,43 @@ def backend_kind(request) -> str:
     return request.param
 
 
+@dataclass
+class AzureFilesProcess:
+    """The Azure Files test server (tests/servers/azfiles.py) running in a child process."""
+
+    account_url: str
+    account_key: str
+    ca_path: str
+
+    def new_store_url(self) -> str:
+        """A store in a fresh directory of the share (`sealfs init` creates it)."""
+        from tests.conftest import AZFILES_SHARE
+        return f"{self.account_url}/{AZFILES_SHARE}/t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def azfiles_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureFilesProcess]:
+    """Out of the test process: a test that flushes an mmap of a mounted file holds the
+    GIL while the mount's writes wait on the server (tests/servers/azfiles.py main)."""
+    from tests.conftest import AZFILES_SHARE
+    workdir = tmp_path_factory.mktemp("azfiles-process")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.azfiles", str(workdir), AZFILES_SHARE],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        info = json.loads(proc.stdout.readline() or "null")
+        assert info, f"the Azure Files test server did not start (exit {proc.poll()})"
+        yield AzureFilesProcess(f"https://{info['host']}:{info['port']}", info["account_key"],
+                                info["ca_path"])
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture
 def mounted(request, tmp_path: Path, keyfile: Path, mount_env: dict, chunk_size: str,
             backend_kind: str):
@@ -47,12 +90,10 @@ def mounted(request, tmp_path: Path, keyfile: Path, mount_env: dict, chunk_size:
         mount_env["SEALFS_SMB_PASSWORD"] = smb.server.password
     elif backend_kind == "azfiles":
         # No local directory holds this store's ciphertext: store_dir is None.
-        from tests.azfiles.conftest import new_azfiles_store
-        server = request.getfixturevalue("azfiles_server")
-        az = new_azfiles_store(server, tmp_path)
-        store, store_dir = az.url, None
+        server = request.getfixturevalue("azfiles_process")
+        store, store_dir = server.new_store_url(), None
         mount_env["SEALFS_AZURE_ACCOUNT_KEY"] = server.account_key
-        mount_env["REQUESTS_CA_BUNDLE"] = str(server.ca_path)
+        mount_env["REQUESTS_CA_BUNDLE"] = server.ca_path
     else:
         store = store_dir = tmp_path / "store"
     _skip_unless_able(request, str(store), store_dir)

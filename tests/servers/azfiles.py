@@ -1171,3 +1171,24 @@ class _FilesHandler(BaseHTTPRequestHandler):
         node.touch()
         share.nodes.update(moved)
         self._send(200, headers=self._smb_headers(node))
+
+
+def main(argv: list[str]) -> None:
+    """``python -m tests.servers.azfiles WORKDIR SHARE``: a server in a process of its own.
+
+    A test process that maps a mounted file and calls mmap.flush() holds the GIL through
+    msync, which waits for the mount's writes, which wait for this server: in that process
+    the server could never answer. Prints one JSON line (port, account key, CA), then
+    serves until its stdin closes."""
+    import sys
+    server = AzureFilesServer(Path(argv[0])).start()
+    server.create_share(argv[1])
+    print(json.dumps({"port": server.port, "host": server.host, "account_key": server.account_key,
+                      "ca_path": str(server.ca_path)}), flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:])
