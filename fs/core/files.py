@@ -139,7 +139,7 @@ class FileState:
                 elif stored != stored_size(candidate, chunk_size):
                     log.info("%s: ignoring an uncommitted tail after size %d", handle.path, candidate)
                 return candidate
-        raise IntegrityError(f"final chunk failed authentication (file truncated or damaged)")
+        raise IntegrityError("final chunk failed authentication (file truncated or damaged)")
 
     # -- reading -------------------------------------------------------------------------
     async def read(self, offset: int, size: int) -> bytes:
