@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sealfs.backends.smb import _write_requests
+from sealfs.backends.smb.messages import write_requests
 
 LIMIT = 64
 
@@ -24,7 +24,7 @@ def write_lists(draw):
 @settings(max_examples=400, deadline=None)
 @given(write_lists())
 def test_requests_carry_every_byte_once_within_the_limit(writes) -> None:
-    requests = _write_requests(writes, LIMIT)
+    requests = write_requests(writes, LIMIT)
     placed: dict[int, int] = {}
     for offset, segments in requests:
         data = b"".join(bytes(s) for s in segments)
@@ -42,7 +42,7 @@ def test_requests_carry_every_byte_once_within_the_limit(writes) -> None:
 
 def test_requests_are_views_of_the_callers_buffers_not_copies() -> None:
     buf = bytearray(b"x" * 100)
-    (offset, segments), *rest = _write_requests([(0, buf)], LIMIT)
+    (offset, segments), *rest = write_requests([(0, buf)], LIMIT)
     buf[0:1] = b"y"
     assert offset == 0 and bytes(segments[0][:1]) == b"y" and rest[0][0] == LIMIT
 

@@ -1,5 +1,5 @@
 """A sealfs mount is noatime: over SMB, the access time sealfs shows is kept in the
-entry's CreationTime, which no read or listing of the server moves (backends/smb.py)."""
+entry's CreationTime, which no read or listing of the server moves (backends/smb/messages.py)."""
 
 from __future__ import annotations
 

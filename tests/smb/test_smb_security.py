@@ -127,9 +127,9 @@ def test_plaintext_message_on_an_encrypted_session_is_rejected() -> None:
     from smbprotocol.exceptions import SMBException
     from smbprotocol.header import Commands, SMB2HeaderResponse
 
-    from sealfs.backends.smb import _EncryptingConnection
+    from sealfs.backends.smb.wire import EncryptingConnection
 
-    conn = _EncryptingConnection(uuid.uuid4(), "127.0.0.1", 1)
+    conn = EncryptingConnection(uuid.uuid4(), "127.0.0.1", 1)
 
     class EncryptedSession:
         encrypt_data = True
