@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import workloads as W
-from .peers import PEERS, SMB_PEERS, DirectTarget, SealfsTarget, Target, peer_available
+from .peers import PEERS, SMB_PEERS, SealfsTarget, peer_available
+from .targets import DirectTarget, Target
 from .samba import SmbShare
 
 

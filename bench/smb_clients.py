@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from ..backends.smb import SmbTarget
-from .peers import DirectTarget, TargetError, drop_file_cache, quiesce_disk
+from .targets import DirectTarget, TargetError, drop_file_cache, quiesce_disk
 from .samba import SmbShare
 
 MiB = 1024 * 1024

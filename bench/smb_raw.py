@@ -27,7 +27,7 @@ import trio
 from ..backends.registry import BackendOptions, open_backend
 from ..backends.smb import SmbBackend
 from ..fs.core.files import FileTuning
-from .peers import DirectTarget, drop_file_cache, quiesce_disk
+from .targets import DirectTarget, drop_file_cache, quiesce_disk
 from .samba import SmbShare
 
 MiB = 1024 * 1024
