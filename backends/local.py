@@ -48,10 +48,10 @@ from .confine import (
 
 log = logging.getLogger(__name__)
 
-# Data I/O below this size stays on the event loop: a thread hop (~50-100 us with the
-# wake-up of the trio loop) costs more than a pread/pwrite of 128 KiB from the page cache
-# (~20 us). It covers one sealed 64 KiB chunk (64 KiB + 28), which a random 4 KiB read of
-# an uncached chunk needs at the default chunk size.
+# Data I/O below this size stays on the event loop: a thread hop (with the wake-up of the
+# trio loop) costs several times a pread/pwrite of 128 KiB from the page cache. It covers
+# one sealed 64 KiB chunk (64 KiB + 28), which a random 4 KiB read of an uncached chunk
+# needs at the default chunk size.
 _INLINE_IO = 128 * 1024
 try:
     _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))   # -1 would mean "no limit known"

@@ -8,7 +8,7 @@ size; then reconnects, evicts the share file from the server's page cache (when 
 share is local) and reads it cold. Connection settings are SmbBackend's defaults, the
 same as `sealfs mount` without options.
 
-    python -m sealfs.bench.smb_raw [--size-mib 256] [--batch-mib 32] [--connections 2]
+    python -m sealfs.bench.smb_raw [--size-mib 256] [--batch-mib 8] [--connections 2]
 
 runs it alone against a throwaway smbd (needs root and smbd).
 """

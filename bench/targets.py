@@ -78,8 +78,8 @@ def _tail(log: Path | None) -> str:
 
 def quiesce_disk() -> None:
     """Write back every dirty page before a timed write starts (untimed), so a target's
-    sequential write does not pay for the previous target's: on this VM the same code
-    wrote 0.77x or 1.57x gocryptfs depending on what had been written just before."""
+    sequential write does not pay for the previous target's: without it the same code's
+    ratio to a peer swung twofold with what had been written just before."""
     os.sync()
 
 
