@@ -27,8 +27,8 @@ import trio
 from ..backends.registry import BackendOptions, open_backend
 from ..backends.smb import SmbBackend
 from ..fs.core.files import FileTuning
-from .targets import DirectTarget, drop_file_cache, quiesce_disk
 from .samba import SmbShare
+from .targets import DirectTarget, drop_file_cache, quiesce_disk
 
 MiB = 1024 * 1024
 PIECE = MiB                                   # one write()/read() of the mount workloads

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                    password=os.environ.get("SEALFS_SMB_PASSWORD"),
                                    port=args.port, encrypt=True)
         print(json.dumps(_transfer(smbclient, args)))
-    except Exception as e:       # one line for the bench's TargetError, never a traceback
+    except Exception as e:  # noqa: BLE001 (one line for the bench's TargetError, never a traceback)
         print(f"smbprotocol {args.op} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
               file=sys.stderr)
         return 1

@@ -25,7 +25,6 @@ import subprocess
 import time
 from pathlib import Path
 
-
 # workload groups a target can run (runner.run_one); most mounts run them all
 WORKLOAD_GROUPS = frozenset({"sequential", "random", "small_files", "tarball"})
 
@@ -167,7 +166,7 @@ class Target(abc.ABC):
                     pass
         return total
 
-    def __enter__(self) -> "Target":
+    def __enter__(self) -> Target:
         try:
             self.setup()
             self.mount()
@@ -185,7 +184,7 @@ class Target(abc.ABC):
     def close(self) -> None:
         try:
             self.unmount()
-        except Exception:
+        except Exception:  # noqa: BLE001 (closing anyway: the lazy unmount below is the last resort)
             pass
         finally:
             lazy_unmount(self.mountpoint)
@@ -202,12 +201,9 @@ class ProcessTarget(Target):
 
     def _spawn(self, argv: list[str], timeout: float, stdin: bytes | None = None) -> None:
         """Start the mount process (stdin: e.g. a password, then EOF) and wait until it is live."""
-        logf = open(self.log, "ab")
-        try:
+        with open(self.log, "ab") as logf:     # the child keeps its own descriptor
             self.proc = subprocess.Popen(argv, env=self.env, stdout=logf, stderr=logf,
                                          stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE)
-        finally:
-            logf.close()
         if stdin is not None:
             try:
                 self.proc.stdin.write(stdin)
@@ -262,7 +258,7 @@ class ProcessTarget(Target):
     def close(self) -> None:
         try:
             self.unmount()
-        except Exception:
+        except Exception:  # noqa: BLE001 (whatever failed, the process must not outlive the target)
             self._kill()
         finally:
             lazy_unmount(self.mountpoint)

@@ -73,7 +73,7 @@ def key_args(keyfile: Path) -> list[str]:
 
 
 def summary(result: subprocess.CompletedProcess) -> str:
-    lines = [l for l in result.stdout.decode().splitlines() if l.startswith("sync:")]
+    lines = [line for line in result.stdout.decode().splitlines() if line.startswith("sync:")]
     return lines[-1]
 
 
@@ -198,6 +198,7 @@ async def test_checksum_catches_same_size_same_mtime_change(tmp_path, keyfile, v
 async def test_per_file_errors_are_reported_and_counted(tmp_path, keyfile, vstore, monkeypatch):
     """One failing file: one stderr line, counted, the rest still copied (the CLI exits 1)."""
     import io
+
     import sealfs.fs.tools.sync as sync_mod
     src = tmp_path / "src"
     src.mkdir()

@@ -239,6 +239,7 @@ def test_module_and_console_script_agree(vol4k):
 def test_ls_and_cat_handle_names_that_are_not_utf8(tmp_path, keyfile):
     """FUSE may create any byte string as a name (kept with surrogateescape)."""
     import trio
+
     from sealfs.backends.local import LocalBackend
     from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
     from sealfs.fs.core.pins import PinStore

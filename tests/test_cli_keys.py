@@ -13,10 +13,9 @@ import trio
 from sealfs.backends.local import LocalBackend
 from sealfs.crypto.format.config import WrappedDek
 from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
+from sealfs.crypto.keys.kms_local import KeyfileKek
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
-from sealfs.crypto.keys.kms_local import KeyfileKek
-
 from tests.conftest import run_sealfs, tree_snapshot
 
 PASSPHRASE = "correct horse battery staple 9431"

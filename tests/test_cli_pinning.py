@@ -19,7 +19,6 @@ from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.crypto.keys.kms_local import KeyfileKek
 from sealfs.fs.core.pins import default_pin_path
 from sealfs.fs.core.volume import Volume
-
 from tests.conftest import run_sealfs, tree_snapshot
 
 

@@ -16,11 +16,10 @@ import trio
 from sealfs.backends.local import LocalBackend
 from sealfs.crypto.format.constants import CHUNK_OVERHEAD
 from sealfs.crypto.format.header import HEADER_SIZE
-from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.crypto.format.layout import slot_offset, stored_size
+from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
-
 from tests.conftest import run_sealfs
 
 CS = 4096

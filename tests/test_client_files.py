@@ -224,7 +224,7 @@ def syncish_tree(src: Path) -> None:
 
 
 def sync_summary(r: subprocess.CompletedProcess) -> str:
-    return [l for l in r.stdout.decode().splitlines() if l.startswith("sync:")][-1]
+    return [line for line in r.stdout.decode().splitlines() if line.startswith("sync:")][-1]
 
 
 def test_user_files_with_temporary_looking_names_round_trip(tmp_path, keyfile, vstore):

@@ -16,8 +16,8 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
@@ -27,7 +27,6 @@ from sealfs.backends.registry import BackendOptions, open_backend
 from sealfs.crypto.format.config import canonical_json
 from sealfs.crypto.format.kdf import config_mac_key
 from sealfs.crypto.keys.kms_local import scrypt_problem
-
 from tests.conftest import run_sealfs
 
 

@@ -15,7 +15,7 @@ from sealfs.crypto.format.header import Kind
 from sealfs.crypto.format.layout import slot_offset
 
 sys.path.insert(0, str(Path(__file__).parent))
-import independent_decryptor as ind  # noqa: E402
+import independent_decryptor as ind
 
 LONG_FILE = "a-rather-long-file-name-" * 6 + ".txt"                 # 148 bytes: long form
 LONG_DIR = "Ünïcödé directory with a long name " * 5                # 185 bytes: long form

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.crypto.format.layout import stored_size
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume, VolumeTuning
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.crypto.keys.broker import KeyBroker, wrap_new_dek
 from sealfs.crypto.format.config import VolumeConfig
+from sealfs.crypto.keys.broker import KeyBroker, wrap_new_dek
 from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.crypto.keys.kms_local import KeyfileKek
 from sealfs.crypto.keys.secret_files import SecretFileModeError

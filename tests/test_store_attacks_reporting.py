@@ -21,11 +21,10 @@ import pytest
 import trio
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.crypto.format.names import b32encode, long_name_entry, sidecar_of
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
-
 from tests.conftest import run_sealfs
 
 CS = 4096
@@ -139,7 +138,7 @@ ATTACKS = {
 }
 
 
-def sealfs(*args) -> "object":
+def sealfs(*args) -> object:
     try:
         return run_sealfs(*args, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -11,9 +11,9 @@ import shutil
 import pytest
 
 from sealfs.crypto.format.constants import CHUNK_OVERHEAD
-from sealfs.errors import IntegrityError
 from sealfs.crypto.format.header import HEADER_SIZE
 from sealfs.crypto.format.layout import slot_offset, stored_size
+from sealfs.errors import IntegrityError
 
 CS = 4096
 

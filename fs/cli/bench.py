@@ -11,12 +11,15 @@ from pathlib import Path
 
 import click
 
+DEFAULT_PEERS = ("plain,pyfuse3,gocryptfs,securefs,rclone,cryfs,"
+                 "smb-raw,smbprotocol,smbprotocol-reuse,smbclient,rclone-smb")
+
 
 def _csv(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: ARG001 (shared signature)
+def register(cli, Context, key_options, opened_volume, run) -> None:  # every cli module's signature
     @cli.command(name="bench")
     @click.option("--chunk-sizes", default="4K,16K,64K,256K,1M,4M", show_default=True,
                   help="Comma-separated sealfs chunk sizes (each a fresh volume).")
@@ -36,7 +39,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
                   help="Extract, read and delete a tarball of a Python package.")
     @click.option("--repeats", type=int, default=1, show_default=True,
                   help="Runs per target (reported as median, min, max).")
-    @click.option("--peers", default="plain,pyfuse3,gocryptfs,securefs,rclone,cryfs,smb-raw,smbprotocol,smbprotocol-reuse,smbclient,rclone-smb", show_default=True,
+    @click.option("--peers", default=DEFAULT_PEERS, show_default=True,
                   help="Reference filesystems measured in the same run (skipped if not installed); "
                        "pyfuse3 is a pass-through over sealfs's own FUSE stack without crypto; "
                        "smb-raw (the SMB backend alone), smbprotocol (the library's file API; "
@@ -53,7 +56,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
         """Benchmark sealfs mounts per chunk size and backend against peer filesystems."""
         from rich.console import Console
 
-        from ...bench.cli import run
+        from ...bench.cli import run as run_bench
         from .units import format_size, parse_size
 
         try:
@@ -68,10 +71,10 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
             raise click.UsageError("--repeats must be at least 1")
         if smb_url and "smb" not in backend_list:
             backend_list.append("smb")
-        errors = run(chunk_sizes=sizes, backends=backend_list, peers=_csv(peers), size_mib=size_mib,
-                     seconds=seconds, files=files, direct=direct, tarball=tarball, repeats=repeats,
-                     out=Path(out_dir), smb_url=smb_url,
-                     smb_password=os.environ.get("SEALFS_SMB_PASSWORD"),
-                     workdir=Path(workdir) if workdir else None, console=Console(stderr=True))
+        errors = run_bench(chunk_sizes=sizes, backends=backend_list, peers=_csv(peers),
+                           size_mib=size_mib, seconds=seconds, files=files, direct=direct,
+                           tarball=tarball, repeats=repeats, out=Path(out_dir), smb_url=smb_url,
+                           smb_password=os.environ.get("SEALFS_SMB_PASSWORD"),
+                           workdir=Path(workdir) if workdir else None, console=Console(stderr=True))
         if errors:
             raise click.ClickException(f"{len(errors)} target run(s) failed: " + "; ".join(errors)[:2000])

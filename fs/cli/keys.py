@@ -14,7 +14,7 @@ from .report import fail_on_problems
 
 
 def register(cli, Context, key_options, opened_volume, run) -> None:
-    def ctx() -> "Context":
+    def ctx() -> Context:
         return click.get_current_context().find_object(Context)
 
     @cli.group()

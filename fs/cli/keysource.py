@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -118,7 +118,8 @@ def azure_secret_source(secret_file: str | None, env: str, config_file: str | No
     return fetch
 
 
-def smb_password_source(password_file: str | None, config_file: str | None = None) -> Callable[[], str | None]:
+def smb_password_source(password_file: str | None,
+                        config_file: str | None = None) -> Callable[[], str | None]:
     """The SMB password, fetched only if an smb:// store is actually opened.
 
     Precedence as for keys: --smb-password-file, then SEALFS_SMB_PASSWORD, then the

@@ -8,12 +8,11 @@ import time
 
 import pytest
 
-from tests.servers.keyvault import BlackholeServer, KeyVaultServer
-
 from sealfs.crypto.format.config import WrappedDek
-from sealfs.errors import KeyAccessError, UsageError
 from sealfs.crypto.keys.kms import KeySecrets, provider_for_init, provider_from_config
 from sealfs.crypto.keys.kms_azure import KV_ROLE, AzureKeyRef
+from sealfs.errors import KeyAccessError, UsageError
+from tests.servers.keyvault import BlackholeServer, KeyVaultServer
 
 
 def _unwrap_fresh(entry: dict, res, secrets: KeySecrets) -> bytes:

@@ -12,15 +12,14 @@ import pytest
 import trio
 from azure.keyvault.keys import KeyClient
 
-from tests.kms.conftest import point_env_at
-from tests.servers.keyvault import KeyVaultServer
-
+from sealfs.crypto.format.config import VolumeConfig
 from sealfs.crypto.keys.audit import AuditLog
 from sealfs.crypto.keys.broker import KeyBroker, harden_process, wrap_new_dek
-from sealfs.crypto.format.config import VolumeConfig
-from sealfs.errors import KeyAccessError
 from sealfs.crypto.keys.kms import KeySecrets, provider_for_init, provider_from_config
 from sealfs.crypto.keys.kms_azure import AzureKeyRef
+from sealfs.errors import KeyAccessError
+from tests.kms.conftest import point_env_at
+from tests.servers.keyvault import KeyVaultServer
 
 
 class FakeClock:
