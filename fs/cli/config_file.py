@@ -58,7 +58,7 @@ CONFIG_DIR_ENV = "SEALFS_CONFIG_DIR"
 
 # A bare volume name: what systemd passes as %i and fstab as config=NAME.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]*$")
-# Same rule as crypto.kms.provider_for_init: a Key Vault key URL or a PKCS#11 URI.
+# Same rule as crypto/keys/kms.py provider_for_init: a Key Vault key URL or a PKCS#11 URI.
 _KEK_RE = re.compile(r"^(https://[^/\s]+/\S+|pkcs11:\S+)$")
 _SECRET_KEYS = {"passphrase", "password", "smb_password", "key", "secret"}
 

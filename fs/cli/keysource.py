@@ -4,11 +4,11 @@
 2. the environment: SEALFS_KEYFILE (a path) / SEALFS_PASSPHRASE (the passphrase)
 3. --config NAME: systemd credentials ($CREDENTIALS_DIRECTORY/keyfile or
    .../passphrase, see systemd/sealfs@.service) first, then the file's keyfile /
-   passphrase_file keys (fs/config_file.secret_files)
+   passphrase_file keys (fs/cli/config_file.py, secret_files)
 4. an interactive prompt for the passphrase, only when stdin is a terminal
 
 Secrets never come from argv: only file paths do. A --daemon mount's child gets the
-secret variables through a pipe, not its environment (fs/fuse/daemon.py): secret_env()
+secret variables through a pipe, not its environment (fs/cli/daemon.py): secret_env()
 reads those first.
 """
 

@@ -558,7 +558,7 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
         opts = _split_options(options + (ctx.config.options if ctx.config else ()))
         mp = check_mountpoint(mountpoint, allow_nonempty="nonempty" in opts)
         if daemon:
-            from ..fuse.daemon import spawn_daemon
+            from .daemon import spawn_daemon
             spawn_daemon(ctx.secrets(), log_file)
             return
 
@@ -583,7 +583,7 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
 
 
 def _ready_reporter():
-    from ..fuse.daemon import ReadyReporter
+    from .daemon import ReadyReporter
     return ReadyReporter.from_environment()
 
 
