@@ -169,9 +169,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "fuse" in parts or fixtures & _FUSE_FIXTURES or hasattr(item.module, "Mount"):
             item.add_marker(pytest.mark.fuse)
-        if ("smb" in parts or fixtures & _SMB_FIXTURES or params.get("backend_kind") == "smb"
-                or params.get("kind") == "smb"):
+        kinds = {v for v in params.values() if isinstance(v, str)}   # e.g. a backend_kind param
+        if "smb" in parts or fixtures & _SMB_FIXTURES or "smb" in kinds:
             item.add_marker(pytest.mark.smb)
-        if ("azfiles" in parts or fixtures & _AZFILES_FIXTURES or params.get("backend_kind") == "azfiles"
-                or params.get("kind") == "azfiles"):
+        if "azfiles" in parts or fixtures & _AZFILES_FIXTURES or "azfiles" in kinds:
             item.add_marker(pytest.mark.azfiles)

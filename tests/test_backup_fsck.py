@@ -75,6 +75,7 @@ def problems(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("PROBLEM: ")]
 
 
+@pytest.mark.slow
 async def test_clean_volume_exits_0(vol_store, keyfile):
     code, out, err = fsck(vol_store, keyfile)
     assert code == 0, out + err
@@ -82,6 +83,7 @@ async def test_clean_volume_exits_0(vol_store, keyfile):
     assert "4 directories, 6 files checked: 0 problems" in out
 
 
+@pytest.mark.slow
 async def test_damage_is_reported_by_path_and_never_repaired(vol_store, keyfile):
     big = await bpath_of(vol_store, keyfile, "/dir/big.bin")
     a = await bpath_of(vol_store, keyfile, "/a.txt")
@@ -112,6 +114,7 @@ async def test_damage_is_reported_by_path_and_never_repaired(vol_store, keyfile)
     assert {p: p.read_bytes() for p in before} == before          # nothing touched
 
 
+@pytest.mark.slow
 async def test_safe_problems_are_repaired(vol_store, keyfile):
     a = await bpath_of(vol_store, keyfile, "/a.txt")
     long_entry = await bpath_of(vol_store, keyfile, f"/dir/{LONG}")
@@ -153,6 +156,7 @@ async def test_safe_problems_are_repaired(vol_store, keyfile):
         await vol.close()
 
 
+@pytest.mark.slow
 async def test_repair_fixes_safe_ones_but_exit_4_remains(vol_store, keyfile):
     big = await bpath_of(vol_store, keyfile, "/dir/big.bin")
     flip(big, slot_offset(0, CS) + NONCE_SIZE)
@@ -168,6 +172,7 @@ async def test_repair_fixes_safe_ones_but_exit_4_remains(vol_store, keyfile):
     assert len(problems(out)) == 1
 
 
+@pytest.mark.slow
 async def test_damaged_directory_record_and_long_name_sidecar(vol_store, keyfile):
     sub = await bpath_of(vol_store, keyfile, "/dir/sub")
     flip(sub / "sealfs.dir", 40)
@@ -182,6 +187,7 @@ async def test_damaged_directory_record_and_long_name_sidecar(vol_store, keyfile
     assert any(long_entry.name in line and "does not match" in line for line in found), out
 
 
+@pytest.mark.slow
 async def test_a_torn_rewrite_is_restored_from_its_journal_by_fsck_repair(vol_store, keyfile):
     new_chunk = os.urandom(CS)
     journal, _ = await tear_in_place_rewrite(
@@ -208,6 +214,7 @@ async def test_a_torn_rewrite_is_restored_from_its_journal_by_fsck_repair(vol_st
         await vol.close()
 
 
+@pytest.mark.slow
 async def test_a_torn_rewrite_is_restored_when_the_volume_next_reads_it(vol_store, keyfile):
     new_chunk = os.urandom(CS)
     journal, _ = await tear_in_place_rewrite(
@@ -223,6 +230,7 @@ async def test_a_torn_rewrite_is_restored_when_the_volume_next_reads_it(vol_stor
     assert code == 0 and problems(out) == [], out
 
 
+@pytest.mark.slow
 async def test_orphaned_and_spent_journals_are_removed_by_repair(vol_store, keyfile):
     target = await bpath_of(vol_store, keyfile, "/dir/big.bin")
     untouched = target.read_bytes()

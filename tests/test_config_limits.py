@@ -270,6 +270,7 @@ def test_a_closed_smb_port_is_reported_as_connection_refused(keyfile):
     assert "dialect" not in res.err
 
 
+@pytest.mark.slow
 def test_a_port_that_closes_without_answering_is_not_a_dialect_problem(keyfile, tcp_listener):
     port, _behaviour = tcp_listener
     res = smb_ls(f"127.0.0.1:{port}", keyfile)
@@ -277,6 +278,7 @@ def test_a_port_that_closes_without_answering_is_not_a_dialect_problem(keyfile, 
     assert "dialect" not in res.err
 
 
+@pytest.mark.slow
 def test_init_on_an_unreachable_smb_store_creates_no_keyfile(tmp_path):
     key = tmp_path / "new.key"
     port = _free_port()

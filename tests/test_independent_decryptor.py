@@ -171,6 +171,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, check=True)
 
 
+@pytest.mark.slow
 def test_cli_store(tmp_path: Path, isolated_state: Path):
     env = dict(os.environ, SEALFS_STATE_DIR=str(isolated_state))
     store, key = tmp_path / "cli-store", tmp_path / "cli.key"

@@ -34,6 +34,7 @@ async def read_fresh(vol, path: str) -> bytes:
         await f.close()
 
 
+@pytest.mark.slow
 async def test_every_single_flipped_byte_of_a_file_is_detected(make_volume, open_volume):
     store = await make_volume(CS)
     vol = await open_volume(store)

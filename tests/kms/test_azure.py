@@ -103,6 +103,7 @@ def test_403_names_the_missing_role(keyvault: KeyVaultServer, kv_key_uri, azure_
     p.close()
 
 
+@pytest.mark.slow
 def test_429_with_retry_after_then_success(keyvault: KeyVaultServer, kv_key_uri, azure_secrets) -> None:
     p = provider_for_init(kv_key_uri("rsa"), azure_secrets)
     dek = os.urandom(32)
@@ -156,6 +157,7 @@ def test_unreachable_vault_fails_fast(keyvault: KeyVaultServer, azure_secrets) -
     p.close()
 
 
+@pytest.mark.slow
 def test_hanging_vault_times_out(keyvault: KeyVaultServer, azure_secrets) -> None:
     hole = BlackholeServer()
     try:

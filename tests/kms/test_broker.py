@@ -132,6 +132,7 @@ async def test_max_entries_drops_least_recently_used_idle(tmp_path) -> None:
     broker.close()
 
 
+@pytest.mark.slow
 async def test_vault_outage_serves_cached_keys_until_ttl(tmp_path, monkeypatch, azure_secrets) -> None:
     server = KeyVaultServer(tmp_path / "kv2").start()   # private server: this test takes it down
     try:
