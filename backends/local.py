@@ -7,7 +7,8 @@ The store is untrusted (docs/THREAT_MODEL.md): every path is resolved beneath on
 directory fd of the store root without following symlinks (backends/confine.py), every
 file open is O_NOFOLLOW|O_NONBLOCK and refused unless it is a regular file, and
 namespace calls are *at() calls on the confined parent. A symlink, FIFO, socket or
-device in the store raises ForeignEntryError; scandir lists them with BackendStat.foreign saying what they are.
+device in the store raises ForeignEntryError; scandir lists them with
+BackendStat.foreign saying what they are.
 
 Files and listed directories are opened O_NOATIME: a sealfs mount is noatime (a file's
 atime is set at creation and by utimens, nothing else moves it), and sealfs's own reads of
