@@ -7,7 +7,8 @@ The store is untrusted (docs/THREAT_MODEL.md): every path is resolved beneath on
 directory fd of the store root without following symlinks (backends/confine.py), every
 file open is O_NOFOLLOW|O_NONBLOCK and refused unless it is a regular file, and
 namespace calls are *at() calls on the confined parent. A symlink, FIFO, socket or
-device in the store raises ForeignEntryError; scandir lists them with BackendStat.foreign saying what they are.
+device in the store raises ForeignEntryError; scandir lists them with
+BackendStat.foreign saying what they are.
 
 Files and listed directories are opened O_NOATIME: a sealfs mount is noatime (a file's
 atime is set at creation and by utimens, nothing else moves it), and sealfs's own reads of
@@ -48,10 +49,10 @@ from .confine import (
 
 log = logging.getLogger(__name__)
 
-# Data I/O below this size stays on the event loop: a thread hop (~50-100 us with the
-# wake-up of the trio loop) costs more than a pread/pwrite of 128 KiB from the page cache
-# (~20 us). It covers one sealed 64 KiB chunk (64 KiB + 28), which a random 4 KiB read of
-# an uncached chunk needs at the default chunk size.
+# Data I/O below this size stays on the event loop: a thread hop (with the wake-up of the
+# trio loop) costs several times a pread/pwrite of 128 KiB from the page cache. It covers
+# one sealed 64 KiB chunk (64 KiB + 28), which a random 4 KiB read of an uncached chunk
+# needs at the default chunk size.
 _INLINE_IO = 128 * 1024
 try:
     _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))   # -1 would mean "no limit known"

@@ -20,8 +20,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from ..fs.fuse.mount import widen_readahead
-from ..fs.fuse.operations import ATTR_TIMEOUT, ENTRY_TIMEOUT
+from ..fs.fuse.tuning import ATTR_TIMEOUT, ENTRY_TIMEOUT, widen_readahead
 
 # The kernel has already applied these; O_DIRECT would demand aligned buffers of pread.
 _NOT_PASSED = os.O_CREAT | os.O_DIRECT

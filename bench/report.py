@@ -29,7 +29,7 @@ def legend_entries(axes) -> dict[str, object]:
     (securefs refuses O_DIRECT, so it has no random I/O line) yet belongs in the legend."""
     entries: dict[str, object] = {}
     for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
     return entries
 
@@ -77,14 +77,14 @@ def _table(results: Results) -> dict[str, dict[str, dict]]:
 
 def _ordered_targets(results: Results) -> list[str]:
     specs = results.specs
-    return sorted(specs, key=lambda l: (specs[l].kind != "peer", specs[l].backend,
-                                        _size_key(specs[l].chunk_size or "")))
+    return sorted(specs, key=lambda label: (specs[label].kind != "peer", specs[label].backend,
+                                        _size_key(specs[label].chunk_size or "")))
 
 
 def markdown(results: Results) -> str:
     t = _table(results)
-    targets = [l for l in _ordered_targets(results) if l in t]
-    workloads = [w for w in WORKLOADS if any(w in t[l] for l in targets)]
+    targets = [label for label in _ordered_targets(results) if label in t]
+    workloads = [w for w in WORKLOADS if any(w in t[label] for label in targets)]
     m = results.meta
     lines = [f"# sealfs bench ({m.get('started', '')})", "",
              f"{m.get('cpus')} CPUs; sequential {m.get('size_mib')} MiB (1 MiB I/O); random 4 KiB "
@@ -97,8 +97,8 @@ def markdown(results: Results) -> str:
     for w in workloads:
         unit, higher = WORKLOADS[w]
         cells = [w, unit + ("" if higher else " (lower better)")]
-        for l in targets:
-            r = t[l].get(w)
+        for label in targets:
+            r = t[label].get(w)
             if r is None:
                 cells.append("–")
             elif w.startswith("overhead"):
@@ -112,11 +112,12 @@ def markdown(results: Results) -> str:
     for base, only in RATIO_BASES.items():
         if base not in t:
             continue
-        sealfs = [l for l in targets if results.specs[l].kind == "sealfs"
-                  and (only is None or results.specs[l].backend == only)]
+        sealfs = [label for label in targets if results.specs[label].kind == "sealfs"
+                  and (only is None or results.specs[label].backend == only)]
         if not sealfs:
             continue
-        lines += ["", f"Ratio to {base} (same run; >1 means sealfs is better){RATIO_NOTES.get(base, '')}:", ""]
+        note = RATIO_NOTES.get(base, "")
+        lines += ["", f"Ratio to {base} (same run; >1 means sealfs is better){note}:", ""]
         head = ["workload"] + sealfs
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -125,8 +126,8 @@ def markdown(results: Results) -> str:
                 continue
             unit, higher = WORKLOADS[w]
             cells = [w]
-            for l in sealfs:
-                r = t[l].get(w)
+            for label in sealfs:
+                r = t[label].get(w)
                 b = t[base][w]["median"]
                 if r is None or b <= 0 or r["median"] <= 0:
                     cells.append("–")
@@ -156,7 +157,7 @@ def charts(results: Results, out: Path) -> list[Path]:
     t = _table(results)
     specs = results.specs
     backends = sorted({s.backend for s in specs.values() if s.kind == "sealfs"})
-    peers = [l for l, s in specs.items() if s.kind == "peer" and l in t]
+    peers = [label for label, s in specs.items() if s.kind == "peer" and label in t]
     sizes = sorted({s.chunk_size for s in specs.values() if s.kind == "sealfs"}, key=_size_key)
     colors = {"plain": "tab:gray", "gocryptfs": "tab:green", "rclone": "tab:purple", "cryfs": "tab:brown",
               "securefs": "tab:cyan", "pyfuse3": "tab:red",
@@ -172,8 +173,10 @@ def charts(results: Results, out: Path) -> list[Path]:
             for i, cs in enumerate(sizes):
                 r = t.get(f"sealfs-{backend}-{cs}", {}).get(workload)
                 if r:
-                    xs.append(i); ys.append(r["median"])
-                    lo.append(r["median"] - r["min"]); hi.append(r["max"] - r["median"])
+                    xs.append(i)
+                    ys.append(r["median"])
+                    lo.append(r["median"] - r["min"])
+                    hi.append(r["max"] - r["median"])
             if xs:
                 ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=f"sealfs ({backend})")
         if with_peers:
@@ -185,8 +188,8 @@ def charts(results: Results, out: Path) -> list[Path]:
         ax.set_xlabel("sealfs chunk size")
         ax.set_title(workload)
         ax.set_ylabel(unit)
-        lines = [l for l in ax.get_lines() if len(l.get_ydata())]
-        values = [v for l in lines for v in l.get_ydata() if v > 0]
+        lines = [ln for ln in ax.get_lines() if len(ln.get_ydata())]
+        values = [v for ln in lines for v in ln.get_ydata() if v > 0]
         if values and max(values) / min(values) > 20:
             ax.set_yscale("log")      # peers an order of magnitude apart: ratios stay readable
         else:
@@ -199,14 +202,14 @@ def charts(results: Results, out: Path) -> list[Path]:
               ("overhead.png", ["overhead_small", "overhead_large"]),
               ("memory.png", ["peak_rss"])]
     for name, wls in groups:
-        wls = [w for w in wls if any(w in t.get(l, {}) for l in specs)]
+        wls = [w for w in wls if any(w in t.get(label, {}) for label in specs)]
         if not wls:
             continue
         ncols = min(3, len(wls))
         nrows = (len(wls) + ncols - 1) // ncols
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows + 0.4), squeeze=False)
         flat = [ax for row in axes for ax in row]
-        for ax, w in zip(flat, wls):
+        for ax, w in zip(flat, wls, strict=False):     # flat has a panel per grid cell
             panel(ax, w)
         for ax in flat[len(wls):]:
             ax.set_visible(False)

@@ -14,13 +14,14 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import workloads as W
-from .peers import PEERS, SMB_PEERS, DirectTarget, SealfsTarget, Target, peer_available
+from .peers import PEERS, SMB_PEERS, SealfsTarget, peer_available
 from .samba import SmbShare
+from .targets import DirectTarget, Target
 
 
 @dataclass
@@ -97,13 +98,14 @@ def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None,
         if peer in SMB_PEERS:
             share = share or SmbShare(smb_url, cfg.smb_password, smb_local)
             specs.append(TargetSpec(peer, "peer", "smb", None,
-                                    lambda work, f=SMB_PEERS[peer]: f(work, share)))
+                                    lambda work, f=SMB_PEERS[peer], share=share: f(work, share)))
         else:
             specs.append(TargetSpec(peer, "peer", "local", None, PEERS[peer]))
     for backend in cfg.backends:
         for cs in cfg.chunk_sizes:
             if backend == "local":
-                factory = (lambda work, cs=cs: SealfsTarget(work, cs))
+                def factory(work: Path, cs: str = cs) -> Target:
+                    return SealfsTarget(work, cs)
             else:
                 def factory(work: Path, cs: str = cs) -> Target:
                     import secrets
@@ -158,7 +160,8 @@ def run_bench(cfg: BenchConfig, console=None) -> Results:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "size_mib": cfg.size_mib, "seconds": cfg.seconds, "files": cfg.files,
-        "tarball": cfg.tarball, "random_io_direct": cfg.direct, "repeats": cfg.repeats, "chunk_sizes": cfg.chunk_sizes,
+        "tarball": cfg.tarball, "random_io_direct": cfg.direct, "repeats": cfg.repeats,
+        "chunk_sizes": cfg.chunk_sizes,
         "backends": cfg.backends, "peers_requested": cfg.peers, "workdir": str(base),
     })
     try:
@@ -193,7 +196,7 @@ def run_bench(cfg: BenchConfig, console=None) -> Results:
                         try:
                             with spec.factory(base) as target:
                                 values = run_one(target, cfg, tar_path, step, failed)
-                        except Exception as exc:  # one target failing must not lose the others
+                        except Exception as exc:  # noqa: BLE001 (one target failing must not lose the others)
                             results.errors.append(f"{spec.label} #{rep + 1}: {type(exc).__name__}: {exc}")
                             progress.console.print(f"[red]{spec.label} #{rep + 1} failed:[/] {exc}")
                             values = {}

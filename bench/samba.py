@@ -18,9 +18,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 SHARE = "sealfs"
 
@@ -73,7 +73,7 @@ class BenchSamba:
             raise OSError(f"smbstatus failed: {r.stderr.strip()[-300:]}")
         return list(json.loads(r.stdout).get("sessions", {}).values())
 
-    def __enter__(self) -> "BenchSamba":
+    def __enter__(self) -> BenchSamba:
         try:
             self.start()
         except BaseException:

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from ..backends.smb import SmbTarget
-from .peers import DirectTarget, TargetError, drop_file_cache, quiesce_disk
 from .samba import SmbShare
+from .targets import DirectTarget, TargetError, drop_file_cache, quiesce_disk
 
 MiB = 1024 * 1024
 
@@ -167,7 +167,8 @@ class SmbclientTarget(_ShareTarget):
         seconds = time.perf_counter() - t0
         size = re.search(r"of size (\d+) as", said)
         if size is None or int(size.group(1)) != nbytes:
-            raise TargetError(f"smbclient get of {name}: expected {nbytes} bytes, it said {said.strip()[-200:]!r}")
+            raise TargetError(f"smbclient get of {name}: expected {nbytes} bytes, "
+                              f"it said {said.strip()[-200:]!r}")
         return seconds
 
     def _remove(self, name: str) -> None:

@@ -8,7 +8,7 @@ size; then reconnects, evicts the share file from the server's page cache (when 
 share is local) and reads it cold. Connection settings are SmbBackend's defaults, the
 same as `sealfs mount` without options.
 
-    python -m sealfs.bench.smb_raw [--size-mib 256] [--batch-mib 32] [--connections 2]
+    python -m sealfs.bench.smb_raw [--size-mib 256] [--batch-mib 8] [--connections 2]
 
 runs it alone against a throwaway smbd (needs root and smbd).
 """
@@ -27,8 +27,8 @@ import trio
 from ..backends.registry import BackendOptions, open_backend
 from ..backends.smb import SmbBackend
 from ..fs.core.files import FileTuning
-from .peers import DirectTarget, drop_file_cache, quiesce_disk
 from .samba import SmbShare
+from .targets import DirectTarget, drop_file_cache, quiesce_disk
 
 MiB = 1024 * 1024
 PIECE = MiB                                   # one write()/read() of the mount workloads

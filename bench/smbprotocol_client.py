@@ -1,9 +1,9 @@
 """smbprotocol's file API in a process of its own, for the bench's smbprotocol peers.
 
 A process of its own because the baseline moved with the bench process's allocator:
-smbprotocol builds every 1 MiB message from fresh megabyte bytes objects (about 1,250
-page faults per MiB written), and what those faults cost on this project's VM varied
-threefold within one day (its write 250-750 MB/s for the same code). `--reuse-buffers`
+smbprotocol builds every 1 MiB message from fresh megabyte bytes objects, whose page
+faults dominate its write path, and what those faults cost varied threefold within one
+day on the same code (docs/PERFORMANCE.md, "Numbers behind the code"). `--reuse-buffers`
 applies the glibc settings sealfs's own one-shot commands use (fs/cli/malloc.py), which
 take the faults out: that is the stricter baseline, `smbprotocol-reuse`.
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                    password=os.environ.get("SEALFS_SMB_PASSWORD"),
                                    port=args.port, encrypt=True)
         print(json.dumps(_transfer(smbclient, args)))
-    except Exception as e:       # one line for the bench's TargetError, never a traceback
+    except Exception as e:  # noqa: BLE001 (one line for the bench's TargetError, never a traceback)
         print(f"smbprotocol {args.op} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
               file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from .peers import Target, quiesce_disk
+from .targets import Target, quiesce_disk
 
 MiB = 1024 * 1024
 BS = 1 * MiB

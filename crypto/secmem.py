@@ -69,7 +69,7 @@ class SecretBuffer:
 
     __slots__ = ("_slot", "_arena", "size")
 
-    def __init__(self, arena: "LockedArena", slot: _Slot, size: int) -> None:
+    def __init__(self, arena: LockedArena, slot: _Slot, size: int) -> None:
         self._arena = arena
         self._slot = slot
         self.size = size

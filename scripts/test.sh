@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set everything up, then run the whole test suite. The tests start what they need
-# (a Samba server on loopback, SoftHSM tokens, a local Key Vault-compatible server)
-# and stop it afterwards.
+# Set everything up, lint, then run the whole test suite (arguments go to pytest). The
+# tests start what they need (a Samba server on loopback, SoftHSM tokens, a local Key
+# Vault-compatible server) and stop it afterwards. A lint error fails the run before any
+# test starts (ruff comes with the `test` extra; its rules are in pyproject.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/python -m ruff check .
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

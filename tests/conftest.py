@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -96,10 +99,6 @@ def samba() -> Iterator[SambaServer]:
 # Helpers for the volume-core and CLI suites (tests/test_volume_*.py, tests/test_cli_*.py)
 # --------------------------------------------------------------------------------------
 
-import subprocess
-import sys
-from dataclasses import dataclass
-
 SEALFS_CMD = [sys.executable, "-m", "sealfs.fs.cli"]
 
 
@@ -158,6 +157,7 @@ def backend_names(root: Path) -> list[str]:
 
 _FUSE_FIXTURES = frozenset({"mounted", "mount_env"})
 _SMB_FIXTURES = frozenset({"samba", "smb_store", "smb_backend"})
+_AZFILES_FIXTURES = frozenset({"azfiles", "azfiles_server", "azfiles_store", "azfiles_backend"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -169,6 +169,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "fuse" in parts or fixtures & _FUSE_FIXTURES or hasattr(item.module, "Mount"):
             item.add_marker(pytest.mark.fuse)
-        if ("smb" in parts or fixtures & _SMB_FIXTURES or params.get("backend_kind") == "smb"
-                or params.get("kind") == "smb"):
+        kinds = {v for v in params.values() if isinstance(v, str)}   # e.g. a backend_kind param
+        if "smb" in parts or fixtures & _SMB_FIXTURES or "smb" in kinds:
             item.add_marker(pytest.mark.smb)
+        if "azfiles" in parts or fixtures & _AZFILES_FIXTURES or "azfiles" in kinds:
+            item.add_marker(pytest.mark.azfiles)

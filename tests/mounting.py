@@ -40,13 +40,13 @@ class Mount:
         self.proc: subprocess.Popen | None = None
         self.log = mountpoint.parent / f"{mountpoint.name}.log"
 
-    def start(self, timeout: float = 30) -> "Mount":
+    def start(self, timeout: float = 30) -> Mount:
         self.mountpoint.mkdir(exist_ok=True)
-        logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [*SEALFS, "-v", "mount", str(self.store), str(self.mountpoint),
-             *(["--keyfile", str(self.keyfile)] if self.keyfile else []), *self.extra],
-            env=self.env, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        with open(self.log, "ab") as logf:      # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [*SEALFS, "-v", "mount", str(self.store), str(self.mountpoint),
+                 *(["--keyfile", str(self.keyfile)] if self.keyfile else []), *self.extra],
+                env=self.env, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not _live(self.mountpoint):
             if self.proc.poll() is not None:
@@ -96,11 +96,11 @@ class Mount:
             self.kill()
             raise
 
-    def remount(self) -> "Mount":
+    def remount(self) -> Mount:
         self.stop()
         return self.start()
 
-    def __enter__(self) -> "Mount":
+    def __enter__(self) -> Mount:
         return self.start()
 
     def __exit__(self, *exc) -> None:

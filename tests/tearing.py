@@ -9,8 +9,8 @@ from sealfs.crypto.format.chunks import ChunkCipher
 from sealfs.crypto.format.constants import JOURNAL_DIR
 from sealfs.crypto.format.header import read_header_public
 from sealfs.crypto.format.kdf import file_key
-from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.crypto.format.layout import slot_offset
+from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.fs.core.journal import ATOMIC_WRITE, Record, encode, journal_path
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume

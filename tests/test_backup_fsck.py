@@ -10,8 +10,8 @@ import pytest
 from sealfs.backends.local import LocalBackend
 from sealfs.crypto.format.constants import NONCE_SIZE
 from sealfs.crypto.format.header import HEADER_PUBLIC_SIZE
-from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.crypto.format.layout import slot_offset
+from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
 from tests.mounting import init_store, sealfs
@@ -72,9 +72,10 @@ def flip(path: Path, offset: int) -> None:
 
 
 def problems(out: str) -> list[str]:
-    return [l for l in out.splitlines() if l.startswith("PROBLEM: ")]
+    return [line for line in out.splitlines() if line.startswith("PROBLEM: ")]
 
 
+@pytest.mark.slow
 async def test_clean_volume_exits_0(vol_store, keyfile):
     code, out, err = fsck(vol_store, keyfile)
     assert code == 0, out + err
@@ -82,6 +83,7 @@ async def test_clean_volume_exits_0(vol_store, keyfile):
     assert "4 directories, 6 files checked: 0 problems" in out
 
 
+@pytest.mark.slow
 async def test_damage_is_reported_by_path_and_never_repaired(vol_store, keyfile):
     big = await bpath_of(vol_store, keyfile, "/dir/big.bin")
     a = await bpath_of(vol_store, keyfile, "/a.txt")
@@ -98,11 +100,11 @@ async def test_damage_is_reported_by_path_and_never_repaired(vol_store, keyfile)
     code, out, _ = fsck(vol_store, keyfile)
     assert code == 4
     found = problems(out)
-    assert any(l.startswith("PROBLEM: /dir/big.bin: chunk 2 failed authentication") for l in found), out
-    assert any(l.startswith("PROBLEM: /a.txt: file header") for l in found), out
-    assert any(l.startswith("PROBLEM: /dir/other.bin: final chunk failed authentication")
-               for l in found), out
-    assert any(str(moved) in l and "does not decrypt" in l for l in found), out
+    assert any(line.startswith("PROBLEM: /dir/big.bin: chunk 2 failed authentication") for line in found), out
+    assert any(line.startswith("PROBLEM: /a.txt: file header") for line in found), out
+    assert any(line.startswith("PROBLEM: /dir/other.bin: final chunk failed authentication")
+               for line in found), out
+    assert any(str(moved) in line and "does not decrypt" in line for line in found), out
     assert len(found) == 4, out
 
     code, out, _ = fsck(vol_store, keyfile, "--repair")
@@ -112,6 +114,7 @@ async def test_damage_is_reported_by_path_and_never_repaired(vol_store, keyfile)
     assert {p: p.read_bytes() for p in before} == before          # nothing touched
 
 
+@pytest.mark.slow
 async def test_safe_problems_are_repaired(vol_store, keyfile):
     a = await bpath_of(vol_store, keyfile, "/a.txt")
     long_entry = await bpath_of(vol_store, keyfile, f"/dir/{LONG}")
@@ -130,15 +133,15 @@ async def test_safe_problems_are_repaired(vol_store, keyfile):
     assert code == 4
     found = problems(out)
     assert len(found) == 5, out
-    assert any(str(orphan) in l and "orphaned long-name sidecar" in l for l in found)
-    assert any("sealfs.tmp.0123456789abcdef" in l and "leftover" in l for l in found)
-    assert any("sealfs.tmp.feedface" in l for l in found)
-    assert any("sealfs.del.cafe" in l for l in found)
-    assert any(l.startswith("PROBLEM: /a.txt: uncommitted tail of 777 bytes") for l in found)
+    assert any(str(orphan) in line and "orphaned long-name sidecar" in line for line in found)
+    assert any("sealfs.tmp.0123456789abcdef" in line and "leftover" in line for line in found)
+    assert any("sealfs.tmp.feedface" in line for line in found)
+    assert any("sealfs.del.cafe" in line for line in found)
+    assert any(line.startswith("PROBLEM: /a.txt: uncommitted tail of 777 bytes") for line in found)
 
     code, out, _ = fsck(vol_store, keyfile, "--repair")
     assert code == 0, out
-    assert len([l for l in out.splitlines() if l.startswith("REPAIRED: ")]) == 5
+    assert len([line for line in out.splitlines() if line.startswith("REPAIRED: ")]) == 5
     assert not orphan.exists() and not (vol_store / "sealfs.tmp.0123456789abcdef").exists()
     assert sorted(p.name for p in dirb.iterdir() if p.name.startswith("sealfs.")) == \
         sorted(["sealfs.dir", long_entry.name, long_entry.name + ".name"])
@@ -153,6 +156,7 @@ async def test_safe_problems_are_repaired(vol_store, keyfile):
         await vol.close()
 
 
+@pytest.mark.slow
 async def test_repair_fixes_safe_ones_but_exit_4_remains(vol_store, keyfile):
     big = await bpath_of(vol_store, keyfile, "/dir/big.bin")
     flip(big, slot_offset(0, CS) + NONCE_SIZE)
@@ -162,12 +166,13 @@ async def test_repair_fixes_safe_ones_but_exit_4_remains(vol_store, keyfile):
         f.write(b"garbage")
     code, out, _ = fsck(vol_store, keyfile, "--repair")
     assert code == 4
-    assert any(l.startswith("REPAIRED: /ok.txt: cut uncommitted tail") for l in out.splitlines())
+    assert any(line.startswith("REPAIRED: /ok.txt: cut uncommitted tail") for line in out.splitlines())
     assert ok.stat().st_size == size
-    assert problems(out) == [l for l in problems(out) if l.startswith("PROBLEM: /dir/big.bin: chunk 0")]
+    assert problems(out) == [line for line in problems(out) if line.startswith("PROBLEM: /dir/big.bin: chunk 0")]
     assert len(problems(out)) == 1
 
 
+@pytest.mark.slow
 async def test_damaged_directory_record_and_long_name_sidecar(vol_store, keyfile):
     sub = await bpath_of(vol_store, keyfile, "/dir/sub")
     flip(sub / "sealfs.dir", 40)
@@ -178,10 +183,11 @@ async def test_damaged_directory_record_and_long_name_sidecar(vol_store, keyfile
     code, out, _ = fsck(vol_store, keyfile)
     assert code == 4
     found = problems(out)
-    assert any(l.startswith("PROBLEM: /dir/sub: directory record") for l in found), out
-    assert any(long_entry.name in l and "does not match" in l for l in found), out
+    assert any(line.startswith("PROBLEM: /dir/sub: directory record") for line in found), out
+    assert any(long_entry.name in line and "does not match" in line for line in found), out
 
 
+@pytest.mark.slow
 async def test_a_torn_rewrite_is_restored_from_its_journal_by_fsck_repair(vol_store, keyfile):
     new_chunk = os.urandom(CS)
     journal, _ = await tear_in_place_rewrite(
@@ -189,9 +195,9 @@ async def test_a_torn_rewrite_is_restored_from_its_journal_by_fsck_repair(vol_st
     code, out, _ = fsck(vol_store, keyfile)
     assert code == 4
     found = problems(out)
-    assert any(l.startswith("PROBLEM: /dir/big.bin: 1 chunk(s) torn by an interrupted write")
-               for l in found), out
-    assert any("chunk 2 failed authentication" in l for l in found), out
+    assert any(line.startswith("PROBLEM: /dir/big.bin: 1 chunk(s) torn by an interrupted write")
+               for line in found), out
+    assert any("chunk 2 failed authentication" in line for line in found), out
     assert journal.exists(), "fsck without --repair changed something"
 
     code, out, _ = fsck(vol_store, keyfile, "--repair")
@@ -208,6 +214,7 @@ async def test_a_torn_rewrite_is_restored_from_its_journal_by_fsck_repair(vol_st
         await vol.close()
 
 
+@pytest.mark.slow
 async def test_a_torn_rewrite_is_restored_when_the_volume_next_reads_it(vol_store, keyfile):
     new_chunk = os.urandom(CS)
     journal, _ = await tear_in_place_rewrite(
@@ -223,6 +230,7 @@ async def test_a_torn_rewrite_is_restored_when_the_volume_next_reads_it(vol_stor
     assert code == 0 and problems(out) == [], out
 
 
+@pytest.mark.slow
 async def test_orphaned_and_spent_journals_are_removed_by_repair(vol_store, keyfile):
     target = await bpath_of(vol_store, keyfile, "/dir/big.bin")
     untouched = target.read_bytes()
@@ -234,7 +242,7 @@ async def test_orphaned_and_spent_journals_are_removed_by_repair(vol_store, keyf
     code, out, _ = fsck(vol_store, keyfile)
     assert code == 4
     assert "PROBLEM: /dir/big.bin: leftover write journal of an interrupted write" in out
-    assert any("write journal of a file that no longer exists" in l for l in problems(out)), out
+    assert any("write journal of a file that no longer exists" in line for line in problems(out)), out
     code, out, _ = fsck(vol_store, keyfile, "--repair")
     assert code == 0, out
     assert "REPAIRED: /dir/big.bin: removed spent write journal" in out

@@ -73,7 +73,7 @@ def key_args(keyfile: Path) -> list[str]:
 
 
 def summary(result: subprocess.CompletedProcess) -> str:
-    lines = [l for l in result.stdout.decode().splitlines() if l.startswith("sync:")]
+    lines = [line for line in result.stdout.decode().splitlines() if line.startswith("sync:")]
     return lines[-1]
 
 
@@ -92,6 +92,7 @@ def vstore(tmp_path: Path, keyfile: Path) -> Path:
     return store
 
 
+@pytest.mark.slow
 async def test_sync_restore_roundtrip_and_incremental(tmp_path, keyfile, vstore):
     src = tmp_path / "src"
     make_tree(src)
@@ -125,6 +126,7 @@ async def test_sync_restore_roundtrip_and_incremental(tmp_path, keyfile, vstore)
     assert snapshot(out2) == snapshot(src)
 
 
+@pytest.mark.slow
 async def test_delete_exclude_and_dry_run(tmp_path, keyfile, vstore):
     src = tmp_path / "src"
     (src / "cache").mkdir(parents=True)
@@ -176,6 +178,7 @@ async def test_delete_exclude_and_dry_run(tmp_path, keyfile, vstore):
     assert snapshot(out) == snapshot(src)
 
 
+@pytest.mark.slow
 async def test_checksum_catches_same_size_same_mtime_change(tmp_path, keyfile, vstore):
     src = tmp_path / "src"
     src.mkdir()
@@ -195,9 +198,11 @@ async def test_checksum_catches_same_size_same_mtime_change(tmp_path, keyfile, v
     assert os.stat(out / "data.bin").st_mtime_ns == 10**18
 
 
+@pytest.mark.slow
 async def test_per_file_errors_are_reported_and_counted(tmp_path, keyfile, vstore, monkeypatch):
     """One failing file: one stderr line, counted, the rest still copied (the CLI exits 1)."""
     import io
+
     import sealfs.fs.tools.sync as sync_mod
     src = tmp_path / "src"
     src.mkdir()
@@ -228,6 +233,7 @@ async def test_per_file_errors_are_reported_and_counted(tmp_path, keyfile, vstor
     assert not list(vstore.rglob("sealfs.tmp.*"))        # the failed file's temporary is gone
 
 
+@pytest.mark.slow
 async def test_fatal_errors_use_exit_codes(tmp_path, keyfile, vstore):
     src = tmp_path / "src"
     src.mkdir()
@@ -242,6 +248,7 @@ async def test_fatal_errors_use_exit_codes(tmp_path, keyfile, vstore):
     assert r.returncode == 3
 
 
+@pytest.mark.slow
 async def test_sync_from_config_file(tmp_path, keyfile, vstore, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
@@ -258,6 +265,7 @@ async def test_sync_from_config_file(tmp_path, keyfile, vstore, monkeypatch):
     assert (out / "x.txt").read_text() == "x" and not (out / "skip.tmp").exists()
 
 
+@pytest.mark.slow
 async def test_kill_9_then_rerun_gives_exact_copy(tmp_path, keyfile, vstore):
     src = tmp_path / "src"
     src.mkdir()
@@ -299,6 +307,7 @@ async def test_kill_9_then_rerun_gives_exact_copy(tmp_path, keyfile, vstore):
     assert summary(sealfs("sync", str(src), str(vstore), *key_args(keyfile))).startswith("sync: 0 copied")
 
 
+@pytest.mark.slow
 async def test_cli_exits_1_when_a_file_fails(tmp_path, keyfile, vstore):
     """A file whose final name is held by an (excluded, so protected) volume directory."""
     src = tmp_path / "src"

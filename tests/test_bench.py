@@ -122,16 +122,16 @@ def test_smb_peers_measure_the_same_share_as_sealfs(tmp_path: Path) -> None:
 @pytest.mark.smb
 @pytest.mark.timeout(120)
 def test_smb_client_peers_fail_with_a_clear_error_on_a_wrong_password(samba, tmp_path: Path) -> None:
-    from sealfs.bench.peers import TargetError
     from sealfs.bench.samba import SmbShare
     from sealfs.bench.smb_clients import SmbclientTarget, SmbprotocolTarget
+    from sealfs.bench.targets import TargetError
     share = SmbShare(samba.store_url, "not-the-password", samba.share_path)
-    with SmbclientTarget(tmp_path, share) as target:
-        with pytest.raises(TargetError, match="smbclient put failed: .*LOGON_FAILURE"):
-            target.sequential(1)
-    with SmbprotocolTarget(tmp_path, share) as target:
-        with pytest.raises(TargetError, match="(?i)smbprotocol write failed: .*(logon|password|auth)") as err:
-            target.sequential(1)
+    with (SmbclientTarget(tmp_path, share) as target,
+          pytest.raises(TargetError, match="smbclient put failed: .*LOGON_FAILURE")):
+        target.sequential(1)
+    with (SmbprotocolTarget(tmp_path, share) as target,
+          pytest.raises(TargetError, match="(?i)smbprotocol write failed: .*(logon|password|auth)") as err):
+        target.sequential(1)
     assert "\n" not in str(err.value) and "not-the-password" not in str(err.value)
     assert not list(samba.share_path.glob("smb*.dat")), "nothing was written"
 
@@ -197,7 +197,7 @@ def test_passthrough_reference_fs_is_a_faithful_pass_through(tmp_path: Path) -> 
     proc = subprocess.Popen([sys.executable, "-m", "sealfs.bench.passthrough", str(store), str(mnt)],
                             stderr=subprocess.PIPE)
     try:
-        from sealfs.bench.peers import wait_live
+        from sealfs.bench.targets import wait_live
         wait_live(mnt, proc, 30, None)
         payload = os.urandom(3 * 4096)
         (mnt / "d").mkdir()

@@ -34,6 +34,7 @@ def sf(vol, *args):
     return run_sealfs(*args[:1], store, *args[1:], "--keyfile", keyfile)
 
 
+@pytest.mark.slow
 def test_init_creates_a_missing_keyfile_with_mode_0600(tmp_path):
     key = tmp_path / "new.key"
     store = tmp_path / "s"
@@ -57,6 +58,7 @@ def test_init_keeps_an_existing_keyfile(tmp_path, keyfile):
     assert keyfile.read_bytes() == key_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text,size,shown", [("4096", 4096, "4K"), ("64K", 65536, "64K"),
                                              ("1M", 1 << 20, "1M")])
 def test_init_chunk_size_accepts_bytes_and_suffixes(tmp_path, keyfile, text, size, shown):
@@ -69,6 +71,7 @@ def test_init_chunk_size_accepts_bytes_and_suffixes(tmp_path, keyfile, text, siz
     assert f"chunk size:   {shown}" in res.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", ["3000", "8M", "1K", "banana", "-4K"])
 def test_init_rejects_bad_chunk_sizes_and_creates_no_volume(tmp_path, keyfile, text):
     store = tmp_path / "s"
@@ -94,6 +97,7 @@ def test_info_shows_the_volume_parameters(vol4k):
     assert "keyfile" in res.text and "sealfs v1" in res.text
 
 
+@pytest.mark.slow
 def test_put_cat_get_round_trip_binary_files(vol4k, tmp_path):
     data = os.urandom(300_000)
     src = tmp_path / "src.bin"
@@ -122,6 +126,7 @@ def test_put_cat_get_round_trip_binary_files(vol4k, tmp_path):
     assert res.code == 0 and res.out == b""
 
 
+@pytest.mark.slow
 def test_put_into_a_directory_uses_the_local_name(vol4k, tmp_path):
     src = tmp_path / "report.txt"
     src.write_bytes(b"hello")
@@ -130,6 +135,7 @@ def test_put_into_a_directory_uses_the_local_name(vol4k, tmp_path):
     assert sf(vol4k, "cat", "/docs/report.txt").out == b"hello"
 
 
+@pytest.mark.slow
 def test_ls_plain_long_and_recursive(vol4k, tmp_path):
     src = tmp_path / "f"
     src.write_bytes(b"x" * 1234)
@@ -150,6 +156,7 @@ def test_ls_plain_long_and_recursive(vol4k, tmp_path):
     assert res.code == 0 and res.text.strip().endswith("top") and " 1234 " in res.text
 
 
+@pytest.mark.slow
 def test_mkdir_with_and_without_p(vol4k):
     assert sf(vol4k, "mkdir", "/d").code == 0
     assert_one_line_error(sf(vol4k, "mkdir", "/d"), 1, "exists")
@@ -159,6 +166,7 @@ def test_mkdir_with_and_without_p(vol4k):
     assert sf(vol4k, "ls", "-R").text.splitlines() == ["d/", "d/e/", "d/e/f/"]
 
 
+@pytest.mark.slow
 def test_rm_files_and_directories(vol4k, tmp_path):
     src = tmp_path / "f"
     src.write_bytes(b"1")
@@ -174,6 +182,7 @@ def test_rm_files_and_directories(vol4k, tmp_path):
     assert sorted(os.listdir(store)) == ["sealfs.dir", "sealfs.json"]
 
 
+@pytest.mark.slow
 def test_mv_renames_and_moves_into_directories(vol4k, tmp_path):
     src = tmp_path / "f"
     src.write_bytes(b"payload")
@@ -187,6 +196,7 @@ def test_mv_renames_and_moves_into_directories(vol4k, tmp_path):
     assert_one_line_error(sf(vol4k, "mv", "/missing", "/x"), 1, "No such file")
 
 
+@pytest.mark.slow
 def test_get_leaves_no_local_file_when_the_source_fails_to_authenticate(vol4k, tmp_path):
     store, keyfile = vol4k
     src = tmp_path / "big"
@@ -239,6 +249,7 @@ def test_module_and_console_script_agree(vol4k):
 def test_ls_and_cat_handle_names_that_are_not_utf8(tmp_path, keyfile):
     """FUSE may create any byte string as a name (kept with surrogateescape)."""
     import trio
+
     from sealfs.backends.local import LocalBackend
     from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
     from sealfs.fs.core.pins import PinStore

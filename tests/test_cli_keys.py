@@ -13,10 +13,9 @@ import trio
 from sealfs.backends.local import LocalBackend
 from sealfs.crypto.format.config import WrappedDek
 from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
+from sealfs.crypto.keys.kms_local import KeyfileKek
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
-from sealfs.crypto.keys.kms_local import KeyfileKek
-
 from tests.conftest import run_sealfs, tree_snapshot
 
 PASSPHRASE = "correct horse battery staple 9431"
@@ -70,6 +69,7 @@ def assert_key_error(res, *needles: str) -> None:
         assert needle in res.err, (needle, res.err)
 
 
+@pytest.mark.slow
 def test_a_wrong_keyfile_fails_with_exit_5_and_writes_nothing(key_volume, tmp_path):
     store, keyfile, wrong, src = key_volume
     before = tree_snapshot(store)
@@ -98,6 +98,7 @@ def test_a_malformed_or_missing_keyfile_is_a_clear_key_error(key_volume, tmp_pat
     assert tree_snapshot(store) == before
 
 
+@pytest.mark.slow
 def test_a_wrong_passphrase_fails_with_exit_5_and_writes_nothing(pass_volume, tmp_path):
     store, pf, wrong = pass_volume
     src = tmp_path / "f"
@@ -156,6 +157,7 @@ def test_the_environment_beats_credentials_directory(key_volume, tmp_path):
     assert res.code == 0 and res.out == b"hello keys"
 
 
+@pytest.mark.slow
 def test_passphrase_sources_follow_the_same_precedence(pass_volume, tmp_path):
     store, pf, wrong = pass_volume
     creds = tmp_path / "creds"
@@ -205,6 +207,7 @@ def _assert_no_secret(res, texts: list[str], raw: list[bytes]) -> None:
         assert r not in blob
 
 
+@pytest.mark.slow
 def test_passphrases_never_appear_in_output_even_with_debug(tmp_path):
     store = tmp_path / "store"
     pf = tmp_path / "pass.txt"
@@ -234,6 +237,7 @@ def test_passphrases_never_appear_in_output_even_with_debug(tmp_path):
         _assert_no_secret(res, texts, [])
 
 
+@pytest.mark.slow
 def test_keyfile_bytes_and_deks_never_appear_in_output_even_with_debug(tmp_path, keyfile):
     store = tmp_path / "store"
     wrong = tmp_path / "wrong.key"

@@ -19,7 +19,6 @@ from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.crypto.keys.kms_local import KeyfileKek
 from sealfs.fs.core.pins import default_pin_path
 from sealfs.fs.core.volume import Volume
-
 from tests.conftest import run_sealfs, tree_snapshot
 
 
@@ -88,6 +87,7 @@ def test_init_pins_the_new_volume(tmp_path, keyfile):
     assert str(store.resolve()) in pins()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("swap", ["config-only", "config-and-root"])
 def test_a_config_from_another_volume_with_the_same_keyfile_is_refused(tmp_path, keyfile, swap):
     store = make_store(tmp_path / "s", keyfile, files=("mine",))
@@ -119,6 +119,7 @@ def test_a_config_wrapping_an_attacker_chosen_dek_with_the_same_volume_id_is_ref
     assert tree_snapshot(store) == before
 
 
+@pytest.mark.slow
 def test_repin_accepts_a_legitimately_replaced_volume(tmp_path, keyfile):
     store = make_store(tmp_path / "s", keyfile, files=("mine",))
     other = make_store(tmp_path / "other", keyfile, files=("theirs",))
@@ -137,6 +138,7 @@ def test_repin_accepts_a_legitimately_replaced_volume(tmp_path, keyfile):
     assert res.code == 0 and res.text.splitlines() == ["theirs"]
 
 
+@pytest.mark.slow
 def test_repin_accepts_a_crafted_config_once_the_user_says_so(tmp_path, keyfile):
     store = make_store(tmp_path / "s", keyfile)
     assert run_sealfs("ls", store, "--keyfile", keyfile).code == 0
@@ -151,6 +153,7 @@ def test_repin_accepts_a_crafted_config_once_the_user_says_so(tmp_path, keyfile)
     assert "1 entries failed authentication" in res.err and "pinned" not in res.err
 
 
+@pytest.mark.slow
 def test_a_failed_repin_keeps_the_old_pin(tmp_path, keyfile):
     store = make_store(tmp_path / "s", keyfile)
     assert run_sealfs("ls", store, "--keyfile", keyfile).code == 0

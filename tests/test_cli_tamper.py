@@ -16,11 +16,10 @@ import trio
 from sealfs.backends.local import LocalBackend
 from sealfs.crypto.format.constants import CHUNK_OVERHEAD
 from sealfs.crypto.format.header import HEADER_SIZE
-from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.crypto.format.layout import slot_offset, stored_size
+from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
-
 from tests.conftest import run_sealfs
 
 CS = 4096
@@ -135,6 +134,7 @@ def test_a_file_truncated_at_a_chunk_boundary_makes_cat_fail(volume, chunks):
     assert_refused_without_wrong_bytes(cat(store, keyfile), files["victim"])
 
 
+@pytest.mark.slow
 def test_a_file_moved_into_another_directory_is_not_listed_and_cat_fails(tmp_path, keyfile):
     store = tmp_path / "store"
     assert run_sealfs("init", store, "--keyfile", keyfile, "--chunk-size", "4K").code == 0

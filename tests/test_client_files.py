@@ -64,6 +64,7 @@ def victim_file(tmp_path: Path) -> Path:
 
 
 # -- get ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_get_does_not_follow_a_symlink_planted_at_its_temp_name(tmp_path, keyfile, vstore):
     src = tmp_path / "f"
     src.write_bytes(b"plaintext from the volume\n")
@@ -90,6 +91,7 @@ def test_get_does_not_follow_a_symlink_planted_at_its_temp_name(tmp_path, keyfil
     assert victim.read_bytes() == b"root's own secret\n"
 
 
+@pytest.mark.slow
 def test_get_temp_file_is_private_while_it_is_written(tmp_path, keyfile, vstore):
     """A 0600 file's plaintext is never in a file others can open, even for a moment."""
     src = tmp_path / "big"
@@ -121,6 +123,7 @@ def test_get_temp_file_is_private_while_it_is_written(tmp_path, keyfile, vstore)
 
 
 # -- restore ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_restore_does_not_write_through_a_directory_swapped_for_a_symlink(tmp_path, keyfile,
                                                                           vstore):
     """Someone who can write in DST swaps DST/b for a symlink while restore runs: root must
@@ -166,6 +169,7 @@ def test_restore_does_not_write_through_a_directory_swapped_for_a_symlink(tmp_pa
     assert r.returncode != 0 and b"/b/secret" in r.stderr, (r.returncode, r.stderr)
 
 
+@pytest.mark.slow
 def test_restore_creates_files_private_and_without_following_symlinks(tmp_path, keyfile,
                                                                      vstore):
     """A 0600 file's plaintext is never in a file others can open while it is restored;
@@ -224,9 +228,10 @@ def syncish_tree(src: Path) -> None:
 
 
 def sync_summary(r: subprocess.CompletedProcess) -> str:
-    return [l for l in r.stdout.decode().splitlines() if l.startswith("sync:")][-1]
+    return [line for line in r.stdout.decode().splitlines() if line.startswith("sync:")][-1]
 
 
+@pytest.mark.slow
 def test_user_files_with_temporary_looking_names_round_trip(tmp_path, keyfile, vstore):
     src = tmp_path / "src"
     syncish_tree(src)
@@ -257,6 +262,7 @@ def test_user_files_with_temporary_looking_names_round_trip(tmp_path, keyfile, v
     assert (dest / ".sealfs-sync.mine.part").read_bytes() == b"only in DST\n"
 
 
+@pytest.mark.slow
 def test_killed_sync_leaves_no_visible_name_and_a_rerun_removes_its_temporaries(
         tmp_path, keyfile, vstore):
     """Temporaries live in the store's reserved namespace: a killed sync leaves nothing a
@@ -332,6 +338,7 @@ async def open_store(factory, keyfile: Path) -> Volume:
     return await Volume.load(backend, KeySecrets(keyfile=keyfile), pins=PinStore())
 
 
+@pytest.mark.slow
 async def test_rmdir_removes_an_interrupted_mkdirs_leftover(any_store, keyfile):
     factory, url, env, _ = any_store
     vol = await open_store(factory, keyfile)
@@ -371,6 +378,7 @@ async def test_rmdir_keeps_a_temp_directory_holding_anything_else(any_store, key
         await vol.close()
 
 
+@pytest.mark.slow
 def test_sync_replaces_changed_files_through_its_temporaries(any_store, keyfile, tmp_path):
     """On both backends: a changed file is placed over the old one, a long name too, and
     no temporary is left in the store."""
@@ -404,6 +412,7 @@ def test_sync_replaces_changed_files_through_its_temporaries(any_store, keyfile,
     assert snapshot(out) == snapshot(src)
 
 
+@pytest.mark.slow
 def test_an_unchanged_tree_is_not_copied_again_whatever_the_time_resolution(
         any_store, keyfile, tmp_path):
     """ext4 keeps nanoseconds, SMB 100 ns steps: the second sync of an unchanged tree

@@ -16,8 +16,8 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
@@ -27,7 +27,6 @@ from sealfs.backends.registry import BackendOptions, open_backend
 from sealfs.crypto.format.config import canonical_json
 from sealfs.crypto.format.kdf import config_mac_key
 from sealfs.crypto.keys.kms_local import scrypt_problem
-
 from tests.conftest import run_sealfs
 
 
@@ -271,6 +270,7 @@ def test_a_closed_smb_port_is_reported_as_connection_refused(keyfile):
     assert "dialect" not in res.err
 
 
+@pytest.mark.slow
 def test_a_port_that_closes_without_answering_is_not_a_dialect_problem(keyfile, tcp_listener):
     port, _behaviour = tcp_listener
     res = smb_ls(f"127.0.0.1:{port}", keyfile)
@@ -278,6 +278,7 @@ def test_a_port_that_closes_without_answering_is_not_a_dialect_problem(keyfile, 
     assert "dialect" not in res.err
 
 
+@pytest.mark.slow
 def test_init_on_an_unreachable_smb_store_creates_no_keyfile(tmp_path):
     key = tmp_path / "new.key"
     port = _free_port()

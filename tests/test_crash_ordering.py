@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.format.constants import CHUNK_OVERHEAD
-from sealfs.crypto.format.constants import JOURNAL_DIR
+from sealfs.crypto.format.constants import CHUNK_OVERHEAD, JOURNAL_DIR
 from sealfs.crypto.format.header import HEADER_SIZE, read_header_public
-from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.crypto.format.layout import final_index, slot_offset, stored_size
-from sealfs.fs.core.pins import PinStore
+from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.fs.core.journal import journal_path
+from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
 
 CS = 4096

@@ -23,19 +23,31 @@ from sealfs.backends.local import LocalBackend
 from sealfs.crypto.format import kdf
 from sealfs.crypto.format.chunks import ChunkCipher, chunk_aad
 from sealfs.crypto.format.config import VolumeConfig, canonical_json
-from sealfs.errors import IntegrityError, KeyAccessError
-from sealfs.crypto.format.header import (FileHeader, Kind, Metadata, open_dir_meta, open_header,
-                                  seal_dir_meta, seal_header)
+from sealfs.crypto.format.header import (
+    FileHeader,
+    Kind,
+    Metadata,
+    open_dir_meta,
+    open_header,
+    seal_dir_meta,
+    seal_header,
+)
+from sealfs.crypto.format.layout import (
+    chunk_plain_length,
+    final_index,
+    logical_size,
+    slot_offset,
+    stored_size,
+)
+from sealfs.crypto.format.names import NameCipher, check_name, long_name_entry, pad_name
 from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.crypto.keys.kms_local import KeyfileKek, PassphraseKek
-from sealfs.crypto.format.layout import (chunk_plain_length, final_index, logical_size, slot_offset,
-                                  stored_size)
-from sealfs.crypto.format.names import NameCipher, check_name, long_name_entry, pad_name
+from sealfs.errors import IntegrityError, KeyAccessError
 from sealfs.fs.core.files import FileState
 from sealfs.fs.core.volume import Volume
 
 sys.path.insert(0, str(Path(__file__).parent))
-import independent_decryptor as ind  # noqa: E402
+import independent_decryptor as ind
 
 VECTORS = Path(__file__).parent / "vectors"
 FMT = json.loads((VECTORS / "format_v1.json").read_text(encoding="utf-8"))

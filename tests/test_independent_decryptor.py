@@ -15,7 +15,7 @@ from sealfs.crypto.format.header import Kind
 from sealfs.crypto.format.layout import slot_offset
 
 sys.path.insert(0, str(Path(__file__).parent))
-import independent_decryptor as ind  # noqa: E402
+import independent_decryptor as ind
 
 LONG_FILE = "a-rather-long-file-name-" * 6 + ".txt"                 # 148 bytes: long form
 LONG_DIR = "Ünïcödé directory with a long name " * 5                # 185 bytes: long form
@@ -171,6 +171,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, check=True)
 
 
+@pytest.mark.slow
 def test_cli_store(tmp_path: Path, isolated_state: Path):
     env = dict(os.environ, SEALFS_STATE_DIR=str(isolated_state))
     store, key = tmp_path / "cli-store", tmp_path / "cli.key"

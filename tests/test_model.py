@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.crypto.format.layout import stored_size
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume, VolumeTuning
 
@@ -126,6 +126,7 @@ _SETTINGS = settings(max_examples=150, deadline=None, derandomize=False,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writeback", WRITEBACK_MODES, ids=[f"{m}-writeback" for m in WRITEBACK_MODES])
 @pytest.mark.parametrize("cs", [4096, 65536], ids=["4K", "64K"])
 def test_random_operation_sequences_match_a_bytearray_model(cs, writeback):
@@ -150,6 +151,7 @@ def test_model_regression_shrink_write_reopen():
         _check(cs, ops, writeback)
 
 
+@pytest.mark.slow
 def test_model_regression_read_while_a_background_write_back_lands():
     """Found by hypothesis: a write past a hole starts a background write-back; a read
     that awaits the committed chunks meanwhile saw chunk 4 as a hole (past the old size)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_sealfs
 
 
@@ -23,6 +25,7 @@ def _largest_store_file(store: Path) -> Path:
     return max(files, key=lambda p: p.stat().st_size)
 
 
+@pytest.mark.slow
 def test_rekey_keeps_a_users_file_named_like_its_old_temporaries(tmp_path, keyfile):
     store = _volume_with_files(tmp_path, keyfile)
     res = run_sealfs("rekey", store, "--keyfile", keyfile)
@@ -37,6 +40,7 @@ def test_rekey_keeps_a_users_file_named_like_its_old_temporaries(tmp_path, keyfi
     assert not [p for p in store.iterdir() if p.name.startswith("sealfs.tmp.")]
 
 
+@pytest.mark.slow
 def test_a_damaged_file_makes_rekey_and_keys_list_fail_naming_it(tmp_path, keyfile):
     """A file whose header fails authentication may still be sealed by the old DEK: its
     count is unknown and it was not re-sealed, so neither command may say all is well."""

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.crypto.keys.broker import KeyBroker, wrap_new_dek
 from sealfs.crypto.format.config import VolumeConfig
+from sealfs.crypto.keys.broker import KeyBroker, wrap_new_dek
 from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.crypto.keys.kms_local import KeyfileKek
 from sealfs.crypto.keys.secret_files import SecretFileModeError
@@ -95,6 +95,7 @@ def pass_store(tmp_path: Path) -> tuple[Path, Path]:
     return store, tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["put", "get", "sync", "restore"])
 def test_one_shot_commands_run_without_core_dumps(pass_store, command: str) -> None:
     """The passphrase comes through a FIFO, so the command waits, keys not yet loaded, while
@@ -138,6 +139,7 @@ def test_the_mount_holds_its_keys_locked_and_dumps_no_core(mounted) -> None:
 
 # -- one rule for every secret file -------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [0o640, 0o604])
 def test_a_keyfile_others_or_the_group_can_read_is_refused(tmp_path, keyfile, mode) -> None:
     store = tmp_path / "s"

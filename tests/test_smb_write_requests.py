@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,7 @@ def write_lists(draw):
     return writes
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(write_lists())
 def test_requests_carry_every_byte_once_within_the_limit(writes) -> None:
@@ -47,6 +49,7 @@ def test_requests_are_views_of_the_callers_buffers_not_copies() -> None:
     assert offset == 0 and bytes(segments[0][:1]) == b"y" and rest[0][0] == LIMIT
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=8),
        st.lists(st.tuples(st.integers(0, 120), st.integers(1, 50)), min_size=1, max_size=10))

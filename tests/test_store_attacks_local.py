@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
+import tests.mounting as mounting
 from sealfs.crypto.format.constants import JOURNAL_DIR
 from sealfs.crypto.format.header import HEADER_SIZE, read_header_public
-
-import tests.mounting as mounting
 from tests.mounting import Mount, init_store
 
 LAUNCHER = str(Path(__file__).with_name("no_openat2.py"))

@@ -21,11 +21,10 @@ import pytest
 import trio
 
 from sealfs.backends.local import LocalBackend
-from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.crypto.format.names import b32encode, long_name_entry, sidecar_of
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
-
 from tests.conftest import run_sealfs
 
 CS = 4096
@@ -139,7 +138,7 @@ ATTACKS = {
 }
 
 
-def sealfs(*args) -> "object":
+def sealfs(*args) -> object:
     try:
         return run_sealfs(*args, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -157,6 +156,7 @@ def unaffected(volume_paths: list[str], damaged: set[str]) -> list[str]:
                                                      for d in damaged))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_restore_counts_and_names_every_entry_that_fails(volume, tmp_path, attack):
     store, keyfile, bpaths = volume
@@ -173,6 +173,7 @@ def test_restore_counts_and_names_every_entry_that_fails(volume, tmp_path, attac
     assert [p.name for p in (dst / "top").iterdir() if p.name.startswith(".sealfs")] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_sync_counts_the_store_side_and_still_backs_up(volume, tmp_path, attack):
     store, keyfile, bpaths = volume
@@ -187,6 +188,7 @@ def test_sync_counts_the_store_side_and_still_backs_up(volume, tmp_path, attack)
     assert (cat.code, cat.out) == (0, b"new\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_ls_recursive_lists_the_good_and_names_the_bad(volume, attack):
     store, keyfile, bpaths = volume
@@ -202,6 +204,7 @@ def test_ls_recursive_lists_the_good_and_names_the_bad(volume, attack):
     assert_reported(plain, bad, plain.err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_rm_recursive_removes_the_good_and_leaves_the_bad(volume, attack):
     store, keyfile, bpaths = volume
@@ -227,6 +230,7 @@ def test_fsck_reports_the_entry_by_its_ciphertext_path(volume, attack):
     assert "1 problems" in res.text.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_sync_delete_keeps_a_damaged_entry_and_the_directories_holding_it(volume, tmp_path):
     """--delete of a directory with a damaged file inside: the rest goes, the damaged file
     and its directory stay, and the one damaged entry is one error (exit 4)."""

@@ -74,7 +74,7 @@ async def test_every_backend_entry_name_is_lowercase_for_case_insensitive_backen
         assert entry == entry.lower(), entry
         assert re.fullmatch(r"[a-z0-9.]+", entry), entry
     # and no two entries in one directory collide case-insensitively
-    for dirpath, dirs, files in os.walk(store):
+    for _dirpath, dirs, files in os.walk(store):
         entries = dirs + files
         assert len({e.lower() for e in entries}) == len(entries)
 

@@ -9,7 +9,6 @@ import unicodedata
 import pytest
 
 from sealfs.crypto.format.constants import LONGNAME_PREFIX, LONGNAME_SIDECAR_SUFFIX
-
 from tests.conftest import backend_names
 
 

@@ -11,9 +11,9 @@ import shutil
 import pytest
 
 from sealfs.crypto.format.constants import CHUNK_OVERHEAD
-from sealfs.errors import IntegrityError
 from sealfs.crypto.format.header import HEADER_SIZE
 from sealfs.crypto.format.layout import slot_offset, stored_size
+from sealfs.errors import IntegrityError
 
 CS = 4096
 
@@ -34,6 +34,7 @@ async def read_fresh(vol, path: str) -> bytes:
         await f.close()
 
 
+@pytest.mark.slow
 async def test_every_single_flipped_byte_of_a_file_is_detected(make_volume, open_volume):
     store = await make_volume(CS)
     vol = await open_volume(store)

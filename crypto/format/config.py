@@ -13,7 +13,7 @@ import hmac
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ...errors import ConfigError, IntegrityError
@@ -21,7 +21,7 @@ from .constants import FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def b64(data: bytes) -> str:
@@ -47,7 +47,7 @@ class WrappedDek:
                 "kek_version": self.kek_version, "created": self.created}
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "WrappedDek":
+    def from_json(cls, obj: dict[str, Any]) -> WrappedDek:
         return cls(int(obj["id"]), unb64(obj["wrapped"]), str(obj["algorithm"]),
                    obj.get("kek_version"), str(obj.get("created", "")))
 
@@ -66,7 +66,7 @@ class VolumeConfig:
     stored: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def new(cls, chunk_size: int, kek: dict[str, Any], first_dek: WrappedDek) -> "VolumeConfig":
+    def new(cls, chunk_size: int, kek: dict[str, Any], first_dek: WrappedDek) -> VolumeConfig:
         validate_chunk_size(chunk_size)
         return cls(os.urandom(16), chunk_size, kek, [first_dek], first_dek.id, first_dek.id)
 
@@ -98,7 +98,7 @@ class VolumeConfig:
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
     @classmethod
-    def parse(cls, data: bytes) -> tuple["VolumeConfig", str]:
+    def parse(cls, data: bytes) -> tuple[VolumeConfig, str]:
         """Parse without verifying; returns the config and its claimed MAC."""
         try:
             doc = json.loads(data.decode("utf-8"))

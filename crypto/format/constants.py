@@ -40,7 +40,8 @@ INFO_PIN = b"sealfs/v1/pin"
 CHUNK_AAD_PREFIX = b"sealfs"
 DIR_AAD_PREFIX = b"sealfs.dir"
 
-# scrypt defaults for passphrase KEKs (about 0.5 s and 128 MiB here)
+# scrypt defaults for passphrase KEKs: 128 MiB (128*N*r bytes) and a fraction of a second
+# of one core, once per mount or command that unwraps with a passphrase
 SCRYPT_N = 1 << 17
 SCRYPT_R = 8
 SCRYPT_P = 1

@@ -45,7 +45,7 @@ class Metadata:
     # report the write time there, and a directory's mode lives in sealfs.dir.
     ctime_ns: int = 0
 
-    def with_(self, **changes) -> "Metadata":
+    def with_(self, **changes) -> Metadata:
         return replace(self, **changes)
 
 

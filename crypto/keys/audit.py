@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class AuditLog:
         if self._fd is None:
             return
         line: dict[str, Any] = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "operation": operation, "provider": provider, "kek_id": kek_id, "kek_version": kek_version,
             "dek_id": dek_id, "volume_id": volume_id or self.volume_id, "outcome": outcome,
             "latency_ms": None if latency_ms is None else round(latency_ms, 3), "request_id": request_id,
@@ -72,7 +72,7 @@ class AuditLog:
                 os.close(self._fd)
                 self._fd = None
 
-    def __enter__(self) -> "AuditLog":
+    def __enter__(self) -> AuditLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,9 +22,9 @@ import hmac
 import os
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
 
 import trio
 
@@ -349,7 +349,8 @@ class KeyBroker:
         for old in self.config.deks:
             plain = bytearray(self.dek_sync(old.id))
             try:
-                res = _audit_call(self.audit, "wrap", new_provider, lambda: new_provider.wrap(bytes(plain)),
+                res = _audit_call(self.audit, "wrap", new_provider,
+                                  lambda plain=plain: new_provider.wrap(bytes(plain)),
                                   dek_id=old.id, volume_id=self.volume_id,
                                   version_of=lambda r: r.kek_version)  # type: ignore[attr-defined]
                 new = WrappedDek(old.id, res.wrapped, res.algorithm, res.kek_version,  # type: ignore[attr-defined]

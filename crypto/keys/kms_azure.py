@@ -26,7 +26,7 @@ import base64
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -69,7 +69,7 @@ class AzureKeyRef:
     version: str | None = None
 
     @classmethod
-    def parse(cls, uri: str) -> "AzureKeyRef":
+    def parse(cls, uri: str) -> AzureKeyRef:
         u = urlparse(uri)
         parts = [p for p in u.path.split("/") if p]
         if (u.scheme != "https" or not u.hostname or u.query or u.fragment or u.username
@@ -104,7 +104,7 @@ class AzureSettings:
     total_timeout: float = 90.0
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "AzureSettings":
+    def from_options(cls, options: dict[str, Any]) -> AzureSettings:
         kw = {}
         for name in cls.__dataclass_fields__:
             if f"azure_{name}" in options:
@@ -211,14 +211,16 @@ class AzureKek(KekProvider):
             detail = exc.error.message if getattr(exc, "error", None) and exc.error.message else exc.reason
             return self._status_error(exc.status_code, str(detail or ""), op, what)
         if isinstance(exc, ServiceRequestError):
+            first = str(exc).splitlines()[0] if str(exc) else ""
             return KeyAccessError(f"Key Vault {self.ref.vault_url} is unreachable for {op} "
-                                  f"({_one_line(type(exc).__name__)}: {_one_line(str(exc).splitlines()[0] if str(exc) else '', 120)})")
+                                  f"({_one_line(type(exc).__name__)}: {_one_line(first, 120)})")
         if isinstance(exc, ServiceResponseError):
             return KeyAccessError(f"Key Vault {self.ref.vault_url} did not answer {op} in time or dropped "
                                   f"the connection ({_one_line(str(exc), 120)})")
         if isinstance(exc, ValueError) and "challenge" in str(exc).lower():
-            return KeyAccessError(f"refusing Key Vault {self.ref.vault_url}: its authentication challenge "
-                                  f"names a resource this host does not belong to ({_one_line(str(exc), 120)})")
+            return KeyAccessError(f"refusing Key Vault {self.ref.vault_url}: its authentication "
+                                  "challenge names a resource this host does not belong to "
+                                  f"({_one_line(str(exc), 120)})")
         if isinstance(exc, AzureError):
             return KeyAccessError(f"Key Vault {op} on {what} failed: {_one_line(str(exc))}")
         return exc
@@ -228,8 +230,9 @@ class AzureKek(KekProvider):
         if status == 403:
             perm = _PERMISSION.get(op, op)
             return KeyAccessError(
-                f"Key Vault refused {op} on {what} (403: {detail}): the identity needs {perm}; grant it the "
-                f"role \"{self._role()}\" on the key or vault (or an access policy with get, wrapKey, unwrapKey)")
+                f"Key Vault refused {op} on {what} (403: {detail}): the identity needs {perm}; grant "
+                f"it the role \"{self._role()}\" on the key or vault (or an access policy with get, "
+                "wrapKey, unwrapKey)")
         if status == 404:
             return KeyAccessError(f"Key Vault has no key {what} ({detail}): it was deleted, purged or never "
                                   f"existed; recover it from soft delete if it was deleted")
@@ -286,7 +289,7 @@ class AzureKek(KekProvider):
                              f"oct-HSM AES key (Managed HSM) to wrap DEKs")
         if props.enabled is False:
             raise KeyAccessError(f"KEK {kid} is disabled in Key Vault; enable it or choose another key")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if props.expires_on is not None and props.expires_on <= now:
             raise KeyAccessError(f"KEK {kid} expired on {props.expires_on:%Y-%m-%d %H:%M} UTC; "
                                  f"extend its expiry or rotate to a new key")
@@ -296,7 +299,8 @@ class AzureKek(KekProvider):
         missing = [o for o in need if o not in ops]
         if missing:
             raise UsageError(f"KEK {kid} does not permit {', '.join(missing)} (key_ops: "
-                             f"{', '.join(sorted(ops)) or 'none'}); create it with wrapKey and unwrapKey allowed")
+                             f"{', '.join(sorted(ops)) or 'none'}); create it with wrapKey and "
+                             "unwrapKey allowed")
         level = props.recovery_level or ""
         if "Purgeable" in level and not allow_purgeable:
             raise UsageError(f"KEK {kid} is purgeable (recovery level {level!r}): deleting it would destroy "
@@ -333,7 +337,8 @@ class AzureKek(KekProvider):
                                  f"not by an Azure Key Vault KEK")
         version = wrapped.kek_version
         if not version:
-            raise ConfigError(f"sealfs.json does not record which Key Vault key version wrapped DEK {wrapped.id}")
+            raise ConfigError("sealfs.json does not record which Key Vault key version wrapped "
+                              f"DEK {wrapped.id}")
         rid = str(uuid.uuid4())
         self.last_request_id = rid
         if wrapped.algorithm == OCT_ALG:

@@ -70,7 +70,7 @@ class Pkcs11Uri:
     pin_source: str | None = None
 
     @classmethod
-    def parse(cls, uri: str) -> "Pkcs11Uri":
+    def parse(cls, uri: str) -> Pkcs11Uri:
         if not uri.startswith("pkcs11:"):
             raise UsageError("a PKCS#11 KEK is named by a pkcs11: URI (RFC 7512)")
         body = uri[len("pkcs11:"):]
@@ -162,7 +162,7 @@ def _read_pin(ref: Pkcs11Uri, secrets: KeySecrets) -> bytes:
 # them; so providers on the same token share one logged-in session (and its lock).
 
 _LIBS: dict[str, Any] = {}
-_SESSIONS: dict[tuple[str, str], "_SharedSession"] = {}
+_SESSIONS: dict[tuple[str, str], _SharedSession] = {}
 _REGISTRY_LOCK = threading.Lock()
 _PIN_TAG_KEY = os.urandom(32)
 
@@ -192,13 +192,15 @@ def _open_session(ref: Pkcs11Uri, module: str, pin: bytes) -> tuple[tuple[str, s
     lib = _lib(module)
     with _REGISTRY_LOCK:
         try:
-            token = lib.get_token(token_label=ref.token, token_serial=ref.serial.encode() if ref.serial else None)
+            serial = ref.serial.encode() if ref.serial else None
+            token = lib.get_token(token_label=ref.token, token_serial=serial)
         except p11e.NoSuchToken:
             raise KeyAccessError(f"no PKCS#11 token labelled {ref.token!r} in {module}") from None
         except p11e.MultipleTokensReturned:
             raise UsageError(f"several PKCS#11 tokens match {ref.token!r}; add serial= to the URI") from None
         except p11e.PKCS11Error as exc:
-            raise KeyAccessError(f"PKCS#11 module {module} failed to list tokens ({type(exc).__name__})") from None
+            raise KeyAccessError(f"PKCS#11 module {module} failed to list tokens "
+                                 f"({type(exc).__name__})") from None
         key = (module, f"{token.manufacturer_id}/{token.serial!r}/{token.label}")
         shared = _SESSIONS.get(key)
         if shared is not None:
@@ -217,7 +219,8 @@ def _open_session(ref: Pkcs11Uri, module: str, pin: bytes) -> tuple[tuple[str, s
             except p11e.PinExpired:
                 raise KeyAccessError(f"the PIN of PKCS#11 token {ref.token!r} has expired") from None
             except p11e.PKCS11Error as exc:
-                raise KeyAccessError(f"cannot log in to PKCS#11 token {ref.token!r} ({type(exc).__name__})") from None
+                raise KeyAccessError(f"cannot log in to PKCS#11 token {ref.token!r} "
+                                     f"({type(exc).__name__})") from None
             shared = _SESSIONS[key] = _SharedSession(session, token, tag)
         shared.refs += 1
         return key, shared
@@ -283,12 +286,14 @@ class Pkcs11Kek(KekProvider):
                             raise UsageError(f"unknown PKCS#11 AES wrap mechanism {self._wanted!r}")
                         alg = self._wanted
                     if _AES_MECH[alg] not in mechs:
-                        raise UsageError(f"PKCS#11 token {self.ref.token!r} supports neither AES key wrap mechanism")
+                        raise UsageError(f"PKCS#11 token {self.ref.token!r} supports neither AES key "
+                                         "wrap mechanism")
                     return "aes", alg
-            if self.ref.type in (None, "private", "public"):
-                if self._find(ObjectClass.PRIVATE_KEY) is not None:
-                    return "rsa", ALG_RSA_OAEP
-        raise KeyAccessError(f"no KEK {self.ref.label} on the PKCS#11 token (or the PIN's user cannot see it)")
+            if (self.ref.type in (None, "private", "public")
+                    and self._find(ObjectClass.PRIVATE_KEY) is not None):
+                return "rsa", ALG_RSA_OAEP
+        raise KeyAccessError(f"no KEK {self.ref.label} on the PKCS#11 token (or the PIN's user "
+                             "cannot see it)")
 
     @property
     def kek_id(self) -> str:
@@ -336,7 +341,8 @@ class Pkcs11Kek(KekProvider):
                                   f"({type(exc).__name__})")
         if isinstance(exc, (p11e.DeviceRemoved, p11e.TokenNotPresent, p11e.SessionHandleInvalid,
                             p11e.SessionClosed, p11e.DeviceError)):
-            return KeyAccessError(f"PKCS#11 token {self.ref.token!r} went away during {op} ({type(exc).__name__})")
+            return KeyAccessError(f"PKCS#11 token {self.ref.token!r} went away during {op} "
+                                  f"({type(exc).__name__})")
         if isinstance(exc, p11e.UserNotLoggedIn):
             return KeyAccessError(f"PKCS#11 token {self.ref.token!r} logged this session out during {op}")
         return KeyAccessError(f"PKCS#11 {op} with {self.ref.label} failed ({type(exc).__name__})")
@@ -348,7 +354,8 @@ class Pkcs11Kek(KekProvider):
             s = self._shared.session
             tmp = None
             try:
-                tmp = s.create_object({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES,
+                tmp = s.create_object({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                       Attribute.KEY_TYPE: KeyType.AES,
                                        Attribute.VALUE: bytes(dek), **_DEK_TEMPLATE})
                 if self._kind == "aes":
                     kek = self._find(ObjectClass.SECRET_KEY)
@@ -357,7 +364,8 @@ class Pkcs11Kek(KekProvider):
                     pub = self._find(ObjectClass.PUBLIC_KEY)
                     if pub is None:
                         raise KeyAccessError(f"KEK {self.ref.label} has no public key object to wrap with")
-                    wrapped = pub.wrap_key(tmp, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=_OAEP_PARAM)
+                    wrapped = pub.wrap_key(tmp, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                           mechanism_param=_OAEP_PARAM)
             except p11e.PKCS11Error as exc:
                 raise self._p11_error(exc, "wrap") from None
             finally:

@@ -15,7 +15,7 @@ from ...errors import UsageError
 
 
 def register(cli, Context, key_options, opened_volume, run) -> None:
-    def ctx() -> "Context":
+    def ctx() -> Context:
         return click.get_current_context().find_object(Context)
 
     @cli.command()
@@ -38,7 +38,8 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
         """Back up the local directory SRC into the volume in STORE (incremental, resumable).
 
         Prints "sync: N copied (B bytes), M deleted, K unchanged, E errors"; exits 4 when
-        a volume entry failed authentication, else 1 when some files failed. With --config NAME, SRC and STORE default to sync.source and store.
+        a volume entry failed authentication, else 1 when some files failed. With --config
+        NAME, SRC and STORE default to sync.source and store.
         """
         from ..tools.sync import Reporter, SyncOptions, sync_tree
         c = ctx()

@@ -1,5 +1,8 @@
 """`sealfs bench`: chunk sizes x backends, against plain / gocryptfs / securefs / rclone crypt / cryfs and,
-for smb, the raw SMB backend and rclone crypt over rclone's smb client."""
+for smb, the raw SMB backend and rclone crypt over rclone's smb client.
+
+The options are parsed here; the bench itself (bench/) is imported only when the command
+runs, through its one entry point bench.cli.run."""
 
 from __future__ import annotations
 
@@ -8,12 +11,15 @@ from pathlib import Path
 
 import click
 
+DEFAULT_PEERS = ("plain,pyfuse3,gocryptfs,securefs,rclone,cryfs,"
+                 "smb-raw,smbprotocol,smbprotocol-reuse,smbclient,rclone-smb")
+
 
 def _csv(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: ARG001 (shared signature)
+def register(cli, Context, key_options, opened_volume, run) -> None:  # every cli module's signature
     @cli.command(name="bench")
     @click.option("--chunk-sizes", default="4K,16K,64K,256K,1M,4M", show_default=True,
                   help="Comma-separated sealfs chunk sizes (each a fresh volume).")
@@ -33,7 +39,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
                   help="Extract, read and delete a tarball of a Python package.")
     @click.option("--repeats", type=int, default=1, show_default=True,
                   help="Runs per target (reported as median, min, max).")
-    @click.option("--peers", default="plain,pyfuse3,gocryptfs,securefs,rclone,cryfs,smb-raw,smbprotocol,smbprotocol-reuse,smbclient,rclone-smb", show_default=True,
+    @click.option("--peers", default=DEFAULT_PEERS, show_default=True,
                   help="Reference filesystems measured in the same run (skipped if not installed); "
                        "pyfuse3 is a pass-through over sealfs's own FUSE stack without crypto; "
                        "smb-raw (the SMB backend alone), smbprotocol (the library's file API; "
@@ -50,8 +56,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
         """Benchmark sealfs mounts per chunk size and backend against peer filesystems."""
         from rich.console import Console
 
-        from ...bench.report import write_all
-        from ...bench.runner import BenchConfig, run_bench
+        from ...bench.cli import run as run_bench
         from .units import format_size, parse_size
 
         try:
@@ -66,21 +71,10 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # noqa: AR
             raise click.UsageError("--repeats must be at least 1")
         if smb_url and "smb" not in backend_list:
             backend_list.append("smb")
-        cfg = BenchConfig(chunk_sizes=sizes, backends=backend_list, peers=_csv(peers),
-                          size_mib=size_mib, seconds=seconds, files=files, direct=direct, tarball=tarball,
-                          repeats=repeats, out=Path(out_dir), smb_url=smb_url,
-                          smb_password=os.environ.get("SEALFS_SMB_PASSWORD"),
-                          workdir=Path(workdir) if workdir else None)
-        if cfg.workdir:
-            cfg.workdir.mkdir(parents=True, exist_ok=True)
-        console = Console(stderr=True)
-        results = run_bench(cfg, console)
-        paths = write_all(results, cfg.out)
-        console.print(results_summary(paths))
-        if results.errors:
-            raise click.ClickException(f"{len(results.errors)} target run(s) failed: "
-                                       + "; ".join(results.errors)[:2000])
-
-
-def results_summary(paths: list[Path]) -> str:
-    return "wrote " + ", ".join(str(p) for p in paths)
+        errors = run_bench(chunk_sizes=sizes, backends=backend_list, peers=_csv(peers),
+                           size_mib=size_mib, seconds=seconds, files=files, direct=direct,
+                           tarball=tarball, repeats=repeats, out=Path(out_dir), smb_url=smb_url,
+                           smb_password=os.environ.get("SEALFS_SMB_PASSWORD"),
+                           workdir=Path(workdir) if workdir else None, console=Console(stderr=True))
+        if errors:
+            raise click.ClickException(f"{len(errors)} target run(s) failed: " + "; ".join(errors)[:2000])

@@ -29,9 +29,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from ...errors import ConfigError
@@ -57,7 +58,7 @@ CONFIG_DIR_ENV = "SEALFS_CONFIG_DIR"
 
 # A bare volume name: what systemd passes as %i and fstab as config=NAME.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]*$")
-# Same rule as crypto.kms.provider_for_init: a Key Vault key URL or a PKCS#11 URI.
+# Same rule as crypto/keys/kms.py provider_for_init: a Key Vault key URL or a PKCS#11 URI.
 _KEK_RE = re.compile(r"^(https://[^/\s]+/\S+|pkcs11:\S+)$")
 _SECRET_KEYS = {"passphrase", "password", "smb_password", "key", "secret"}
 
@@ -222,7 +223,8 @@ class _Validator:
     """Turns the raw TOML dict into a VolumeConfigFile, locating bad keys by line."""
 
     TOP_KEYS = ("store", "mountpoint", "keyfile", "passphrase_file", "smb_password_file",
-                "azure_sas_file", "azure_account_key_file", "kek", "audit_log", "chunk_cache", "dirty_limit", "options", "sync")
+                "azure_sas_file", "azure_account_key_file", "kek", "audit_log", "chunk_cache",
+                "dirty_limit", "options", "sync")
     SYNC_KEYS = ("source", "path", "exclude", "delete", "checksum")
 
     def __init__(self, text: str, path: Path) -> None:
@@ -238,7 +240,8 @@ class _Validator:
         current = ""
         leaf_re = re.compile(rf"^\s*[\"']?{re.escape(leaf)}[\"']?\s*=")
         dotted_re = re.compile(rf"^\s*{re.escape(table)}\s*\.\s*{re.escape(leaf)}\s*=") if table else None
-        inline_re = re.compile(rf"^\s*{re.escape(table)}\s*=\s*\{{.*\b{re.escape(leaf)}\s*=") if table else None
+        inline_re = (re.compile(rf"^\s*{re.escape(table)}\s*=\s*\{{.*\b{re.escape(leaf)}\s*=")
+                     if table else None)
         for no, raw in enumerate(self.lines, 1):
             header = re.match(r"^\s*\[+\s*([^\]]+?)\s*\]+", raw)
             if header:

@@ -4,11 +4,11 @@
 2. the environment: SEALFS_KEYFILE (a path) / SEALFS_PASSPHRASE (the passphrase)
 3. --config NAME: systemd credentials ($CREDENTIALS_DIRECTORY/keyfile or
    .../passphrase, see systemd/sealfs@.service) first, then the file's keyfile /
-   passphrase_file keys (fs/config_file.secret_files)
+   passphrase_file keys (fs/cli/config_file.py, secret_files)
 4. an interactive prompt for the passphrase, only when stdin is a terminal
 
 Secrets never come from argv: only file paths do. A --daemon mount's child gets the
-secret variables through a pipe, not its environment (fs/fuse/daemon.py): secret_env()
+secret variables through a pipe, not its environment (fs/cli/daemon.py): secret_env()
 reads those first.
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -40,7 +40,8 @@ def secret_env(name: str) -> str | None:
     return _handed_over.get(name) or os.environ.get(name) or None
 
 
-def _read_passphrase_file(path: Path) -> bytes:
+def read_passphrase_file(path: Path) -> bytes:
+    """The passphrase in a secret file, without its line end (`keys add` reads one too)."""
     data = read_secret_file(path, "passphrase file").rstrip(b"\r\n")
     if not data:
         raise KeyAccessError(f"passphrase file {path} is empty")
@@ -81,7 +82,7 @@ def _use_files(secrets: KeySecrets, keyfile: str | None, passphrase_file: str | 
         return True
     if passphrase_file:
         path = Path(passphrase_file)
-        secrets.passphrase = lambda: _read_passphrase_file(path)
+        secrets.passphrase = lambda: read_passphrase_file(path)
         return True
     return False
 
@@ -117,7 +118,8 @@ def azure_secret_source(secret_file: str | None, env: str, config_file: str | No
     return fetch
 
 
-def smb_password_source(password_file: str | None, config_file: str | None = None) -> Callable[[], str | None]:
+def smb_password_source(password_file: str | None,
+                        config_file: str | None = None) -> Callable[[], str | None]:
     """The SMB password, fetched only if an smb:// store is actually opened.
 
     Precedence as for keys: --smb-password-file, then SEALFS_SMB_PASSWORD, then the

@@ -13,9 +13,9 @@ import logging
 import os
 import stat as stat_module
 import sys
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 import click
 import trio
@@ -126,7 +126,8 @@ def key_options(fn: Callable) -> Callable:
     @click.option("--smb-require-aes256", is_flag=True, default=False,
                   help="Refuse SMB servers that do not negotiate AES-256-GCM.")
     @click.option("--azure-sas-file", type=click.Path(dir_okay=False), default=None,
-                  help="File holding a SAS token (https:// Azure Files stores; spr=https). Env: SEALFS_AZURE_SAS.")
+                  help="File holding a SAS token (https:// Azure Files stores; spr=https). "
+                       "Env: SEALFS_AZURE_SAS.")
     @click.option("--azure-account-key-file", type=click.Path(dir_okay=False), default=None,
                   help="File holding the storage account key (grants the whole account). "
                        "Env: SEALFS_AZURE_ACCOUNT_KEY.")
@@ -273,7 +274,7 @@ async def _remove_unused_keyfile(backend: Backend, keyfile: Path | None) -> None
             return
         except FileNotFoundError:
             pass
-        except Exception:           # cannot tell: keep the key
+        except Exception:  # noqa: BLE001 (cannot tell whether the store is empty: keep the key)
             return
     keyfile.unlink(missing_ok=True)
 
@@ -557,7 +558,7 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
         opts = _split_options(options + (ctx.config.options if ctx.config else ()))
         mp = check_mountpoint(mountpoint, allow_nonempty="nonempty" in opts)
         if daemon:
-            from ..fuse.daemon import spawn_daemon
+            from .daemon import spawn_daemon
             spawn_daemon(ctx.secrets(), log_file)
             return
 
@@ -582,7 +583,7 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
 
 
 def _ready_reporter():
-    from ..fuse.daemon import ReadyReporter
+    from .daemon import ReadyReporter
     return ReadyReporter.from_environment()
 
 

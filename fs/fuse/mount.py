@@ -24,6 +24,7 @@ from ...errors import UsageError
 from ..core.volume import Volume
 from .notify import notify_stopping
 from .operations import SealfsOperations, periodic_writeback
+from .tuning import widen_readahead
 
 log = logging.getLogger("sealfs.mount")
 
@@ -138,30 +139,6 @@ async def serve(volume: Volume, mountpoint: Path, options: set[str],
             unmounted = True
             log.info("unmounted %s", mountpoint)
     assert unmounted
-
-
-# The kernel reads ahead 128 KiB by default, so a sequential reader reaches sealfs as one
-# FUSE request (one Python round trip) per 128 KiB. A FUSE request can carry 1 MiB (256
-# pages, the kernel's max_pages): a 1 MiB window makes cold sequential reads ~1.4x faster.
-READ_AHEAD_KB = 1024
-
-
-def widen_readahead(mountpoint: Path, kb: int = READ_AHEAD_KB) -> None:
-    """Raise the read-ahead window of the mount's backing device info (root only; a
-    mount by another user keeps the kernel default). Called once the kernel has taken
-    the INIT reply, which sets the window; the device is found through
-    /proc/self/mountinfo, not stat(), which would be a FUSE request to ourselves."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            devices = [line.split()[2] for line in f
-                       if line.split()[4] == str(mountpoint)]
-        if not devices:
-            return
-        knob = Path("/sys/class/bdi") / devices[-1] / "read_ahead_kb"
-        if int(knob.read_text()) < kb:
-            knob.write_text(f"{kb}\n")
-    except (OSError, ValueError) as exc:
-        log.debug("read-ahead window left at the kernel default: %s", exc)
 
 
 async def _watch_signals(scope: trio.CancelScope) -> None:

@@ -21,11 +21,10 @@ from ...crypto.format.header import Kind
 from ...errors import IntegrityError, errno_of, first_error
 from ..core.volume import IFMT_TO_KIND, Attr, Listing, OpenFile, Volume, split_path
 from .pagecache import PageCacheGuard
+from .tuning import ATTR_TIMEOUT, ENTRY_TIMEOUT
 
 log = logging.getLogger("sealfs.fuse")
 
-ATTR_TIMEOUT = 1.0
-ENTRY_TIMEOUT = 1.0
 BLOCK = 4096
 RENAME_WHITEOUT = 1 << 2     # renameat2(2); pyfuse3 names only EXCHANGE and NOREPLACE
 

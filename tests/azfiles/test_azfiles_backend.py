@@ -16,7 +16,7 @@ from sealfs.backends.azfiles import RANGE, AzureFilesBackend, AzureSettings, Azu
 from sealfs.backends.base import BackendError
 from sealfs.backends.local import LocalBackend
 from sealfs.backends.registry import BackendOptions, open_backend
-from tests.servers.azfiles import CONTRIBUTOR, READER, AzureFilesServer
+from tests.servers.azfiles import CONTRIBUTOR, READER
 from tests.smb.test_smb_backend import SCENARIOS, _outcome, _setup, _tree
 
 pytestmark = pytest.mark.azfiles

@@ -111,8 +111,8 @@ def _skip_unless_able(request, store: str, store_dir) -> None:
     """Tests marked hard_links skip where the backend declares none (Azure Files over REST,
     or over SMB); tests marked store_dir skip where no local directory holds the ciphertext."""
     from sealfs.backends.registry import BackendOptions, open_backend
-    if request.node.get_closest_marker("hard_links") is not None:
-        if not open_backend(store, BackendOptions()).capabilities.hard_links:
-            pytest.skip("the backend has no hard links (Capabilities.hard_links)")
+    if (request.node.get_closest_marker("hard_links") is not None
+            and not open_backend(store, BackendOptions()).capabilities.hard_links):
+        pytest.skip("the backend has no hard links (Capabilities.hard_links)")
     if request.node.get_closest_marker("store_dir") is not None and store_dir is None:
         pytest.skip("no local directory holds this store's ciphertext")

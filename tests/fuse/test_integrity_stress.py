@@ -77,7 +77,7 @@ def check_range(file: int, first: int, data: bytes, stable: dict, finished: list
                     f"{f'version {version_of(file, slot, raw)}' if complete else 'torn or corrupt bytes'}: "
                     f"bytes {slot * RECORD + bad[0]}..{slot * RECORD + bad[-1]} differ"
                     f"{' (all zeros)' if not any(raw[bad[0]:bad[-1] + 1]) else ''}; "
-                    f"0.2 s later: {'version %d' % later if later is not None else 'not a valid record'}")
+                    f"0.2 s later: {f'version {later}' if later is not None else 'not a valid record'}")
             verified += 1
         elif complete:
             f_, s_, v_, o_ = HEADER.unpack_from(payload)
@@ -114,7 +114,7 @@ def worker(me: int, paths: list[str], seqs, done, seed: int, out) -> None:
                 stable = {q: before[q] == after[q] and before[q] % 2 == 0 for q in range(PROCS)}
                 verified += check_range(rfile, first, data, stable, finished, fds[rfile])
         out.put((me, "ok", verified))
-    except BaseException as exc:                               # report, don't hang the parent
+    except BaseException as exc:  # noqa: BLE001 (report, don't hang the parent)
         out.put((me, "error", repr(exc)))
     finally:
         for fd in fds:

@@ -62,7 +62,7 @@ def test_smbd_killed_and_restarted_during_a_long_write(tmp_path: Path, keyfile: 
             if mount.proc is not None:
                 try:
                     mount.stop()
-                except Exception:
+                except Exception:  # noqa: BLE001 (a mount that cannot stop is killed)
                     mount.kill()
     finally:
         server.stop()

@@ -87,7 +87,7 @@ def test_rename_dir_while_files_below_are_mmapped(mounted):
             maps[n] = mmap.mmap(fds[n], size)
             maps[n][10:20] = n.encode() * 10       # a dirty page before the rename
         os.rename(root / "d", root / "e")
-        for n, m in maps.items():
+        for m in maps.values():
             m[CHUNK + 1:CHUNK + 6] = b"BBBBB"      # and one after it
             m.flush()
             assert m[CHUNK + 1:CHUNK + 6] == b"BBBBB"

@@ -16,17 +16,16 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root: tests.servers.*
 
-from tests.servers.keyvault import KeyVaultServer, ensure_hosts  # noqa: E402
-
-from sealfs.crypto.keys.kms import KeySecrets  # noqa: E402
+from sealfs.crypto.keys.kms import KeySecrets
+from tests.servers.keyvault import KeyVaultServer, ensure_hosts
 
 VAULT_HOSTS = ["kv.example.test", "hsm.example.test", "example.test"]
 SOFTHSM_MODULES = ["/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"]

@@ -8,12 +8,11 @@ import time
 
 import pytest
 
-from tests.servers.keyvault import BlackholeServer, KeyVaultServer
-
 from sealfs.crypto.format.config import WrappedDek
-from sealfs.errors import KeyAccessError, UsageError
 from sealfs.crypto.keys.kms import KeySecrets, provider_for_init, provider_from_config
 from sealfs.crypto.keys.kms_azure import KV_ROLE, AzureKeyRef
+from sealfs.errors import KeyAccessError, UsageError
+from tests.servers.keyvault import BlackholeServer, KeyVaultServer
 
 
 def _unwrap_fresh(entry: dict, res, secrets: KeySecrets) -> bytes:
@@ -104,6 +103,7 @@ def test_403_names_the_missing_role(keyvault: KeyVaultServer, kv_key_uri, azure_
     p.close()
 
 
+@pytest.mark.slow
 def test_429_with_retry_after_then_success(keyvault: KeyVaultServer, kv_key_uri, azure_secrets) -> None:
     p = provider_for_init(kv_key_uri("rsa"), azure_secrets)
     dek = os.urandom(32)
@@ -157,6 +157,7 @@ def test_unreachable_vault_fails_fast(keyvault: KeyVaultServer, azure_secrets) -
     p.close()
 
 
+@pytest.mark.slow
 def test_hanging_vault_times_out(keyvault: KeyVaultServer, azure_secrets) -> None:
     hole = BlackholeServer()
     try:

@@ -12,15 +12,27 @@ import pytest
 import trio
 from azure.keyvault.keys import KeyClient
 
+from sealfs.crypto.format.config import VolumeConfig
+from sealfs.crypto.keys.audit import AuditLog
+from sealfs.crypto.keys.broker import KeyBroker, harden_process, wrap_new_dek
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init, provider_from_config
+from sealfs.crypto.keys.kms_azure import AzureKeyRef
+from sealfs.errors import KeyAccessError
 from tests.kms.conftest import point_env_at
 from tests.servers.keyvault import KeyVaultServer
 
-from sealfs.crypto.keys.audit import AuditLog
-from sealfs.crypto.keys.broker import KeyBroker, harden_process, wrap_new_dek
-from sealfs.crypto.format.config import VolumeConfig
-from sealfs.errors import KeyAccessError
-from sealfs.crypto.keys.kms import KeySecrets, provider_for_init, provider_from_config
-from sealfs.crypto.keys.kms_azure import AzureKeyRef
+
+class FakeClock:
+    """KeyBroker's clock, moved by the test: TTLs expire without waiting for them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def _volume(provider, n: int = 1, audit: AuditLog | None = None) -> tuple[VolumeConfig, list[bytes]]:
@@ -81,18 +93,24 @@ async def test_ttl_evicts_only_idle_keys_and_zeroes_them(keyvault, kv_key_uri, a
     provider = provider_for_init(kv_key_uri("rsa"), azure_secrets)
     cfg, plain = _volume(provider, 2)
     keyvault.calls.clear()
-    broker = KeyBroker(provider, cfg, ttl=0.3)
+    clock = FakeClock()
+    broker = KeyBroker(provider, cfg, ttl=0.3, clock=clock)
     async with broker.using(1) as key:            # an open file holds DEK 1
         assert key == plain[0]
         key2 = await broker.dek(2)                # a view of the cached key, not a copy
         assert key2 == plain[1]
-        await trio.sleep(0.5)
+        clock.advance(0.2)
+        assert broker.evict_expired() == 0        # within the TTL: nothing goes
+        clock.advance(0.2)
         assert broker.evict_expired() == 1        # DEK 2 idle past TTL; DEK 1 in use stays
         assert broker.cached_ids() == [1]
         assert bytes(key2) == bytes(32)           # zeroed wherever sealfs handed it out
         assert await broker.dek(1) == plain[0]
     assert keyvault.calls["unwrapkey"] == 2
-    await trio.sleep(0.5)                         # released and idle past TTL
+    clock.advance(0.2)                            # released, idle within the TTL: kept
+    assert await broker.dek(1) == plain[0]
+    assert keyvault.calls["unwrapkey"] == 2
+    clock.advance(0.4)                            # released and idle past TTL
     assert await broker.dek(1) == plain[0]
     assert keyvault.calls["unwrapkey"] == 3
     broker.close()
@@ -114,6 +132,7 @@ async def test_max_entries_drops_least_recently_used_idle(tmp_path) -> None:
     broker.close()
 
 
+@pytest.mark.slow
 async def test_vault_outage_serves_cached_keys_until_ttl(tmp_path, monkeypatch, azure_secrets) -> None:
     server = KeyVaultServer(tmp_path / "kv2").start()   # private server: this test takes it down
     try:
@@ -121,7 +140,8 @@ async def test_vault_outage_serves_cached_keys_until_ttl(tmp_path, monkeypatch, 
         server.add_rsa_key("outage")
         provider = provider_for_init(f"{server.url}/keys/outage", azure_secrets)
         cfg, plain = _volume(provider, 2)
-        broker = KeyBroker(provider, cfg, ttl=1.0)
+        clock = FakeClock()
+        broker = KeyBroker(provider, cfg, ttl=1.0, clock=clock)
         assert await broker.dek(1) == plain[0]
         server.go_down()
         t0 = time.monotonic()
@@ -130,7 +150,7 @@ async def test_vault_outage_serves_cached_keys_until_ttl(tmp_path, monkeypatch, 
         with pytest.raises(KeyAccessError, match="unreachable|did not answer"):
             await broker.dek(2)
         assert time.monotonic() - t0 < 15
-        await trio.sleep(1.2)
+        clock.advance(1.2)
         with pytest.raises(KeyAccessError):
             await broker.dek(1)
         broker.close()

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.mounting import Mount, sealfs
+
 
 @pytest.fixture
 def env(tmp_path: Path, keyvault) -> dict:

@@ -10,8 +10,8 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 
 from sealfs.crypto.format.config import WrappedDek
-from sealfs.errors import KeyAccessError, UsageError
 from sealfs.crypto.keys.kms import KeySecrets, provider_for_init, provider_from_config
+from sealfs.errors import KeyAccessError, UsageError
 
 
 @pytest.mark.parametrize("obj,mechanism,expect", [

@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 
 from sealfs.errors import ConfigError
-from sealfs.fs.cli.config_file import (ConfigFileError, SecretFiles, SyncConfig, VolumeConfigFile,
-                                   credential_file, load_config_file, secret_files,
-                                   parse_config_text, parse_size, resolve_config_path)
+from sealfs.fs.cli.config_file import (
+    ConfigFileError,
+    SecretFiles,
+    SyncConfig,
+    VolumeConfigFile,
+    credential_file,
+    load_config_file,
+    parse_config_text,
+    parse_size,
+    resolve_config_path,
+    secret_files,
+)
 
 FULL = """\
 # vol1: the nightly backup share

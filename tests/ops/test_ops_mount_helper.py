@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 from sealfs.errors import UsageError
-from sealfs.fs.fuse.mount_helper import (MountHelperError, build_mount_argv, main, parse_helper_args,
-                                    split_options)
+from sealfs.fs.fuse.mount_helper import (
+    MountHelperError,
+    build_mount_argv,
+    main,
+    parse_helper_args,
+    split_options,
+)
 
 BASE = ["sealfs", "mount", "smb://h/share", "/mnt/v", "--daemon"]
 

@@ -49,7 +49,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlparse
 from xml.sax.saxutils import escape
 
-from tests.servers.keyvault import _TlsServer, ensure_hosts, make_test_pki  # noqa: F401
+from tests.servers.keyvault import _TlsServer, ensure_hosts, make_test_pki
 
 CONTRIBUTOR = "Storage File Data Privileged Contributor"
 READER = "Storage File Data Privileged Reader"
@@ -87,7 +87,7 @@ def _now_ns() -> int:
 def _iso(ns: int) -> str:
     """Azure's SMB time format: 7 fractional digits (100 ns ticks)."""
     secs, rem = divmod(ns, 1_000_000_000)
-    base = dt.datetime.fromtimestamp(secs, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    base = dt.datetime.fromtimestamp(secs, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{base}.{rem // 100:07d}Z"
 
 
@@ -96,7 +96,7 @@ def _parse_iso(text: str) -> int:
     if not text.endswith("Z"):
         raise ValueError(text)
     main, _, frac = text[:-1].partition(".")
-    secs = dt.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
+    secs = dt.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC).timestamp()
     frac = (frac + "0000000")[:7]
     return int(secs) * 1_000_000_000 + int(frac) * 100
 
@@ -109,7 +109,7 @@ def _sas_time(text: str) -> float:
     text = text.strip()
     for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%MZ", "%Y-%m-%d", "%Y-%m-%dT%H:%M:%S.%fZ"):
         try:
-            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.timezone.utc).timestamp()
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC).timestamp()
         except ValueError:
             continue
     raise ValueError(text)
@@ -265,7 +265,7 @@ class AzureFilesServer:
         assert self._idp is not None
         return f"http://127.0.0.1:{self._idp.server_address[1]}/msi/token"
 
-    def start(self) -> "AzureFilesServer":
+    def start(self) -> AzureFilesServer:
         import ssl
         ensure_hosts([self.host])
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -409,7 +409,7 @@ class AzureFilesServer:
 
 
 def _sas_fmt(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _IdpHandler(BaseHTTPRequestHandler):
@@ -417,10 +417,10 @@ class _IdpHandler(BaseHTTPRequestHandler):
 
     srv: AzureFilesServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         query = dict(parse_qsl(urlparse(self.path).query))
         if self.headers.get("X-IDENTITY-HEADER") != self.srv.identity_header:
             return self._json(401, {"error": "invalid_request", "error_description": "bad identity header"})
@@ -442,22 +442,22 @@ class _FilesHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     srv: AzureFilesServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch("HEAD")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
     # -- plumbing ------------------------------------------------------------------------
@@ -656,8 +656,8 @@ class _FilesHandler(BaseHTTPRequestHandler):
             raise _err(403, "AuthenticationFailed", "Signed expiry time is not well formed.") from None
         now = time.time()
         if expiry < now:
-            raise _err(403, "AuthenticationFailed", "Signed expiry time [%s] must be after signed start "
-                                                    "time and current time." % se)
+            raise _err(403, "AuthenticationFailed", f"Signed expiry time [{se}] must be after signed "
+                                                    "start time and current time.")
         if start is not None and start > now + 300:
             raise _err(403, "AuthenticationFailed", "Signed start time is in the future.")
         if "ss" in q:        # account SAS

@@ -79,7 +79,7 @@ def ensure_hosts(names: list[str], hosts_file: Path = Path("/etc/hosts")) -> Non
 
 def make_test_pki(directory: Path, dns_names: list[str]) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for dns_names + 127.0.0.1; returns (ca, cert, key) paths."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealfs test CA")])
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
@@ -185,7 +185,7 @@ class KeyVaultServer:
         assert self._idp is not None
         return f"http://127.0.0.1:{self._idp.server_address[1]}/msi/token"
 
-    def start(self) -> "KeyVaultServer":
+    def start(self) -> KeyVaultServer:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self._cert, self._key)
@@ -359,10 +359,10 @@ class _IdpHandler(BaseHTTPRequestHandler):
 
     srv: KeyVaultServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         query = parse_qs(urlparse(self.path).query)
         if self.headers.get("X-IDENTITY-HEADER") != self.srv.identity_header:
             return self._json(401, {"error": "invalid_request", "error_description": "bad identity header"})
@@ -389,16 +389,16 @@ class _VaultHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     srv: KeyVaultServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
     # -- plumbing ------------------------------------------------------------------------

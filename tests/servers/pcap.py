@@ -36,7 +36,7 @@ class PacketCapture:
         self._proc: subprocess.Popen[bytes] | None = None
         self.stderr = ""
 
-    def __enter__(self) -> "PacketCapture":
+    def __enter__(self) -> PacketCapture:
         tcpdump = shutil.which("tcpdump") or "/usr/bin/tcpdump"
         if not os.path.exists(tcpdump):
             raise CaptureError("tcpdump not found: apt-get install tcpdump")

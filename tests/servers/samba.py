@@ -83,7 +83,7 @@ class SambaServer:
         return f"smb://{self.user}@{self.host}:{self.port}/{SHARE}"
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "SambaServer":
+    def __enter__(self) -> SambaServer:
         self.start()
         return self
 
@@ -99,7 +99,7 @@ class SambaServer:
         if not self._provisioned:
             self._provision()
         smbd = shutil.which("smbd") or "/usr/sbin/smbd"
-        self._stdout = open(self.base / "log" / "smbd.stdout", "ab")
+        self._stdout = open(self.base / "log" / "smbd.stdout", "ab")  # noqa: SIM115 (closed in stop())
         self._proc = subprocess.Popen(
             [smbd, "--foreground", "--no-process-group", "--debug-stdout",
              f"--configfile={self.conf}", f"--debuglevel={self.log_level}"],
@@ -270,12 +270,12 @@ class SmbStore:
         self.local.mkdir(mode=0o777)
         self.url = f"{server.store_url}/{name}"
 
-    def options(self, **extra: object) -> "BackendOptions":
+    def options(self, **extra: object) -> BackendOptions:
         from sealfs.backends.registry import BackendOptions
         password = self.server.password
         return BackendOptions(smb_password=lambda: password, extra=dict(extra))
 
-    def backend(self, **extra: object) -> "SmbBackend":
+    def backend(self, **extra: object) -> SmbBackend:
         from sealfs.backends.registry import open_backend
         from sealfs.backends.smb import SmbBackend
         backend = open_backend(self.url, self.options(**extra))

@@ -8,7 +8,7 @@ extra servers with other settings; stopped at the end of the test).
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 

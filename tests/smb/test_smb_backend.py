@@ -6,15 +6,15 @@ import errno
 import logging
 import os
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from sealfs.backends.base import Backend, BackendError
 from sealfs.backends.local import LocalBackend
 from sealfs.backends.smb import SmbBackend, SmbTarget
-
 from tests.servers.samba import SmbStore
 
 MiB = 1024 * 1024

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import trio
 
-from tests.servers.samba import SambaServer, new_store
-
 from sealfs.backends.base import BackendError
+from tests.servers.samba import SambaServer, new_store
 
 MiB = 1024 * 1024
 

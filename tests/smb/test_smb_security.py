@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from tests.servers.pcap import (SMB2_SESSION_SETUP, PacketCapture,
-                                assert_all_encrypted_after_setup)
-from tests.servers.samba import SambaServer, new_store
-
 from sealfs.backends.base import TransportSecurityError
 from sealfs.backends.smb import SmbBackend
+from tests.servers.pcap import PacketCapture, assert_all_encrypted_after_setup
+from tests.servers.samba import SambaServer, new_store
 
 MARKER = b"SEALFS-PLAINTEXT-MARKER-7f3a9c"
 MARKER_NAME = "markerfilezq7"

@@ -26,13 +26,27 @@ from pathlib import Path
 from sealfs.crypto.format import kdf
 from sealfs.crypto.format.chunks import ChunkCipher, chunk_aad
 from sealfs.crypto.format.config import VolumeConfig, WrappedDek, canonical_json
-from sealfs.crypto.format.constants import (CONFIG_NAME, DIR_META_NAME, HIDDEN_PREFIX, INFO_CONFIG,
-                                     INFO_DIRS, INFO_FILE, INFO_NAMES, INFO_PIN, TEMP_PREFIX)
-from sealfs.crypto.format.header import (FileHeader, Kind, Metadata, seal_dir_meta, seal_header)
-from sealfs.crypto.keys.kms_local import KeyfileKek, PassphraseKek
-from sealfs.crypto.format.layout import (chunk_plain_length, final_index, logical_size, slot_offset,
-                                  stored_size)
+from sealfs.crypto.format.constants import (
+    CONFIG_NAME,
+    DIR_META_NAME,
+    HIDDEN_PREFIX,
+    INFO_CONFIG,
+    INFO_DIRS,
+    INFO_FILE,
+    INFO_NAMES,
+    INFO_PIN,
+    TEMP_PREFIX,
+)
+from sealfs.crypto.format.header import FileHeader, Kind, Metadata, seal_dir_meta, seal_header
+from sealfs.crypto.format.layout import (
+    chunk_plain_length,
+    final_index,
+    logical_size,
+    slot_offset,
+    stored_size,
+)
 from sealfs.crypto.format.names import NameCipher, pad_name, sidecar_of
+from sealfs.crypto.keys.kms_local import KeyfileKek, PassphraseKek
 
 HERE = Path(__file__).resolve().parent
 CREATED = "2024-01-01T00:00:00Z"
@@ -227,7 +241,7 @@ def config_vectors(tmp: Path) -> dict:
     }
     # Passphrase volume: a small scrypt cost so that tests stay fast (real volumes use 2^17).
     salt = fixed("scrypt-salt", 32)
-    passphrase = "correct horse battery staple".encode()
+    passphrase = b"correct horse battery staple"
     pk = PassphraseKek(passphrase, salt, 1 << 10, 8, 1)
     pw = pk.wrap(INPUTS["dek1"])
     pcfg = VolumeConfig(volume_id=fixed("pp-volume", 16), chunk_size=65536, kek=pk.config_entry(),

@@ -20,7 +20,7 @@ import sys
 
 from ...crypto.keys.kms import KeySecrets
 from ...errors import SealfsError, UsageError, exit_code_of, first_error, one_line
-from ..cli.keysource import HANDED_OVER_ENV, accept_handover
+from .keysource import HANDED_OVER_ENV, accept_handover
 
 READY_FD_ENV = "SEALFS_READY_FD"
 #: set in the child's environment when one JSON line of secrets waits on its stdin
@@ -34,7 +34,7 @@ class ReadyReporter:
         self._fd = fd
 
     @classmethod
-    def from_environment(cls) -> "ReadyReporter":
+    def from_environment(cls) -> ReadyReporter:
         """The child's start: take the readiness fd and the secrets the parent handed over."""
         if os.environ.pop(SECRETS_STDIN_ENV, None):
             accept_handover(json.loads(sys.stdin.buffer.readline() or b"{}"))
