@@ -5,8 +5,9 @@ Backends raise OSError (with a meaningful errno) because that is the vocabulary 
 storage; everything that concerns keys, format and integrity raises a SealfsError.
 """
 
-
 from __future__ import annotations
+
+import errno
 
 
 class SealfsError(Exception):
@@ -44,7 +45,6 @@ class PinMismatchError(SealfsError):
 
     exit_code = 6
 
-import errno
 
 EXIT_OK = 0
 EXIT_ERROR = 1          # I/O and other runtime errors

@@ -90,7 +90,7 @@ class BackendStat:
     foreign: str = ""
 
     @classmethod
-    def from_os(cls, st) -> "BackendStat":
+    def from_os(cls, st) -> BackendStat:
         return cls(
             size=st.st_size,
             is_dir=stat_module.S_ISDIR(st.st_mode),

@@ -476,7 +476,7 @@ def _quiet_disconnect(conn: Connection, logoff: bool = False) -> None:
     try:
         if conn.transport is not None:
             conn.disconnect(close=logoff, timeout=2)
-    except Exception:  # best effort on an already broken connection
+    except Exception:  # noqa: BLE001 - best effort on an already broken connection
         pass
 
 

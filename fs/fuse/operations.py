@@ -505,5 +505,5 @@ async def periodic_writeback(volume: Volume, interval: float = 5.0) -> None:
         await trio.sleep(interval)
         try:
             await volume.flush_all()
-        except Exception as exc:   # reported; the next flush or fsync reports it to the app
+        except Exception as exc:  # noqa: BLE001 - logged; the next flush or fsync reports it to the app
             log.warning("background write-back failed: %s", exc)

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import trio
 
@@ -149,7 +149,7 @@ class PageCacheGuard:
                     if exc.errno != errno.ENOENT:     # ENOENT: the kernel holds nothing for it
                         log.warning("inode %d: could not drop cached pages: %s", inode, exc)
                 # Pages of READs served before the drop began are gone; later ones may not be.
-                self._forget_reads(rec, lambda r: r.serial <= cut)
+                self._forget_reads(rec, lambda r, cut=cut: r.serial <= cut)
                 rec.done = target
                 rec.changed.set()
                 rec.changed = trio.Event()
