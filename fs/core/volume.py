@@ -15,11 +15,10 @@ import re
 import stat as stat_module
 import time
 from dataclasses import dataclass
-from typing import Iterable
 
 import trio
 
-from ...backends.base import Backend, BackendStat, ForeignEntryError, Handle, join, parent_of
+from ...backends.base import Backend, BackendStat, ForeignEntryError, join, parent_of
 from ...crypto.format.chunks import ChunkCipher
 from ...crypto.format.config import VolumeConfig
 from ...crypto.format.constants import (
@@ -30,16 +29,11 @@ from ...crypto.format.constants import (
     TEMP_PREFIX,
 )
 from ...crypto.format.header import (
-    DIR_META_SIZE,
-    HEADER_SIZE,
     FileHeader,
     Kind,
     Metadata,
     new_dir_id,
     new_file_id,
-    open_dir_meta,
-    open_header,
-    read_header_public,
     seal_dir_meta,
     seal_header,
 )
@@ -51,14 +45,11 @@ from ...crypto.format.kdf import (
     name_key_secret,
     pin_fingerprint,
 )
-from ...crypto.format.layout import logical_size, stored_size
+from ...crypto.format.layout import stored_size
 from ...crypto.format.names import (
     NameCipher,
     entry_of_sidecar,
-    is_long_name_entry,
-    is_reserved,
     is_sidecar,
-    long_name_entry,
     sidecar_of,
 )
 from ...crypto.keys.audit import AuditLog
@@ -66,104 +57,15 @@ from ...crypto.keys.broker import KeyBroker, wrap_new_dek
 from ...crypto.keys.kms import KekProvider, KeySecrets, provider_from_config
 from ...crypto.secmem import secret
 from ...errors import ConfigError, IntegrityError, UsageError
+from .attrs import Attr, Listing, ListingProblem
 from .cache import ChunkCache
 from .files import FileState, FileTuning
-from .journal import journaled_file_ids
-from .journal import recover as recover_journal
+from .headers import HeaderCache
+from .paths import DirInfo, PathResolver, split_path
 from .pins import PinStore
+from .storeio import read_small, remove_quietly, stat_entry, write_new_file
 
 log = logging.getLogger("sealfs.volume")
-
-_KIND_TO_IFMT = {
-    Kind.REGULAR: stat_module.S_IFREG, Kind.SYMLINK: stat_module.S_IFLNK,
-    Kind.FIFO: stat_module.S_IFIFO, Kind.CHAR: stat_module.S_IFCHR,
-    Kind.BLOCK: stat_module.S_IFBLK, Kind.SOCKET: stat_module.S_IFSOCK,
-    Kind.DIRECTORY: stat_module.S_IFDIR,
-}
-IFMT_TO_KIND = {v: k for k, v in _KIND_TO_IFMT.items()}
-
-
-@dataclass(frozen=True)
-class Attr:
-    """What stat(2) shows for a path: sealed metadata + backend size, times, links."""
-
-    kind: Kind
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    nlink: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    rdev: int
-    identity: bytes           # file id (shared by hard links) or directory id
-    #: False for a listed directory whose subdirectories were not counted (SMB): its
-    #: nlink is a guess, not to be cached by the kernel
-    nlink_known: bool = True
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == Kind.DIRECTORY
-
-    @property
-    def st_mode(self) -> int:
-        return _KIND_TO_IFMT[self.kind] | (self.mode & 0o7777)
-
-    @property
-    def unreadable(self) -> bool:
-        """A placeholder for a name whose header or sealfs.dir failed authentication."""
-        return self.identity.startswith(_UNREADABLE)
-
-
-_UNREADABLE = b"unreadable\0"
-
-
-@dataclass(frozen=True)
-class ListingProblem:
-    """A store entry that failed authentication, or that sealfs never writes (planted).
-
-    The store is untrusted input: such an entry is never shown under a name it cannot
-    prove, and never silently dropped either. Tools count it as an integrity error;
-    the mount logs it (and lists the name, when that decrypted, as unreadable)."""
-
-    bpath: str                  # the entry's ciphertext path in the store
-    reason: str
-    parent: str                 # the plaintext directory it was listed in ("" = root)
-    bstat: BackendStat
-    name: str | None = None     # its plaintext name, when the name itself authenticated
-
-    @property
-    def path(self) -> str | None:
-        if self.name is None:
-            return None
-        return f"{self.parent}/{self.name}" if self.parent else self.name
-
-    def placeholder(self) -> Attr:
-        """What a listing shows for a name that decrypted over an object that did not:
-        a name whose every stat and open fail with EIO (its real type and mode are
-        sealed in the damaged object)."""
-        b = self.bstat
-        kind = Kind.DIRECTORY if b.is_dir else Kind.REGULAR
-        return Attr(kind, 0, 0, 0, 0, 2 if b.is_dir else 1, b.atime_ns, b.mtime_ns,
-                    b.ctime_ns, 0, _UNREADABLE + self.bpath.encode())
-
-
-class Listing(list):
-    """listdir's (name, Attr) pairs of the entries that authenticated; .problems holds
-    the ones that did not, for the caller to report and count."""
-
-    def __init__(self, entries=(), problems: "Iterable[ListingProblem]" = ()) -> None:
-        super().__init__(entries)
-        self.problems: list[ListingProblem] = list(problems)
-
-
-@dataclass
-class DirInfo:
-    bpath: str
-    dir_id: bytes
-    meta: Metadata
-
 
 @dataclass
 class VolumeTuning:
@@ -186,10 +88,6 @@ class TempName:
 
 # The tag's dot keeps remove_temps() off the temporaries of create and mkdir (hex only).
 _TEMP_TAG = re.compile(r"[a-z]{1,16}\.")
-
-
-def split_path(path: str) -> list[str]:
-    return [p for p in path.split("/") if p and p != "."]
 
 
 class held:
@@ -302,27 +200,15 @@ class Volume:
         names_key = name_key_secret(names_dek)
         self.names = NameCipher(names_key.readonly())
         names_key.wipe()
-        self._dir_secret = dir_meta_key_secret(names_dek)
-        self._dir_key = self._dir_secret.readonly()
+        #: plaintext paths to backend paths, directory records (it holds their key)
+        self.paths = PathResolver(backend, self.names, dir_meta_key_secret(names_dek))
         self.cache = ChunkCache(self.tuning.cache_bytes)
-        self._dirs: dict[str, DirInfo] = {}
-        #: backend path -> (its stamp, the file id it held): which file a name is
-        self._headers: dict[str, tuple[tuple, bytes]] = {}
-        #: file id -> (header, committed size): one entry for every name of a file, so a
-        #: chmod through one hard link is what all of them show
-        self._files: dict[bytes, tuple[FileHeader, int]] = {}
-        #: directory backend path -> (its mtime when counted or None, subdirectories), for
-        #: backends whose directory stat has no link count (SMB)
-        self._subdirs: dict[str, tuple[int | None, int]] = {}
-        # Link counts by file id, for listings that cannot tell (SMB): learnt from every full
-        # stat and header read, so all names of a file agree; refreshed when a name's stamp
-        # (which includes the change time that link and unlink bump) no longer matches.
-        self._links: dict[bytes, int] = {}
+        #: open files by file id: one state for every handle and hard link of a file
         self._states: dict[bytes, FileState] = {}
+        #: headers, committed sizes and link counts of files and directories
+        self.headers = HeaderCache(backend, broker, self.chunk_size, self._states.get)
         #: file id -> (size, mtime, ctime or None) on the backend when we last closed it
         self._stamps: dict[bytes, tuple[int, int, int | None]] = {}
-        #: files whose journal a crashed mount left behind (listed once, on load)
-        self._journaled: set[bytes] = set()
         self._crypto_limiter = trio.CapacityLimiter(max(1, self.tuning.files.crypto_threads))
         #: the mount's nursery, for background read-ahead (None for one-off CLI commands)
         self.background: trio.Nursery | None = None
@@ -354,9 +240,9 @@ class Volume:
         config = VolumeConfig.new(chunk_size, provider.config_entry(), wrapped)
         root_meta = Metadata(Kind.DIRECTORY, 0o755, os.getuid() if uid is None else uid,
                              os.getgid() if gid is None else gid)
-        await _write_new_file(backend, DIR_META_NAME,
+        await write_new_file(backend, DIR_META_NAME,
                               seal_dir_meta(dir_meta_key(dek), new_dir_id(), root_meta))
-        await _write_new_file(backend, CONFIG_NAME, config.serialize(config_mac_key(dek)))
+        await write_new_file(backend, CONFIG_NAME, config.serialize(config_mac_key(dek)))
         if pins is not None:
             pins.check(backend.location, config.volume_id.hex(), pin_fingerprint(dek))
         del dek
@@ -385,8 +271,8 @@ class Volume:
             pin = (backend.location, config.volume_id.hex(), pin_fingerprint(names_dek))
             first_use = pins is not None and pins.check(*pin, record=False)
             volume = cls(backend, config, broker, names_dek, tuning)
-            await volume._root()
-            volume._journaled = await journaled_file_ids(backend)
+            await volume.paths.root()
+            await volume.headers.find_journals()
             if first_use:      # pinned only once the volume really opened
                 pins.check(*pin)
         except BaseException:
@@ -403,8 +289,7 @@ class Volume:
                 await self._drop_state(state, force=True)
             self.cache.clear()
             self.broker.close()
-            self._dir_key = b""
-            self._dir_secret.wipe()
+            self.paths.close()
             await self.backend.aclose()
 
     async def save_config(self) -> None:
@@ -412,92 +297,26 @@ class Volume:
         names_dek = await self.broker.dek(self.config.name_dek_id)
         data = self.config.serialize(config_mac_key(names_dek))
         tmp = TEMP_PREFIX + os.urandom(8).hex()
-        await _write_new_file(self.backend, tmp, data)
+        await write_new_file(self.backend, tmp, data)
         await self.backend.rename(tmp, CONFIG_NAME, replace=True)
 
-    # -- path resolution -----------------------------------------------------------------
-    async def _root(self) -> DirInfo:
-        info = self._dirs.get("")
-        if info is None:
-            info = await self._read_dir_info("")
-            self._dirs[""] = info
-        return info
-
-    async def _read_dir_info(self, bpath: str) -> DirInfo:
-        try:
-            raw = await _read_small(self.backend, join(bpath, DIR_META_NAME), DIR_META_SIZE + 1)
-        except FileNotFoundError:
-            if bpath and not await self._is_dir(bpath):
-                # Renamed or removed since it was looked up: a race, not damage.
-                raise FileNotFoundError(errno.ENOENT, "No such file or directory", bpath) from None
-            raise IntegrityError(f"directory {bpath or '/'} has no {DIR_META_NAME}") from None
-        dir_id, meta = open_dir_meta(self._dir_key, raw)
-        return DirInfo(bpath, dir_id, meta)
-
-    async def _is_dir(self, bpath: str) -> bool:
-        try:
-            return (await self.backend.stat(bpath)).is_dir
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-
-    async def _dir(self, parts: list[str]) -> DirInfo:
-        key = "/".join(parts)
-        info = self._dirs.get(key)
-        if info is not None:
-            return info
-        if not parts:
-            return await self._root()
-        parent = await self._dir(parts[:-1])
-        bpath = self._child_bpath(parent, parts[-1])
-        try:
-            bstat = await self.backend.stat(bpath)
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/" + key) from None
-        if not bstat.is_dir:
-            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", "/" + key)
-        info = await self._read_dir_info(bpath)
-        if len(self._dirs) > 50_000:
-            self._dirs.clear()
-        self._dirs[key] = info
-        return info
-
-    def _child_bpath(self, parent: DirInfo, name: str) -> str:
-        entry, _long = self.names.entry_for(name, parent.dir_id)
-        return join(parent.bpath, entry)
-
-    async def _entry(self, path: str) -> tuple[DirInfo, str, str, str | None]:
-        """(parent dir, name, backend path, long encoding or None) of a path's last component."""
-        parts = split_path(path)
-        if not parts:
-            raise OSError(errno.EBUSY, "the volume root", "/")
-        parent = await self._dir(parts[:-1])
-        entry, long = self.names.entry_for(parts[-1], parent.dir_id)
-        bpath = join(parent.bpath, entry)
-        limit = self.backend.capabilities.max_path_length
-        if len(bpath) > limit:
-            raise OSError(errno.ENAMETOOLONG, "File name too long (backend path limit)", path)
-        return parent, parts[-1], bpath, long
-
     async def _bstat(self, bpath: str, path: str) -> BackendStat:
-        try:
-            return await self.backend.stat(bpath)
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
+        return await stat_entry(self.backend, bpath, path)
 
     # -- attributes ------------------------------------------------------------------------
     async def stat(self, path: str) -> Attr:
         parts = split_path(path)
         if not parts:
-            root = await self._root()
+            root = await self.paths.root()
             return await self._dir_attr(root, await self.backend.stat(""))
-        info = self._dirs.get("/".join(parts))
+        info = self.paths.cached(parts)
         if info is not None:
             # A directory resolved before (the parent of every new file: the kernel asks
             # for its attributes after each create): its backend path is known already.
             bstat = await self._bstat(info.bpath, path)
             if bstat.is_dir:
                 return await self._dir_attr(info, bstat)
-        parent, name, bpath, _ = await self._entry(path)
+        parent, name, bpath, _ = await self.paths.entry(path)
         bstat = await self._bstat(bpath, path)
         return await self._attr(parts, bpath, bstat)
 
@@ -507,7 +326,7 @@ class Volume:
         parts = split_path(path)
         if not parts:
             return await self.stat(path)
-        parent, name, bpath, _ = await self._entry(path)
+        parent, name, bpath, _ = await self.paths.entry(path)
         try:
             bstat = await self.backend.stat(bpath)
         except FileNotFoundError:
@@ -519,14 +338,13 @@ class Volume:
         if bstat.foreign:       # planted: reading its header could block (FIFO) or leave the store
             raise ForeignEntryError(bpath, bstat.foreign)
         if bstat.is_dir:
-            key = "/".join(parts)
-            info = self._dirs.get(key)
+            info = self.paths.cached(parts)
             if info is None or info.bpath != bpath:
-                info = await self._read_dir_info(bpath)
-                self._dirs[key] = info
+                info = await self.paths.read_dir_info(bpath)
+                self.paths.remember(parts, info)
             return await self._dir_attr(info, bstat, count)
-        header, size = await self._header(bpath, bstat)
-        nlink = await self._nlink(bpath, bstat, header.file_id)
+        header, size = await self.headers.header(bpath, bstat)
+        nlink = await self.headers.nlink(bpath, bstat, header.file_id)
         state = self._states.get(header.file_id)
         if state is not None:
             return self._state_attr(state, bstat, nlink)
@@ -545,153 +363,23 @@ class Volume:
                     state.file_id)
 
     async def _dir_attr(self, info: DirInfo, bstat: BackendStat, count: bool = True) -> Attr:
-        """A directory's attributes. Its link count is 2 + its subdirectories: the
-        backend's, or where the backend has none (SMB) counted from its listing once and
-        then kept by sealfs's own mkdir, rmdir and rename; a count gone stale (the
-        directory's mtime moved under another client) is taken again. count=False (a
-        listing of its parent) only uses a count known already."""
-        nlink, known = max(2, bstat.nlink or 0), True
-        if not self.backend.capabilities.dir_link_counts:
-            cached = self._subdirs.get(info.bpath)
-            if cached is not None and cached[0] in (None, bstat.mtime_ns):
-                if cached[0] is None:
-                    self._subdirs[info.bpath] = (bstat.mtime_ns, cached[1])
-                nlink = 2 + cached[1]
-            elif count:
-                nlink = 2 + await self._count_subdirs(info.bpath, bstat.mtime_ns)
-            else:
-                known = False
+        """A directory's attributes (its link count: HeaderCache.dir_nlink)."""
+        nlink, known = await self.headers.dir_nlink(info.bpath, bstat, count)
         meta = info.meta
         return Attr(Kind.DIRECTORY, meta.mode, meta.uid, meta.gid, 4096, nlink,
                     bstat.atime_ns, bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), 0,
                     info.dir_id, known)
 
-    async def _count_subdirs(self, bpath: str, mtime_ns: int | None,
-                             entries: list[tuple[str, BackendStat]] | None = None) -> int:
-        if entries is None:
-            entries = await self.backend.scandir(bpath)
-        count = sum(1 for entry, st in entries if st.is_dir and not is_reserved(entry))
-        if len(self._subdirs) > 50_000:
-            self._subdirs.clear()
-        self._subdirs[bpath] = (mtime_ns, count)
-        return count
-
-    def _count_subdir_change(self, parent_bpath: str, delta: int) -> None:
-        """Our own mkdir, rmdir or rename changed a known count: keep it, and take the
-        directory's next mtime as the one it was counted at."""
-        cached = self._subdirs.pop(parent_bpath, None)
-        if cached is not None:
-            self._subdirs[parent_bpath] = (None, max(0, cached[1] + delta))
-
     async def _attr_of_state(self, state: FileState, bstat: BackendStat | None = None) -> Attr:
         if bstat is None:
             bstat = await self.backend.fstat(state.handle)
-        return self._state_attr(state, bstat, await self._nlink(state.bpath, bstat, state.file_id))
-
-    async def _nlink(self, bpath: str, bstat: BackendStat, file_id: bytes) -> int:
-        """The link count: from bstat if it knows, else as last learnt for the file id;
-        less the names unlinked while the file is open, which the backend still holds
-        under hidden names until the last close (SMB)."""
-        if bstat.nlink is not None:
-            self._links[file_id] = bstat.nlink
-            nlink = bstat.nlink
-        else:
-            nlink = self._links.get(file_id)
-            if nlink is None:         # a name whose header was cached before its count was
-                nlink = (await self._bstat(bpath, bpath)).nlink or 1
-                self._links[file_id] = nlink
-        state = self._states.get(file_id)
-        return max(0, nlink - len(state.victims)) if state is not None else nlink
+        return self._state_attr(state, bstat, await self.headers.nlink(state.bpath, bstat, state.file_id))
 
     async def file_dek_id(self, path: str) -> int:
         """The id of the DEK that seals a file (rekey, `keys list`): from its header."""
-        _parent, _name, bpath, _long = await self._entry(path)
-        header, _size = await self._header(bpath, await self._bstat(bpath, path))
+        _parent, _name, bpath, _long = await self.paths.entry(path)
+        header, _size = await self.headers.header(bpath, await self._bstat(bpath, path))
         return header.dek_id
-
-    async def _header(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int]:
-        """A file's header and committed size, cached while the backend file is unchanged.
-
-        Read with the file's full stat in one go, which refreshes its link count too."""
-        stamp = (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)
-        cached = self._headers.get(bpath)
-        if cached is not None and cached[0] == stamp:
-            known = self._files.get(cached[1])
-            if known is not None:
-                return known
-        raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
-        header, dek = await self._open_header_bytes(raw, bpath)
-        size = header.meta.size
-        if logical_size(bstat.size, self.chunk_size) != size or header.file_id in self._journaled:
-            cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)   # before any await
-            handle = await self.backend.open(bpath)
-            try:
-                size = await self._committed_size(handle, bpath, header, cipher)
-            finally:
-                await self.backend.close(handle)
-        if len(self._headers) > 100_000:
-            self._headers.clear()
-            self._files.clear()
-            self._links.clear()
-        self._headers[bpath] = (stamp, header.file_id)
-        self._files[header.file_id] = (header, size)
-        if fresh.nlink is not None:
-            self._links[header.file_id] = fresh.nlink
-        return header, size
-
-    def _forget_header(self, bpath: str) -> None:
-        """A name changed: forget its header, and its file's link count if we knew it."""
-        cached = self._headers.pop(bpath, None)
-        if cached is not None:
-            self._forget_file(cached[1])
-
-    def _forget_file(self, file_id: bytes) -> None:
-        """A file's metadata or link count changed: every name of it reads them again."""
-        self._files.pop(file_id, None)
-        self._links.pop(file_id, None)
-
-    async def _committed_size(self, handle: Handle, bpath: str, header: FileHeader,
-                              cipher: ChunkCipher) -> int:
-        """The reader rule of FORMAT.md, after replaying a crashed flush's journal (listed
-        when the volume opened, or found because the file failed to authenticate)."""
-        if header.file_id in self._journaled:
-            await self._replay_journal(bpath, header.file_id, cipher)
-        try:
-            stored = (await self.backend.fstat(handle)).size
-            return await FileState.resolve_size(self.backend, handle, header, cipher,
-                                                self.chunk_size, stored)
-        except IntegrityError:
-            if not await self._replay_journal(bpath, header.file_id, cipher):
-                raise
-            stored = (await self.backend.fstat(handle)).size
-            return await FileState.resolve_size(self.backend, handle, header, cipher,
-                                                self.chunk_size, stored)
-
-    async def _replay_journal(self, bpath: str, file_id: bytes, cipher: ChunkCipher) -> int:
-        """Restore chunks torn by a flush that never finished; how many were restored."""
-        self._journaled.discard(file_id)
-        state = self._states.get(file_id)
-        if state is not None and state.journal.active:
-            return 0                        # our own journal: its flush is not over
-        try:
-            handle = await self.backend.open(bpath, write=True)
-        except PermissionError:
-            return 0
-        try:
-            return await recover_journal(self.backend, handle, file_id, cipher, self.chunk_size)
-        finally:
-            await self.backend.close(handle)
-
-    async def _open_header(self, handle: Handle, bpath: str) -> tuple[FileHeader, bytes]:
-        return await self._open_header_bytes(await self.backend.read(handle, 0, HEADER_SIZE), bpath)
-
-    async def _open_header_bytes(self, raw: bytes, bpath: str) -> tuple[FileHeader, bytes]:
-        try:
-            dek_id, file_id = read_header_public(raw)
-            dek = await self.broker.dek(dek_id)
-            return open_header(file_key(dek, file_id), raw), dek
-        except IntegrityError as exc:
-            raise IntegrityError(f"{bpath}: {exc}") from None
 
     # -- directories ---------------------------------------------------------------------
     async def listdir(self, path: str) -> Listing:
@@ -699,7 +387,7 @@ class Volume:
         authenticate, or that sealfs never writes (a symlink, FIFO, device or socket), is
         left out of the entries and put in .problems by its ciphertext path."""
         parts = split_path(path)
-        info = await self._dir(parts)
+        info = await self.paths.directory(parts)
         entries = await self.backend.scandir(info.bpath)
         stats = dict(entries)
         out = Listing()
@@ -709,7 +397,7 @@ class Volume:
             name = None
             try:
                 try:
-                    name = await self._decode_entry(info, entry, stats)   # never opens entry
+                    name = await self.paths.decode(info, entry, stats)   # never opens entry
                 except IntegrityError:
                     if not bstat.foreign:
                         raise
@@ -745,68 +433,48 @@ class Volume:
         """One line about a listing problem: where it is, and what is wrong."""
         return f"{self.where_of(problem)}: {problem.reason}"
 
-    async def _decode_entry(self, info: DirInfo, entry: str,
-                            stats: dict[str, BackendStat]) -> str | None:
-        if is_long_name_entry(entry):
-            sidecar = sidecar_of(entry)
-            side = stats.get(sidecar)
-            if side is not None and (side.foreign or side.is_dir):
-                raise IntegrityError("long-name sidecar is not a regular file")
-            try:
-                encoded = (await _read_small(self.backend, join(info.bpath, sidecar),
-                                             4096)).decode("ascii")
-            except (FileNotFoundError, UnicodeDecodeError):
-                raise IntegrityError("long name has no readable sidecar") from None
-            # The entry must be the one its name is stored under, or a forged entry
-            # (another entry's sidecar copied, a short name in a sidecar) lists it twice.
-            if long_name_entry(encoded) != entry:
-                raise IntegrityError("long-name sidecar does not match its entry")
-            name = self.names.decode(encoded, info.dir_id)
-            if self.names.entry_for(name, info.dir_id)[0] != entry:
-                raise IntegrityError("long-name sidecar holds a name stored under another entry")
-            return name
-        if is_reserved(entry):
-            return None
-        return self.names.decode(entry, info.dir_id)
-
     async def mkdir(self, path: str, mode: int = 0o755, uid: int | None = None,
-                    gid: int | None = None) -> Attr:
-        parent, name, bpath, long = await self._entry(path)
+                    gid: int | None = None, *, inherit: bool = True) -> Attr:
+        """A new directory owned by uid and gid (the caller's), but for the setgid rule
+        (see _setgid_rule); inherit=False keeps mode and gid exactly as given (a copy
+        that restores its source's ownership)."""
+        parent, name, bpath, long = await self.paths.entry(path)
+        if inherit:
+            mode, gid = _setgid_rule(parent, mode, gid, directory=True)
         tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
         meta = Metadata(Kind.DIRECTORY, mode & 0o7777, _uid(uid), _gid(gid))
         dir_id = new_dir_id()
         await self.backend.mkdir(tmp)
         try:
-            await _write_new_file(self.backend, join(tmp, DIR_META_NAME),
-                                  seal_dir_meta(self._dir_key, dir_id, meta))
+            await self.paths.write_new_record(tmp, dir_id, meta)
             if long is not None:
-                await self._write_sidecar(bpath, long)
+                await self.paths.write_sidecar(bpath, long)
             await self.backend.rename(tmp, bpath, replace=False)
         except BaseException:
-            await _remove_quietly(self.backend, join(tmp, DIR_META_NAME))
-            await _remove_quietly(self.backend, tmp, is_dir=True)
+            await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
+            await remove_quietly(self.backend, tmp, is_dir=True)
             raise
         info = DirInfo(bpath, dir_id, meta)
-        self._dirs["/".join(split_path(path))] = info
-        self._count_subdir_change(parent.bpath, +1)
-        self._subdirs[bpath] = (None, 0)
+        self.paths.remember(split_path(path), info)
+        self.headers.subdir_change(parent.bpath, +1)
+        self.headers.dir_created(bpath)
         return await self._dir_attr(info, await self.backend.stat(bpath))
 
     async def rmdir(self, path: str) -> None:
-        parent, name, bpath, long = await self._entry(path)
+        parent, name, bpath, long = await self.paths.entry(path)
         bstat = await self._bstat(bpath, path)
         if not bstat.is_dir:
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
         await self._check_empty(bpath, path)
         tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
         await self.backend.rename(bpath, tmp, replace=False)
-        await _remove_quietly(self.backend, join(tmp, DIR_META_NAME))
+        await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
         await self.backend.rmdir(tmp)
         if long is not None:
-            await _remove_quietly(self.backend, sidecar_of(bpath))
-        self._forget_dir(path)
-        self._count_subdir_change(parent.bpath, -1)
-        self._subdirs.pop(bpath, None)
+            await remove_quietly(self.backend, sidecar_of(bpath))
+        self.paths.forget(path)
+        self.headers.subdir_change(parent.bpath, -1)
+        self.headers.dir_removed(bpath)
 
     async def _check_empty(self, bpath: str, path: str) -> None:
         entries = dict(await self.backend.scandir(bpath))
@@ -819,7 +487,7 @@ class Volume:
             if entry.startswith(TEMP_PREFIX) or (is_sidecar(entry)
                                                  and entry_of_sidecar(entry) not in entries):
                 # Leftovers of an interrupted create or rename: nothing a user can see.
-                await _remove_quietly(self.backend, join(bpath, entry))
+                await remove_quietly(self.backend, join(bpath, entry))
                 continue
             raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
 
@@ -831,33 +499,30 @@ class Volume:
         if any(entry != DIR_META_NAME for entry in inside):
             raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
         if inside:
-            await _remove_quietly(self.backend, join(tmp, DIR_META_NAME))
-        await _remove_quietly(self.backend, tmp, is_dir=True)
-
-    def _forget_dir(self, path: str) -> None:
-        key = "/".join(split_path(path))
-        for k in [k for k in self._dirs if k == key or k.startswith(key + "/")]:
-            del self._dirs[k]
+            await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
+        await remove_quietly(self.backend, tmp, is_dir=True)
 
     # -- files -----------------------------------------------------------------------------
     async def create(self, path: str, mode: int = 0o644, uid: int | None = None,
                      gid: int | None = None, *, kind: Kind = Kind.REGULAR, rdev: int = 0,
                      content: bytes = b"", append: bool = False) -> OpenFile:
         """Create a new file (EEXIST if the name exists), complete on the backend before its
-        name appears, and return it open for writing."""
-        parent, name, bpath, long = await self._entry(path)
+        name appears, and return it open for writing. Owned by uid and gid (the caller's),
+        but for the setgid rule (see _setgid_rule)."""
+        parent, name, bpath, long = await self.paths.entry(path)
+        mode, gid = _setgid_rule(parent, mode, gid, directory=False)
         tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
         state = await self._new_file(tmp, bpath, mode, uid, gid, kind, rdev, content)
         handle = state.handle
         try:
             if long is not None:
-                await self._write_sidecar(bpath, long)
+                await self.paths.write_sidecar(bpath, long)
             created = await self.backend.place_new(handle, tmp, bpath)
         except BaseException:
             state.forget_secrets()
             self.broker.release(state.dek_id)
             await self.backend.close(handle)
-            await _remove_quietly(self.backend, tmp)
+            await remove_quietly(self.backend, tmp)
             raise
         opened = self._open_new(state, path, append)
         opened.fresh_stat = created       # FUSE's create asks for attributes right away
@@ -877,7 +542,7 @@ class Volume:
                           bpath=bpath, header=header, dek=dek,
                           chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
                           limiter=self._crypto_limiter, committed=len(content))
-        first = seal_header(state._file_key, header) + _seal_whole(state.cipher, content,
+        first = state.sealed_header(len(content)) + _seal_whole(state.cipher, content,
                                                                    self.chunk_size)
         try:
             handle = await self.backend.create_file(tmp, first)
@@ -885,7 +550,7 @@ class Volume:
             state.forget_secrets()
             self.broker.release(dek_id)
             if not isinstance(exc, FileExistsError):   # created, then the write failed
-                await _remove_quietly(self.backend, tmp)
+                await remove_quietly(self.backend, tmp)
             raise
         state.handle = handle
         return state
@@ -908,7 +573,7 @@ class Volume:
         marks whose temporaries they are, for remove_temps()."""
         if not _TEMP_TAG.fullmatch(tag):
             raise ValueError(f"bad temporary tag {tag!r}")
-        parent = await self._dir(split_path(directory))
+        parent = await self.paths.directory(split_path(directory))
         tmp = join(parent.bpath, TEMP_PREFIX + tag + os.urandom(8).hex())
         state = await self._new_file(tmp, tmp, mode, uid, gid, kind, rdev, content)
         return self._open_new(state, directory, False), TempName(tmp)
@@ -916,7 +581,7 @@ class Volume:
     async def place_temp(self, temp: "TempName", path: str) -> None:
         """Rename a closed temporary over path (a file, or nothing) in the same directory:
         rename()'s file-over-file case, for a source that has no plaintext name."""
-        parent, name, bpath, long = await self._entry(path)
+        parent, name, bpath, long = await self.paths.entry(path)
         if parent_of(temp.bpath) != parent.bpath:
             raise OSError(errno.EXDEV, "a temporary is placed in its own directory", path)
         try:
@@ -932,23 +597,23 @@ class Volume:
             elif victim is not None and victim.bpath == bpath:
                 victim.unlinked = True
         if long is not None:
-            await self._write_sidecar(bpath, long)
+            await self.paths.write_sidecar(bpath, long)
         await self.backend.rename(temp.bpath, bpath, replace=True)
-        self._forget_header(temp.bpath)
-        self._forget_header(bpath)
+        self.headers.forget_header(temp.bpath)
+        self.headers.forget_header(bpath)
         for state in self._states.values():
             if state.bpath == temp.bpath:
                 state.bpath = bpath
 
     async def discard_temp(self, temp: "TempName") -> None:
-        await _remove_quietly(self.backend, temp.bpath)
+        await remove_quietly(self.backend, temp.bpath)
 
     async def remove_temps(self, directory: str, tag: str) -> int:
         """Remove the temporary files tagged tag in directory (what an interrupted run of
         their maker left); the number removed. Other temporaries are not touched."""
         if not _TEMP_TAG.fullmatch(tag):
             raise ValueError(f"bad temporary tag {tag!r}")
-        info = await self._dir(split_path(directory))
+        info = await self.paths.directory(split_path(directory))
         prefix = TEMP_PREFIX + tag
         removed = 0
         for entry in await self.backend.listdir(info.bpath):
@@ -960,13 +625,13 @@ class Volume:
             except FileNotFoundError:
                 continue
             if not bstat.is_dir and not bstat.foreign:      # only what create_temp makes
-                await _remove_quietly(self.backend, bpath)
+                await remove_quietly(self.backend, bpath)
                 removed += 1
         return removed
 
     async def open(self, path: str, *, write: bool = False, truncate: bool = False,
                    append: bool = False) -> OpenFile:
-        parent, name, bpath, long = await self._entry(path)
+        parent, name, bpath, long = await self.paths.entry(path)
         bstat = await self._bstat(bpath, path)
         if bstat.is_dir:
             if write:
@@ -994,7 +659,7 @@ class Volume:
             handle = await self.backend.open(bpath)
             writable = False
         try:
-            header, dek = await self._open_header(handle, bpath)
+            header, dek = await self.headers.open_header(handle, bpath)
             existing = self._states.get(header.file_id)
             if existing is not None:
                 await self.backend.close(handle)
@@ -1006,7 +671,7 @@ class Volume:
             raise
         try:
             cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
-            committed = await self._committed_size(handle, bpath, header, cipher)
+            committed = await self.headers.committed_size(handle, bpath, header, cipher)
             fst = await self.backend.fstat(handle)
         except BaseException:
             self.broker.release(header.dek_id)
@@ -1082,7 +747,7 @@ class Volume:
         finally:
             await self.backend.close(state.handle)
             for victim in state.victims:
-                await _remove_quietly(self.backend, victim)
+                await remove_quietly(self.backend, victim)
             try:
                 await state.journal.remove()
             finally:
@@ -1124,7 +789,7 @@ class Volume:
 
     # -- namespace changes -----------------------------------------------------------------
     async def unlink(self, path: str) -> None:
-        parent, name, bpath, long = await self._entry(path)
+        parent, name, bpath, long = await self.paths.entry(path)
         bstat = await self._bstat(bpath, path)
         if bstat.is_dir:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
@@ -1136,9 +801,9 @@ class Volume:
         names and open handles show (the last name of a closed file nobody can look at)."""
         if self.backend.capabilities.real_change_time:
             return
-        header, _size = await self._header(bpath, bstat)
+        header, _size = await self.headers.header(bpath, bstat)
         if header.file_id in self._states \
-                or await self._nlink(bpath, bstat, header.file_id) > 1:
+                or await self.headers.nlink(bpath, bstat, header.file_id) > 1:
             await self._touch_file(bpath, bstat)
 
     async def _remove_file_entry(self, parent: DirInfo, bpath: str, long: str | None) -> None:
@@ -1155,9 +820,9 @@ class Volume:
             await self.backend.unlink(bpath)
             if state is not None and state.bpath == bpath:
                 state.unlinked = True
-        self._forget_header(bpath)
+        self.headers.forget_header(bpath)
         if long is not None:
-            await _remove_quietly(self.backend, sidecar_of(bpath))
+            await remove_quietly(self.backend, sidecar_of(bpath))
 
     async def _open_state_at(self, bpath: str) -> FileState | None:
         """The open file behind a backend entry: by path, or (hard links) by file id."""
@@ -1167,7 +832,7 @@ class Volume:
             if state.bpath == bpath:
                 return state
         try:
-            header, _size = await self._header(bpath, await self.backend.stat(bpath))
+            header, _size = await self.headers.header(bpath, await self.backend.stat(bpath))
         except (FileNotFoundError, IntegrityError):
             return None
         return self._states.get(header.file_id)
@@ -1179,8 +844,8 @@ class Volume:
             return
         if src_parts and dst_parts[:len(src_parts)] == src_parts:
             raise OSError(errno.EINVAL, "cannot move a directory into itself", dst)
-        s_parent, s_name, s_bpath, s_long = await self._entry(src)
-        d_parent, d_name, d_bpath, d_long = await self._entry(dst)
+        s_parent, s_name, s_bpath, s_long = await self.paths.entry(src)
+        d_parent, d_name, d_bpath, d_long = await self.paths.entry(dst)
         s_stat = await self._bstat(s_bpath, src)
         victim_dir = None
         try:
@@ -1209,7 +874,7 @@ class Volume:
                 elif victim is not None and victim.bpath == d_bpath:
                     victim.unlinked = True
         if d_long is not None:
-            await self._write_sidecar(d_bpath, d_long)
+            await self.paths.write_sidecar(d_bpath, d_long)
         try:
             await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
         except PermissionError:
@@ -1219,7 +884,7 @@ class Volume:
             # replace an open file, so it goes aside like an open victim, then src moves.
             hidden = join(d_parent.bpath, HIDDEN_PREFIX + os.urandom(8).hex())
             await self.backend.rename(d_bpath, hidden, replace=False)
-            self._forget_header(d_bpath)
+            self.headers.forget_header(d_bpath)
             try:
                 await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
             except BaseException:
@@ -1231,15 +896,15 @@ class Volume:
                 raise
             await self._hidden_busy(d_bpath, hidden)
         if s_long is not None:
-            await _remove_quietly(self.backend, sidecar_of(s_bpath))
+            await remove_quietly(self.backend, sidecar_of(s_bpath))
         if victim_dir is not None:
-            await _remove_quietly(self.backend, join(victim_dir, DIR_META_NAME))
-            await _remove_quietly(self.backend, victim_dir, is_dir=True)
-        self._forget_header(s_bpath)
-        self._forget_header(d_bpath)
+            await remove_quietly(self.backend, join(victim_dir, DIR_META_NAME))
+            await remove_quietly(self.backend, victim_dir, is_dir=True)
+        self.headers.forget_header(s_bpath)
+        self.headers.forget_header(d_bpath)
         if s_stat.is_dir:
-            self._forget_dir(src)
-            self._forget_dir(dst)
+            self.paths.forget(src)
+            self.paths.forget(dst)
             prefix = s_bpath + "/"
             for state in self._states.values():
                 if state.bpath.startswith(prefix):
@@ -1247,7 +912,7 @@ class Volume:
                 # Hidden names of its unlinked links go on the last close: at the new path.
                 state.victims = [d_bpath + "/" + v[len(prefix):] if v.startswith(prefix) else v
                                  for v in state.victims]
-            self._headers.clear()
+            self.headers.forget_names()
         else:
             for state in self._states.values():
                 if state.bpath == s_bpath:
@@ -1260,20 +925,15 @@ class Volume:
         """Subdirectory counts follow a moved directory; the moved entry's change time
         moves (rename changes its name, as ext4 records)."""
         if is_dir:
-            moved = self._subdirs.pop(s_bpath, None)
-            prefix = s_bpath + "/"
-            for key in [k for k in self._subdirs if k.startswith(prefix) or k == d_bpath]:
-                del self._subdirs[key]
-            if moved is not None:
-                self._subdirs[d_bpath] = (None, moved[1])
+            self.headers.dir_moved(s_bpath, d_bpath)
             if s_parent.bpath != d_parent.bpath:
-                self._count_subdir_change(s_parent.bpath, -1)
-                self._count_subdir_change(d_parent.bpath, +1)
+                self.headers.subdir_change(s_parent.bpath, -1)
+                self.headers.subdir_change(d_parent.bpath, +1)
             if replaced_dir:
-                self._count_subdir_change(d_parent.bpath, -1)
+                self.headers.subdir_change(d_parent.bpath, -1)
         if not self.backend.capabilities.real_change_time:
             if is_dir:
-                await self._touch_dir(await self._dir(split_path(dst)))
+                await self._touch_dir(await self.paths.directory(split_path(dst)))
             else:
                 await self._touch_file(d_bpath)
 
@@ -1283,7 +943,7 @@ class Volume:
         handle closes)."""
         state = await self._open_state_at(hidden)
         if state is None:
-            await _remove_quietly(self.backend, hidden)
+            await remove_quietly(self.backend, hidden)
             return
         if state.bpath == bpath:
             state.bpath = hidden
@@ -1296,25 +956,25 @@ class Volume:
         if self._states.get(state.file_id) is state:
             state.victims.append(hidden)
         else:
-            await _remove_quietly(self.backend, hidden)
+            await remove_quietly(self.backend, hidden)
 
     async def link(self, src: str, dst: str) -> Attr:
         if not self.backend.capabilities.hard_links:
             raise OSError(errno.EPERM, "the backend does not support hard links", dst)
-        s_parent, s_name, s_bpath, _ = await self._entry(src)
+        s_parent, s_name, s_bpath, _ = await self.paths.entry(src)
         s_stat = await self._bstat(s_bpath, src)
         if s_stat.is_dir:
             raise OSError(errno.EPERM, "hard links to directories are not allowed", src)
-        d_parent, d_name, d_bpath, d_long = await self._entry(dst)
+        d_parent, d_name, d_bpath, d_long = await self.paths.entry(dst)
         try:
             await self.backend.stat(d_bpath)
             raise FileExistsError(errno.EEXIST, "File exists", dst)
         except FileNotFoundError:
             pass
         if d_long is not None:
-            await self._write_sidecar(d_bpath, d_long)
+            await self.paths.write_sidecar(d_bpath, d_long)
         await self.backend.link(s_bpath, d_bpath)
-        self._forget_header(s_bpath)
+        self.headers.forget_header(s_bpath)
         if not self.backend.capabilities.real_change_time:
             await self._touch_file(d_bpath)
         return await self.stat(dst)
@@ -1338,13 +998,6 @@ class Volume:
         await f.close()
         return await self.stat(path)
 
-    async def _write_sidecar(self, bpath: str, encoded: str) -> None:
-        """Long-name sidecars are deterministic, so rewriting an existing one is harmless."""
-        sidecar = sidecar_of(bpath)
-        tmp = join(parent_of(bpath), TEMP_PREFIX + os.urandom(8).hex())
-        await _write_new_file(self.backend, tmp, encoded.encode("ascii"))
-        await self.backend.rename(tmp, sidecar, replace=True)
-
     # -- metadata changes --------------------------------------------------------------------
     async def _touch_file(self, bpath: str, bstat: BackendStat | None = None) -> None:
         """Record now as the file's change time in its sealed header, leaving its backend
@@ -1355,11 +1008,11 @@ class Volume:
         if state is not None and state.writable:
             async with state.lock:
                 await state.write_metadata(state.meta.with_(ctime_ns=now))
-            self._forget_file(state.file_id)
+            self.headers.forget_file(state.file_id)
             return
         if bstat is None:
             bstat = await self.backend.stat(bpath)
-        header, size = await self._header(bpath, bstat)
+        header, size = await self.headers.header(bpath, bstat)
         new = FileHeader(header.dek_id, header.file_id, header.meta.with_(ctime_ns=now))
         key = file_key(await self.broker.dek(header.dek_id), header.file_id)
         try:
@@ -1368,14 +1021,13 @@ class Volume:
         except PermissionError:
             log.debug("%s: read-only on the backend; change time not recorded", bpath)
             return
-        self._forget_file(header.file_id)
+        self.headers.forget_file(header.file_id)
 
     async def _touch_dir(self, info: DirInfo, **changes) -> None:
         """Rewrite a directory's record with changes and now as its change time (the
         record is a file inside the directory: writing it moves no time of the directory)."""
         info.meta = info.meta.with_(ctime_ns=time.time_ns(), **changes)
-        await _overwrite_small(self.backend, join(info.bpath, DIR_META_NAME),
-                               seal_dir_meta(self._dir_key, info.dir_id, info.meta))
+        await self.paths.rewrite_record(info)
 
     async def setattr(self, path: str, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, size: int | None = None,
@@ -1389,7 +1041,7 @@ class Volume:
         else:
             parts = split_path(path)
             if parts:
-                _parent, _name, bpath, _long = await self._entry(path)
+                _parent, _name, bpath, _long = await self.paths.entry(path)
             else:
                 bpath = ""
             bstat = await self._bstat(bpath, path)
@@ -1401,12 +1053,11 @@ class Volume:
             set_times = atime_ns is not None or mtime_ns is not None
             if mode is not None or uid is not None or gid is not None \
                     or set_times and not self.backend.capabilities.real_change_time:
-                key = "/".join(split_path(path))
-                info = await self._dir(split_path(path))
+                info = await self.paths.directory(split_path(path))
                 await self._touch_dir(info, mode=info.meta.mode if mode is None else mode & 0o7777,
                                       uid=info.meta.uid if uid is None else uid,
                                       gid=info.meta.gid if gid is None else gid)
-                self._dirs[key] = info
+                self.paths.remember(split_path(path), info)
             if set_times:
                 cur = await self.backend.stat(bpath)
                 await self.backend.set_times(bpath, cur.atime_ns if atime_ns is None else atime_ns,
@@ -1441,7 +1092,7 @@ class Volume:
                     state.pending_times = times
                     state.mtime_ns = None
                     await self.backend.fset_times(state.handle, *times)
-            self._forget_file(state.file_id)
+            self.headers.forget_file(state.file_id)
             return await self._attr_of_state(state)
         finally:
             if opened is not None:
@@ -1472,6 +1123,17 @@ def _by_name(entry: tuple[str, Attr]) -> str:
     return entry[0]
 
 
+def _setgid_rule(parent: DirInfo, mode: int, gid: int | None, *,
+                 directory: bool) -> tuple[int, int | None]:
+    """(mode, gid) of a new entry in parent. As ext4 (and POSIX with BSD group semantics)
+    has it: in a directory whose setgid bit is set, a new entry takes the directory's group
+    instead of its creator's, and a new subdirectory takes the setgid bit too. Decided
+    from the parent's sealed record, which resolving the new entry's path has read."""
+    if parent.meta.mode & stat_module.S_ISGID:
+        return (mode | stat_module.S_ISGID if directory else mode), parent.meta.gid
+    return mode, gid
+
+
 def _uid(uid: int | None) -> int:
     return os.getuid() if uid is None else uid
 
@@ -1493,7 +1155,7 @@ def _seal_whole(cipher: ChunkCipher, content: bytes, chunk_size: int) -> bytes:
 
 async def read_config(backend: Backend) -> tuple[VolumeConfig, str]:
     try:
-        raw = await _read_small(backend, CONFIG_NAME, 1 << 20)
+        raw = await read_small(backend, CONFIG_NAME, 1 << 20)
     except FileNotFoundError:
         raise ConfigError(f"{backend.location} is not a sealfs volume (no {CONFIG_NAME}); "
                           f"create one with `sealfs init`") from None
@@ -1503,39 +1165,3 @@ async def read_config(backend: Backend) -> tuple[VolumeConfig, str]:
         if CONFIG_NAME in str(exc):
             raise
         raise ConfigError(f"{CONFIG_NAME} is damaged: {exc}") from None
-
-
-async def _read_small(backend: Backend, bpath: str, limit: int) -> bytes:
-    handle = await backend.open(bpath)
-    try:
-        return await backend.read(handle, 0, limit)
-    finally:
-        await backend.close(handle)
-
-
-async def _write_new_file(backend: Backend, bpath: str, data: bytes) -> None:
-    handle = await backend.open(bpath, write=True, create=True, exclusive=True)
-    try:
-        await backend.write(handle, 0, data)
-        await backend.flush(handle)
-    finally:
-        await backend.close(handle)
-
-
-async def _overwrite_small(backend: Backend, bpath: str, data: bytes) -> None:
-    """One request, so a reader never sees a torn record."""
-    handle = await backend.open(bpath, write=True)
-    try:
-        await backend.write(handle, 0, data)
-    finally:
-        await backend.close(handle)
-
-
-async def _remove_quietly(backend: Backend, bpath: str, is_dir: bool = False) -> None:
-    try:
-        if is_dir:
-            await backend.rmdir(bpath)
-        else:
-            await backend.unlink(bpath)
-    except FileNotFoundError:
-        pass
