@@ -22,14 +22,16 @@ from ...crypto.format.constants import DIR_META_NAME, TEMP_PREFIX
 from ...crypto.format.header import DIR_META_SIZE, Metadata, open_dir_meta, seal_dir_meta
 from ...crypto.format.names import (
     NameCipher,
+    entry_of_sidecar,
     is_long_name_entry,
     is_reserved,
+    is_sidecar,
     long_name_entry,
     sidecar_of,
 )
 from ...crypto.secmem import SecretBuffer
 from ...errors import IntegrityError
-from .storeio import overwrite_small, read_small, write_new_file
+from .storeio import overwrite_small, read_small, remove_quietly, write_new_file
 
 #: The longest long-name sidecar read: a sealed name is far shorter.
 SIDECAR_LIMIT = 4096
@@ -108,6 +110,34 @@ class PathResolver:
         directory: writing it moves no time of the directory)."""
         await overwrite_small(self.backend, join(info.bpath, DIR_META_NAME),
                               seal_dir_meta(self._dir_key, info.dir_id, info.meta))
+
+    async def check_empty(self, bpath: str, path: str) -> None:
+        """ENOTEMPTY unless the directory at bpath holds nothing a user can see; what an
+        interrupted create, mkdir or rename left in it is removed."""
+        entries = dict(await self.backend.scandir(bpath))
+        for entry, bstat in entries.items():
+            if entry == DIR_META_NAME:
+                continue
+            if entry.startswith(TEMP_PREFIX) and bstat.is_dir:
+                await self._remove_temp_dir(join(bpath, entry), path)
+                continue
+            if entry.startswith(TEMP_PREFIX) or (is_sidecar(entry)
+                                                 and entry_of_sidecar(entry) not in entries):
+                # Leftovers of an interrupted create or rename: nothing a user can see.
+                await remove_quietly(self.backend, join(bpath, entry))
+                continue
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
+
+    async def _remove_temp_dir(self, tmp: str, path: str) -> None:
+        """A leftover of an interrupted mkdir, rmdir or rename over a directory: at most its
+        sealfs.dir. Anything else in it is not what sealfs leaves there, so not ours to
+        delete: the parent is not empty."""
+        inside = await self.backend.listdir(tmp)
+        if any(entry != DIR_META_NAME for entry in inside):
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
+        if inside:
+            await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
+        await remove_quietly(self.backend, tmp, is_dir=True)
 
     # -- resolution ----------------------------------------------------------------------
     async def directory(self, parts: list[str]) -> DirInfo:

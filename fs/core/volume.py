@@ -19,10 +19,8 @@ from dataclasses import dataclass
 import trio
 
 from ...backends.base import Backend, BackendStat, ForeignEntryError, join, parent_of
-from ...crypto.format.chunks import ChunkCipher
 from ...crypto.format.config import VolumeConfig
 from ...crypto.format.constants import (
-    CONFIG_NAME,
     DEFAULT_CHUNK_SIZE,
     DIR_META_NAME,
     HIDDEN_PREFIX,
@@ -33,37 +31,32 @@ from ...crypto.format.header import (
     Kind,
     Metadata,
     new_dir_id,
-    new_file_id,
-    seal_dir_meta,
     seal_header,
 )
 from ...crypto.format.kdf import (
     config_mac_key,
-    dir_meta_key,
     dir_meta_key_secret,
     file_key,
     name_key_secret,
     pin_fingerprint,
 )
-from ...crypto.format.layout import stored_size
 from ...crypto.format.names import (
     NameCipher,
-    entry_of_sidecar,
-    is_sidecar,
     sidecar_of,
 )
 from ...crypto.keys.audit import AuditLog
-from ...crypto.keys.broker import KeyBroker, wrap_new_dek
+from ...crypto.keys.broker import KeyBroker
 from ...crypto.keys.kms import KekProvider, KeySecrets, provider_from_config
-from ...crypto.secmem import secret
-from ...errors import ConfigError, IntegrityError, UsageError
+from ...errors import IntegrityError
 from .attrs import Attr, Listing, ListingProblem
 from .cache import ChunkCache
-from .files import FileState, FileTuning
+from .files import FileTuning
 from .headers import HeaderCache
+from .lifecycle import create_store, read_config, write_config
+from .openfiles import OpenFile, OpenFiles
 from .paths import DirInfo, PathResolver, split_path
 from .pins import PinStore
-from .storeio import read_small, remove_quietly, stat_entry, write_new_file
+from .storeio import remove_quietly, stat_entry
 
 log = logging.getLogger("sealfs.volume")
 
@@ -90,104 +83,6 @@ class TempName:
 _TEMP_TAG = re.compile(r"[a-z]{1,16}\.")
 
 
-class held:
-    """`async with held(lock)`: a free lock is taken at once, a busy one waited for.
-
-    trio.Lock.acquire() always passes through the scheduler (one turn of the event loop,
-    an epoll_wait and every other ready task) even when nobody holds the lock; a small
-    file's write, flush and close take a file's lock three times, and every read that
-    misses the cache once. Taking it without that turn is safe here: the request yields to
-    the loop anyway once it replies.
-    """
-
-    __slots__ = ("lock",)
-
-    def __init__(self, lock: trio.Lock) -> None:
-        self.lock = lock
-
-    async def __aenter__(self) -> None:
-        try:
-            self.lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self.lock.acquire()
-
-    async def __aexit__(self, *exc_info) -> None:
-        self.lock.release()
-
-
-class OpenFile:
-    """One open(2) of a file: the handle the CLI and FUSE hold."""
-
-    def __init__(self, volume: "Volume", state: FileState, writable: bool, append: bool,
-                 path: str = "") -> None:
-        self.volume = volume
-        self.path = "/" + "/".join(split_path(path))
-        self.state = state
-        self.writable = writable
-        self.append = append
-        self.closed = False
-        #: the file's content is what this process last saw of it (it was open here all
-        #: along, or unchanged on the backend since our last close): the kernel may keep
-        #: the pages it cached for it (FUSE keep_cache)
-        self.content_unchanged = False
-        #: the backend's stat of the file as create placed it, for the first stat() (one
-        #: round trip less per new file on SMB); dropped by any change before that
-        self.fresh_stat: BackendStat | None = None
-
-    async def read(self, offset: int, size: int) -> bytes:
-        if not self.state.lock.locked():
-            data = self.state.read_in_memory(offset, size)
-            if data is not None:
-                return data
-        async with held(self.state.lock):
-            try:
-                return await self.state.read(offset, size)
-            except IntegrityError as exc:
-                raise IntegrityError(f"{self.path}: {exc}") from None
-
-    async def write(self, offset: int, data: bytes | memoryview) -> int:
-        if not self.writable:
-            raise OSError(errno.EBADF, "file not open for writing")
-        self.fresh_stat = None
-        async with held(self.state.lock):
-            if self.append:
-                offset = self.state.size
-            n = await self.state.write(offset, data)
-        await self.volume._after_write(self.state)
-        return n
-
-    async def truncate(self, size: int) -> None:
-        if not self.writable:
-            raise OSError(errno.EBADF, "file not open for writing")
-        self.fresh_stat = None
-        async with self.state.lock:
-            await self.state.truncate(size)
-
-    async def flush(self) -> None:
-        state = self.state
-        if self.writable and (state.needs_flush or state.lock.locked()):
-            # (a busy lock may be a flush in progress: this one returns after it)
-            async with held(state.lock):
-                await state.flush()
-
-    async def fsync(self) -> None:
-        await self.flush()
-        if self.writable:
-            await self.volume.backend.flush(self.state.handle)
-
-    async def stat(self) -> Attr:
-        fresh, self.fresh_stat = self.fresh_stat, None
-        return await self.volume._attr_of_state(self.state, fresh)
-
-    async def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            await self.volume._release(self)
-
-    async def read_all(self) -> bytes:
-        return await self.read(0, self.state.size)
-
-
 class Volume:
     def __init__(self, backend: Backend, config: VolumeConfig, broker: KeyBroker,
                  names_dek: bytes, tuning: VolumeTuning | None = None) -> None:
@@ -204,12 +99,10 @@ class Volume:
         self.paths = PathResolver(backend, self.names, dir_meta_key_secret(names_dek))
         self.cache = ChunkCache(self.tuning.cache_bytes)
         #: open files by file id: one state for every handle and hard link of a file
-        self._states: dict[bytes, FileState] = {}
+        self.open_files = OpenFiles(backend, broker, config, self.cache, self.tuning, self._spawn)
         #: headers, committed sizes and link counts of files and directories
-        self.headers = HeaderCache(backend, broker, self.chunk_size, self._states.get)
-        #: file id -> (size, mtime, ctime or None) on the backend when we last closed it
-        self._stamps: dict[bytes, tuple[int, int, int | None]] = {}
-        self._crypto_limiter = trio.CapacityLimiter(max(1, self.tuning.files.crypto_threads))
+        self.headers = HeaderCache(backend, broker, self.chunk_size, self.open_files.get)
+        self.open_files.headers = self.headers
         #: the mount's nursery, for background read-ahead (None for one-off CLI commands)
         self.background: trio.Nursery | None = None
 
@@ -226,28 +119,8 @@ class Volume:
                    uid: int | None = None, gid: int | None = None, audit: AuditLog | None = None,
                    allow_purgeable: bool = False) -> VolumeConfig:
         """`sealfs init`: a new volume with one DEK wrapped by the provider's KEK."""
-        try:
-            await backend.stat(CONFIG_NAME)
-            raise UsageError(f"{backend.location} already holds a sealfs volume")
-        except FileNotFoundError:
-            pass
-        await trio.to_thread.run_sync(provider.check, allow_purgeable)
-        wrapped, dek_buf = await trio.to_thread.run_sync(
-            lambda: wrap_new_dek(provider, 1, audit=audit))
-        dek_secret = secret(dek_buf)
-        dek_buf[:] = bytes(len(dek_buf))
-        dek = dek_secret.readonly()
-        config = VolumeConfig.new(chunk_size, provider.config_entry(), wrapped)
-        root_meta = Metadata(Kind.DIRECTORY, 0o755, os.getuid() if uid is None else uid,
-                             os.getgid() if gid is None else gid)
-        await write_new_file(backend, DIR_META_NAME,
-                              seal_dir_meta(dir_meta_key(dek), new_dir_id(), root_meta))
-        await write_new_file(backend, CONFIG_NAME, config.serialize(config_mac_key(dek)))
-        if pins is not None:
-            pins.check(backend.location, config.volume_id.hex(), pin_fingerprint(dek))
-        del dek
-        dek_secret.wipe()
-        return config
+        return await create_store(backend, provider, chunk_size=chunk_size, pins=pins, uid=uid,
+                                  gid=gid, audit=audit, allow_purgeable=allow_purgeable)
 
     @classmethod
     async def load(cls, backend: Backend, secrets: KeySecrets, *, pins: PinStore | None = None,
@@ -285,8 +158,7 @@ class Volume:
         try:
             await self.flush_all()
         finally:
-            for state in list(self._states.values()):
-                await self._drop_state(state, force=True)
+            await self.open_files.close_all()
             self.cache.clear()
             self.broker.close()
             self.paths.close()
@@ -294,11 +166,7 @@ class Volume:
 
     async def save_config(self) -> None:
         """Rewrite sealfs.json atomically (key rotation): temp file, then rename."""
-        names_dek = await self.broker.dek(self.config.name_dek_id)
-        data = self.config.serialize(config_mac_key(names_dek))
-        tmp = TEMP_PREFIX + os.urandom(8).hex()
-        await write_new_file(self.backend, tmp, data)
-        await self.backend.rename(tmp, CONFIG_NAME, replace=True)
+        await write_config(self.backend, self.config, await self.broker.dek(self.config.name_dek_id))
 
     async def _bstat(self, bpath: str, path: str) -> BackendStat:
         return await stat_entry(self.backend, bpath, path)
@@ -345,22 +213,12 @@ class Volume:
             return await self._dir_attr(info, bstat, count)
         header, size = await self.headers.header(bpath, bstat)
         nlink = await self.headers.nlink(bpath, bstat, header.file_id)
-        state = self._states.get(header.file_id)
+        state = self.open_files.get(header.file_id)
         if state is not None:
-            return self._state_attr(state, bstat, nlink)
+            return self.open_files.state_attr(state, bstat, nlink)
         meta = header.meta
         return Attr(meta.kind, meta.mode, meta.uid, meta.gid, size, nlink, bstat.atime_ns,
                     bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), meta.rdev, header.file_id)
-
-    def _state_attr(self, state: FileState, bstat: BackendStat, nlink: int) -> Attr:
-        meta = state.meta
-        mtime = state.mtime_ns or bstat.mtime_ns
-        if state.pending_times is not None:
-            mtime = state.pending_times[1]
-        return Attr(meta.kind, meta.mode, meta.uid, meta.gid, state.size, nlink,
-                    state.pending_times[0] if state.pending_times else bstat.atime_ns,
-                    mtime, max(bstat.ctime_ns, meta.ctime_ns, state.mtime_ns or 0), meta.rdev,
-                    state.file_id)
 
     async def _dir_attr(self, info: DirInfo, bstat: BackendStat, count: bool = True) -> Attr:
         """A directory's attributes (its link count: HeaderCache.dir_nlink)."""
@@ -369,11 +227,6 @@ class Volume:
         return Attr(Kind.DIRECTORY, meta.mode, meta.uid, meta.gid, 4096, nlink,
                     bstat.atime_ns, bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), 0,
                     info.dir_id, known)
-
-    async def _attr_of_state(self, state: FileState, bstat: BackendStat | None = None) -> Attr:
-        if bstat is None:
-            bstat = await self.backend.fstat(state.handle)
-        return self._state_attr(state, bstat, await self.headers.nlink(state.bpath, bstat, state.file_id))
 
     async def file_dek_id(self, path: str) -> int:
         """The id of the DEK that seals a file (rekey, `keys list`): from its header."""
@@ -465,7 +318,7 @@ class Volume:
         bstat = await self._bstat(bpath, path)
         if not bstat.is_dir:
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
-        await self._check_empty(bpath, path)
+        await self.paths.check_empty(bpath, path)
         tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
         await self.backend.rename(bpath, tmp, replace=False)
         await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
@@ -475,32 +328,6 @@ class Volume:
         self.paths.forget(path)
         self.headers.subdir_change(parent.bpath, -1)
         self.headers.dir_removed(bpath)
-
-    async def _check_empty(self, bpath: str, path: str) -> None:
-        entries = dict(await self.backend.scandir(bpath))
-        for entry, bstat in entries.items():
-            if entry == DIR_META_NAME:
-                continue
-            if entry.startswith(TEMP_PREFIX) and bstat.is_dir:
-                await self._remove_temp_dir(join(bpath, entry), path)
-                continue
-            if entry.startswith(TEMP_PREFIX) or (is_sidecar(entry)
-                                                 and entry_of_sidecar(entry) not in entries):
-                # Leftovers of an interrupted create or rename: nothing a user can see.
-                await remove_quietly(self.backend, join(bpath, entry))
-                continue
-            raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
-
-    async def _remove_temp_dir(self, tmp: str, path: str) -> None:
-        """A leftover of an interrupted mkdir, rmdir or rename over a directory: at most its
-        sealfs.dir. Anything else in it is not what sealfs leaves there, so not ours to
-        delete: the parent is not empty."""
-        inside = await self.backend.listdir(tmp)
-        if any(entry != DIR_META_NAME for entry in inside):
-            raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
-        if inside:
-            await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
-        await remove_quietly(self.backend, tmp, is_dir=True)
 
     # -- files -----------------------------------------------------------------------------
     async def create(self, path: str, mode: int = 0o644, uid: int | None = None,
@@ -512,7 +339,8 @@ class Volume:
         parent, name, bpath, long = await self.paths.entry(path)
         mode, gid = _setgid_rule(parent, mode, gid, directory=False)
         tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
-        state = await self._new_file(tmp, bpath, mode, uid, gid, kind, rdev, content)
+        state = await self.open_files.new_file(tmp, bpath, mode, _uid(uid), _gid(gid), kind, rdev,
+                                                content)
         handle = state.handle
         try:
             if long is not None:
@@ -524,44 +352,9 @@ class Volume:
             await self.backend.close(handle)
             await remove_quietly(self.backend, tmp)
             raise
-        opened = self._open_new(state, path, append)
+        opened = self.open_files.open_new(state, path, append)
         opened.fresh_stat = created       # FUSE's create asks for attributes right away
         return opened
-
-    async def _new_file(self, tmp: str, bpath: str, mode: int, uid: int | None,
-                        gid: int | None, kind: Kind, rdev: int, content: bytes) -> FileState:
-        """A new file written complete under the temporary backend name tmp, its handle
-        open; its state says bpath (where it will live). On failure nothing is left."""
-        dek_id = self.config.current_dek_id
-        dek = await self.broker.acquire(dek_id)      # held while the file is open
-        header = FileHeader(dek_id, new_file_id(), Metadata(kind, mode & 0o7777, _uid(uid),
-                                                            _gid(gid), rdev, len(content)))
-        # The state derives the file key and chunk cipher once; the first bytes use them.
-        # (its handle is set once the backend file exists)
-        state = FileState(backend=self.backend, handle=None,  # type: ignore[arg-type]
-                          bpath=bpath, header=header, dek=dek,
-                          chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
-                          limiter=self._crypto_limiter, committed=len(content))
-        first = state.sealed_header(len(content)) + _seal_whole(state.cipher, content,
-                                                                   self.chunk_size)
-        try:
-            handle = await self.backend.create_file(tmp, first)
-        except BaseException as exc:
-            state.forget_secrets()
-            self.broker.release(dek_id)
-            if not isinstance(exc, FileExistsError):   # created, then the write failed
-                await remove_quietly(self.backend, tmp)
-            raise
-        state.handle = handle
-        return state
-
-    def _open_new(self, state: FileState, path: str, append: bool) -> OpenFile:
-        state.spawn = self._spawn
-        state.writable = True
-        state.has_writer = True
-        self._states[state.file_id] = state
-        state.refs += 1
-        return OpenFile(self, state, True, append, path)
 
     # -- temporaries: files no plaintext name can reach -----------------------------------
     async def create_temp(self, directory: str, mode: int = 0o600, uid: int | None = None,
@@ -575,8 +368,9 @@ class Volume:
             raise ValueError(f"bad temporary tag {tag!r}")
         parent = await self.paths.directory(split_path(directory))
         tmp = join(parent.bpath, TEMP_PREFIX + tag + os.urandom(8).hex())
-        state = await self._new_file(tmp, tmp, mode, uid, gid, kind, rdev, content)
-        return self._open_new(state, directory, False), TempName(tmp)
+        state = await self.open_files.new_file(tmp, tmp, mode, _uid(uid), _gid(gid), kind, rdev,
+                                                content)
+        return self.open_files.open_new(state, directory, False), TempName(tmp)
 
     async def place_temp(self, temp: "TempName", path: str) -> None:
         """Rename a closed temporary over path (a file, or nothing) in the same directory:
@@ -591,7 +385,7 @@ class Volume:
         if d_stat is not None:
             if d_stat.is_dir:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-            victim = await self._open_state_at(bpath)
+            victim = await self.open_files.at(bpath)
             if victim is not None and not self.backend.capabilities.unlink_open_files:
                 await self._remove_file_entry(parent, bpath, None)
             elif victim is not None and victim.bpath == bpath:
@@ -601,7 +395,7 @@ class Volume:
         await self.backend.rename(temp.bpath, bpath, replace=True)
         self.headers.forget_header(temp.bpath)
         self.headers.forget_header(bpath)
-        for state in self._states.values():
+        for state in self.open_files.values():
             if state.bpath == temp.bpath:
                 state.bpath = bpath
 
@@ -637,10 +431,10 @@ class Volume:
             if write:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-        state, unchanged = await self._state_for(bpath, path)
+        state, unchanged = await self.open_files.state_for(bpath, path)
         state.refs += 1
         state.has_writer |= write
-        handle = OpenFile(self, state, write, append, path)
+        handle = OpenFile(self.open_files, state, write, append, path)
         handle.content_unchanged = unchanged and not truncate
         if write and not state.writable:
             await handle.close()
@@ -649,126 +443,9 @@ class Volume:
             await handle.truncate(0)
         return handle
 
-    async def _state_for(self, bpath: str, path: str) -> tuple[FileState, bool]:
-        """The file's shared state, and whether its content is unchanged since this process
-        last had it open (or still has it open)."""
-        try:
-            handle = await self.backend.open(bpath, write=True)
-            writable = True
-        except PermissionError:
-            handle = await self.backend.open(bpath)
-            writable = False
-        try:
-            header, dek = await self.headers.open_header(handle, bpath)
-            existing = self._states.get(header.file_id)
-            if existing is not None:
-                await self.backend.close(handle)
-                return existing, True
-            # Pinned before any await: the DEK view must not be evicted while we use it.
-            dek = await self.broker.acquire(header.dek_id)     # held while the file is open
-        except BaseException:
-            await self.backend.close(handle)
-            raise
-        try:
-            cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
-            committed = await self.headers.committed_size(handle, bpath, header, cipher)
-            fst = await self.backend.fstat(handle)
-        except BaseException:
-            self.broker.release(header.dek_id)
-            await self.backend.close(handle)
-            raise
-        stamp = self._stamps.pop(header.file_id, None)
-        # ctime too where we know it: a same-size rewrite that restores the mtime (cp -p,
-        # touch -r) changes nothing else a client can see.
-        unchanged = stamp is not None and stamp[:2] == (fst.size, fst.mtime_ns) \
-            and stamp[2] in (None, fst.ctime_ns)
-        if not unchanged:
-            self.cache.drop_file(header.file_id)     # close-to-open: someone else changed it
-        state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
-                          chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
-                          limiter=self._crypto_limiter, committed=committed)
-        state.spawn = self._spawn
-        state.writable = writable
-        # An uncommitted tail or a stale header is repaired by the first flush of a writer;
-        # a reader never writes.
-        state.tail_at = stored_size(committed, self.chunk_size) \
-            if fst.size != stored_size(committed, self.chunk_size) else None
-        raced = self._states.get(header.file_id)
-        if raced is not None:
-            # Another open of the same file finished first while we awaited the backend:
-            # one file, one state, or two views would overwrite each other's writes.
-            await self.backend.close(handle)
-            self.broker.release(header.dek_id)
-            return raced, True
-        self._states[header.file_id] = state
-        return state, unchanged
-
-    async def _release(self, handle: OpenFile) -> None:
-        state = handle.state
-        try:
-            if handle.writable:
-                await handle.flush()
-        finally:
-            state.refs -= 1
-            if state.refs <= 0:
-                await self._drop_state(state)
-
-    async def _drop_state(self, state: FileState, force: bool = False) -> None:
-        """Last close: write back, then forget the file. The state stays registered while
-        it flushes, so an open(2) racing with this close shares it instead of building a
-        second view from the not-yet-flushed backend file (which would lose writes)."""
-        flush_error: BaseException | None = None
-        if state.has_writer and state.needs_flush:
-            try:
-                async with state.lock:
-                    await state.flush()
-            except BaseException as exc:
-                flush_error = exc
-        if state.refs > 0 and not force:
-            # Reopened meanwhile: it lives on for that opener (with what could not be
-            # written still dirty); this closer learns that the write-back failed.
-            if flush_error is not None:
-                raise flush_error
-            return
-        if self._states.get(state.file_id) is state:
-            del self._states[state.file_id]
-        try:
-            if flush_error is not None:
-                raise flush_error
-            fst = await self.backend.fstat(state.handle)
-            ctime: int | None = fst.ctime_ns
-            if state.has_writer and not state.unlinked \
-                    and self.backend.capabilities.stamps_write_time_on_close:
-                # Pin the times users saw: an SMB server stamps its own write time when a
-                # handle that wrote is finally closed (ours may close much later).
-                await self.backend.fset_times(state.handle, fst.atime_ns, fst.mtime_ns)
-                ctime = None                      # just changed, and the server may again
-            self._stamps[state.file_id] = (fst.size, fst.mtime_ns, ctime)
-        finally:
-            await self.backend.close(state.handle)
-            for victim in state.victims:
-                await remove_quietly(self.backend, victim)
-            try:
-                await state.journal.remove()
-            finally:
-                state.forget_secrets()
-                self.broker.release(state.dek_id)
-
-    async def _after_write(self, state: FileState) -> None:
-        """Write-back under memory pressure: bound dirty data per file and per volume."""
-        if state.dirty_bytes >= self.tuning.files.file_dirty_limit:
-            await state.write_back()
-        total = sum(s.dirty_bytes for s in self._states.values())
-        if total > self.tuning.dirty_bytes:
-            victim = max(self._states.values(), key=lambda s: s.dirty_bytes)
-            async with victim.lock:
-                await victim.flush()
-
     async def flush_all(self) -> None:
-        for state in list(self._states.values()):
-            if state.has_writer and state.needs_flush:
-                async with state.lock:
-                    await state.flush()
+        """Write back every open file's dirty data."""
+        await self.open_files.flush_all()
 
     async def read_file(self, path: str) -> bytes:
         f = await self.open(path)
@@ -802,12 +479,12 @@ class Volume:
         if self.backend.capabilities.real_change_time:
             return
         header, _size = await self.headers.header(bpath, bstat)
-        if header.file_id in self._states \
+        if header.file_id in self.open_files \
                 or await self.headers.nlink(bpath, bstat, header.file_id) > 1:
             await self._touch_file(bpath, bstat)
 
     async def _remove_file_entry(self, parent: DirInfo, bpath: str, long: str | None) -> None:
-        state = await self._open_state_at(bpath)
+        state = await self.open_files.at(bpath)
         if state is not None and not self.backend.capabilities.unlink_open_files:
             # SMB keeps an open file's name in delete-pending state: hide it NFS-style
             # instead and delete it on the last close (fsck removes leftovers of a crash).
@@ -815,7 +492,7 @@ class Volume:
             await self.backend.rename(bpath, hidden, replace=False)
             if state.bpath == bpath:
                 state.bpath = hidden
-            await self._add_victim(state, hidden)
+            await self.open_files.add_victim(state, hidden)
         else:
             await self.backend.unlink(bpath)
             if state is not None and state.bpath == bpath:
@@ -823,19 +500,6 @@ class Volume:
         self.headers.forget_header(bpath)
         if long is not None:
             await remove_quietly(self.backend, sidecar_of(bpath))
-
-    async def _open_state_at(self, bpath: str) -> FileState | None:
-        """The open file behind a backend entry: by path, or (hard links) by file id."""
-        if not self._states:
-            return None
-        for state in self._states.values():
-            if state.bpath == bpath:
-                return state
-        try:
-            header, _size = await self.headers.header(bpath, await self.backend.stat(bpath))
-        except (FileNotFoundError, IntegrityError):
-            return None
-        return self._states.get(header.file_id)
 
     async def rename(self, src: str, dst: str, *, noreplace: bool = False) -> None:
         src_parts, dst_parts = split_path(src), split_path(dst)
@@ -863,12 +527,12 @@ class Volume:
             if not s_stat.is_dir and d_stat.is_dir:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", dst)
             if d_stat.is_dir:
-                await self._check_empty(d_bpath, dst)
+                await self.paths.check_empty(d_bpath, dst)
                 victim_dir = join(d_parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
                 await self.backend.rename(d_bpath, victim_dir, replace=False)
             else:
                 await self._losing_link(d_bpath, d_stat)
-                victim = await self._open_state_at(d_bpath)
+                victim = await self.open_files.at(d_bpath)
                 if victim is not None and not self.backend.capabilities.unlink_open_files:
                     await self._remove_file_entry(d_parent, d_bpath, None)
                 elif victim is not None and victim.bpath == d_bpath:
@@ -906,7 +570,7 @@ class Volume:
             self.paths.forget(src)
             self.paths.forget(dst)
             prefix = s_bpath + "/"
-            for state in self._states.values():
+            for state in self.open_files.values():
                 if state.bpath.startswith(prefix):
                     state.bpath = d_bpath + "/" + state.bpath[len(prefix):]
                 # Hidden names of its unlinked links go on the last close: at the new path.
@@ -914,7 +578,7 @@ class Volume:
                                  for v in state.victims]
             self.headers.forget_names()
         else:
-            for state in self._states.values():
+            for state in self.open_files.values():
                 if state.bpath == s_bpath:
                     state.bpath = d_bpath
         await self._after_rename(s_parent, d_parent, s_bpath, d_bpath, s_stat.is_dir,
@@ -941,22 +605,13 @@ class Volume:
         """A replaced file that something held open, moved aside from bpath to hidden: the
         victim of its open state if it has one by now, else deleted (on SMB when the last
         handle closes)."""
-        state = await self._open_state_at(hidden)
+        state = await self.open_files.at(hidden)
         if state is None:
             await remove_quietly(self.backend, hidden)
             return
         if state.bpath == bpath:
             state.bpath = hidden
-        await self._add_victim(state, hidden)
-
-    async def _add_victim(self, state: FileState, hidden: str) -> None:
-        """A hidden name goes with its file's last close; when that close is under way
-        already (the state is no longer registered) it may be past its victims: the name
-        goes now (on SMB when the last handle on it closes)."""
-        if self._states.get(state.file_id) is state:
-            state.victims.append(hidden)
-        else:
-            await remove_quietly(self.backend, hidden)
+        await self.open_files.add_victim(state, hidden)
 
     async def link(self, src: str, dst: str) -> Attr:
         if not self.backend.capabilities.hard_links:
@@ -1004,7 +659,7 @@ class Volume:
         times as they are: for backends whose own change time is the write time (SMB).
         One compound request when the file is not open here."""
         now = time.time_ns()
-        state = await self._open_state_at(bpath)
+        state = await self.open_files.at(bpath)
         if state is not None and state.writable:
             async with state.lock:
                 await state.write_metadata(state.meta.with_(ctime_ns=now))
@@ -1093,7 +748,7 @@ class Volume:
                     state.mtime_ns = None
                     await self.backend.fset_times(state.handle, *times)
             self.headers.forget_file(state.file_id)
-            return await self._attr_of_state(state)
+            return await self.open_files.attr_of(state)
         finally:
             if opened is not None:
                 await opened.close()
@@ -1140,28 +795,3 @@ def _uid(uid: int | None) -> int:
 
 def _gid(gid: int | None) -> int:
     return os.getgid() if gid is None else gid
-
-
-def _seal_whole(cipher: ChunkCipher, content: bytes, chunk_size: int) -> bytes:
-    """The chunk area of a file written in one go (creation)."""
-    if not content:
-        return cipher.seal(0, b"", True)
-    pieces = []
-    count = -(-len(content) // chunk_size)
-    for i in range(count):
-        pieces.append(cipher.seal(i, content[i * chunk_size:(i + 1) * chunk_size], i == count - 1))
-    return b"".join(pieces)
-
-
-async def read_config(backend: Backend) -> tuple[VolumeConfig, str]:
-    try:
-        raw = await read_small(backend, CONFIG_NAME, 1 << 20)
-    except FileNotFoundError:
-        raise ConfigError(f"{backend.location} is not a sealfs volume (no {CONFIG_NAME}); "
-                          f"create one with `sealfs init`") from None
-    try:
-        return VolumeConfig.parse(raw)
-    except ConfigError as exc:
-        if CONFIG_NAME in str(exc):
-            raise
-        raise ConfigError(f"{CONFIG_NAME} is damaged: {exc}") from None
