@@ -9,7 +9,7 @@ import click
 from ...crypto.keys.kms import KeySecrets, provider_for_init
 from ...errors import UsageError
 from ..tools.rekey import add_dek, dek_usage, rekey, rotate_kek
-from .keysource import _read_passphrase_file
+from .keysource import read_passphrase_file
 from .report import fail_on_problems
 
 
@@ -83,7 +83,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
         new_secrets = KeySecrets(keyfile=Path(to_keyfile) if to_keyfile else None)
         if to_passphrase_file:
             path = Path(to_passphrase_file)
-            new_secrets.passphrase = lambda: _read_passphrase_file(path)
+            new_secrets.passphrase = lambda: read_passphrase_file(path)
 
         async def main() -> None:
             async with opened_volume(store) as vol:

@@ -40,7 +40,7 @@ def secret_env(name: str) -> str | None:
     return _handed_over.get(name) or os.environ.get(name) or None
 
 
-def _read_passphrase_file(path: Path) -> bytes:
+def read_passphrase_file(path: Path) -> bytes:
     data = read_secret_file(path, "passphrase file").rstrip(b"\r\n")
     if not data:
         raise KeyAccessError(f"passphrase file {path} is empty")
@@ -81,7 +81,7 @@ def _use_files(secrets: KeySecrets, keyfile: str | None, passphrase_file: str | 
         return True
     if passphrase_file:
         path = Path(passphrase_file)
-        secrets.passphrase = lambda: _read_passphrase_file(path)
+        secrets.passphrase = lambda: read_passphrase_file(path)
         return True
     return False
 

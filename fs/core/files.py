@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sealfs.files")
 
-# Crypto below this many bytes stays on the event loop: a thread hop costs ~50 us,
-# AES-GCM of 64 KiB about 30 us.
+# Crypto below this many bytes stays on the event loop: there a hop to a worker thread
+# costs more than the AES-GCM it would move (docs/PERFORMANCE.md, "Measurements behind
+# code comments").
 _INLINE_CRYPTO = 128 * 1024
 # Work handed to one worker thread at a time when sealing or opening in parallel.
 _THREAD_BATCH = 1024 * 1024
@@ -52,9 +53,9 @@ class FileTuning:
     """Per-volume I/O knobs (set from the CLI / config file)."""
 
     readahead_bytes: int = 16 * 1024 * 1024
-    # One background load; two fill the window. Over SMB, 8 MiB batches read 9 % faster
-    # than 4 MiB ones (A/B, tmpfs share, 708 vs 649 MB/s): half the hops between trio,
-    # the SMB threads and the crypto threads per byte; locally neutral; peak RSS +7 MiB.
+    # One background load; two fill the window. 8 MiB rather than 4: half the hops between
+    # trio, the SMB threads and the crypto threads per byte, which reads faster over SMB
+    # and is neutral locally, for a little more peak memory (docs/PERFORMANCE.md).
     readahead_batch: int = 8 * 1024 * 1024
     file_dirty_limit: int = 8 * 1024 * 1024
     crypto_threads: int = 2

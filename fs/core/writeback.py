@@ -241,10 +241,10 @@ async def _logical_chunk_at_most(f: FileState, index: int, size: int) -> bytearr
 
 def preseal(f: FileState, index: int, buf: bytearray) -> None:
     """Seal a chunk the moment a write completes it, as a non-final chunk, on the
-    mount's own thread. Sealed at write-back instead, each of the 128 chunks of an
-    8 MiB batch passed the GIL between the sealing threads and the thread serving
-    FUSE writes: a seal that takes 0.5 ms alone took 4 ms, serial before each batch's
-    transfer. Here it overlaps the previous batch's transfer, and the write-back only
+    mount's own thread. Sealed at write-back instead, each chunk of a batch passed the
+    GIL between the sealing threads and the thread serving FUSE writes, several times
+    slower than alone and serial before each batch's transfer (docs/PERFORMANCE.md,
+    "Measurements behind code comments"). Here it overlaps the previous batch's transfer, and the write-back only
     copies the ciphertext into place (and seals again a chunk that changed since or
     became the final one). Costs: up to one dirty limit of ciphertext per file beside
     its plaintext, and a wasted seal when a chunk is rewritten before write-back."""
@@ -252,8 +252,7 @@ def preseal(f: FileState, index: int, buf: bytearray) -> None:
         return
     # 64 spare bytes: once written back, the buffer's heap slot must fit the chunk a
     # later read decrypts (a bytes object a few bytes larger), or reading the file
-    # back left every such slot unused: peak RSS 243 MiB instead of 221 (205 without
-    # presealing) for a 512 MiB write and read.
+    # back leaves every such slot unused and peak RSS grows (docs/PERFORMANCE.md).
     out = memoryview(bytearray(f.cs + CHUNK_OVERHEAD + 64))[:f.cs + CHUNK_OVERHEAD]
     f.cipher.seal_into(index, buf, False, out)
     f.presealed[index] = (buf, out)
