@@ -65,7 +65,7 @@ class FileState:
     """Shared by every handle (and hard link) open on one file id."""
 
     def __init__(self, *, backend: Backend, handle: Handle, bpath: str, header: FileHeader,
-                 dek: bytes | memoryview, chunk_size: int, cache: "ChunkCache", tuning: FileTuning,
+                 dek: bytes | memoryview, chunk_size: int, cache: ChunkCache, tuning: FileTuning,
                  limiter: trio.CapacityLimiter, committed: int) -> None:
         self.backend = backend
         self.handle = handle
@@ -348,13 +348,13 @@ class FileState:
             reads.append((start, end - start))
         results_pieces = await self.backend.read_many_pieces(self.handle, reads)
         jobs: list[tuple[int, bytes | memoryview, bool, int]] = []
-        for run, pieces in zip(runs, results_pieces):
+        for run, pieces in zip(runs, results_pieces, strict=True):
             base = slot_offset(run[0], cs)
             slots = []
             for i in run:
                 length = chunk_plain_length(i, committed, cs) + CHUNK_OVERHEAD
                 slots.append((slot_offset(i, cs) - base, length))
-            for i, (_, length), sealed in zip(run, slots, _cut(pieces, slots)):
+            for i, (_, length), sealed in zip(run, slots, _cut(pieces, slots), strict=True):
                 jobs.append((i, sealed, i == committed_final, length))
         results = await self.run_crypto(jobs, self._open_batch)
         if cache:

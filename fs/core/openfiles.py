@@ -9,7 +9,8 @@ closed (close-to-open consistency, as NFS gives it) and bounds dirty data per vo
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 

@@ -126,7 +126,7 @@ class Volume:
     async def load(cls, backend: Backend, secrets: KeySecrets, *, pins: PinStore | None = None,
                    tuning: VolumeTuning | None = None, audit: AuditLog | None = None,
                    check_kek: bool = False, allow_purgeable: bool = False,
-                   key_ttl: float | None = None) -> "Volume":
+                   key_ttl: float | None = None) -> Volume:
         """Open a volume: read and verify sealfs.json, unwrap the names DEK, check the pin.
 
         check_kek runs the provider's safety checks (recoverable, enabled, key_ops) as a
@@ -359,7 +359,7 @@ class Volume:
     # -- temporaries: files no plaintext name can reach -----------------------------------
     async def create_temp(self, directory: str, mode: int = 0o600, uid: int | None = None,
                           gid: int | None = None, *, tag: str, kind: Kind = Kind.REGULAR,
-                          rdev: int = 0, content: bytes = b"") -> tuple[OpenFile, "TempName"]:
+                          rdev: int = 0, content: bytes = b"") -> tuple[OpenFile, TempName]:
         """Create a file in directory under a reserved backend name (sealfs.tmp.<tag><random>)
         and return it open for writing. No plaintext name can equal it, so no user's file
         is ever taken for it; place_temp() later renames it over its real name. The tag
@@ -372,7 +372,7 @@ class Volume:
                                                 content)
         return self.open_files.open_new(state, directory, False), TempName(tmp)
 
-    async def place_temp(self, temp: "TempName", path: str) -> None:
+    async def place_temp(self, temp: TempName, path: str) -> None:
         """Rename a closed temporary over path (a file, or nothing) in the same directory:
         rename()'s file-over-file case, for a source that has no plaintext name."""
         parent, name, bpath, long = await self.paths.entry(path)
@@ -399,7 +399,7 @@ class Volume:
             if state.bpath == temp.bpath:
                 state.bpath = bpath
 
-    async def discard_temp(self, temp: "TempName") -> None:
+    async def discard_temp(self, temp: TempName) -> None:
         await remove_quietly(self.backend, temp.bpath)
 
     async def remove_temps(self, directory: str, tag: str) -> int:

@@ -85,7 +85,7 @@ async def plan(f: FileState) -> Plan:
             buf = bytearray(lead + sum(lengths) + CHUNK_OVERHEAD * len(run))
             view = memoryview(buf)
             pos = lead
-            for i, length in zip(run, lengths):
+            for i, length in zip(run, lengths, strict=True):
                 out = view[pos:pos + length + CHUNK_OVERHEAD]
                 sealed = _take_presealed(f, i, chunks[i], length, new_final)
                 if sealed is not None:
@@ -101,7 +101,7 @@ async def plan(f: FileState) -> Plan:
         # sealed into shared buffers. The backend gathers the adjacent pieces into its
         # requests (pwritev, one SMB WRITE) without joining them.
         pending: list[tuple[int, int]] = []
-        for i, length in zip(run, lengths):
+        for i, length in zip(run, lengths, strict=True):
             sealed = _take_presealed(f, i, chunks[i], length, new_final)
             if sealed is None:
                 pending.append((i, length))
@@ -244,10 +244,11 @@ def preseal(f: FileState, index: int, buf: bytearray) -> None:
     mount's own thread. Sealed at write-back instead, each chunk of a batch passed the
     GIL between the sealing threads and the thread serving FUSE writes, several times
     slower than alone and serial before each batch's transfer (docs/PERFORMANCE.md,
-    "Measurements behind code comments"). Here it overlaps the previous batch's transfer, and the write-back only
-    copies the ciphertext into place (and seals again a chunk that changed since or
-    became the final one). Costs: up to one dirty limit of ciphertext per file beside
-    its plaintext, and a wasted seal when a chunk is rewritten before write-back."""
+    "Measurements behind code comments"). Here it overlaps the previous batch's
+    transfer, and the write-back only copies the ciphertext into place (and seals again
+    a chunk that changed since or became the final one). Costs: up to one dirty limit of
+    ciphertext per file beside its plaintext, and a wasted seal when a chunk is
+    rewritten before write-back."""
     if len(buf) != f.cs:
         return
     # 64 spare bytes: once written back, the buffer's heap slot must fit the chunk a

@@ -28,8 +28,8 @@ symlink; the backend refuses to traverse one), never what it points to.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ...backends.base import join
 from ...crypto.format.chunks import ChunkCipher

@@ -40,9 +40,9 @@ import hashlib
 import os
 import stat as stat_module
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import trio
 
@@ -116,7 +116,7 @@ class Reporter:
                                       TextColumn("{task.fields[files]}"),
                                       console=Console(file=self.stream), transient=True)
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         if self._progress is not None:
             self._progress.start()
         return self
@@ -524,9 +524,8 @@ async def _sync_entry(vol: Volume, root: Path, base: str, rel: str, st: os.stat_
         await vol.place_temp(temp, path)
     except BaseException:
         if temp is not None:
-            with trio.CancelScope(shield=True):
-                with contextlib.suppress(Exception):
-                    await vol.discard_temp(temp)
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await vol.discard_temp(temp)
         raise
     finally:
         if fh is not None:
