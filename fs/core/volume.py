@@ -1,9 +1,13 @@
 """The encrypted filesystem as a library: used by the FUSE mount and by the CLI alike.
 
-Plaintext paths in, backend calls out. A plaintext path maps to a backend path by
-encrypting each component under its parent directory's id; directories are
-resolved once and cached. File contents go through FileState (fs/core/files.py), shared
-by every handle and hard link of one file id.
+Plaintext paths in, backend calls out. Volume decides what each operation does and in
+what order; its parts each own one job and one cache:
+
+- paths.PathResolver: plaintext path -> backend path, directory records, long names;
+- headers.HeaderCache: file headers, committed sizes, link counts, journal replay;
+- openfiles.OpenFiles: one FileState (fs/core/files.py) per open file id, shared by
+  every handle and hard link; files.py's write-back goes through writeback.py;
+- lifecycle: creating a volume, reading and rewriting its sealfs.json.
 """
 
 from __future__ import annotations
