@@ -52,7 +52,7 @@ async def vol_store(tmp_path: Path, keyfile: Path) -> Path:
 async def bpath_of(store: Path, keyfile: Path, path: str) -> Path:
     vol = await load(store, keyfile)
     try:
-        _parent, _name, bpath, _long = await vol._entry(path)
+        _parent, _name, bpath, _long = await vol.paths.entry(path)
         return store / bpath
     finally:
         await vol.close()

@@ -30,7 +30,7 @@ def backend_path(store, keyfile, path: str):
     async def main():
         vol = await Volume.load(LocalBackend(store), KeySecrets(keyfile=keyfile), pins=PinStore())
         try:
-            _p, _n, bpath, _l = await vol._entry(path)
+            _p, _n, bpath, _l = await vol.paths.entry(path)
             return store / bpath
         finally:
             await vol.close()

@@ -300,7 +300,7 @@ async def plant_mkdir_leftover(vol: Volume, parent: str, extra: str | None = Non
     """What a mkdir killed between writing its record and its rename leaves: a backend
     directory sealfs.tmp.<hex> holding a valid sealfs.dir (a copy of the parent's)."""
     backend = vol.backend
-    parent_b = (await vol._entry(parent))[2]
+    parent_b = (await vol.paths.entry(parent))[2]
     tmp = f"{parent_b}/sealfs.tmp.{os.urandom(8).hex()}"
     await backend.mkdir(tmp)
     h = await backend.open(f"{parent_b}/sealfs.dir")

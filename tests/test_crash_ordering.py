@@ -269,7 +269,7 @@ def _install(store, bpath: str, journal: str, state: dict) -> None:
 
 
 async def _bpath(vol: Volume, path: str) -> str:
-    _p, _n, bpath, _l = await vol._entry(path)
+    _p, _n, bpath, _l = await vol.paths.entry(path)
     return bpath
 
 
@@ -385,7 +385,7 @@ async def test_handmade_grow_states_with_the_real_cipher_resolve_to_old_or_new(m
                 _put(raw, slot_offset(i, CS), sealed[i])
             target.write_bytes(raw)
             vol.cache.clear()
-            vol._headers.clear()
+            vol.headers.forget_names()
             assert await vol.read_file("f") == old, subset
             assert (await vol.stat("f")).size == len(old)
     # all new chunks + the old final chunk resealed, header still stale: the new file
@@ -394,7 +394,7 @@ async def test_handmade_grow_states_with_the_real_cipher_resolve_to_old_or_new(m
         _put(raw, slot_offset(i, CS), sealed[i])
     target.write_bytes(raw)
     vol.cache.clear()
-    vol._headers.clear()
+    vol.headers.forget_names()
     assert raw[:HEADER_SIZE] == base[:HEADER_SIZE]
     assert await vol.read_file("f") == new
     assert (await vol.stat("f")).size == len(new)

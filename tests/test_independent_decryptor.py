@@ -310,7 +310,7 @@ async def test_every_crash_point_reads_old_or_new(name, make_volume, keyfile: Pa
     vol = await Volume.load(backend, KeySecrets(keyfile=keyfile))
     try:
         await vol.write_file("f", old)
-        bpath = vol.names.entry_for("f", (await vol._root()).dir_id)[0]
+        bpath = vol.names.entry_for("f", (await vol.paths.root()).dir_id)[0]
         before = (store / bpath).read_bytes()
         backend.watch = bpath
         f = await vol.open("f", write=True)
@@ -342,7 +342,7 @@ async def test_a_torn_rewrite_reads_through_its_journal(make_volume, open_volume
     vol = await open_volume(store)
     try:
         await vol.write_file("f", old)
-        bpath = vol.names.entry_for("f", (await vol._root()).dir_id)[0]
+        bpath = vol.names.entry_for("f", (await vol.paths.root()).dir_id)[0]
     finally:
         await vol.close()
     new_chunk = blob(CS, 12)

@@ -69,7 +69,7 @@ async def test_volume_and_file_keys_are_zeroed_on_close(make_volume, open_volume
     f = await vol.create("/f")
     await f.write(0, b"secret")
     file_key = f.state._file_key          # white-box: the per-file key sealfs holds
-    dir_key = vol._dir_key
+    dir_key = vol.paths._dir_key
     assert any(bytes(file_key)) and any(bytes(dir_key))
     await f.close()
     assert bytes(file_key) == bytes(len(file_key)), "the file key outlived the open file"

@@ -59,7 +59,7 @@ def template(tmp_path_factory):
             await vol.write_file(path, data)
         bpaths = {}
         for path in [*GOOD, *VICTIMS, "top", "top/sub"]:
-            bpaths[path] = (await vol._entry(path))[2]
+            bpaths[path] = (await vol.paths.entry(path))[2]
         await vol.close()
         return bpaths
     return store, keyfile, trio.run(main)

@@ -342,3 +342,45 @@ async def test_rename_onto_another_hard_link_of_the_same_file_changes_nothing(wi
     assert await vol.read_file(a) == b"same" and await vol.read_file(b) == b"same"
     assert (await vol.stat(a)).nlink == 2
     await vol.close()
+
+
+async def test_a_setgid_directory_passes_its_group_on_from_its_record(make_volume, open_volume):
+    """ext4's rule, in the library: a new entry in a setgid directory takes the directory's
+    group instead of its creator's, and a new subdirectory takes the setgid bit too. It is
+    decided from the directory's sealed record: a volume opened afresh (nothing resolved,
+    nothing cached) applies it as well."""
+    store = await make_volume(4096)
+    vol = await open_volume(store)
+    await vol.mkdir("shared", 0o2775, uid=1000, gid=4321)
+    await vol.mkdir("plain", 0o775, uid=1000, gid=4321)
+    await vol.close()
+
+    vol = await open_volume(store)
+    sub = await vol.mkdir("shared/sub", 0o755, uid=2000, gid=2000)
+    assert (sub.uid, sub.gid, sub.mode) == (2000, 4321, 0o2755)
+    await vol.close()
+
+    vol = await open_volume(store)
+    f = await vol.create("shared/f", 0o644, uid=2000, gid=2000)
+    await f.close()
+    await vol.symlink("shared/sub/link", "../f", uid=2000, gid=2000)
+    await vol.mknod("shared/fifo", Kind.FIFO, 0o600, uid=2000, gid=2000)
+    mine = await vol.mkdir("plain/mine", 0o755, uid=2000, gid=2000)
+    await vol.close()
+
+    vol = await open_volume(store)
+    for path in ("shared/f", "shared/sub/link", "shared/fifo"):
+        attr = await vol.stat(path)
+        assert (attr.uid, attr.gid) == (2000, 4321), path
+        assert not attr.mode & stat.S_ISGID, path
+    assert (mine.gid, mine.mode) == (2000, 0o755)          # no setgid bit: the caller's group
+    await vol.close()
+
+
+async def test_mkdir_without_inheriting_keeps_the_given_group_and_mode(make_volume, open_volume):
+    """What a copy restoring its source's ownership asks for (sync), as rsync -a does."""
+    vol = await open_volume(await make_volume(4096))
+    await vol.mkdir("shared", 0o2775, uid=1000, gid=4321)
+    copied = await vol.mkdir("shared/copy", 0o700, uid=2000, gid=2000, inherit=False)
+    assert (copied.gid, copied.mode) == (2000, 0o700)
+    await vol.close()

@@ -54,7 +54,7 @@ async def test_files_of_every_boundary_size_round_trip_after_close_and_reopen(cs
         await f.close()
         expected[path] = data
         # the backend file has exactly the computed layout size
-        _p, _n, bpath, _l = await vol._entry(path)
+        _p, _n, bpath, _l = await vol.paths.entry(path)
         assert (store / bpath).stat().st_size == stored_size(size, cs)
     for path, data in expected.items():
         assert await read_back(vol, path) == data
@@ -114,7 +114,7 @@ async def test_sparse_writes_past_eof_leave_holes_that_read_as_zeros(cs, make_vo
     assert (await vol.stat("sparse")).size == far + 4
     assert await read_back(vol, "sparse") == model
     # the skipped chunk slots were never written: they are holes (all zero) on the backend
-    _p, _n, bpath, _l = await vol._entry("sparse")
+    _p, _n, bpath, _l = await vol.paths.entry("sparse")
     raw = (store / bpath).read_bytes()
     for i in range(1, 5):
         slot = raw[slot_offset(i, cs):slot_offset(i, cs) + cs + CHUNK_OVERHEAD]
@@ -149,7 +149,7 @@ async def test_truncate_grow_and_shrink_round_trip(cs, make_volume, open_volume)
         assert await f.read(0, new_size + cs) == model
         await f.flush()
         assert await f.read(0, new_size + cs) == model
-        _p, _n, bpath, _l = await vol._entry("t")
+        _p, _n, bpath, _l = await vol.paths.entry("t")
         assert (store / bpath).stat().st_size == stored_size(new_size, cs)
         # data written after a shrink must not resurrect the cut bytes
         await f.write(len(model), b"Z")
@@ -212,7 +212,7 @@ async def test_truncate_to_10_gib_stays_cheap_and_reads_zeros(make_volume, open_
     assert await f.read(5 * 1024 ** 3 + 17, 100_000) == bytes(100_000)
     assert await f.read(10 * 1024 ** 3 - 10, 100) == bytes(10)
     await f.close()
-    _p, _n, bpath, _l = await vol._entry("huge")
+    _p, _n, bpath, _l = await vol.paths.entry("huge")
     assert (store / bpath).stat().st_blocks * 512 < 4 * 1024 * 1024, "the hole was written out"
     await vol.close()
 

@@ -19,14 +19,14 @@ CS = 4096
 
 
 async def bpath_of(vol, path: str) -> str:
-    _parent, _name, bpath, _long = await vol._entry(path)
+    _parent, _name, bpath, _long = await vol.paths.entry(path)
     return bpath
 
 
 async def read_fresh(vol, path: str) -> bytes:
     """Read through a new open with no cached plaintext (as a fresh process would)."""
     vol.cache.clear()
-    vol._headers.clear()
+    vol.headers.forget_names()
     f = await vol.open(path)
     try:
         return await f.read_all()

@@ -19,7 +19,7 @@ import trio
 from ...backends.base import Backend, Handle
 from ...crypto.format.chunks import ChunkCipher
 from ...crypto.format.constants import CHUNK_OVERHEAD, NONCE_SIZE
-from ...crypto.format.header import HEADER_SIZE, FileHeader, Metadata, seal_header
+from ...crypto.format.header import FileHeader, Metadata, seal_header
 from ...crypto.format.kdf import file_key_secret
 from ...crypto.format.layout import (
     chunk_count,
@@ -30,7 +30,8 @@ from ...crypto.format.layout import (
     stored_size,
 )
 from ...errors import IntegrityError, first_error
-from .journal import Journal, Record, split_out
+from . import writeback
+from .journal import Journal
 from .journal import recover as recover_journal
 
 if TYPE_CHECKING:
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sealfs.files")
 
-# Crypto below this many bytes stays on the event loop: a thread hop costs ~50 us,
-# AES-GCM of 64 KiB about 30 us.
+# Crypto below this many bytes stays on the event loop: there a hop to a worker thread
+# costs more than the AES-GCM it would move (docs/PERFORMANCE.md, "Measurements behind
+# code comments").
 _INLINE_CRYPTO = 128 * 1024
 # Work handed to one worker thread at a time when sealing or opening in parallel.
 _THREAD_BATCH = 1024 * 1024
@@ -51,9 +53,9 @@ class FileTuning:
     """Per-volume I/O knobs (set from the CLI / config file)."""
 
     readahead_bytes: int = 16 * 1024 * 1024
-    # One background load; two fill the window. Over SMB, 8 MiB batches read 9 % faster
-    # than 4 MiB ones (A/B, tmpfs share, 708 vs 649 MB/s): half the hops between trio,
-    # the SMB threads and the crypto threads per byte; locally neutral; peak RSS +7 MiB.
+    # One background load; two fill the window. 8 MiB rather than 4: half the hops between
+    # trio, the SMB threads and the crypto threads per byte, which reads faster over SMB
+    # and is neutral locally, for a little more peak memory (docs/PERFORMANCE.md).
     readahead_batch: int = 8 * 1024 * 1024
     file_dirty_limit: int = 8 * 1024 * 1024
     crypto_threads: int = 2
@@ -63,7 +65,7 @@ class FileState:
     """Shared by every handle (and hard link) open on one file id."""
 
     def __init__(self, *, backend: Backend, handle: Handle, bpath: str, header: FileHeader,
-                 dek: bytes | memoryview, chunk_size: int, cache: "ChunkCache", tuning: FileTuning,
+                 dek: bytes | memoryview, chunk_size: int, cache: ChunkCache, tuning: FileTuning,
                  limiter: trio.CapacityLimiter, committed: int) -> None:
         self.backend = backend
         self.handle = handle
@@ -269,7 +271,7 @@ class FileState:
             if generation == self.generation:      # nothing was rewritten meanwhile
                 for i, plain in loaded.items():
                     self.cache.put(self.file_id, i, plain)
-        except Exception as exc:                   # the reader will load (and report) itself
+        except Exception as exc:  # noqa: BLE001 - the reader will load (and report) itself
             log.debug("%s: read-ahead dropped: %s", self.bpath, exc)
         finally:
             for i, event in events.items():
@@ -309,7 +311,7 @@ class FileState:
             return data[:length]
         return bytes(data) + bytes(length - len(data))
 
-    async def _logical_chunk(self, index: int) -> bytearray:
+    async def logical_chunk(self, index: int) -> bytearray:
         loaded = await self._load_chunks([index]) if self._missing(index) else {}
         return bytearray(self._logical_chunk_cached(index, loaded))
 
@@ -346,15 +348,15 @@ class FileState:
             reads.append((start, end - start))
         results_pieces = await self.backend.read_many_pieces(self.handle, reads)
         jobs: list[tuple[int, bytes | memoryview, bool, int]] = []
-        for run, pieces in zip(runs, results_pieces):
+        for run, pieces in zip(runs, results_pieces, strict=True):
             base = slot_offset(run[0], cs)
             slots = []
             for i in run:
                 length = chunk_plain_length(i, committed, cs) + CHUNK_OVERHEAD
                 slots.append((slot_offset(i, cs) - base, length))
-            for i, (_, length), sealed in zip(run, slots, _cut(pieces, slots)):
+            for i, (_, length), sealed in zip(run, slots, _cut(pieces, slots), strict=True):
                 jobs.append((i, sealed, i == committed_final, length))
-        results = await self._run_crypto(jobs, self._open_batch)
+        results = await self.run_crypto(jobs, self._open_batch)
         if cache:
             for i, plain in results:
                 self.cache.put(self.file_id, i, plain)
@@ -371,7 +373,7 @@ class FileState:
             out.append((i, self.cipher.open(i, sealed, final)))
         return out
 
-    async def _run_crypto(self, jobs: list, fn) -> list:
+    async def run_crypto(self, jobs: list, fn) -> list:
         total = sum(len(j[1]) for j in jobs)
         if total <= _INLINE_CRYPTO or len(jobs) == 1 and total <= 4 * _INLINE_CRYPTO:
             return fn(jobs)
@@ -410,7 +412,7 @@ class FileState:
                 if within == 0 and n == cs:
                     buf = bytearray()
                 else:
-                    buf = await self._logical_chunk(index)
+                    buf = await self.logical_chunk(index)
                 self.dirty[index] = buf
                 self.dirty_bytes += cs
             elif self.presealed:
@@ -419,7 +421,7 @@ class FileState:
                 buf.extend(bytes(within - len(buf)))
             buf[within:within + n] = view[taken:taken + n]
             if within + n == cs and self.spawn is not None:
-                self._preseal(index, buf)
+                writeback.preseal(self, index, buf)
             pos += n
             taken += n
             remaining -= n
@@ -443,7 +445,7 @@ class FileState:
             if within and index * cs < self.size:
                 buf = self.dirty.get(index)
                 if buf is None:
-                    buf = await self._logical_chunk(index)
+                    buf = await self.logical_chunk(index)
                     self.dirty[index] = buf
                     self.dirty_bytes += cs
                 del buf[within:]
@@ -478,13 +480,13 @@ class FileState:
             await self.backend.truncate(self.handle, self.tail_at)
             self.tail_at = None
         if self.low_water < self.committed:
-            await self._shrink_to(self.low_water)
-        plan = await self._plan()
-        await self._write_plan(plan)
+            await writeback.shrink(self, self.low_water)
+        plan = await writeback.plan(self)
+        await writeback.write(self, plan)
         # A background write-back that failed earlier left its chunks dirty; they are on
         # the backend now, so that error has been made good.
         self.writeback_error = None
-        self._commit(plan)
+        writeback.commit(self, plan)
         self.dirty.clear()
         self.presealed.clear()
         self.dirty_bytes = 0
@@ -513,7 +515,7 @@ class FileState:
                         or self.writeback_error is not None or not self.writable:
                     await self.flush()
                     return
-                plan = await self._plan()
+                plan = await writeback.plan(self)
                 self.inflight = plan.chunks
                 self.dirty = {}
                 self.presealed = {}
@@ -521,21 +523,21 @@ class FileState:
                 done = self._writeback = trio.Event()
                 if not self.spawn(self._background_write, plan, done):
                     self._writeback = None
-                    self._restore(plan)
+                    writeback.restore(self, plan)
                     await self.flush()
                 return
 
-    async def _background_write(self, plan: "_Plan", done: trio.Event) -> None:
+    async def _background_write(self, plan: writeback.Plan, done: trio.Event) -> None:
         try:
-            await self._write_plan(plan)
+            await writeback.write(self, plan)
         except BaseException as exc:
-            self._restore(plan)
+            writeback.restore(self, plan)
             if not isinstance(exc, Exception):
                 raise
             log.warning("%s: background write-back failed: %s", self.bpath, exc)
             self.writeback_error = exc
         else:
-            self._commit(plan)
+            writeback.commit(self, plan)
             if not self.dirty and not self._stamp_mtime:
                 self.mtime_ns = None
         finally:
@@ -543,222 +545,7 @@ class FileState:
             self._writeback = None
             done.set()
 
-    def _restore(self, plan: "_Plan") -> None:
-        """A write-back that did not land: its chunks are dirty again (unless rewritten
-        since), so nothing written is lost and a later flush retries them."""
-        for i, plain in plan.chunks.items():
-            if i not in self.dirty and i * self.cs < self.size:
-                self.dirty[i] = plain if isinstance(plain, bytearray) else bytearray(plain)
-                self.dirty_bytes += self.cs
-        self.inflight = {}
-
-    async def _plan(self) -> "_Plan":
-        """Everything a flush of the current dirty state writes, in order, not yet sealed.
-        Caller holds self.lock; no shrink or tail cut is pending."""
-        cs = self.cs
-        self.generation += 1
-        old, new = self.committed, self.size
-        old_final, new_final = final_index(old, cs), final_index(new, cs)
-        chunks: dict[int, bytes | bytearray] = {i: b for i, b in self.dirty.items() if i <= new_final}
-        if new != old and new_final not in chunks:
-            chunks[new_final] = await self._logical_chunk(new_final)
-        reseal_old_final = old_final < new_final
-        if reseal_old_final and old_final not in chunks:
-            chunks[old_final] = await self._logical_chunk(old_final)
-        # The old final chunk, when a write over its old bytes cannot tear (one page
-        # locally, one request on SMB: Backend.untearable), is replaced by a write after
-        # the rest of its slot, not journaled; see fs/core/journal.py.
-        old_extent = stored_size(old, cs)
-        atomic_head = old_final in chunks and self.backend.untearable(slot_offset(old_final, cs),
-                                                                      old_extent)
-        header_needed = new != self.header_size or self.header_dirty
-        header = self._sealed_header(new) if header_needed else None
-        # Contiguous runs of chunks are sealed straight into one buffer each and written
-        # in one request; the old final chunk (resealed last) always stands alone.
-        runs: list[list[int]] = []
-        for i in sorted(chunks):
-            alone = reseal_old_final and i == old_final
-            if runs and runs[-1][-1] == i - 1 and not alone and not (
-                    reseal_old_final and runs[-1][-1] == old_final):
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        jobs = []
-        done: set[int] = set()                # chunks sealed already (presealed)
-        writes: list[tuple[int, bytearray]] = []
-        combined = None
-        for run in runs:
-            # Header and chunk 0 are contiguous: one request (every small file), written
-            # after every other chunk so the header still comes last.
-            lead = HEADER_SIZE if (run[0] == 0 and header is not None and not reseal_old_final
-                                   and (not atomic_head or old_final == 0)) else 0
-            lengths = [chunk_plain_length(i, new, cs) for i in run]
-            if lead:
-                buf = bytearray(lead + sum(lengths) + CHUNK_OVERHEAD * len(run))
-                view = memoryview(buf)
-                pos = lead
-                for i, length in zip(run, lengths):
-                    out = view[pos:pos + length + CHUNK_OVERHEAD]
-                    sealed = self._take_presealed(i, chunks[i], length, new_final)
-                    if sealed is not None:
-                        out[:] = sealed
-                        done.add(i)
-                    jobs.append((i, _fit(chunks[i], length), i == new_final, out))
-                    pos += length + CHUNK_OVERHEAD
-                buf[:HEADER_SIZE] = header
-                combined = (0, buf)
-                header = None
-                continue
-            # A chunk sealed already goes to the backend as it is; the rest of the run is
-            # sealed into shared buffers. The backend gathers the adjacent pieces into its
-            # requests (pwritev, one SMB WRITE) without joining them.
-            pending: list[tuple[int, int]] = []
-            for i, length in zip(run, lengths):
-                sealed = self._take_presealed(i, chunks[i], length, new_final)
-                if sealed is None:
-                    pending.append((i, length))
-                    continue
-                self._seal_buffer(pending, chunks, new_final, jobs, writes)
-                writes.append((slot_offset(i, cs), sealed))
-                jobs.append((i, chunks[i], False, sealed))
-                done.add(i)
-            self._seal_buffer(pending, chunks, new_final, jobs, writes)
-        return _Plan(old, new, chunks, jobs, writes, combined, header,
-                     reseal_old_final, atomic_head, done)
-
-    def _take_presealed(self, index: int, plain: bytes | bytearray, length: int,
-                        new_final: int) -> memoryview | None:
-        """The chunk's ciphertext from _preseal, if the chunk is unchanged since and still
-        a whole non-final chunk; it is used up either way."""
-        sealed = self.presealed.pop(index, None)
-        if sealed is not None and sealed[0] is plain and index != new_final \
-                and length == self.cs == len(plain):
-            return sealed[1]
-        return None
-
-    def _seal_buffer(self, pending: list[tuple[int, int]], chunks: dict, new_final: int,
-                     jobs: list, writes: list) -> None:
-        """One buffer for the adjacent chunks in pending, each sealed into its slot later."""
-        if not pending:
-            return
-        buf = bytearray(sum(length + CHUNK_OVERHEAD for _, length in pending))
-        view = memoryview(buf)
-        pos = 0
-        for i, length in pending:
-            jobs.append((i, _fit(chunks[i], length), i == new_final,
-                         view[pos:pos + length + CHUNK_OVERHEAD]))
-            pos += length + CHUNK_OVERHEAD
-        writes.append((slot_offset(pending[0][0], self.cs), buf))
-        pending.clear()
-
-    async def _write_plan(self, plan: "_Plan") -> None:
-        """Seal the plan's chunks and write them: journal, chunks, old final chunk, header."""
-        cs = self.cs
-        old = plan.old
-        old_final = final_index(old, cs)
-        old_extent = stored_size(old, cs)
-        writes = list(plan.writes)
-        await self._run_crypto([j for j in plan.jobs if j[0] not in plan.presealed],
-                               self._seal_batch)
-        resealed = None
-        if plan.reseal_old_final:
-            resealed = next(w for w in writes if w[0] == slot_offset(old_final, cs))
-            writes.remove(resealed)
-        if plan.combined is not None:
-            writes.append(plan.combined)
-        # Rewrites of bytes already on the backend must not tear (fs/core/journal.py): every
-        # chunk rewritten in place is journaled first, but for an atomic head.
-        head = None
-        if plan.atomic_head:
-            if resealed is not None:
-                writes.append(resealed)
-                resealed = None
-            start = slot_offset(old_final, cs)
-            holder = next(w for w in writes if w[0] <= start < w[0] + len(w[1]))
-            if self.backend.untearable(holder[0], holder[0] + len(holder[1])):
-                writes.remove(holder)             # it cannot tear: written whole, last
-                head = holder
-            else:
-                writes, head = split_out(writes, start, old_extent)
-        records = [Record(i, final, out, i == old_final,
-                          chunk_plain_length(i, old, cs) + CHUNK_OVERHEAD)
-                   for i, _plain, final, out in plan.jobs
-                   if i <= old_final and not (head is not None and i == old_final)]
-        if records:
-            await self.journal.record(records)
-        if writes:
-            await self.backend.write_many(self.handle, writes)
-        if resealed is not None:
-            await self.backend.write(self.handle, *resealed)
-        if head is not None:
-            await self.backend.write(self.handle, *head)
-        if plan.header is not None:
-            await self.backend.write(self.handle, 0, plan.header)
-        if records:
-            await self.journal.clear()
-
-    def _commit(self, plan: "_Plan") -> None:
-        """The plan is on the backend: it is the committed state now."""
-        self.header_size = plan.new
-        self.header_dirty = False
-        self.committed = plan.new
-        self.low_water = plan.new
-        for i, plain, _final, _out in plan.jobs:
-            self.cache.put(self.file_id, i, plain)   # no longer mutated by anyone
-        self.meta = self.meta.with_(size=plan.new)
-
-    async def _shrink_to(self, size: int) -> None:
-        cs = self.cs
-        index = final_index(size, cs)
-        plain = _fit(await self._logical_chunk_at_most(index, size), chunk_plain_length(index, size, cs))
-        old = self.committed
-        sealed = self.cipher.seal(index, plain, True)
-        offset = slot_offset(index, cs)
-        journaled = not self.backend.untearable(offset, offset + len(sealed))
-        if journaled:
-            await self.journal.record([Record(index, True, sealed, index == final_index(old, cs),
-                                              chunk_plain_length(index, old, cs) + CHUNK_OVERHEAD)])
-        await self.backend.write(self.handle, 0, self._sealed_header(size))
-        self.header_size = size
-        await self.backend.write(self.handle, offset, sealed)
-        await self.backend.truncate(self.handle, stored_size(size, cs))
-        if journaled:
-            await self.journal.clear()
-        self.cache.drop_file(self.file_id, index)
-        self.cache.put(self.file_id, index, bytes(plain))
-        self.committed = size
-        self.header_dirty = False
-
-    async def _logical_chunk_at_most(self, index: int, size: int) -> bytearray:
-        """Current plaintext of chunk index, cut at size (used for the shrink phase)."""
-        buf = await self._logical_chunk(index)
-        return buf[:max(0, size - index * self.cs)]
-
-    def _preseal(self, index: int, buf: bytearray) -> None:
-        """Seal a chunk the moment a write completes it, as a non-final chunk, on the
-        mount's own thread. Sealed at write-back instead, each of the 128 chunks of an
-        8 MiB batch passed the GIL between the sealing threads and the thread serving
-        FUSE writes: a seal that takes 0.5 ms alone took 4 ms, serial before each batch's
-        transfer. Here it overlaps the previous batch's transfer, and the write-back only
-        copies the ciphertext into place (and seals again a chunk that changed since or
-        became the final one). Costs: up to one dirty limit of ciphertext per file beside
-        its plaintext, and a wasted seal when a chunk is rewritten before write-back."""
-        if len(buf) != self.cs:
-            return
-        # 64 spare bytes: once written back, the buffer's heap slot must fit the chunk a
-        # later read decrypts (a bytes object a few bytes larger), or reading the file
-        # back left every such slot unused: peak RSS 243 MiB instead of 221 (205 without
-        # presealing) for a 512 MiB write and read.
-        out = memoryview(bytearray(self.cs + CHUNK_OVERHEAD + 64))[:self.cs + CHUNK_OVERHEAD]
-        self.cipher.seal_into(index, buf, False, out)
-        self.presealed[index] = (buf, out)
-
-    def _seal_batch(self, batch: list[tuple[int, bytes, bool, memoryview]]) -> list[int]:
-        for i, plain, final, out in batch:
-            self.cipher.seal_into(i, plain, final, out)
-        return [i for i, *_ in batch]
-
-    def _sealed_header(self, size: int) -> bytes:
+    def sealed_header(self, size: int) -> bytes:
         self.meta = self.meta.with_(size=size)
         return seal_header(self._file_key, FileHeader(self.dek_id, self.file_id, self.meta))
 
@@ -775,22 +562,6 @@ class FileState:
     def forget_secrets(self) -> None:
         self._file_key = b""
         self._key_secret.wipe()
-
-
-@dataclass
-class _Plan:
-    """One flush, planned under the file lock and written with or without it."""
-
-    old: int                                   # committed size before
-    new: int                                   # committed size after
-    chunks: dict[int, bytes | bytearray]       # plaintext of every chunk it writes
-    jobs: list                                 # (index, plain, final, sealed out view)
-    writes: list[tuple[int, bytearray]]        # sealed pieces by offset (adjacent ones continue a run)
-    combined: tuple[int, bytearray] | None     # header + chunk 0 in one write
-    header: bytes | None                       # the header alone, written last
-    reseal_old_final: bool
-    atomic_head: bool
-    presealed: set[int]                        # chunks whose out view holds their seal already
 
 
 def _cut(pieces: list[bytes | memoryview], slots: list[tuple[int, int]]) -> list[bytes | memoryview]:
@@ -816,12 +587,3 @@ def _cut(pieces: list[bytes | memoryview], slots: list[tuple[int, int]]) -> list
             j += 1
         out.append(b"".join(parts))
     return out
-
-
-def _fit(data: bytes | bytearray, length: int) -> bytes | bytearray:
-    if len(data) == length:
-        return data
-    if len(data) > length:
-        return bytes(data[:length])
-    return bytes(data) + bytes(length - len(data))
-

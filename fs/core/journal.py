@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ...backends.base import PAGE_SIZE, Backend, ForeignEntryError, Handle, join
 from ...crypto.format.chunks import ChunkCipher

@@ -1,9 +1,13 @@
 """The encrypted filesystem as a library: used by the FUSE mount and by the CLI alike.
 
-Plaintext paths in, backend calls out. A plaintext path maps to a backend path by
-encrypting each component under its parent directory's id; directories are
-resolved once and cached. File contents go through FileState (fs/core/files.py), shared
-by every handle and hard link of one file id.
+Plaintext paths in, backend calls out. Volume decides what each operation does and in
+what order; its parts each own one job and one cache:
+
+- paths.PathResolver: plaintext path -> backend path, directory records, long names;
+- headers.HeaderCache: file headers, committed sizes, link counts, journal replay;
+- openfiles.OpenFiles: one FileState (fs/core/files.py) per open file id, shared by
+  every handle and hard link; files.py's write-back goes through writeback.py;
+- lifecycle: creating a volume, reading and rewriting its sealfs.json.
 """
 
 from __future__ import annotations
@@ -15,155 +19,50 @@ import re
 import stat as stat_module
 import time
 from dataclasses import dataclass
-from typing import Iterable
 
 import trio
 
-from ...backends.base import Backend, BackendStat, ForeignEntryError, Handle, join, parent_of
-from ...crypto.format.chunks import ChunkCipher
+from ...backends.base import Backend, BackendStat, ForeignEntryError, join, parent_of
 from ...crypto.format.config import VolumeConfig
 from ...crypto.format.constants import (
-    CONFIG_NAME,
     DEFAULT_CHUNK_SIZE,
     DIR_META_NAME,
     HIDDEN_PREFIX,
     TEMP_PREFIX,
 )
 from ...crypto.format.header import (
-    DIR_META_SIZE,
-    HEADER_SIZE,
     FileHeader,
     Kind,
     Metadata,
     new_dir_id,
-    new_file_id,
-    open_dir_meta,
-    open_header,
-    read_header_public,
-    seal_dir_meta,
     seal_header,
 )
 from ...crypto.format.kdf import (
     config_mac_key,
-    dir_meta_key,
     dir_meta_key_secret,
     file_key,
     name_key_secret,
     pin_fingerprint,
 )
-from ...crypto.format.layout import logical_size, stored_size
 from ...crypto.format.names import (
     NameCipher,
-    entry_of_sidecar,
-    is_long_name_entry,
-    is_reserved,
-    is_sidecar,
-    long_name_entry,
     sidecar_of,
 )
 from ...crypto.keys.audit import AuditLog
-from ...crypto.keys.broker import KeyBroker, wrap_new_dek
+from ...crypto.keys.broker import KeyBroker
 from ...crypto.keys.kms import KekProvider, KeySecrets, provider_from_config
-from ...crypto.secmem import secret
-from ...errors import ConfigError, IntegrityError, UsageError
+from ...errors import IntegrityError
+from .attrs import Attr, Listing, ListingProblem
 from .cache import ChunkCache
-from .files import FileState, FileTuning
-from .journal import journaled_file_ids
-from .journal import recover as recover_journal
+from .files import FileTuning
+from .headers import HeaderCache
+from .lifecycle import create_store, read_config, write_config
+from .openfiles import OpenFile, OpenFiles
+from .paths import DirInfo, PathResolver, split_path
 from .pins import PinStore
+from .storeio import remove_quietly, stat_entry
 
 log = logging.getLogger("sealfs.volume")
-
-_KIND_TO_IFMT = {
-    Kind.REGULAR: stat_module.S_IFREG, Kind.SYMLINK: stat_module.S_IFLNK,
-    Kind.FIFO: stat_module.S_IFIFO, Kind.CHAR: stat_module.S_IFCHR,
-    Kind.BLOCK: stat_module.S_IFBLK, Kind.SOCKET: stat_module.S_IFSOCK,
-    Kind.DIRECTORY: stat_module.S_IFDIR,
-}
-IFMT_TO_KIND = {v: k for k, v in _KIND_TO_IFMT.items()}
-
-
-@dataclass(frozen=True)
-class Attr:
-    """What stat(2) shows for a path: sealed metadata + backend size, times, links."""
-
-    kind: Kind
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    nlink: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    rdev: int
-    identity: bytes           # file id (shared by hard links) or directory id
-    #: False for a listed directory whose subdirectories were not counted (SMB): its
-    #: nlink is a guess, not to be cached by the kernel
-    nlink_known: bool = True
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == Kind.DIRECTORY
-
-    @property
-    def st_mode(self) -> int:
-        return _KIND_TO_IFMT[self.kind] | (self.mode & 0o7777)
-
-    @property
-    def unreadable(self) -> bool:
-        """A placeholder for a name whose header or sealfs.dir failed authentication."""
-        return self.identity.startswith(_UNREADABLE)
-
-
-_UNREADABLE = b"unreadable\0"
-
-
-@dataclass(frozen=True)
-class ListingProblem:
-    """A store entry that failed authentication, or that sealfs never writes (planted).
-
-    The store is untrusted input: such an entry is never shown under a name it cannot
-    prove, and never silently dropped either. Tools count it as an integrity error;
-    the mount logs it (and lists the name, when that decrypted, as unreadable)."""
-
-    bpath: str                  # the entry's ciphertext path in the store
-    reason: str
-    parent: str                 # the plaintext directory it was listed in ("" = root)
-    bstat: BackendStat
-    name: str | None = None     # its plaintext name, when the name itself authenticated
-
-    @property
-    def path(self) -> str | None:
-        if self.name is None:
-            return None
-        return f"{self.parent}/{self.name}" if self.parent else self.name
-
-    def placeholder(self) -> Attr:
-        """What a listing shows for a name that decrypted over an object that did not:
-        a name whose every stat and open fail with EIO (its real type and mode are
-        sealed in the damaged object)."""
-        b = self.bstat
-        kind = Kind.DIRECTORY if b.is_dir else Kind.REGULAR
-        return Attr(kind, 0, 0, 0, 0, 2 if b.is_dir else 1, b.atime_ns, b.mtime_ns,
-                    b.ctime_ns, 0, _UNREADABLE + self.bpath.encode())
-
-
-class Listing(list):
-    """listdir's (name, Attr) pairs of the entries that authenticated; .problems holds
-    the ones that did not, for the caller to report and count."""
-
-    def __init__(self, entries=(), problems: "Iterable[ListingProblem]" = ()) -> None:
-        super().__init__(entries)
-        self.problems: list[ListingProblem] = list(problems)
-
-
-@dataclass
-class DirInfo:
-    bpath: str
-    dir_id: bytes
-    meta: Metadata
-
 
 @dataclass
 class VolumeTuning:
@@ -188,108 +87,6 @@ class TempName:
 _TEMP_TAG = re.compile(r"[a-z]{1,16}\.")
 
 
-def split_path(path: str) -> list[str]:
-    return [p for p in path.split("/") if p and p != "."]
-
-
-class held:
-    """`async with held(lock)`: a free lock is taken at once, a busy one waited for.
-
-    trio.Lock.acquire() always passes through the scheduler (one turn of the event loop,
-    an epoll_wait and every other ready task) even when nobody holds the lock; a small
-    file's write, flush and close take a file's lock three times, and every read that
-    misses the cache once. Taking it without that turn is safe here: the request yields to
-    the loop anyway once it replies.
-    """
-
-    __slots__ = ("lock",)
-
-    def __init__(self, lock: trio.Lock) -> None:
-        self.lock = lock
-
-    async def __aenter__(self) -> None:
-        try:
-            self.lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self.lock.acquire()
-
-    async def __aexit__(self, *exc_info) -> None:
-        self.lock.release()
-
-
-class OpenFile:
-    """One open(2) of a file: the handle the CLI and FUSE hold."""
-
-    def __init__(self, volume: "Volume", state: FileState, writable: bool, append: bool,
-                 path: str = "") -> None:
-        self.volume = volume
-        self.path = "/" + "/".join(split_path(path))
-        self.state = state
-        self.writable = writable
-        self.append = append
-        self.closed = False
-        #: the file's content is what this process last saw of it (it was open here all
-        #: along, or unchanged on the backend since our last close): the kernel may keep
-        #: the pages it cached for it (FUSE keep_cache)
-        self.content_unchanged = False
-        #: the backend's stat of the file as create placed it, for the first stat() (one
-        #: round trip less per new file on SMB); dropped by any change before that
-        self.fresh_stat: BackendStat | None = None
-
-    async def read(self, offset: int, size: int) -> bytes:
-        if not self.state.lock.locked():
-            data = self.state.read_in_memory(offset, size)
-            if data is not None:
-                return data
-        async with held(self.state.lock):
-            try:
-                return await self.state.read(offset, size)
-            except IntegrityError as exc:
-                raise IntegrityError(f"{self.path}: {exc}") from None
-
-    async def write(self, offset: int, data: bytes | memoryview) -> int:
-        if not self.writable:
-            raise OSError(errno.EBADF, "file not open for writing")
-        self.fresh_stat = None
-        async with held(self.state.lock):
-            if self.append:
-                offset = self.state.size
-            n = await self.state.write(offset, data)
-        await self.volume._after_write(self.state)
-        return n
-
-    async def truncate(self, size: int) -> None:
-        if not self.writable:
-            raise OSError(errno.EBADF, "file not open for writing")
-        self.fresh_stat = None
-        async with self.state.lock:
-            await self.state.truncate(size)
-
-    async def flush(self) -> None:
-        state = self.state
-        if self.writable and (state.needs_flush or state.lock.locked()):
-            # (a busy lock may be a flush in progress: this one returns after it)
-            async with held(state.lock):
-                await state.flush()
-
-    async def fsync(self) -> None:
-        await self.flush()
-        if self.writable:
-            await self.volume.backend.flush(self.state.handle)
-
-    async def stat(self) -> Attr:
-        fresh, self.fresh_stat = self.fresh_stat, None
-        return await self.volume._attr_of_state(self.state, fresh)
-
-    async def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            await self.volume._release(self)
-
-    async def read_all(self) -> bytes:
-        return await self.read(0, self.state.size)
-
-
 class Volume:
     def __init__(self, backend: Backend, config: VolumeConfig, broker: KeyBroker,
                  names_dek: bytes, tuning: VolumeTuning | None = None) -> None:
@@ -302,28 +99,14 @@ class Volume:
         names_key = name_key_secret(names_dek)
         self.names = NameCipher(names_key.readonly())
         names_key.wipe()
-        self._dir_secret = dir_meta_key_secret(names_dek)
-        self._dir_key = self._dir_secret.readonly()
+        #: plaintext paths to backend paths, directory records (it holds their key)
+        self.paths = PathResolver(backend, self.names, dir_meta_key_secret(names_dek))
         self.cache = ChunkCache(self.tuning.cache_bytes)
-        self._dirs: dict[str, DirInfo] = {}
-        #: backend path -> (its stamp, the file id it held): which file a name is
-        self._headers: dict[str, tuple[tuple, bytes]] = {}
-        #: file id -> (header, committed size): one entry for every name of a file, so a
-        #: chmod through one hard link is what all of them show
-        self._files: dict[bytes, tuple[FileHeader, int]] = {}
-        #: directory backend path -> (its mtime when counted or None, subdirectories), for
-        #: backends whose directory stat has no link count (SMB)
-        self._subdirs: dict[str, tuple[int | None, int]] = {}
-        # Link counts by file id, for listings that cannot tell (SMB): learnt from every full
-        # stat and header read, so all names of a file agree; refreshed when a name's stamp
-        # (which includes the change time that link and unlink bump) no longer matches.
-        self._links: dict[bytes, int] = {}
-        self._states: dict[bytes, FileState] = {}
-        #: file id -> (size, mtime, ctime or None) on the backend when we last closed it
-        self._stamps: dict[bytes, tuple[int, int, int | None]] = {}
-        #: files whose journal a crashed mount left behind (listed once, on load)
-        self._journaled: set[bytes] = set()
-        self._crypto_limiter = trio.CapacityLimiter(max(1, self.tuning.files.crypto_threads))
+        #: open files by file id: one state for every handle and hard link of a file
+        self.open_files = OpenFiles(backend, broker, config, self.cache, self.tuning, self._spawn)
+        #: headers, committed sizes and link counts of files and directories
+        self.headers = HeaderCache(backend, broker, self.chunk_size, self.open_files.get)
+        self.open_files.headers = self.headers
         #: the mount's nursery, for background read-ahead (None for one-off CLI commands)
         self.background: trio.Nursery | None = None
 
@@ -340,34 +123,14 @@ class Volume:
                    uid: int | None = None, gid: int | None = None, audit: AuditLog | None = None,
                    allow_purgeable: bool = False) -> VolumeConfig:
         """`sealfs init`: a new volume with one DEK wrapped by the provider's KEK."""
-        try:
-            await backend.stat(CONFIG_NAME)
-            raise UsageError(f"{backend.location} already holds a sealfs volume")
-        except FileNotFoundError:
-            pass
-        await trio.to_thread.run_sync(provider.check, allow_purgeable)
-        wrapped, dek_buf = await trio.to_thread.run_sync(
-            lambda: wrap_new_dek(provider, 1, audit=audit))
-        dek_secret = secret(dek_buf)
-        dek_buf[:] = bytes(len(dek_buf))
-        dek = dek_secret.readonly()
-        config = VolumeConfig.new(chunk_size, provider.config_entry(), wrapped)
-        root_meta = Metadata(Kind.DIRECTORY, 0o755, os.getuid() if uid is None else uid,
-                             os.getgid() if gid is None else gid)
-        await _write_new_file(backend, DIR_META_NAME,
-                              seal_dir_meta(dir_meta_key(dek), new_dir_id(), root_meta))
-        await _write_new_file(backend, CONFIG_NAME, config.serialize(config_mac_key(dek)))
-        if pins is not None:
-            pins.check(backend.location, config.volume_id.hex(), pin_fingerprint(dek))
-        del dek
-        dek_secret.wipe()
-        return config
+        return await create_store(backend, provider, chunk_size=chunk_size, pins=pins, uid=uid,
+                                  gid=gid, audit=audit, allow_purgeable=allow_purgeable)
 
     @classmethod
     async def load(cls, backend: Backend, secrets: KeySecrets, *, pins: PinStore | None = None,
                    tuning: VolumeTuning | None = None, audit: AuditLog | None = None,
                    check_kek: bool = False, allow_purgeable: bool = False,
-                   key_ttl: float | None = None) -> "Volume":
+                   key_ttl: float | None = None) -> Volume:
         """Open a volume: read and verify sealfs.json, unwrap the names DEK, check the pin.
 
         check_kek runs the provider's safety checks (recoverable, enabled, key_ops) as a
@@ -385,8 +148,8 @@ class Volume:
             pin = (backend.location, config.volume_id.hex(), pin_fingerprint(names_dek))
             first_use = pins is not None and pins.check(*pin, record=False)
             volume = cls(backend, config, broker, names_dek, tuning)
-            await volume._root()
-            volume._journaled = await journaled_file_ids(backend)
+            await volume.paths.root()
+            await volume.headers.find_journals()
             if first_use:      # pinned only once the volume really opened
                 pins.check(*pin)
         except BaseException:
@@ -399,105 +162,33 @@ class Volume:
         try:
             await self.flush_all()
         finally:
-            for state in list(self._states.values()):
-                await self._drop_state(state, force=True)
+            await self.open_files.close_all()
             self.cache.clear()
             self.broker.close()
-            self._dir_key = b""
-            self._dir_secret.wipe()
+            self.paths.close()
             await self.backend.aclose()
 
     async def save_config(self) -> None:
         """Rewrite sealfs.json atomically (key rotation): temp file, then rename."""
-        names_dek = await self.broker.dek(self.config.name_dek_id)
-        data = self.config.serialize(config_mac_key(names_dek))
-        tmp = TEMP_PREFIX + os.urandom(8).hex()
-        await _write_new_file(self.backend, tmp, data)
-        await self.backend.rename(tmp, CONFIG_NAME, replace=True)
-
-    # -- path resolution -----------------------------------------------------------------
-    async def _root(self) -> DirInfo:
-        info = self._dirs.get("")
-        if info is None:
-            info = await self._read_dir_info("")
-            self._dirs[""] = info
-        return info
-
-    async def _read_dir_info(self, bpath: str) -> DirInfo:
-        try:
-            raw = await _read_small(self.backend, join(bpath, DIR_META_NAME), DIR_META_SIZE + 1)
-        except FileNotFoundError:
-            if bpath and not await self._is_dir(bpath):
-                # Renamed or removed since it was looked up: a race, not damage.
-                raise FileNotFoundError(errno.ENOENT, "No such file or directory", bpath) from None
-            raise IntegrityError(f"directory {bpath or '/'} has no {DIR_META_NAME}") from None
-        dir_id, meta = open_dir_meta(self._dir_key, raw)
-        return DirInfo(bpath, dir_id, meta)
-
-    async def _is_dir(self, bpath: str) -> bool:
-        try:
-            return (await self.backend.stat(bpath)).is_dir
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-
-    async def _dir(self, parts: list[str]) -> DirInfo:
-        key = "/".join(parts)
-        info = self._dirs.get(key)
-        if info is not None:
-            return info
-        if not parts:
-            return await self._root()
-        parent = await self._dir(parts[:-1])
-        bpath = self._child_bpath(parent, parts[-1])
-        try:
-            bstat = await self.backend.stat(bpath)
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/" + key) from None
-        if not bstat.is_dir:
-            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", "/" + key)
-        info = await self._read_dir_info(bpath)
-        if len(self._dirs) > 50_000:
-            self._dirs.clear()
-        self._dirs[key] = info
-        return info
-
-    def _child_bpath(self, parent: DirInfo, name: str) -> str:
-        entry, _long = self.names.entry_for(name, parent.dir_id)
-        return join(parent.bpath, entry)
-
-    async def _entry(self, path: str) -> tuple[DirInfo, str, str, str | None]:
-        """(parent dir, name, backend path, long encoding or None) of a path's last component."""
-        parts = split_path(path)
-        if not parts:
-            raise OSError(errno.EBUSY, "the volume root", "/")
-        parent = await self._dir(parts[:-1])
-        entry, long = self.names.entry_for(parts[-1], parent.dir_id)
-        bpath = join(parent.bpath, entry)
-        limit = self.backend.capabilities.max_path_length
-        if len(bpath) > limit:
-            raise OSError(errno.ENAMETOOLONG, "File name too long (backend path limit)", path)
-        return parent, parts[-1], bpath, long
+        await write_config(self.backend, self.config, await self.broker.dek(self.config.name_dek_id))
 
     async def _bstat(self, bpath: str, path: str) -> BackendStat:
-        try:
-            return await self.backend.stat(bpath)
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
+        return await stat_entry(self.backend, bpath, path)
 
     # -- attributes ------------------------------------------------------------------------
     async def stat(self, path: str) -> Attr:
         parts = split_path(path)
         if not parts:
-            root = await self._root()
+            root = await self.paths.root()
             return await self._dir_attr(root, await self.backend.stat(""))
-        info = self._dirs.get("/".join(parts))
+        info = self.paths.cached(parts)
         if info is not None:
             # A directory resolved before (the parent of every new file: the kernel asks
             # for its attributes after each create): its backend path is known already.
             bstat = await self._bstat(info.bpath, path)
             if bstat.is_dir:
                 return await self._dir_attr(info, bstat)
-        parent, name, bpath, _ = await self._entry(path)
+        parent, name, bpath, _ = await self.paths.entry(path)
         bstat = await self._bstat(bpath, path)
         return await self._attr(parts, bpath, bstat)
 
@@ -507,7 +198,7 @@ class Volume:
         parts = split_path(path)
         if not parts:
             return await self.stat(path)
-        parent, name, bpath, _ = await self._entry(path)
+        parent, name, bpath, _ = await self.paths.entry(path)
         try:
             bstat = await self.backend.stat(bpath)
         except FileNotFoundError:
@@ -519,190 +210,33 @@ class Volume:
         if bstat.foreign:       # planted: reading its header could block (FIFO) or leave the store
             raise ForeignEntryError(bpath, bstat.foreign)
         if bstat.is_dir:
-            key = "/".join(parts)
-            info = self._dirs.get(key)
+            info = self.paths.cached(parts)
             if info is None or info.bpath != bpath:
-                info = await self._read_dir_info(bpath)
-                self._dirs[key] = info
+                info = await self.paths.read_dir_info(bpath)
+                self.paths.remember(parts, info)
             return await self._dir_attr(info, bstat, count)
-        header, size = await self._header(bpath, bstat)
-        nlink = await self._nlink(bpath, bstat, header.file_id)
-        state = self._states.get(header.file_id)
+        header, size = await self.headers.header(bpath, bstat)
+        nlink = await self.headers.nlink(bpath, bstat, header.file_id)
+        state = self.open_files.get(header.file_id)
         if state is not None:
-            return self._state_attr(state, bstat, nlink)
+            return self.open_files.state_attr(state, bstat, nlink)
         meta = header.meta
         return Attr(meta.kind, meta.mode, meta.uid, meta.gid, size, nlink, bstat.atime_ns,
                     bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), meta.rdev, header.file_id)
 
-    def _state_attr(self, state: FileState, bstat: BackendStat, nlink: int) -> Attr:
-        meta = state.meta
-        mtime = state.mtime_ns or bstat.mtime_ns
-        if state.pending_times is not None:
-            mtime = state.pending_times[1]
-        return Attr(meta.kind, meta.mode, meta.uid, meta.gid, state.size, nlink,
-                    state.pending_times[0] if state.pending_times else bstat.atime_ns,
-                    mtime, max(bstat.ctime_ns, meta.ctime_ns, state.mtime_ns or 0), meta.rdev,
-                    state.file_id)
-
     async def _dir_attr(self, info: DirInfo, bstat: BackendStat, count: bool = True) -> Attr:
-        """A directory's attributes. Its link count is 2 + its subdirectories: the
-        backend's, or where the backend has none (SMB) counted from its listing once and
-        then kept by sealfs's own mkdir, rmdir and rename; a count gone stale (the
-        directory's mtime moved under another client) is taken again. count=False (a
-        listing of its parent) only uses a count known already."""
-        nlink, known = max(2, bstat.nlink or 0), True
-        if not self.backend.capabilities.dir_link_counts:
-            cached = self._subdirs.get(info.bpath)
-            if cached is not None and cached[0] in (None, bstat.mtime_ns):
-                if cached[0] is None:
-                    self._subdirs[info.bpath] = (bstat.mtime_ns, cached[1])
-                nlink = 2 + cached[1]
-            elif count:
-                nlink = 2 + await self._count_subdirs(info.bpath, bstat.mtime_ns)
-            else:
-                known = False
+        """A directory's attributes (its link count: HeaderCache.dir_nlink)."""
+        nlink, known = await self.headers.dir_nlink(info.bpath, bstat, count)
         meta = info.meta
         return Attr(Kind.DIRECTORY, meta.mode, meta.uid, meta.gid, 4096, nlink,
                     bstat.atime_ns, bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), 0,
                     info.dir_id, known)
 
-    async def _count_subdirs(self, bpath: str, mtime_ns: int | None,
-                             entries: list[tuple[str, BackendStat]] | None = None) -> int:
-        if entries is None:
-            entries = await self.backend.scandir(bpath)
-        count = sum(1 for entry, st in entries if st.is_dir and not is_reserved(entry))
-        if len(self._subdirs) > 50_000:
-            self._subdirs.clear()
-        self._subdirs[bpath] = (mtime_ns, count)
-        return count
-
-    def _count_subdir_change(self, parent_bpath: str, delta: int) -> None:
-        """Our own mkdir, rmdir or rename changed a known count: keep it, and take the
-        directory's next mtime as the one it was counted at."""
-        cached = self._subdirs.pop(parent_bpath, None)
-        if cached is not None:
-            self._subdirs[parent_bpath] = (None, max(0, cached[1] + delta))
-
-    async def _entries_changed(self, *parents: DirInfo) -> None:
-        """Entries of these directories were added, removed or renamed: their mtime and
-        ctime move, which backends that leave them alone (Azure Files over REST) need
-        done by us, one request a directory. Their subdirectory counts (kept by the
-        callers) stay valid at the mtime stamped: no recount for our own change."""
-        if self.backend.capabilities.dir_times_follow_entries:
-            return
-        for bpath in dict.fromkeys(parent.bpath for parent in parents):
-            await self.backend.stamp_dir(bpath)
-            self._count_subdir_change(bpath, 0)
-
-    async def _attr_of_state(self, state: FileState, bstat: BackendStat | None = None) -> Attr:
-        if bstat is None:
-            bstat = await self.backend.fstat(state.handle)
-        return self._state_attr(state, bstat, await self._nlink(state.bpath, bstat, state.file_id))
-
-    async def _nlink(self, bpath: str, bstat: BackendStat, file_id: bytes) -> int:
-        """The link count: from bstat if it knows, else as last learnt for the file id;
-        less the names unlinked while the file is open, which the backend still holds
-        under hidden names until the last close (SMB)."""
-        if bstat.nlink is not None:
-            self._links[file_id] = bstat.nlink
-            nlink = bstat.nlink
-        else:
-            nlink = self._links.get(file_id)
-            if nlink is None:         # a name whose header was cached before its count was
-                nlink = (await self._bstat(bpath, bpath)).nlink or 1
-                self._links[file_id] = nlink
-        state = self._states.get(file_id)
-        return max(0, nlink - len(state.victims)) if state is not None else nlink
-
     async def file_dek_id(self, path: str) -> int:
         """The id of the DEK that seals a file (rekey, `keys list`): from its header."""
-        _parent, _name, bpath, _long = await self._entry(path)
-        header, _size = await self._header(bpath, await self._bstat(bpath, path))
+        _parent, _name, bpath, _long = await self.paths.entry(path)
+        header, _size = await self.headers.header(bpath, await self._bstat(bpath, path))
         return header.dek_id
-
-    async def _header(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int]:
-        """A file's header and committed size, cached while the backend file is unchanged.
-
-        Read with the file's full stat in one go, which refreshes its link count too."""
-        stamp = (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)
-        cached = self._headers.get(bpath)
-        if cached is not None and cached[0] == stamp:
-            known = self._files.get(cached[1])
-            if known is not None:
-                return known
-        raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
-        header, dek = await self._open_header_bytes(raw, bpath)
-        size = header.meta.size
-        if logical_size(bstat.size, self.chunk_size) != size or header.file_id in self._journaled:
-            cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)   # before any await
-            handle = await self.backend.open(bpath)
-            try:
-                size = await self._committed_size(handle, bpath, header, cipher)
-            finally:
-                await self.backend.close(handle)
-        if len(self._headers) > 100_000:
-            self._headers.clear()
-            self._files.clear()
-            self._links.clear()
-        self._headers[bpath] = (stamp, header.file_id)
-        self._files[header.file_id] = (header, size)
-        if fresh.nlink is not None:
-            self._links[header.file_id] = fresh.nlink
-        return header, size
-
-    def _forget_header(self, bpath: str) -> None:
-        """A name changed: forget its header, and its file's link count if we knew it."""
-        cached = self._headers.pop(bpath, None)
-        if cached is not None:
-            self._forget_file(cached[1])
-
-    def _forget_file(self, file_id: bytes) -> None:
-        """A file's metadata or link count changed: every name of it reads them again."""
-        self._files.pop(file_id, None)
-        self._links.pop(file_id, None)
-
-    async def _committed_size(self, handle: Handle, bpath: str, header: FileHeader,
-                              cipher: ChunkCipher) -> int:
-        """The reader rule of FORMAT.md, after replaying a crashed flush's journal (listed
-        when the volume opened, or found because the file failed to authenticate)."""
-        if header.file_id in self._journaled:
-            await self._replay_journal(bpath, header.file_id, cipher)
-        try:
-            stored = (await self.backend.fstat(handle)).size
-            return await FileState.resolve_size(self.backend, handle, header, cipher,
-                                                self.chunk_size, stored)
-        except IntegrityError:
-            if not await self._replay_journal(bpath, header.file_id, cipher):
-                raise
-            stored = (await self.backend.fstat(handle)).size
-            return await FileState.resolve_size(self.backend, handle, header, cipher,
-                                                self.chunk_size, stored)
-
-    async def _replay_journal(self, bpath: str, file_id: bytes, cipher: ChunkCipher) -> int:
-        """Restore chunks torn by a flush that never finished; how many were restored."""
-        self._journaled.discard(file_id)
-        state = self._states.get(file_id)
-        if state is not None and state.journal.active:
-            return 0                        # our own journal: its flush is not over
-        try:
-            handle = await self.backend.open(bpath, write=True)
-        except PermissionError:
-            return 0
-        try:
-            return await recover_journal(self.backend, handle, file_id, cipher, self.chunk_size)
-        finally:
-            await self.backend.close(handle)
-
-    async def _open_header(self, handle: Handle, bpath: str) -> tuple[FileHeader, bytes]:
-        return await self._open_header_bytes(await self.backend.read(handle, 0, HEADER_SIZE), bpath)
-
-    async def _open_header_bytes(self, raw: bytes, bpath: str) -> tuple[FileHeader, bytes]:
-        try:
-            dek_id, file_id = read_header_public(raw)
-            dek = await self.broker.dek(dek_id)
-            return open_header(file_key(dek, file_id), raw), dek
-        except IntegrityError as exc:
-            raise IntegrityError(f"{bpath}: {exc}") from None
 
     # -- directories ---------------------------------------------------------------------
     async def listdir(self, path: str) -> Listing:
@@ -710,7 +244,7 @@ class Volume:
         authenticate, or that sealfs never writes (a symlink, FIFO, device or socket), is
         left out of the entries and put in .problems by its ciphertext path."""
         parts = split_path(path)
-        info = await self._dir(parts)
+        info = await self.paths.directory(parts)
         entries = await self.backend.scandir(info.bpath)
         stats = dict(entries)
         out = Listing()
@@ -720,7 +254,7 @@ class Volume:
             name = None
             try:
                 try:
-                    name = await self._decode_entry(info, entry, stats)   # never opens entry
+                    name = await self.paths.decode(info, entry, stats)   # never opens entry
                 except IntegrityError:
                     if not bstat.foreign:
                         raise
@@ -756,181 +290,110 @@ class Volume:
         """One line about a listing problem: where it is, and what is wrong."""
         return f"{self.where_of(problem)}: {problem.reason}"
 
-    async def _decode_entry(self, info: DirInfo, entry: str,
-                            stats: dict[str, BackendStat]) -> str | None:
-        if is_long_name_entry(entry):
-            sidecar = sidecar_of(entry)
-            side = stats.get(sidecar)
-            if side is not None and (side.foreign or side.is_dir):
-                raise IntegrityError("long-name sidecar is not a regular file")
-            try:
-                encoded = (await _read_small(self.backend, join(info.bpath, sidecar),
-                                             4096)).decode("ascii")
-            except (FileNotFoundError, UnicodeDecodeError):
-                raise IntegrityError("long name has no readable sidecar") from None
-            # The entry must be the one its name is stored under, or a forged entry
-            # (another entry's sidecar copied, a short name in a sidecar) lists it twice.
-            if long_name_entry(encoded) != entry:
-                raise IntegrityError("long-name sidecar does not match its entry")
-            name = self.names.decode(encoded, info.dir_id)
-            if self.names.entry_for(name, info.dir_id)[0] != entry:
-                raise IntegrityError("long-name sidecar holds a name stored under another entry")
-            return name
-        if is_reserved(entry):
-            return None
-        return self.names.decode(entry, info.dir_id)
-
     async def mkdir(self, path: str, mode: int = 0o755, uid: int | None = None,
-                    gid: int | None = None) -> Attr:
-        parent, name, bpath, long = await self._entry(path)
+                    gid: int | None = None, *, inherit: bool = True) -> Attr:
+        """A new directory owned by uid and gid (the caller's), but for the setgid rule
+        (see _setgid_rule); inherit=False keeps mode and gid exactly as given (a copy
+        that restores its source's ownership)."""
+        parent, name, bpath, long = await self.paths.entry(path)
+        if inherit:
+            mode, gid = _setgid_rule(parent, mode, gid, directory=True)
         tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
         meta = Metadata(Kind.DIRECTORY, mode & 0o7777, _uid(uid), _gid(gid))
         dir_id = new_dir_id()
         await self.backend.mkdir(tmp)
         try:
-            await _write_new_file(self.backend, join(tmp, DIR_META_NAME),
-                                  seal_dir_meta(self._dir_key, dir_id, meta))
+            await self.paths.write_new_record(tmp, dir_id, meta)
             if long is not None:
-                await self._write_sidecar(bpath, long)
+                await self.paths.write_sidecar(bpath, long)
             await self.backend.rename(tmp, bpath, replace=False)
         except BaseException:
-            await _remove_quietly(self.backend, join(tmp, DIR_META_NAME))
-            await _remove_quietly(self.backend, tmp, is_dir=True)
+            await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
+            await remove_quietly(self.backend, tmp, is_dir=True)
             raise
         info = DirInfo(bpath, dir_id, meta)
-        self._dirs["/".join(split_path(path))] = info
-        self._count_subdir_change(parent.bpath, +1)
-        self._subdirs[bpath] = (None, 0)
+        self.paths.remember(split_path(path), info)
+        self.headers.subdir_change(parent.bpath, +1)
+        self.headers.dir_created(bpath)
         await self._entries_changed(parent)
         return await self._dir_attr(info, await self.backend.stat(bpath))
 
     async def rmdir(self, path: str) -> None:
-        parent, name, bpath, long = await self._entry(path)
+        parent, name, bpath, long = await self.paths.entry(path)
         bstat = await self._bstat(bpath, path)
         if not bstat.is_dir:
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
-        await self._check_empty(bpath, path)
+        await self.paths.check_empty(bpath, path)
         tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
         await self.backend.rename(bpath, tmp, replace=False)
-        await _remove_quietly(self.backend, join(tmp, DIR_META_NAME))
+        await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
         await self.backend.rmdir(tmp)
         if long is not None:
-            await _remove_quietly(self.backend, sidecar_of(bpath))
-        self._forget_dir(path)
-        self._count_subdir_change(parent.bpath, -1)
-        self._subdirs.pop(bpath, None)
+            await remove_quietly(self.backend, sidecar_of(bpath))
+        self.paths.forget(path)
+        self.headers.subdir_change(parent.bpath, -1)
+        self.headers.dir_removed(bpath)
         await self._entries_changed(parent)
 
-    async def _check_empty(self, bpath: str, path: str) -> None:
-        entries = dict(await self.backend.scandir(bpath))
-        for entry, bstat in entries.items():
-            if entry == DIR_META_NAME:
-                continue
-            if entry.startswith(TEMP_PREFIX) and bstat.is_dir:
-                await self._remove_temp_dir(join(bpath, entry), path)
-                continue
-            if entry.startswith(TEMP_PREFIX) or (is_sidecar(entry)
-                                                 and entry_of_sidecar(entry) not in entries):
-                # Leftovers of an interrupted create or rename: nothing a user can see.
-                await _remove_quietly(self.backend, join(bpath, entry))
-                continue
-            raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
-
-    async def _remove_temp_dir(self, tmp: str, path: str) -> None:
-        """A leftover of an interrupted mkdir, rmdir or rename over a directory: at most its
-        sealfs.dir. Anything else in it is not what sealfs leaves there, so not ours to
-        delete: the parent is not empty."""
-        inside = await self.backend.listdir(tmp)
-        if any(entry != DIR_META_NAME for entry in inside):
-            raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
-        if inside:
-            await _remove_quietly(self.backend, join(tmp, DIR_META_NAME))
-        await _remove_quietly(self.backend, tmp, is_dir=True)
-
-    def _forget_dir(self, path: str) -> None:
-        key = "/".join(split_path(path))
-        for k in [k for k in self._dirs if k == key or k.startswith(key + "/")]:
-            del self._dirs[k]
+    async def _entries_changed(self, *parents: DirInfo) -> None:
+        """Entries of these directories were added, removed or renamed: their mtime and
+        ctime move, which backends that leave them alone (Azure Files over REST) need
+        done by us, one request a directory. Their subdirectory counts (kept by the
+        callers) stay valid at the mtime stamped: no recount for our own change."""
+        if self.backend.capabilities.dir_times_follow_entries:
+            return
+        for bpath in dict.fromkeys(parent.bpath for parent in parents):
+            await self.backend.stamp_dir(bpath)
+            self.headers.subdir_change(bpath, 0)
 
     # -- files -----------------------------------------------------------------------------
     async def create(self, path: str, mode: int = 0o644, uid: int | None = None,
                      gid: int | None = None, *, kind: Kind = Kind.REGULAR, rdev: int = 0,
                      content: bytes = b"", append: bool = False) -> OpenFile:
         """Create a new file (EEXIST if the name exists), complete on the backend before its
-        name appears, and return it open for writing."""
-        parent, name, bpath, long = await self._entry(path)
+        name appears, and return it open for writing. Owned by uid and gid (the caller's),
+        but for the setgid rule (see _setgid_rule)."""
+        parent, name, bpath, long = await self.paths.entry(path)
+        mode, gid = _setgid_rule(parent, mode, gid, directory=False)
         tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
-        state = await self._new_file(tmp, bpath, mode, uid, gid, kind, rdev, content)
+        state = await self.open_files.new_file(tmp, bpath, mode, _uid(uid), _gid(gid), kind, rdev,
+                                                content)
         handle = state.handle
         try:
             if long is not None:
-                await self._write_sidecar(bpath, long)
+                await self.paths.write_sidecar(bpath, long)
             created = await self.backend.place_new(handle, tmp, bpath)
         except BaseException:
             state.forget_secrets()
             self.broker.release(state.dek_id)
             await self.backend.close(handle)
-            await _remove_quietly(self.backend, tmp)
+            await remove_quietly(self.backend, tmp)
             raise
-        opened = self._open_new(state, path, append)
+        opened = self.open_files.open_new(state, path, append)
         opened.fresh_stat = created       # FUSE's create asks for attributes right away
         await self._entries_changed(parent)
         return opened
 
-    async def _new_file(self, tmp: str, bpath: str, mode: int, uid: int | None,
-                        gid: int | None, kind: Kind, rdev: int, content: bytes) -> FileState:
-        """A new file written complete under the temporary backend name tmp, its handle
-        open; its state says bpath (where it will live). On failure nothing is left."""
-        dek_id = self.config.current_dek_id
-        dek = await self.broker.acquire(dek_id)      # held while the file is open
-        header = FileHeader(dek_id, new_file_id(), Metadata(kind, mode & 0o7777, _uid(uid),
-                                                            _gid(gid), rdev, len(content)))
-        # The state derives the file key and chunk cipher once; the first bytes use them.
-        # (its handle is set once the backend file exists)
-        state = FileState(backend=self.backend, handle=None,  # type: ignore[arg-type]
-                          bpath=bpath, header=header, dek=dek,
-                          chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
-                          limiter=self._crypto_limiter, committed=len(content))
-        first = seal_header(state._file_key, header) + _seal_whole(state.cipher, content,
-                                                                   self.chunk_size)
-        try:
-            handle = await self.backend.create_file(tmp, first)
-        except BaseException as exc:
-            state.forget_secrets()
-            self.broker.release(dek_id)
-            if not isinstance(exc, FileExistsError):   # created, then the write failed
-                await _remove_quietly(self.backend, tmp)
-            raise
-        state.handle = handle
-        return state
-
-    def _open_new(self, state: FileState, path: str, append: bool) -> OpenFile:
-        state.spawn = self._spawn
-        state.writable = True
-        state.has_writer = True
-        self._states[state.file_id] = state
-        state.refs += 1
-        return OpenFile(self, state, True, append, path)
-
     # -- temporaries: files no plaintext name can reach -----------------------------------
     async def create_temp(self, directory: str, mode: int = 0o600, uid: int | None = None,
                           gid: int | None = None, *, tag: str, kind: Kind = Kind.REGULAR,
-                          rdev: int = 0, content: bytes = b"") -> tuple[OpenFile, "TempName"]:
+                          rdev: int = 0, content: bytes = b"") -> tuple[OpenFile, TempName]:
         """Create a file in directory under a reserved backend name (sealfs.tmp.<tag><random>)
         and return it open for writing. No plaintext name can equal it, so no user's file
         is ever taken for it; place_temp() later renames it over its real name. The tag
         marks whose temporaries they are, for remove_temps()."""
         if not _TEMP_TAG.fullmatch(tag):
             raise ValueError(f"bad temporary tag {tag!r}")
-        parent = await self._dir(split_path(directory))
+        parent = await self.paths.directory(split_path(directory))
         tmp = join(parent.bpath, TEMP_PREFIX + tag + os.urandom(8).hex())
-        state = await self._new_file(tmp, tmp, mode, uid, gid, kind, rdev, content)
-        return self._open_new(state, directory, False), TempName(tmp)
+        state = await self.open_files.new_file(tmp, tmp, mode, _uid(uid), _gid(gid), kind, rdev,
+                                                content)
+        return self.open_files.open_new(state, directory, False), TempName(tmp)
 
-    async def place_temp(self, temp: "TempName", path: str) -> None:
+    async def place_temp(self, temp: TempName, path: str) -> None:
         """Rename a closed temporary over path (a file, or nothing) in the same directory:
         rename()'s file-over-file case, for a source that has no plaintext name."""
-        parent, name, bpath, long = await self._entry(path)
+        parent, name, bpath, long = await self.paths.entry(path)
         if parent_of(temp.bpath) != parent.bpath:
             raise OSError(errno.EXDEV, "a temporary is placed in its own directory", path)
         try:
@@ -940,30 +403,30 @@ class Volume:
         if d_stat is not None:
             if d_stat.is_dir:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-            victim = await self._open_state_at(bpath)
+            victim = await self.open_files.at(bpath)
             if victim is not None and not self.backend.capabilities.unlink_open_files:
                 await self._remove_file_entry(parent, bpath, None)
             elif victim is not None and victim.bpath == bpath:
                 victim.unlinked = True
         if long is not None:
-            await self._write_sidecar(bpath, long)
+            await self.paths.write_sidecar(bpath, long)
         await self.backend.rename(temp.bpath, bpath, replace=True)
-        self._forget_header(temp.bpath)
-        self._forget_header(bpath)
-        for state in self._states.values():
+        self.headers.forget_header(temp.bpath)
+        self.headers.forget_header(bpath)
+        for state in self.open_files.values():
             if state.bpath == temp.bpath:
                 state.bpath = bpath
         await self._entries_changed(parent)
 
-    async def discard_temp(self, temp: "TempName") -> None:
-        await _remove_quietly(self.backend, temp.bpath)
+    async def discard_temp(self, temp: TempName) -> None:
+        await remove_quietly(self.backend, temp.bpath)
 
     async def remove_temps(self, directory: str, tag: str) -> int:
         """Remove the temporary files tagged tag in directory (what an interrupted run of
         their maker left); the number removed. Other temporaries are not touched."""
         if not _TEMP_TAG.fullmatch(tag):
             raise ValueError(f"bad temporary tag {tag!r}")
-        info = await self._dir(split_path(directory))
+        info = await self.paths.directory(split_path(directory))
         prefix = TEMP_PREFIX + tag
         removed = 0
         for entry in await self.backend.listdir(info.bpath):
@@ -975,22 +438,22 @@ class Volume:
             except FileNotFoundError:
                 continue
             if not bstat.is_dir and not bstat.foreign:      # only what create_temp makes
-                await _remove_quietly(self.backend, bpath)
+                await remove_quietly(self.backend, bpath)
                 removed += 1
         return removed
 
     async def open(self, path: str, *, write: bool = False, truncate: bool = False,
                    append: bool = False) -> OpenFile:
-        parent, name, bpath, long = await self._entry(path)
+        parent, name, bpath, long = await self.paths.entry(path)
         bstat = await self._bstat(bpath, path)
         if bstat.is_dir:
             if write:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-        state, unchanged = await self._state_for(bpath, path)
+        state, unchanged = await self.open_files.state_for(bpath, path)
         state.refs += 1
         state.has_writer |= write
-        handle = OpenFile(self, state, write, append, path)
+        handle = OpenFile(self.open_files, state, write, append, path)
         handle.content_unchanged = unchanged and not truncate
         if write and not state.writable:
             await handle.close()
@@ -999,126 +462,9 @@ class Volume:
             await handle.truncate(0)
         return handle
 
-    async def _state_for(self, bpath: str, path: str) -> tuple[FileState, bool]:
-        """The file's shared state, and whether its content is unchanged since this process
-        last had it open (or still has it open)."""
-        try:
-            handle = await self.backend.open(bpath, write=True)
-            writable = True
-        except PermissionError:
-            handle = await self.backend.open(bpath)
-            writable = False
-        try:
-            header, dek = await self._open_header(handle, bpath)
-            existing = self._states.get(header.file_id)
-            if existing is not None:
-                await self.backend.close(handle)
-                return existing, True
-            # Pinned before any await: the DEK view must not be evicted while we use it.
-            dek = await self.broker.acquire(header.dek_id)     # held while the file is open
-        except BaseException:
-            await self.backend.close(handle)
-            raise
-        try:
-            cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
-            committed = await self._committed_size(handle, bpath, header, cipher)
-            fst = await self.backend.fstat(handle)
-        except BaseException:
-            self.broker.release(header.dek_id)
-            await self.backend.close(handle)
-            raise
-        stamp = self._stamps.pop(header.file_id, None)
-        # ctime too where we know it: a same-size rewrite that restores the mtime (cp -p,
-        # touch -r) changes nothing else a client can see.
-        unchanged = stamp is not None and stamp[:2] == (fst.size, fst.mtime_ns) \
-            and stamp[2] in (None, fst.ctime_ns)
-        if not unchanged:
-            self.cache.drop_file(header.file_id)     # close-to-open: someone else changed it
-        state = FileState(backend=self.backend, handle=handle, bpath=bpath, header=header, dek=dek,
-                          chunk_size=self.chunk_size, cache=self.cache, tuning=self.tuning.files,
-                          limiter=self._crypto_limiter, committed=committed)
-        state.spawn = self._spawn
-        state.writable = writable
-        # An uncommitted tail or a stale header is repaired by the first flush of a writer;
-        # a reader never writes.
-        state.tail_at = stored_size(committed, self.chunk_size) \
-            if fst.size != stored_size(committed, self.chunk_size) else None
-        raced = self._states.get(header.file_id)
-        if raced is not None:
-            # Another open of the same file finished first while we awaited the backend:
-            # one file, one state, or two views would overwrite each other's writes.
-            await self.backend.close(handle)
-            self.broker.release(header.dek_id)
-            return raced, True
-        self._states[header.file_id] = state
-        return state, unchanged
-
-    async def _release(self, handle: OpenFile) -> None:
-        state = handle.state
-        try:
-            if handle.writable:
-                await handle.flush()
-        finally:
-            state.refs -= 1
-            if state.refs <= 0:
-                await self._drop_state(state)
-
-    async def _drop_state(self, state: FileState, force: bool = False) -> None:
-        """Last close: write back, then forget the file. The state stays registered while
-        it flushes, so an open(2) racing with this close shares it instead of building a
-        second view from the not-yet-flushed backend file (which would lose writes)."""
-        flush_error: BaseException | None = None
-        if state.has_writer and state.needs_flush:
-            try:
-                async with state.lock:
-                    await state.flush()
-            except BaseException as exc:
-                flush_error = exc
-        if state.refs > 0 and not force:
-            # Reopened meanwhile: it lives on for that opener (with what could not be
-            # written still dirty); this closer learns that the write-back failed.
-            if flush_error is not None:
-                raise flush_error
-            return
-        if self._states.get(state.file_id) is state:
-            del self._states[state.file_id]
-        try:
-            if flush_error is not None:
-                raise flush_error
-            fst = await self.backend.fstat(state.handle)
-            ctime: int | None = fst.ctime_ns
-            if state.has_writer and not state.unlinked \
-                    and self.backend.capabilities.stamps_write_time_on_close:
-                # Pin the times users saw: an SMB server stamps its own write time when a
-                # handle that wrote is finally closed (ours may close much later).
-                await self.backend.fset_times(state.handle, fst.atime_ns, fst.mtime_ns)
-                ctime = None                      # just changed, and the server may again
-            self._stamps[state.file_id] = (fst.size, fst.mtime_ns, ctime)
-        finally:
-            await self.backend.close(state.handle)
-            for victim in state.victims:
-                await _remove_quietly(self.backend, victim)
-            try:
-                await state.journal.remove()
-            finally:
-                state.forget_secrets()
-                self.broker.release(state.dek_id)
-
-    async def _after_write(self, state: FileState) -> None:
-        """Write-back under memory pressure: bound dirty data per file and per volume."""
-        if state.dirty_bytes >= self.tuning.files.file_dirty_limit:
-            await state.write_back()
-        total = sum(s.dirty_bytes for s in self._states.values())
-        if total > self.tuning.dirty_bytes:
-            victim = max(self._states.values(), key=lambda s: s.dirty_bytes)
-            async with victim.lock:
-                await victim.flush()
-
     async def flush_all(self) -> None:
-        for state in list(self._states.values()):
-            if state.has_writer and state.needs_flush:
-                async with state.lock:
-                    await state.flush()
+        """Write back every open file's dirty data."""
+        await self.open_files.flush_all()
 
     async def read_file(self, path: str) -> bytes:
         f = await self.open(path)
@@ -1139,7 +485,7 @@ class Volume:
 
     # -- namespace changes -----------------------------------------------------------------
     async def unlink(self, path: str) -> None:
-        parent, name, bpath, long = await self._entry(path)
+        parent, name, bpath, long = await self.paths.entry(path)
         bstat = await self._bstat(bpath, path)
         if bstat.is_dir:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
@@ -1152,13 +498,13 @@ class Volume:
         names and open handles show (the last name of a closed file nobody can look at)."""
         if self.backend.capabilities.real_change_time:
             return
-        header, _size = await self._header(bpath, bstat)
-        if header.file_id in self._states \
-                or await self._nlink(bpath, bstat, header.file_id) > 1:
+        header, _size = await self.headers.header(bpath, bstat)
+        if header.file_id in self.open_files \
+                or await self.headers.nlink(bpath, bstat, header.file_id) > 1:
             await self._touch_file(bpath, bstat)
 
     async def _remove_file_entry(self, parent: DirInfo, bpath: str, long: str | None) -> None:
-        state = await self._open_state_at(bpath)
+        state = await self.open_files.at(bpath)
         if state is not None and not self.backend.capabilities.unlink_open_files:
             # SMB keeps an open file's name in delete-pending state: hide it NFS-style
             # instead and delete it on the last close (fsck removes leftovers of a crash).
@@ -1166,27 +512,14 @@ class Volume:
             await self.backend.rename(bpath, hidden, replace=False)
             if state.bpath == bpath:
                 state.bpath = hidden
-            await self._add_victim(state, hidden)
+            await self.open_files.add_victim(state, hidden)
         else:
             await self.backend.unlink(bpath)
             if state is not None and state.bpath == bpath:
                 state.unlinked = True
-        self._forget_header(bpath)
+        self.headers.forget_header(bpath)
         if long is not None:
-            await _remove_quietly(self.backend, sidecar_of(bpath))
-
-    async def _open_state_at(self, bpath: str) -> FileState | None:
-        """The open file behind a backend entry: by path, or (hard links) by file id."""
-        if not self._states:
-            return None
-        for state in self._states.values():
-            if state.bpath == bpath:
-                return state
-        try:
-            header, _size = await self._header(bpath, await self.backend.stat(bpath))
-        except (FileNotFoundError, IntegrityError):
-            return None
-        return self._states.get(header.file_id)
+            await remove_quietly(self.backend, sidecar_of(bpath))
 
     async def rename(self, src: str, dst: str, *, noreplace: bool = False) -> None:
         src_parts, dst_parts = split_path(src), split_path(dst)
@@ -1195,8 +528,8 @@ class Volume:
             return
         if src_parts and dst_parts[:len(src_parts)] == src_parts:
             raise OSError(errno.EINVAL, "cannot move a directory into itself", dst)
-        s_parent, s_name, s_bpath, s_long = await self._entry(src)
-        d_parent, d_name, d_bpath, d_long = await self._entry(dst)
+        s_parent, s_name, s_bpath, s_long = await self.paths.entry(src)
+        d_parent, d_name, d_bpath, d_long = await self.paths.entry(dst)
         s_stat = await self._bstat(s_bpath, src)
         victim_dir = None
         try:
@@ -1214,18 +547,18 @@ class Volume:
             if not s_stat.is_dir and d_stat.is_dir:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", dst)
             if d_stat.is_dir:
-                await self._check_empty(d_bpath, dst)
+                await self.paths.check_empty(d_bpath, dst)
                 victim_dir = join(d_parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
                 await self.backend.rename(d_bpath, victim_dir, replace=False)
             else:
                 await self._losing_link(d_bpath, d_stat)
-                victim = await self._open_state_at(d_bpath)
+                victim = await self.open_files.at(d_bpath)
                 if victim is not None and not self.backend.capabilities.unlink_open_files:
                     await self._remove_file_entry(d_parent, d_bpath, None)
                 elif victim is not None and victim.bpath == d_bpath:
                     victim.unlinked = True
         if d_long is not None:
-            await self._write_sidecar(d_bpath, d_long)
+            await self.paths.write_sidecar(d_bpath, d_long)
         try:
             await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
         except PermissionError:
@@ -1235,7 +568,7 @@ class Volume:
             # replace an open file, so it goes aside like an open victim, then src moves.
             hidden = join(d_parent.bpath, HIDDEN_PREFIX + os.urandom(8).hex())
             await self.backend.rename(d_bpath, hidden, replace=False)
-            self._forget_header(d_bpath)
+            self.headers.forget_header(d_bpath)
             try:
                 await self.backend.rename(s_bpath, d_bpath, replace=not noreplace)
             except BaseException:
@@ -1247,25 +580,25 @@ class Volume:
                 raise
             await self._hidden_busy(d_bpath, hidden)
         if s_long is not None:
-            await _remove_quietly(self.backend, sidecar_of(s_bpath))
+            await remove_quietly(self.backend, sidecar_of(s_bpath))
         if victim_dir is not None:
-            await _remove_quietly(self.backend, join(victim_dir, DIR_META_NAME))
-            await _remove_quietly(self.backend, victim_dir, is_dir=True)
-        self._forget_header(s_bpath)
-        self._forget_header(d_bpath)
+            await remove_quietly(self.backend, join(victim_dir, DIR_META_NAME))
+            await remove_quietly(self.backend, victim_dir, is_dir=True)
+        self.headers.forget_header(s_bpath)
+        self.headers.forget_header(d_bpath)
         if s_stat.is_dir:
-            self._forget_dir(src)
-            self._forget_dir(dst)
+            self.paths.forget(src)
+            self.paths.forget(dst)
             prefix = s_bpath + "/"
-            for state in self._states.values():
+            for state in self.open_files.values():
                 if state.bpath.startswith(prefix):
                     state.bpath = d_bpath + "/" + state.bpath[len(prefix):]
                 # Hidden names of its unlinked links go on the last close: at the new path.
                 state.victims = [d_bpath + "/" + v[len(prefix):] if v.startswith(prefix) else v
                                  for v in state.victims]
-            self._headers.clear()
+            self.headers.forget_names()
         else:
-            for state in self._states.values():
+            for state in self.open_files.values():
                 if state.bpath == s_bpath:
                     state.bpath = d_bpath
         await self._after_rename(s_parent, d_parent, s_bpath, d_bpath, s_stat.is_dir,
@@ -1276,20 +609,15 @@ class Volume:
         """Subdirectory counts follow a moved directory; the moved entry's change time
         moves (rename changes its name, as ext4 records)."""
         if is_dir:
-            moved = self._subdirs.pop(s_bpath, None)
-            prefix = s_bpath + "/"
-            for key in [k for k in self._subdirs if k.startswith(prefix) or k == d_bpath]:
-                del self._subdirs[key]
-            if moved is not None:
-                self._subdirs[d_bpath] = (None, moved[1])
+            self.headers.dir_moved(s_bpath, d_bpath)
             if s_parent.bpath != d_parent.bpath:
-                self._count_subdir_change(s_parent.bpath, -1)
-                self._count_subdir_change(d_parent.bpath, +1)
+                self.headers.subdir_change(s_parent.bpath, -1)
+                self.headers.subdir_change(d_parent.bpath, +1)
             if replaced_dir:
-                self._count_subdir_change(d_parent.bpath, -1)
+                self.headers.subdir_change(d_parent.bpath, -1)
         if not self.backend.capabilities.real_change_time:
             if is_dir:
-                await self._touch_dir(await self._dir(split_path(dst)))
+                await self._touch_dir(await self.paths.directory(split_path(dst)))
             else:
                 await self._touch_file(d_bpath)
         await self._entries_changed(s_parent, d_parent)
@@ -1298,40 +626,31 @@ class Volume:
         """A replaced file that something held open, moved aside from bpath to hidden: the
         victim of its open state if it has one by now, else deleted (on SMB when the last
         handle closes)."""
-        state = await self._open_state_at(hidden)
+        state = await self.open_files.at(hidden)
         if state is None:
-            await _remove_quietly(self.backend, hidden)
+            await remove_quietly(self.backend, hidden)
             return
         if state.bpath == bpath:
             state.bpath = hidden
-        await self._add_victim(state, hidden)
-
-    async def _add_victim(self, state: FileState, hidden: str) -> None:
-        """A hidden name goes with its file's last close; when that close is under way
-        already (the state is no longer registered) it may be past its victims: the name
-        goes now (on SMB when the last handle on it closes)."""
-        if self._states.get(state.file_id) is state:
-            state.victims.append(hidden)
-        else:
-            await _remove_quietly(self.backend, hidden)
+        await self.open_files.add_victim(state, hidden)
 
     async def link(self, src: str, dst: str) -> Attr:
         if not self.backend.capabilities.hard_links:
             raise OSError(errno.EPERM, "the backend does not support hard links", dst)
-        s_parent, s_name, s_bpath, _ = await self._entry(src)
+        s_parent, s_name, s_bpath, _ = await self.paths.entry(src)
         s_stat = await self._bstat(s_bpath, src)
         if s_stat.is_dir:
             raise OSError(errno.EPERM, "hard links to directories are not allowed", src)
-        d_parent, d_name, d_bpath, d_long = await self._entry(dst)
+        d_parent, d_name, d_bpath, d_long = await self.paths.entry(dst)
         try:
             await self.backend.stat(d_bpath)
             raise FileExistsError(errno.EEXIST, "File exists", dst)
         except FileNotFoundError:
             pass
         if d_long is not None:
-            await self._write_sidecar(d_bpath, d_long)
+            await self.paths.write_sidecar(d_bpath, d_long)
         await self.backend.link(s_bpath, d_bpath)
-        self._forget_header(s_bpath)
+        self.headers.forget_header(s_bpath)
         if not self.backend.capabilities.real_change_time:
             await self._touch_file(d_bpath)
         await self._entries_changed(d_parent)
@@ -1356,28 +675,21 @@ class Volume:
         await f.close()
         return await self.stat(path)
 
-    async def _write_sidecar(self, bpath: str, encoded: str) -> None:
-        """Long-name sidecars are deterministic, so rewriting an existing one is harmless."""
-        sidecar = sidecar_of(bpath)
-        tmp = join(parent_of(bpath), TEMP_PREFIX + os.urandom(8).hex())
-        await _write_new_file(self.backend, tmp, encoded.encode("ascii"))
-        await self.backend.rename(tmp, sidecar, replace=True)
-
     # -- metadata changes --------------------------------------------------------------------
     async def _touch_file(self, bpath: str, bstat: BackendStat | None = None) -> None:
         """Record now as the file's change time in its sealed header, leaving its backend
         times as they are: for backends whose own change time is the write time (SMB).
         One compound request when the file is not open here."""
         now = time.time_ns()
-        state = await self._open_state_at(bpath)
+        state = await self.open_files.at(bpath)
         if state is not None and state.writable:
             async with state.lock:
                 await state.write_metadata(state.meta.with_(ctime_ns=now))
-            self._forget_file(state.file_id)
+            self.headers.forget_file(state.file_id)
             return
         if bstat is None:
             bstat = await self.backend.stat(bpath)
-        header, size = await self._header(bpath, bstat)
+        header, size = await self.headers.header(bpath, bstat)
         new = FileHeader(header.dek_id, header.file_id, header.meta.with_(ctime_ns=now))
         key = file_key(await self.broker.dek(header.dek_id), header.file_id)
         try:
@@ -1386,14 +698,13 @@ class Volume:
         except PermissionError:
             log.debug("%s: read-only on the backend; change time not recorded", bpath)
             return
-        self._forget_file(header.file_id)
+        self.headers.forget_file(header.file_id)
 
     async def _touch_dir(self, info: DirInfo, **changes) -> None:
         """Rewrite a directory's record with changes and now as its change time (the
         record is a file inside the directory: writing it moves no time of the directory)."""
         info.meta = info.meta.with_(ctime_ns=time.time_ns(), **changes)
-        await _overwrite_small(self.backend, join(info.bpath, DIR_META_NAME),
-                               seal_dir_meta(self._dir_key, info.dir_id, info.meta))
+        await self.paths.rewrite_record(info)
 
     async def setattr(self, path: str, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, size: int | None = None,
@@ -1407,7 +718,7 @@ class Volume:
         else:
             parts = split_path(path)
             if parts:
-                _parent, _name, bpath, _long = await self._entry(path)
+                _parent, _name, bpath, _long = await self.paths.entry(path)
             else:
                 bpath = ""
             bstat = await self._bstat(bpath, path)
@@ -1419,12 +730,11 @@ class Volume:
             set_times = atime_ns is not None or mtime_ns is not None
             if mode is not None or uid is not None or gid is not None \
                     or set_times and not self.backend.capabilities.real_change_time:
-                key = "/".join(split_path(path))
-                info = await self._dir(split_path(path))
+                info = await self.paths.directory(split_path(path))
                 await self._touch_dir(info, mode=info.meta.mode if mode is None else mode & 0o7777,
                                       uid=info.meta.uid if uid is None else uid,
                                       gid=info.meta.gid if gid is None else gid)
-                self._dirs[key] = info
+                self.paths.remember(split_path(path), info)
             if set_times:
                 cur = await self.backend.stat(bpath)
                 await self.backend.set_times(bpath, cur.atime_ns if atime_ns is None else atime_ns,
@@ -1459,8 +769,8 @@ class Volume:
                     state.pending_times = times
                     state.mtime_ns = None
                     await self.backend.fset_times(state.handle, *times)
-            self._forget_file(state.file_id)
-            return await self._attr_of_state(state)
+            self.headers.forget_file(state.file_id)
+            return await self.open_files.attr_of(state)
         finally:
             if opened is not None:
                 await opened.close()
@@ -1490,70 +800,20 @@ def _by_name(entry: tuple[str, Attr]) -> str:
     return entry[0]
 
 
+def _setgid_rule(parent: DirInfo, mode: int, gid: int | None, *,
+                 directory: bool) -> tuple[int, int | None]:
+    """(mode, gid) of a new entry in parent. As ext4 (and POSIX with BSD group semantics)
+    has it: in a directory whose setgid bit is set, a new entry takes the directory's group
+    instead of its creator's, and a new subdirectory takes the setgid bit too. Decided
+    from the parent's sealed record, which resolving the new entry's path has read."""
+    if parent.meta.mode & stat_module.S_ISGID:
+        return (mode | stat_module.S_ISGID if directory else mode), parent.meta.gid
+    return mode, gid
+
+
 def _uid(uid: int | None) -> int:
     return os.getuid() if uid is None else uid
 
 
 def _gid(gid: int | None) -> int:
     return os.getgid() if gid is None else gid
-
-
-def _seal_whole(cipher: ChunkCipher, content: bytes, chunk_size: int) -> bytes:
-    """The chunk area of a file written in one go (creation)."""
-    if not content:
-        return cipher.seal(0, b"", True)
-    pieces = []
-    count = -(-len(content) // chunk_size)
-    for i in range(count):
-        pieces.append(cipher.seal(i, content[i * chunk_size:(i + 1) * chunk_size], i == count - 1))
-    return b"".join(pieces)
-
-
-async def read_config(backend: Backend) -> tuple[VolumeConfig, str]:
-    try:
-        raw = await _read_small(backend, CONFIG_NAME, 1 << 20)
-    except FileNotFoundError:
-        raise ConfigError(f"{backend.location} is not a sealfs volume (no {CONFIG_NAME}); "
-                          f"create one with `sealfs init`") from None
-    try:
-        return VolumeConfig.parse(raw)
-    except ConfigError as exc:
-        if CONFIG_NAME in str(exc):
-            raise
-        raise ConfigError(f"{CONFIG_NAME} is damaged: {exc}") from None
-
-
-async def _read_small(backend: Backend, bpath: str, limit: int) -> bytes:
-    handle = await backend.open(bpath)
-    try:
-        return await backend.read(handle, 0, limit)
-    finally:
-        await backend.close(handle)
-
-
-async def _write_new_file(backend: Backend, bpath: str, data: bytes) -> None:
-    handle = await backend.open(bpath, write=True, create=True, exclusive=True)
-    try:
-        await backend.write(handle, 0, data)
-        await backend.flush(handle)
-    finally:
-        await backend.close(handle)
-
-
-async def _overwrite_small(backend: Backend, bpath: str, data: bytes) -> None:
-    """One request, so a reader never sees a torn record."""
-    handle = await backend.open(bpath, write=True)
-    try:
-        await backend.write(handle, 0, data)
-    finally:
-        await backend.close(handle)
-
-
-async def _remove_quietly(backend: Backend, bpath: str, is_dir: bool = False) -> None:
-    try:
-        if is_dir:
-            await backend.rmdir(bpath)
-        else:
-            await backend.unlink(bpath)
-    except FileNotFoundError:
-        pass

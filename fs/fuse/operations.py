@@ -19,7 +19,9 @@ import trio
 
 from ...crypto.format.header import Kind
 from ...errors import IntegrityError, errno_of, first_error
-from ..core.volume import IFMT_TO_KIND, Attr, Listing, OpenFile, Volume, split_path
+from ..core.attrs import IFMT_TO_KIND, Attr, Listing
+from ..core.paths import split_path
+from ..core.volume import OpenFile, Volume
 from .pagecache import PageCacheGuard
 from .tuning import ATTR_TIMEOUT, ENTRY_TIMEOUT
 
@@ -292,36 +294,27 @@ class SealfsOperations(pyfuse3.Operations):
         return os.fsencode(await self.volume.readlink(self._path_of(inode)))
 
     # -- namespace -------------------------------------------------------------------------
-    def _owner(self, parent_path: str, ctx) -> tuple[int, int, bool]:
-        """uid/gid for a new entry; a setgid parent passes its group on, as ext4 does."""
-        info = self.volume._dirs.get("/".join(split_path(parent_path)))
-        if info is not None and info.meta.mode & stat_module.S_ISGID:
-            return ctx.uid, info.meta.gid, True
-        return ctx.uid, ctx.gid, False
-
+    # A new entry belongs to the caller; Volume applies the setgid rule of its directory.
     @fuse_op
     async def mkdir(self, parent_inode, name, mode, ctx):
         path = self._child(parent_inode, name)
-        uid, gid, sgid = self._owner(self._path_of(parent_inode), ctx)
-        mode = stat_module.S_IMODE(mode) | (stat_module.S_ISGID if sgid else 0)
-        attr = await self.volume.mkdir(path, mode, uid, gid)
+        attr = await self.volume.mkdir(path, stat_module.S_IMODE(mode), ctx.uid, ctx.gid)
         return self._entry(self._remember(path, attr), attr)
 
     @fuse_op
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         path = self._child(parent_inode, name)
-        uid, gid, _ = self._owner(self._path_of(parent_inode), ctx)
         kind = IFMT_TO_KIND.get(stat_module.S_IFMT(mode), Kind.REGULAR)
         if kind == Kind.DIRECTORY:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        attr = await self.volume.mknod(path, kind, stat_module.S_IMODE(mode), rdev, uid, gid)
+        attr = await self.volume.mknod(path, kind, stat_module.S_IMODE(mode), rdev, ctx.uid,
+                                       ctx.gid)
         return self._entry(self._remember(path, attr), attr)
 
     @fuse_op
     async def symlink(self, parent_inode, name, target, ctx):
         path = self._child(parent_inode, name)
-        uid, gid, _ = self._owner(self._path_of(parent_inode), ctx)
-        attr = await self.volume.symlink(path, os.fsdecode(target), uid, gid)
+        attr = await self.volume.symlink(path, os.fsdecode(target), ctx.uid, ctx.gid)
         return self._entry(self._remember(path, attr), attr)
 
     @fuse_op
@@ -377,8 +370,7 @@ class SealfsOperations(pyfuse3.Operations):
     @fuse_op
     async def create(self, parent_inode, name, mode, flags, ctx):
         path = self._child(parent_inode, name)
-        uid, gid, _ = self._owner(self._path_of(parent_inode), ctx)
-        handle = await self.volume.create(path, stat_module.S_IMODE(mode), uid, gid,
+        handle = await self.volume.create(path, stat_module.S_IMODE(mode), ctx.uid, ctx.gid,
                                           append=bool(flags & os.O_APPEND))
         attr = await handle.stat()
         node = self._remember(path, attr)

@@ -50,14 +50,14 @@ from ...crypto.format.names import (
     is_long_name_entry,
     is_reserved,
     is_sidecar,
-    long_name_entry,
     sidecar_of,
 )
 from ...errors import IntegrityError, KeyAccessError
 from ..core.files import FileState
 from ..core.journal import journal_entries, journal_path
 from ..core.journal import recover as recover_journal
-from ..core.volume import DirInfo, Volume, _read_small
+from ..core.paths import DirInfo
+from ..core.volume import Volume
 
 READ_BLOCK = 1024 * 1024
 MAX_CHUNK_LINES = 20          # per file; the rest is summarised in one line
@@ -124,7 +124,7 @@ class Fsck:
 
     # -- walk --------------------------------------------------------------------------------
     async def run(self) -> FsckResult:
-        root = await self.vol._root()
+        root = await self.vol.paths.root()
         self.journals, planted = await journal_entries(self.backend)
         for bpath, what in planted:
             await self._planted(bpath, what)
@@ -174,7 +174,7 @@ class Fsck:
             child_plain = f"{plain}/{name}" if plain is not None and name is not None else None
             if bstat.is_dir:
                 try:
-                    child_info = await self.vol._read_dir_info(child)
+                    child_info = await self.vol.paths.read_dir_info(child)
                 except IntegrityError as exc:
                     self.problem(self._where(child_plain, child),
                                  f"directory record: {exc}{self._cipher_note(child_plain, child)}")
@@ -192,16 +192,10 @@ class Fsck:
             if side.foreign or side.is_dir:
                 raise IntegrityError("long-name sidecar is not a regular file")
             try:
-                encoded = (await _read_small(self.backend, join(bpath, sidecar_of(entry)),
-                                             4096)).decode("ascii")
+                encoded = (await self.vol.paths.read_sidecar(bpath, entry)).decode("ascii")
             except UnicodeDecodeError:
                 raise IntegrityError("long-name sidecar is not ASCII") from None
-            if long_name_entry(encoded) != entry:
-                raise IntegrityError("long-name sidecar does not match its entry")
-            name = self.vol.names.decode(encoded, info.dir_id)
-            if self.vol.names.entry_for(name, info.dir_id)[0] != entry:
-                raise IntegrityError("long-name sidecar holds a name stored under another entry")
-            return name
+            return self.vol.paths.long_name(info, entry, encoded)
         if is_reserved(entry):
             self.problem(self._where(None, join(bpath, entry)), "unknown sealfs.* entry")
             return False
@@ -250,7 +244,7 @@ class Fsck:
                                     f"{note}")
                 return
             try:
-                header, dek = await self.vol._open_header(handle, bpath)
+                header, dek = await self.vol.headers.open_header(handle, bpath)
             except (IntegrityError, KeyAccessError) as exc:
                 self.problem(where, f"file header: {_strip(exc, bpath)}{note}")
                 return

@@ -407,7 +407,8 @@ async def sync_tree(vol: Volume, source: str | os.PathLike[str], opts: SyncOptio
             say(f"create directory {_vjoin(base, rel)}")
             continue
         try:
-            await vol.mkdir(_vjoin(base, rel), stat_module.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+            await vol.mkdir(_vjoin(base, rel), stat_module.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                            inherit=False)
         except _PER_FILE_ERRORS as exc:
             failed_dirs.add(rel)
             reporter.error(stats, str(root / rel), exc)

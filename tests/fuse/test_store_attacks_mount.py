@@ -37,7 +37,7 @@ def _bpaths(store_dir: Path, keyfile: Path) -> dict[str, Path]:
     async def main() -> dict[str, Path]:
         vol = await Volume.load(LocalBackend(store_dir), KeySecrets(keyfile=keyfile))
         try:
-            return {p: store_dir / (await vol._entry(p))[2] for p in [*FILES, "top", "top/sub"]}
+            return {p: store_dir / (await vol.paths.entry(p))[2] for p in [*FILES, "top", "top/sub"]}
         finally:
             await vol.close()
     return trio.run(main)

@@ -1,0 +1,217 @@
+"""File headers, committed sizes and link counts, cached while the store is unchanged.
+
+A stat of a closed file needs its sealed header (type, mode, owner) and its committed size
+(the reader rule of docs/FORMAT.md §9.1), and sometimes a link count the backend's listing
+does not give (SMB). All of them are cached here, keyed so that a change on the backend
+(another client's write, link or unlink) is noticed; a write journal a crashed flush left
+behind (§9.5) is replayed the first time its file is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ...backends.base import Backend, BackendStat, Handle
+from ...crypto.format.chunks import ChunkCipher
+from ...crypto.format.header import HEADER_SIZE, FileHeader, open_header, read_header_public
+from ...crypto.format.kdf import file_key
+from ...crypto.format.layout import logical_size
+from ...crypto.format.names import is_reserved
+from ...crypto.keys.broker import KeyBroker
+from ...errors import IntegrityError
+from .files import FileState
+from .journal import journaled_file_ids
+from .journal import recover as recover_journal
+from .storeio import stat_entry
+
+
+class HeaderCache:
+    """Headers, committed sizes and link counts of one volume's files and directories.
+
+    open_state(file_id) is the file's state while it is open on this volume (its journal
+    and its names unlinked while open count too)."""
+
+    def __init__(self, backend: Backend, broker: KeyBroker, chunk_size: int,
+                 open_state: Callable[[bytes], FileState | None]) -> None:
+        self.backend = backend
+        self.broker = broker
+        self.chunk_size = chunk_size
+        self._open_state = open_state
+        #: backend path -> (its stamp, the file id it held): which file a name is
+        self._headers: dict[str, tuple[tuple, bytes]] = {}
+        #: file id -> (header, committed size): one entry for every name of a file, so a
+        #: chmod through one hard link is what all of them show
+        self._files: dict[bytes, tuple[FileHeader, int]] = {}
+        #: directory backend path -> (its mtime when counted or None, subdirectories), for
+        #: backends whose directory stat has no link count (SMB)
+        self._subdirs: dict[str, tuple[int | None, int]] = {}
+        # Link counts by file id, for listings that cannot tell (SMB): learnt from every full
+        # stat and header read, so all names of a file agree; refreshed when a name's stamp
+        # (which includes the change time that link and unlink bump) no longer matches.
+        self._links: dict[bytes, int] = {}
+        #: files whose journal a crashed mount left behind (listed once, on load)
+        self._journaled: set[bytes] = set()
+
+    async def find_journals(self) -> None:
+        """List the write journals a crashed mount left behind (when the volume opens)."""
+        self._journaled = await journaled_file_ids(self.backend)
+
+    # -- file headers --------------------------------------------------------------------
+    async def header(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int]:
+        """A file's header and committed size, cached while the backend file is unchanged.
+
+        Read with the file's full stat in one go, which refreshes its link count too."""
+        stamp = (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)
+        cached = self._headers.get(bpath)
+        if cached is not None and cached[0] == stamp:
+            known = self._files.get(cached[1])
+            if known is not None:
+                return known
+        raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
+        header, dek = await self.open_header_bytes(raw, bpath)
+        size = header.meta.size
+        if logical_size(bstat.size, self.chunk_size) != size or header.file_id in self._journaled:
+            cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)   # before any await
+            handle = await self.backend.open(bpath)
+            try:
+                size = await self.committed_size(handle, bpath, header, cipher)
+            finally:
+                await self.backend.close(handle)
+        if len(self._headers) > 100_000:
+            self._headers.clear()
+            self._files.clear()
+            self._links.clear()
+        self._headers[bpath] = (stamp, header.file_id)
+        self._files[header.file_id] = (header, size)
+        if fresh.nlink is not None:
+            self._links[header.file_id] = fresh.nlink
+        return header, size
+
+    def forget_header(self, bpath: str) -> None:
+        """A name changed: forget its header, and its file's link count if we knew it."""
+        cached = self._headers.pop(bpath, None)
+        if cached is not None:
+            self.forget_file(cached[1])
+
+    def forget_file(self, file_id: bytes) -> None:
+        """A file's metadata or link count changed: every name of it reads them again."""
+        self._files.pop(file_id, None)
+        self._links.pop(file_id, None)
+
+    def forget_names(self) -> None:
+        """Backend paths moved wholesale (a directory renamed): which file a name is must be
+        read again for every name."""
+        self._headers.clear()
+
+    async def committed_size(self, handle: Handle, bpath: str, header: FileHeader,
+                             cipher: ChunkCipher) -> int:
+        """The reader rule of FORMAT.md, after replaying a crashed flush's journal (listed
+        when the volume opened, or found because the file failed to authenticate)."""
+        if header.file_id in self._journaled:
+            await self.replay_journal(bpath, header.file_id, cipher)
+        try:
+            stored = (await self.backend.fstat(handle)).size
+            return await FileState.resolve_size(self.backend, handle, header, cipher,
+                                                self.chunk_size, stored)
+        except IntegrityError:
+            if not await self.replay_journal(bpath, header.file_id, cipher):
+                raise
+            stored = (await self.backend.fstat(handle)).size
+            return await FileState.resolve_size(self.backend, handle, header, cipher,
+                                                self.chunk_size, stored)
+
+    async def replay_journal(self, bpath: str, file_id: bytes, cipher: ChunkCipher) -> int:
+        """Restore chunks torn by a flush that never finished; how many were restored."""
+        self._journaled.discard(file_id)
+        state = self._open_state(file_id)
+        if state is not None and state.journal.active:
+            return 0                        # our own journal: its flush is not over
+        try:
+            handle = await self.backend.open(bpath, write=True)
+        except PermissionError:
+            return 0
+        try:
+            return await recover_journal(self.backend, handle, file_id, cipher, self.chunk_size)
+        finally:
+            await self.backend.close(handle)
+
+    async def open_header(self, handle: Handle, bpath: str) -> tuple[FileHeader, bytes]:
+        """Read and open the header of an open backend file: (header, its DEK)."""
+        return await self.open_header_bytes(await self.backend.read(handle, 0, HEADER_SIZE), bpath)
+
+    async def open_header_bytes(self, raw: bytes, bpath: str) -> tuple[FileHeader, bytes]:
+        try:
+            dek_id, file_id = read_header_public(raw)
+            dek = await self.broker.dek(dek_id)
+            return open_header(file_key(dek, file_id), raw), dek
+        except IntegrityError as exc:
+            raise IntegrityError(f"{bpath}: {exc}") from None
+
+    # -- link counts ---------------------------------------------------------------------
+    async def nlink(self, bpath: str, bstat: BackendStat, file_id: bytes) -> int:
+        """The link count: from bstat if it knows, else as last learnt for the file id;
+        less the names unlinked while the file is open, which the backend still holds
+        under hidden names until the last close (SMB)."""
+        if bstat.nlink is not None:
+            self._links[file_id] = bstat.nlink
+            nlink = bstat.nlink
+        else:
+            nlink = self._links.get(file_id)
+            if nlink is None:         # a name whose header was cached before its count was
+                nlink = (await stat_entry(self.backend, bpath, bpath)).nlink or 1
+                self._links[file_id] = nlink
+        state = self._open_state(file_id)
+        return max(0, nlink - len(state.victims)) if state is not None else nlink
+
+    async def dir_nlink(self, bpath: str, bstat: BackendStat, count: bool = True) -> tuple[int, bool]:
+        """A directory's link count, 2 + its subdirectories, and whether it is known: the
+        backend's, or where the backend has none (SMB) counted from its listing once and
+        then kept by sealfs's own mkdir, rmdir and rename; a count gone stale (the
+        directory's mtime moved under another client) is taken again. count=False (a
+        listing of its parent) only uses a count known already."""
+        nlink, known = max(2, bstat.nlink or 0), True
+        if not self.backend.capabilities.dir_link_counts:
+            cached = self._subdirs.get(bpath)
+            if cached is not None and cached[0] in (None, bstat.mtime_ns):
+                if cached[0] is None:
+                    self._subdirs[bpath] = (bstat.mtime_ns, cached[1])
+                nlink = 2 + cached[1]
+            elif count:
+                nlink = 2 + await self._count_subdirs(bpath, bstat.mtime_ns)
+            else:
+                known = False
+        return nlink, known
+
+    async def _count_subdirs(self, bpath: str, mtime_ns: int | None,
+                             entries: list[tuple[str, BackendStat]] | None = None) -> int:
+        if entries is None:
+            entries = await self.backend.scandir(bpath)
+        count = sum(1 for entry, st in entries if st.is_dir and not is_reserved(entry))
+        if len(self._subdirs) > 50_000:
+            self._subdirs.clear()
+        self._subdirs[bpath] = (mtime_ns, count)
+        return count
+
+    def subdir_change(self, parent_bpath: str, delta: int) -> None:
+        """Our own mkdir, rmdir or rename changed a known count: keep it, and take the
+        directory's next mtime as the one it was counted at."""
+        cached = self._subdirs.pop(parent_bpath, None)
+        if cached is not None:
+            self._subdirs[parent_bpath] = (None, max(0, cached[1] + delta))
+
+    def dir_created(self, bpath: str) -> None:
+        """A directory we just made has no subdirectories."""
+        self._subdirs[bpath] = (None, 0)
+
+    def dir_removed(self, bpath: str) -> None:
+        self._subdirs.pop(bpath, None)
+
+    def dir_moved(self, s_bpath: str, d_bpath: str) -> None:
+        """A directory moved from s_bpath to d_bpath: its count goes with it; counts below
+        it, and of what d_bpath was, are taken again."""
+        moved = self._subdirs.pop(s_bpath, None)
+        prefix = s_bpath + "/"
+        for key in [k for k in self._subdirs if k.startswith(prefix) or k == d_bpath]:
+            del self._subdirs[key]
+        if moved is not None:
+            self._subdirs[d_bpath] = (None, moved[1])
