@@ -495,7 +495,9 @@ class AzureFilesBackend(Backend):
         """Azure's Create File overwrites: create under a unique name, fill it, then rename
         it into place without replacing, which fails atomically if the name exists (file or
         directory): three requests, no existence check before."""
-        tmp = join(parent_of(path), f".sealfs-azx-{uuid.uuid4().hex}")
+        # The store's reserved name for an in-flight creation (FORMAT.md): listings skip
+        # it, and rmdir clears one a crash or a concurrent rename of the directory left.
+        tmp = join(parent_of(path), f"sealfs.tmp.azx{uuid.uuid4().hex}")
         await self._create(tmp, len(data))
         try:
             if data:
@@ -772,6 +774,10 @@ class AzureFilesBackend(Backend):
         """The rename API reports a taken name itself (409): no look before. The source's
         kind is the one seen last, else asked; what a conflict means is asked after it."""
         kind = kind or self._kinds.get(src.lower()) or await self._src_kind(src)
+        if replace and kind == "file" and src.lower() != dst.lower() and self._open_at(dst):
+            # Its handles are the path: replaced, they would read the new file. SMB refuses
+            # to replace an open file too; the volume then moves it aside first.
+            raise PermissionError(errno.EACCES, "the file is open: not replaced", dst)
         try:
             st = await self._rename_kind(kind, src, dst, replace, size)
         except FileExistsError:
@@ -815,6 +821,10 @@ class AzureFilesBackend(Backend):
         assert isinstance(handle, AzureHandle)
         st = await self._rename(src, dst, False, handle.state.size)
         return st if st is not None else await self.fstat(handle)
+
+    def _open_at(self, path: str) -> bool:
+        key = path.lower()
+        return any(not h.closed and h.path.lower() == key for h in list(self._handles))
 
     def _follow_rename(self, src: str, dst: str) -> None:
         """Handles address their file by path: they follow it."""

@@ -139,3 +139,31 @@ async def test_answers_with_a_body_do_not_wait_for_a_delayed_ack(azfiles_backend
         assert await b.read(h, 0, 4) == b"some"
     assert time.monotonic() - start < 20 * 0.040, "an answer with a body waited for a delayed ACK"
     await b.close(h)
+
+
+async def test_an_open_file_is_not_replaced_by_a_rename(azfiles_backend: AzureFilesBackend) -> None:
+    """A handle is its path here: a file renamed over it would be read through it. As on
+    SMB the rename is refused (the volume then moves the open file aside first)."""
+    b = azfiles_backend
+    await b.close(await b.create_file("new", b"new"))
+    victim = await b.create_file("open", b"old")
+    with pytest.raises(PermissionError):
+        await b.rename("new", "open")
+    assert await b.read(victim, 0, 10) == b"old"
+    await b.close(victim)
+    await b.rename("new", "open")
+    assert sorted(await b.listdir("")) == ["open"]
+
+
+async def test_a_temporary_of_an_exclusive_create_has_a_reserved_name(azfiles_backend: AzureFilesBackend,
+                                                                      azfiles_store) -> None:
+    """What a create interrupted before its rename leaves is sealfs.tmp.*, which readers
+    skip and rmdir clears (FORMAT.md), not a name that lists as damage."""
+    b, srv = azfiles_backend, azfiles_store.server
+    srv.fail_next("rename_file", 500)
+    srv.fail_next("delete_file", 500)          # and its removal fails too
+    with pytest.raises(OSError):
+        await b.create_file("f", b"x")
+    with srv._lock:
+        left = [k.rpartition("/")[2] for k in srv.shares["vol"].nodes if k.startswith(azfiles_store.path + "/")]
+    assert left and all(name.startswith("sealfs.tmp.") for name in left), left
