@@ -659,8 +659,8 @@ class AzureFilesBackend(Backend):
             self._saw(path, kind)
             return st
         self._saw(path, None)
-        raise await self._refine_enoent(missing or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path),
-                                        path) from None
+        missing = missing or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        raise await self._refine_enoent(missing, path) from None
 
     async def read_head(self, path: str, size: int) -> tuple[bytes, BackendStat]:
         """One GET: the first bytes, and the properties in the same answer's headers."""
@@ -749,7 +749,8 @@ class AzureFilesBackend(Backend):
         self._files.pop(path.lower(), None)
         self._saw(path, None)
 
-    async def _rename_file(self, src: str, dst: str, replace: bool, size: int | None = None) -> BackendStat | None:
+    async def _rename_file(self, src: str, dst: str, replace: bool,
+                           size: int | None = None) -> BackendStat | None:
         """Rename File; with size known, the answer's headers give the renamed file's stat."""
         fc, new = self._file(src), self._rel(dst)
         return await self._run(lambda: _answer_stat(fc.rename_file, size, new, overwrite=replace,

@@ -16,7 +16,8 @@ def _calls(srv) -> dict[str, int]:
     return {op: n for op, n in srv.calls.items() if not op.startswith("fault")}
 
 
-async def test_exclusive_create_is_create_put_rename(azfiles_backend: AzureFilesBackend, azfiles_store) -> None:
+async def test_exclusive_create_is_create_put_rename(azfiles_backend: AzureFilesBackend,
+                                                     azfiles_store) -> None:
     """No existence check before (the rename without replacing is the check) and no
     properties read after (the rename's answer carries the times and the id)."""
     b, srv = azfiles_backend, azfiles_store.server
@@ -165,5 +166,6 @@ async def test_a_temporary_of_an_exclusive_create_has_a_reserved_name(azfiles_ba
     with pytest.raises(OSError):
         await b.create_file("f", b"x")
     with srv._lock:
-        left = [k.rpartition("/")[2] for k in srv.shares["vol"].nodes if k.startswith(azfiles_store.path + "/")]
+        left = [k.rpartition("/")[2] for k in srv.shares["vol"].nodes
+                if k.startswith(azfiles_store.path + "/")]
     assert left and all(name.startswith("sealfs.tmp.") for name in left), left
