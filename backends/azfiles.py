@@ -16,6 +16,15 @@ both times. Creating, deleting or renaming an entry over REST moves no time of i
 directory, and nothing reports a directory's link count: the volume stamps the directory
 (stamp_dir) and counts subdirectories itself.
 
+Requests: a path's kind (file or directory) is asked of the service one request per kind:
+a File GET on a directory answers 404 ResourceNotFound, as for a missing name, so the
+error tells nothing of the other kind. The backend remembers the kind it last saw at each
+path (stat, listing, create, rename) and asks that kind first: a stale memory costs one
+request more, never a wrong answer. ResourceNotFound (not ParentNotFound) says the parent
+is a directory, so a missing name needs no walk up its ancestors. Create, Rename and Set
+Properties answer with the file's times and id: a new or renamed file's stat comes from
+that answer, not from a second request.
+
 Requests that Azure throttles (429, 503 ServerBusy) were not executed and are retried
 whatever they are, honouring Retry-After; other server errors (500, 502, 504) and lost
 responses are retried only for idempotent requests (reads, writes of a range, setting a
@@ -135,6 +144,14 @@ def check_sas(sas: str) -> str:
     return sas
 
 
+class _ParentNotFound(FileNotFoundError):
+    """404 ParentNotFound: the parent is missing (or a file), so is every kind of entry."""
+
+
+class _WrongKind(FileExistsError):
+    """409 ResourceTypeMismatch: an entry of the other kind holds the name."""
+
+
 class AzureHandle(Handle):
     __slots__ = ("path", "writable", "state", "closed")
 
@@ -215,6 +232,9 @@ class AzureFilesBackend(Backend):
         self._connect_lock = threading.Lock()
         self._limiter = trio.CapacityLimiter(max(2, self.settings.threads))
         self._files: dict[str, _FileState] = {}
+        # The kind last seen at each path (lowercase): which kind stat() asks first. A hint
+        # only, never an answer, so it may go stale across clients.
+        self._kinds: dict[str, str] = {}
         self._handles: weakref.WeakSet[AzureHandle] = weakref.WeakSet()
         self._session: Any = None
 
@@ -362,7 +382,11 @@ class AzureFilesBackend(Backend):
                 (status == 404 and not code):
             if code == "ShareNotFound":
                 return FileNotFoundError(errno.ENOENT, f"share {self.target.share!r} does not exist", p)
+            if code == "ParentNotFound":
+                return _ParentNotFound(errno.ENOENT, os.strerror(errno.ENOENT), p)
             return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), p)
+        if code == "ResourceTypeMismatch":
+            return _WrongKind(errno.EEXIST, os.strerror(errno.EEXIST), p)
         if code in ("ResourceAlreadyExists", "ShareAlreadyExists"):
             return FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), p)
         if code == "DirectoryNotEmpty":
@@ -390,7 +414,10 @@ class AzureFilesBackend(Backend):
         return f"{code}: the storage account refused the credential"
 
     async def _refine_enoent(self, exc: OSError, path: str) -> OSError:
-        """Azure says only "not found"; POSIX says which: ENOTDIR when an ancestor is a file."""
+        """Azure says only "not found"; POSIX says which: ENOTDIR when an ancestor is a file.
+        ResourceNotFound already says the parent is a directory: nothing to walk."""
+        if not isinstance(exc, _ParentNotFound):
+            return FileNotFoundError(exc.errno, exc.strerror, exc.filename)
         parent = parent_of(path)
         while parent:
             kind = await self._kind(parent)
@@ -399,7 +426,7 @@ class AzureFilesBackend(Backend):
             if kind == "dir":
                 break
             parent = parent_of(parent)
-        return exc
+        return FileNotFoundError(exc.errno, exc.strerror, exc.filename)
 
     async def _kind(self, path: str) -> str | None:
         """'file', 'dir' or None (missing)."""
@@ -408,6 +435,16 @@ class AzureFilesBackend(Backend):
         except (FileNotFoundError, NotADirectoryError):
             return None
         return "dir" if st.is_dir else "file"
+
+    def _saw(self, path: str, kind: str | None) -> None:
+        """Remember the kind last seen at path (None: nothing there)."""
+        key = path.lower()
+        if kind is None:
+            self._kinds.pop(key, None)
+            return
+        if len(self._kinds) > 100_000:
+            self._kinds.clear()
+        self._kinds[key] = kind
 
     # -- files -------------------------------------------------------------------------------
     def _track(self, path: str, writable: bool, st: BackendStat) -> AzureHandle:
@@ -429,6 +466,7 @@ class AzureFilesBackend(Backend):
             return self._track(path, write, state.info)
         try:
             st = await self._stat_file(path)
+            self._saw(path, "file")
         except FileNotFoundError as exc:
             if not create:
                 kind = await self._kind(path)
@@ -441,26 +479,30 @@ class AzureFilesBackend(Backend):
         return self._track(path, write, st)
 
     async def _create(self, path: str, size: int) -> BackendStat:
+        """Create File (it overwrites a file); its answer carries the new file's stat."""
         fc = self._file(path)
         try:
-            await self._run(lambda: fc.create_file(size), path, idempotent=True)
+            st = await self._run(lambda: _answer_stat(fc.create_file, size, size), path, idempotent=True)
         except FileNotFoundError as exc:
             raise await self._refine_enoent(exc, path) from None
         except FileExistsError:
+            self._saw(path, "dir")
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
-        return await self._stat_file(path)
+        self._saw(path, "file")
+        return st if st is not None else await self._stat_file(path)
 
     async def create_file(self, path: str, data: bytes) -> AzureHandle:
         """Azure's Create File overwrites: create under a unique name, fill it, then rename
-        it into place without replacing, which fails atomically if the name exists."""
-        if (await self._kind(path)) is not None:
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-        tmp = join(parent_of(path), f".sealfs-azx-{uuid.uuid4().hex}")
+        it into place without replacing, which fails atomically if the name exists (file or
+        directory): three requests, no existence check before."""
+        # The store's reserved name for an in-flight creation (FORMAT.md): listings skip
+        # it, and rmdir clears one a crash or a concurrent rename of the directory left.
+        tmp = join(parent_of(path), f"sealfs.tmp.azx{uuid.uuid4().hex}")
         await self._create(tmp, len(data))
         try:
             if data:
                 await self._put_ranges(tmp, [(0, memoryview(data))])
-            await self._rename_file(tmp, path, replace=False)
+            st = await self._rename_file(tmp, path, replace=False, size=len(data))
         except BaseException:
             with trio.CancelScope(shield=True):
                 try:
@@ -468,7 +510,10 @@ class AzureFilesBackend(Backend):
                 except OSError:
                     pass
             raise
-        return self._track(path, True, await self._stat_file(path))
+        finally:
+            self._saw(tmp, None)
+        self._saw(path, "file")
+        return self._track(path, True, st if st is not None else await self._stat_file(path))
 
     def untearable(self, start: int, end: int) -> bool:
         """One Put Range (at most 4 MiB) is applied whole or not at all."""
@@ -596,27 +641,38 @@ class AzureFilesBackend(Backend):
         return await self._run(lambda: _headers_of(dc.get_directory_properties, True), path, idempotent=True)
 
     async def stat(self, path: str) -> BackendStat:
-        if path:
-            try:
-                return await self._stat_file(path)
-            except FileNotFoundError:
-                pass
-        try:
+        """The kind seen last at path first, then the other: one request when it is right."""
+        if not path:
             return await self._stat_dir(path)
-        except FileNotFoundError as exc:
-            if not path:
-                raise
-            raise await self._refine_enoent(exc, path) from None
+        kinds = ("dir", "file") if self._kinds.get(path.lower()) == "dir" else ("file", "dir")
+        missing: FileNotFoundError | None = None
+        for kind in kinds:
+            try:
+                st = await (self._stat_dir(path) if kind == "dir" else self._stat_file(path))
+            except (FileNotFoundError, _WrongKind) as exc:
+                if isinstance(exc, _ParentNotFound):    # no entry of any kind: ask no more
+                    missing = exc
+                    break
+                if isinstance(exc, FileNotFoundError):
+                    missing = exc
+                continue
+            self._saw(path, kind)
+            return st
+        self._saw(path, None)
+        missing = missing or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        raise await self._refine_enoent(missing, path) from None
 
     async def read_head(self, path: str, size: int) -> tuple[bytes, BackendStat]:
         """One GET: the first bytes, and the properties in the same answer's headers."""
         fc = self._file(path)
         try:
-            return await self._run(lambda: _download_with_stat(fc, size), path, idempotent=True)
+            got = await self._run(lambda: _download_with_stat(fc, size), path, idempotent=True)
         except FileNotFoundError as exc:
             if await self._kind(path) == "dir":
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
             raise await self._refine_enoent(exc, path) from None
+        self._saw(path, "file")
+        return got
 
     async def listdir(self, path: str) -> list[str]:
         return [name for name, _ in await self.scandir(path)]
@@ -624,11 +680,15 @@ class AzureFilesBackend(Backend):
     async def scandir(self, path: str) -> list[tuple[str, BackendStat]]:
         dc = self._dir(path)
         try:
-            return await self._run(lambda: _list(dc), path, idempotent=True)
+            entries = await self._run(lambda: _list(dc), path, idempotent=True)
         except FileNotFoundError as exc:
             if path and await self._kind(path) == "file":
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
             raise await self._refine_enoent(exc, path) from None
+        self._saw(path, "dir")
+        for name, st in entries:
+            self._saw(join(path, name), "dir" if st.is_dir else "file")
+        return entries
 
     async def make_root(self) -> None:
         client = self._client()
@@ -660,64 +720,112 @@ class AzureFilesBackend(Backend):
             await self._run(dc.create_directory, path, idempotent=False)
         except FileNotFoundError as exc:
             raise await self._refine_enoent(exc, path) from None
+        except _WrongKind:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path) from None
+        self._saw(path, "dir")
 
     async def rmdir(self, path: str) -> None:
         dc = self._dir(path)
         try:
             await self._run(dc.delete_directory, path, idempotent=False)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, _WrongKind) as exc:
             if await self._kind(path) == "file":
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
+            if isinstance(exc, _WrongKind):
+                raise BackendError(f"{path}: {self.target.host} answered ResourceTypeMismatch") from None
             raise await self._refine_enoent(exc, path) from None
+        self._saw(path, None)
 
     async def unlink(self, path: str) -> None:
         fc = self._file(path)
         try:
             await self._run(fc.delete_file, path, idempotent=False)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, _WrongKind) as exc:
             if await self._kind(path) == "dir":
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
+            if isinstance(exc, _WrongKind):
+                raise BackendError(f"{path}: {self.target.host} answered ResourceTypeMismatch") from None
             raise await self._refine_enoent(exc, path) from None
         self._files.pop(path.lower(), None)
+        self._saw(path, None)
 
-    async def _rename_file(self, src: str, dst: str, replace: bool) -> None:
+    async def _rename_file(self, src: str, dst: str, replace: bool,
+                           size: int | None = None) -> BackendStat | None:
+        """Rename File; with size known, the answer's headers give the renamed file's stat."""
         fc, new = self._file(src), self._rel(dst)
-        await self._run(lambda: fc.rename_file(new, overwrite=replace, ignore_read_only=True), src,
-                        idempotent=False)
+        return await self._run(lambda: _answer_stat(fc.rename_file, size, new, overwrite=replace,
+                                                    ignore_read_only=True), src, idempotent=False)
 
     async def _rename_dir(self, src: str, dst: str) -> None:
         dc, new = self._dir(src), self._rel(dst)
         await self._run(lambda: dc.rename_directory(new, overwrite=False), src, idempotent=False)
 
+    async def _rename_kind(self, kind: str, src: str, dst: str, replace: bool,
+                           size: int | None = None) -> BackendStat | None:
+        if kind == "file":
+            return await self._rename_file(src, dst, replace, size)
+        await self._rename_dir(src, dst)
+        return None
+
     async def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
-        src_kind = await self._kind(src)
-        if src_kind is None:
-            raise await self._refine_enoent(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src), src)
-        same = src.lower() == dst.lower()
-        dst_kind = None if same else await self._kind(dst)
-        if dst_kind is not None:
-            if not replace:
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
-            if src_kind == "file" and dst_kind == "dir":
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), dst)
-            if src_kind == "dir" and dst_kind == "file":
-                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dst)
-            if dst_kind == "dir":        # POSIX replaces an empty directory; Azure never does
-                if await self.listdir(dst):
-                    raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), dst)
-                await self.rmdir(dst)
+        await self._rename(src, dst, replace)
+
+    async def _rename(self, src: str, dst: str, replace: bool, size: int | None = None,
+                      kind: str | None = None) -> BackendStat | None:
+        """The rename API reports a taken name itself (409): no look before. The source's
+        kind is the one seen last, else asked; what a conflict means is asked after it."""
+        kind = kind or self._kinds.get(src.lower()) or await self._src_kind(src)
+        if replace and kind == "file" and src.lower() != dst.lower() and self._open_at(dst):
+            # Its handles are the path: replaced, they would read the new file. SMB refuses
+            # to replace an open file too; the volume then moves it aside first.
+            raise PermissionError(errno.EACCES, "the file is open: not replaced", dst)
         try:
-            if src_kind == "file":
-                await self._rename_file(src, dst, replace)
-            else:
-                await self._rename_dir(src, dst)
+            st = await self._rename_kind(kind, src, dst, replace, size)
+        except FileExistsError:
+            st = await self._rename_taken(kind, src, dst, replace)
+        except FileNotFoundError:
+            actual = await self._src_kind(src)      # ENOENT or ENOTDIR if the source is gone
+            if actual == kind:          # the source is there: the destination's parent is not
+                raise await self._refine_enoent(
+                    _ParentNotFound(errno.ENOENT, os.strerror(errno.ENOENT), dst), dst) from None
+            return await self._rename(src, dst, replace, size, actual)   # a stale kind: once more
+        self._saw(src, None)
+        self._saw(dst, kind)
+        self._follow_rename(src, dst)
+        return st
+
+    async def _src_kind(self, src: str) -> str:
+        """The source's kind, or the error a missing source gives (ENOENT, or ENOTDIR)."""
+        return "dir" if (await self.stat(src)).is_dir else "file"
+
+    async def _rename_taken(self, kind: str, src: str, dst: str, replace: bool) -> BackendStat | None:
+        """dst exists. POSIX replaces a file by a file (done by the API already) and an
+        empty directory by a directory (Azure never does: we remove it first)."""
+        if not replace:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+        dst_kind = await self._kind(dst)
+        if kind == "file" and dst_kind == "dir":
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), dst)
+        if kind == "dir" and dst_kind == "file":
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dst)
+        if kind == "dir" and dst_kind == "dir":
+            if await self.listdir(dst):
+                raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), dst)
+            await self.rmdir(dst)
+        try:
+            return await self._rename_kind(kind, src, dst, replace)
         except FileExistsError:
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
-        except FileNotFoundError as exc:
-            if await self._kind(src) is None:
-                raise
-            raise await self._refine_enoent(FileNotFoundError(exc.errno, exc.strerror, dst), dst) from None
-        self._follow_rename(src, dst)
+
+    async def place_new(self, handle: Handle, src: str, dst: str) -> BackendStat:
+        """One Rename File without replacing: its answer is the stat."""
+        assert isinstance(handle, AzureHandle)
+        st = await self._rename(src, dst, False, handle.state.size)
+        return st if st is not None else await self.fstat(handle)
+
+    def _open_at(self, path: str) -> bool:
+        key = path.lower()
+        return any(not h.closed and h.path.lower() == key for h in list(self._handles))
 
     def _follow_rename(self, src: str, dst: str) -> None:
         """Handles address their file by path: they follow it."""
@@ -736,20 +844,32 @@ class AzureFilesBackend(Backend):
     async def link(self, src: str, dst: str) -> None:
         raise PermissionError(errno.EPERM, "hard links are not supported by Azure Files over REST", dst)
 
-    async def set_times(self, path: str, atime_ns: int, mtime_ns: int) -> None:
+    async def set_times(self, path: str, atime_ns: int | None, mtime_ns: int) -> None:
         """Last-write time, and the access time in the creation-time field (module docstring)."""
         from azure.storage.fileshare import ContentSettings
+        mtime = _fmt_time(mtime_ns)
+        atime = "preserve" if atime_ns is None else _fmt_time(atime_ns)
+
+        async def on_dir() -> None:
+            dc = self._dir(path)
+            await self._run(lambda: dc.set_http_headers(file_last_write_time=mtime, file_creation_time=atime),
+                            path, idempotent=True)
+
+        if path and self._kinds.get(path.lower()) == "dir":
+            try:
+                return await on_dir()
+            except FileNotFoundError:
+                pass
+        if not path:
+            return await on_dir()
         fc = self._file(path)
-        mtime, atime = _fmt_time(mtime_ns), _fmt_time(atime_ns)
         try:
             await self._run(lambda: fc.set_http_headers(ContentSettings(), file_last_write_time=mtime,
                                                         file_creation_time=atime), path, idempotent=True)
         except FileNotFoundError as exc:
             if await self._kind(path) != "dir":
                 raise await self._refine_enoent(exc, path) from None
-            dc = self._dir(path)
-            await self._run(lambda: dc.set_http_headers(file_last_write_time=mtime, file_creation_time=atime),
-                            path, idempotent=True)
+            await on_dir()
 
     async def stamp_dir(self, path: str) -> None:
         """One Set Directory Properties: last-write time now, change time now (its default),
@@ -795,6 +915,23 @@ def _download_with_stat(fc: Any, size: int) -> tuple[bytes, BackendStat]:
     if total.isdigit():
         st = BackendStat(int(total), False, st.mtime_ns, st.atime_ns, st.ctime_ns, 1, st.ino)
     return data, st
+
+
+def _answer_stat(call: Callable[..., Any], size: int | None, *args: Any, **kwargs: Any) -> BackendStat | None:
+    """Run call; with size known, the file's stat from the times and id in its answer
+    (Create File, Rename File), else None."""
+    seen: dict[str, Any] = {}
+
+    def hook(response: Any) -> None:
+        seen["headers"] = response.http_response.headers
+
+    call(*args, raw_response_hook=hook, **kwargs)
+    headers = seen.get("headers")
+    if size is None or headers is None or not headers.get("x-ms-file-last-write-time") \
+            or not headers.get("x-ms-file-change-time"):
+        return None
+    st = _stat_from_headers(headers, False)
+    return BackendStat(size, False, st.mtime_ns, st.atime_ns, st.ctime_ns, 1, st.ino)
 
 
 def _headers_of(call: Callable[..., Any], is_dir: bool) -> BackendStat:

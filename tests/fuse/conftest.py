@@ -17,6 +17,22 @@ from tests.mounting import Mount, init_store
 
 pytestmark = pytest.mark.fuse
 
+HEAVY_REASON = "workload run on local and smb; azfiles runs every POSIX rule"
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "heavy: a workload or stress test of sealfs's own logic more than of "
+                                       "the backend: it runs on local and smb, not on azfiles")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Heavy tests skip on azfiles (before any fixture starts): every request there is a
+    round trip of its own, and the CI budget cannot pay for them on every backend."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("backend_kind") == "azfiles" and item.get_closest_marker("heavy") is not None:
+            item.add_marker(pytest.mark.skip(reason=HEAVY_REASON))
+
 
 @pytest.fixture
 def mount_env(tmp_path: Path) -> dict:

@@ -151,6 +151,7 @@ def verify_final(paths: list[Path]) -> None:
                 f"{p.name} slot {slot} after the run"
 
 
+@pytest.mark.heavy
 def test_concurrent_checksummed_records(mounted, backend_kind):
     rounds = 12 if backend_kind == "smb" else 3
     all_paths = []

@@ -400,6 +400,7 @@ def test_mmap_reads_and_writes(mounted):
         mm.close()
 
 
+@pytest.mark.heavy
 def test_readdir_stays_correct_while_the_directory_changes(mounted):
     d = mounted.mountpoint / "d"
     d.mkdir()

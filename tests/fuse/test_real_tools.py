@@ -51,6 +51,7 @@ def test_cp_a_and_diff_r(mounted, tmp_path):
     run("diff", "-r", "--no-dereference", src, dst)
 
 
+@pytest.mark.heavy
 def test_tar_create_outside_extract_inside(mounted, tmp_path):
     src = source_tree(tmp_path)
     archive = tmp_path / "tree.tar"
@@ -97,6 +98,7 @@ def git_env() -> dict:
     return env
 
 
+@pytest.mark.heavy
 def test_git_init_add_commit_log_fsck(mounted, tmp_path):
     env = git_env()
     repo = mounted.mountpoint / "repo"
@@ -165,6 +167,7 @@ def test_sqlite_wal_concurrent_writers(mounted, tmp_path):
     assert run("sqlite3", db, "PRAGMA journal_mode;").stdout.decode().strip() == "wal"
 
 
+@pytest.mark.heavy
 def test_rsync_second_run_transfers_nothing(mounted, tmp_path):
     src = source_tree(tmp_path)
     # A symlink sorted first, stamped at the start of the current second: rsync creates its

@@ -13,6 +13,8 @@ import multiprocessing
 import os
 import random
 
+import pytest
+
 CHUNK = 64 * 1024
 
 
@@ -200,6 +202,7 @@ def _churn(root: str, seed: int, out) -> None:
     out.put((seed, seen, unexpected))
 
 
+@pytest.mark.heavy
 def test_concurrent_namespace_churn_sees_only_race_errnos(mounted):
     """PROCESSES processes, ITERATIONS random mkdir/create/read/rename/rmdir/unlink each,
     in one small tree, so that they collide all the time."""
