@@ -73,6 +73,11 @@ class LocalHandle(Handle):
         self.fd = fd
         self.writable = writable
 
+    def __del__(self) -> None:
+        # A handle dropped unclosed (an interrupted operation, a library user) must not
+        # hold its descriptor for the life of the process.
+        _close_quietly(self.fd)
+
 
 class LocalBackend(Backend):
     capabilities = Capabilities(case_insensitive=False, max_name_length=255, hard_links=True,
@@ -363,6 +368,11 @@ class LocalBackend(Backend):
             os.close(self._rootfd)
             self._rootfd = -1
 
+    def __del__(self) -> None:
+        # A backend dropped without aclose() must not keep the store root open: a long
+        # process that opens many volumes would run out of descriptors.
+        _close_quietly(getattr(self, "_rootfd", -1))
+
     async def statvfs(self) -> BackendStatvfs:
         st = os.statvfs(self.root)
         return BackendStatvfs(st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail,
@@ -419,3 +429,11 @@ def _pwritev_full(fd: int, pieces: list[bytes], offset: int) -> None:
             else:
                 views[0] = views[0][written:]
                 written = 0
+
+
+def _close_quietly(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -70,7 +70,12 @@ class HeaderCache:
         raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
         header, dek = await self.open_header_bytes(raw, bpath)
         size = header.meta.size
-        if logical_size(bstat.size, self.chunk_size) != size or header.file_id in self._journaled:
+        state = self._open_state(header.file_id)
+        if state is not None:
+            # Open here: its write-back may be rewriting the file under our reads, and
+            # what it committed is the size.
+            size = state.committed
+        elif logical_size(bstat.size, self.chunk_size) != size or header.file_id in self._journaled:
             cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)   # before any await
             handle = await self.backend.open(bpath)
             try:

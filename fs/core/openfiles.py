@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ...backends.base import Backend, BackendStat
+from ...backends.base import Backend, BackendStat, Handle
 from ...crypto.format.chunks import ChunkCipher
 from ...crypto.format.config import VolumeConfig
 from ...crypto.format.header import FileHeader, Kind, Metadata, new_file_id
@@ -147,6 +147,14 @@ class OpenFiles:
         #: set by the volume once its header cache exists (which asks us for open states)
         self.headers: HeaderCache = None  # type: ignore[assignment]
         self._states: dict[bytes, FileState] = {}
+        #: file id -> set when the state of that file being built, or closing after its
+        #: last close, is done: meanwhile no other state of the file is built (state_for)
+        self._gates: dict[bytes, trio.Event] = {}
+        #: states closed so far, and file id -> that count when it closed, kept while
+        #: some open is in flight (state_for)
+        self._drops = 0
+        self._dropped_at: dict[bytes, int] = {}
+        self._opening = 0
         #: file id -> (size, mtime, ctime or None) on the backend when we last closed it
         self._stamps: dict[bytes, tuple[int, int, int | None]] = {}
         self._crypto_limiter = trio.CapacityLimiter(max(1, tuning.files.crypto_threads))
@@ -217,7 +225,30 @@ class OpenFiles:
 
     async def state_for(self, bpath: str, path: str) -> tuple[FileState, bool]:
         """The file's shared state, and whether its content is unchanged since this process
-        last had it open (or still has it open)."""
+        last had it open (or still has it open).
+
+        One file, one state: two views of one file would overwrite each other's writes.
+        And a new state must not be built from reads that another state's write-back of
+        the same file overlapped: an old header read before it and the new length after
+        it look like a crashed write's uncommitted tail, which the new state's first flush
+        cuts off, leaving a file whose final chunk authenticates at no size. So a state
+        is built only while no other state of the file exists, is being built or is
+        closing (self._gates), and its header is read again when one closed since this
+        open began reading."""
+        while True:
+            self._opening += 1
+            start = self._drops
+            try:
+                found = await self._build_state(bpath, start)
+            finally:
+                self._opening -= 1
+                if not self._opening:
+                    self._dropped_at.clear()    # only opens in flight compare against it
+            if found is not None:
+                return found
+
+    async def _build_state(self, bpath: str, start: int) -> tuple[FileState, bool] | None:
+        """state_for's one attempt; None: the file's state closed meanwhile, start over."""
         try:
             handle = await self.backend.open(bpath, write=True)
             writable = True
@@ -225,11 +256,37 @@ class OpenFiles:
             handle = await self.backend.open(bpath)
             writable = False
         try:
-            header, dek = await self.headers.open_header(handle, bpath)
-            existing = self._states.get(header.file_id)
-            if existing is not None:
-                await self.backend.close(handle)
-                return existing, True
+            header, _dek = await self.headers.open_header(handle, bpath)
+            file_id = header.file_id
+            while file_id in self._gates:       # being built or closing: wait for it
+                await self._gates[file_id].wait()
+            existing = self._states.get(file_id)
+        except BaseException:
+            await self.backend.close(handle)
+            raise
+        if existing is not None:
+            await self.backend.close(handle)
+            # (its last close may have begun while we closed ours)
+            return (existing, True) if self._states.get(file_id) is existing else None
+        gate = self._gates[file_id] = trio.Event()
+        try:
+            return await self._new_state(handle, writable, bpath, header, start)
+        finally:
+            del self._gates[file_id]
+            gate.set()
+
+    async def _new_state(self, handle: Handle, writable: bool, bpath: str, header: FileHeader,
+                         start: int) -> tuple[FileState, bool] | None:
+        """Build and register the state of a file that has none; the caller holds its gate."""
+        file_id = header.file_id
+        try:
+            if self._dropped_at.get(file_id, -1) > start:
+                # A state of the file closed after we began: its last write-back may have
+                # overlapped our header read.
+                header, _dek = await self.headers.open_header(handle, bpath)
+                if header.file_id != file_id:
+                    await self.backend.close(handle)
+                    return None
             # Pinned before any await: the DEK view must not be evicted while we use it.
             dek = await self.broker.acquire(header.dek_id)     # held while the file is open
         except BaseException:
@@ -259,13 +316,6 @@ class OpenFiles:
         # a reader never writes.
         state.tail_at = stored_size(committed, self.chunk_size) \
             if fst.size != stored_size(committed, self.chunk_size) else None
-        raced = self._states.get(header.file_id)
-        if raced is not None:
-            # Another open of the same file finished first while we awaited the backend:
-            # one file, one state, or two views would overwrite each other's writes.
-            await self.backend.close(handle)
-            self.broker.release(header.dek_id)
-            return raced, True
         self._states[header.file_id] = state
         return state, unchanged
 
@@ -296,8 +346,15 @@ class OpenFiles:
             if flush_error is not None:
                 raise flush_error
             return
+        gate = None
         if self._states.get(state.file_id) is state:
             del self._states[state.file_id]
+            self._drops += 1
+            if self._opening:
+                self._dropped_at[state.file_id] = self._drops
+            if state.file_id not in self._gates:
+                # Until its handle and journal are closed, no new state of the file.
+                gate = self._gates[state.file_id] = trio.Event()
         try:
             if flush_error is not None:
                 raise flush_error
@@ -319,6 +376,9 @@ class OpenFiles:
             finally:
                 state.forget_secrets()
                 self.broker.release(state.dek_id)
+                if gate is not None:
+                    del self._gates[state.file_id]
+                    gate.set()
 
     async def after_write(self, state: FileState) -> None:
         """Write-back under memory pressure: bound dirty data per file and per volume."""
