@@ -43,8 +43,9 @@ import time
 import uuid
 import weakref
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 import trio
@@ -81,7 +82,7 @@ class AzureTarget:
     path: str              # inside the share, "" for its root
 
     @classmethod
-    def parse(cls, url: str, account: str | None = None) -> "AzureTarget":
+    def parse(cls, url: str, account: str | None = None) -> AzureTarget:
         parsed = urlparse(url)
         if parsed.scheme == "http":
             raise ValueError("plain http:// is refused: Azure Files stores need https://")
@@ -115,7 +116,7 @@ class AzureSettings:
     account: str | None = None
 
     @classmethod
-    def from_extra(cls, extra: dict[str, Any]) -> "AzureSettings":
+    def from_extra(cls, extra: dict[str, Any]) -> AzureSettings:
         s = cls()
         for name in ("threads", "retry_deadline", "max_retry_after", "connection_timeout", "read_timeout",
                      "account"):
@@ -136,10 +137,10 @@ def check_sas(sas: str) -> str:
     try:
         expiry = dt.datetime.fromisoformat(q["se"].replace("Z", "+00:00"))
         if expiry.tzinfo is None:
-            expiry = expiry.replace(tzinfo=dt.timezone.utc)
+            expiry = expiry.replace(tzinfo=dt.UTC)
     except ValueError:
         raise PermissionError(errno.EACCES, f"the SAS token's expiry {q['se']!r} is malformed") from None
-    if expiry < dt.datetime.now(dt.timezone.utc):
+    if expiry < dt.datetime.now(dt.UTC):
         raise PermissionError(errno.EACCES, f"the SAS token expired at {q['se']}")
     return sas
 
@@ -155,7 +156,7 @@ class _WrongKind(FileExistsError):
 class AzureHandle(Handle):
     __slots__ = ("path", "writable", "state", "closed")
 
-    def __init__(self, path: str, writable: bool, state: "_FileState") -> None:
+    def __init__(self, path: str, writable: bool, state: _FileState) -> None:
         self.path = path
         self.writable = writable
         self.state = state
@@ -178,7 +179,7 @@ def _fmt_time(ns: int) -> str:
     """Azure's 100 ns time format (datetime would cut to microseconds)."""
     ns = ns // 100 * 100
     secs, rem = divmod(ns, 1_000_000_000)
-    base = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=secs)).strftime("%Y-%m-%dT%H:%M:%S")
+    base = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=secs)).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{base}.{rem // 100:07d}Z"
 
 
@@ -191,14 +192,15 @@ def _parse_time(text: str | None) -> int:
     m = _TIME_RE.match(text.strip())
     if m is None:
         return 0
-    base = dt.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc)
-    secs = int((base - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).total_seconds())
+    base = dt.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC)
+    secs = int((base - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds())
     return secs * 1_000_000_000 + int((m.group(2) or "0").ljust(7, "0")) * 100
 
 
 def _stat_from_headers(headers: Any, is_dir: bool) -> BackendStat:
     size = 0 if is_dir else int(headers.get("Content-Length") or 0)
-    return BackendStat(size=size, is_dir=is_dir, mtime_ns=_parse_time(headers.get("x-ms-file-last-write-time")),
+    return BackendStat(size=size, is_dir=is_dir,
+                       mtime_ns=_parse_time(headers.get("x-ms-file-last-write-time")),
                        atime_ns=_parse_time(headers.get("x-ms-file-creation-time")),
                        ctime_ns=_parse_time(headers.get("x-ms-file-change-time")),
                        nlink=1, ino=_ino(headers.get("x-ms-file-id")))
@@ -239,7 +241,7 @@ class AzureFilesBackend(Backend):
         self._session: Any = None
 
     @classmethod
-    def from_url(cls, store: str, options: Any = None) -> "AzureFilesBackend":
+    def from_url(cls, store: str, options: Any = None) -> AzureFilesBackend:
         """Build from a STORE URL and BackendOptions (azure_sas / azure_account_key callables)."""
         extra = getattr(options, "extra", None) or {}
         settings = AzureSettings.from_extra(extra)
@@ -410,7 +412,8 @@ class AzureFilesBackend(Backend):
             return (f"{code}: the identity lacks a data role on share {self.target.share!r}: grant "
                     f"'{CONTRIBUTOR_ROLE}' (read-write) or '{READER_ROLE}' (read-only)")
         if self._auth == "SAS":
-            return f"{code}: the SAS token does not allow this (needs sp=rcwdl for read-write, rl for read-only)"
+            return (f"{code}: the SAS token does not allow this "
+                    "(needs sp=rcwdl for read-write, rl for read-only)")
         return f"{code}: the storage account refused the credential"
 
     async def _refine_enoent(self, exc: OSError, path: str) -> OSError:
@@ -473,7 +476,8 @@ class AzureFilesBackend(Backend):
                 if kind == "dir":
                     if write:
                         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
-                    raise IsADirectoryError(errno.EISDIR, "directories cannot be opened as files", path) from None
+                    raise IsADirectoryError(errno.EISDIR, "directories cannot be opened as files",
+                                            path) from None
                 raise await self._refine_enoent(exc, path) from None
             st = await self._create(path, 0)
         return self._track(path, write, st)
@@ -543,7 +547,7 @@ class AzureFilesBackend(Backend):
 
         await _gather([lambda j=j, o=o, n=n: fetch(j, o, n) for j, (_, o, n) in enumerate(pieces)])
         out: list[list[bytes]] = [[] for _ in reads]
-        for (i, _, _), data in zip(pieces, results):
+        for (i, _, _), data in zip(pieces, results, strict=True):
             out[i].append(data)
         return [b"".join(parts) for parts in out]
 
@@ -700,9 +704,9 @@ class AzureFilesBackend(Backend):
             except FileExistsError:
                 pass
             except PermissionError as exc:
-                raise PermissionError(errno.EACCES, f"share {self.target.share!r} does not exist and this "
-                                                    f"credential cannot create it ({exc.strerror}); create the "
-                                                    f"share first") from None
+                raise PermissionError(
+                    errno.EACCES, f"share {self.target.share!r} does not exist and this credential "
+                                  f"cannot create it ({exc.strerror}); create the share first") from None
         except PermissionError:
             pass            # data roles and share SAS tokens cannot read share properties
         built = ""
@@ -952,10 +956,11 @@ def _list(dc: Any) -> list[tuple[str, BackendStat]]:
     def hook(response: Any) -> None:
         bodies.append(response.http_response.body())
 
-    pages = dc.list_directories_and_files(include=["timestamps", "attributes", "etag"], include_extended_info=True,
-                                          results_per_page=5000, raw_response_hook=hook).by_page()
-    for _ in pages:
-        for _ in _:
+    pages = dc.list_directories_and_files(include=["timestamps", "attributes", "etag"],
+                                          include_extended_info=True, results_per_page=5000,
+                                          raw_response_hook=hook).by_page()
+    for page in pages:          # walking the pages is what fetches them (the hook keeps them)
+        for _entry in page:
             pass
     out = []
     for body in bodies:
@@ -964,7 +969,9 @@ def _list(dc: Any) -> list[tuple[str, BackendStat]]:
             if entry.tag not in ("File", "Directory"):
                 continue
             props = entry.find("Properties")
-            get = (lambda tag: props.findtext(tag) if props is not None else None)
+
+            def get(tag: str, props: ET.Element | None = props) -> str | None:
+                return props.findtext(tag) if props is not None else None
             is_dir = entry.tag == "Directory"
             out.append((entry.findtext("Name") or "", BackendStat(
                 size=0 if is_dir else int(get("Content-Length") or 0), is_dir=is_dir,
