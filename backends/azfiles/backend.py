@@ -1,56 +1,21 @@
-"""Azure Files over HTTPS: the File service REST API through azure-storage-file-share.
+"""The Azure Files backend: the Backend interface over the File service REST API."""
 
-For networks that block port 445, and for credentials narrower than the account key:
-Entra ID (RBAC roles), SAS tokens restricted to HTTPS, or the account key.
-
-REST has no open handles: a Handle here is a path (it follows renames made through this
-backend) plus the file's size, shared by every handle on that path, because Put Range
-cannot write past the end of a file: a write that grows the file resizes it first. The
-volume hides unlinked open files itself (unlink_open_files=False), as on SMB, since
-deleting the name deletes the data here too.
-
-Times: REST exposes creation, last-write and change times, not the last access time, and
-sets none of them on read. The access time is kept in the creation-time field, which
-sealfs has no other use for: set_times is one Set File Properties, and a listing returns
-both times. Creating, deleting or renaming an entry over REST moves no time of its
-directory, and nothing reports a directory's link count: the volume stamps the directory
-(stamp_dir) and counts subdirectories itself.
-
-Requests: a path's kind (file or directory) is asked of the service one request per kind:
-a File GET on a directory answers 404 ResourceNotFound, as for a missing name, so the
-error tells nothing of the other kind. The backend remembers the kind it last saw at each
-path (stat, listing, create, rename) and asks that kind first: a stale memory costs one
-request more, never a wrong answer. ResourceNotFound (not ParentNotFound) says the parent
-is a directory, so a missing name needs no walk up its ancestors. Create, Rename and Set
-Properties answer with the file's times and id: a new or renamed file's stat comes from
-that answer, not from a second request.
-
-Requests that Azure throttles (429, 503 ServerBusy) were not executed and are retried
-whatever they are, honouring Retry-After; other server errors (500, 502, 504) and lost
-responses are retried only for idempotent requests (reads, writes of a range, setting a
-size or times). Retrying stops after a bounded time, then the request fails with EIO.
-"""
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
 import logging
 import os
-import re
 import threading
 import time
 import uuid
 import weakref
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlparse
 
 import trio
 
-from .base import (
+from ..base import (
     Backend,
     BackendError,
     BackendStat,
@@ -61,89 +26,32 @@ from .base import (
     join,
     parent_of,
 )
+from .config import (
+    CONTRIBUTOR_ROLE,
+    RANGE,
+    READER_ROLE,
+    RETRYABLE,
+    THROTTLED,
+    AzureSettings,
+    AzureTarget,
+    check_sas,
+)
+from .rest import (
+    answer_stat,
+    download,
+    download_with_stat,
+    error_code,
+    first_line,
+    fmt_time,
+    gather,
+    headers_of,
+    is_tls_error,
+    list_directory,
+    retry_after,
+)
 
 log = logging.getLogger("sealfs.azfiles")
 T = TypeVar("T")
-RANGE = 4 * 1024 * 1024              # the most one Put Range may carry
-_THROTTLED = {429, 503}               # refused before execution: safe to resend anything
-_RETRYABLE = {500, 502, 504}          # may have been executed: resend idempotent requests only
-CONTRIBUTOR_ROLE = "Storage File Data Privileged Contributor"
-READER_ROLE = "Storage File Data Privileged Reader"
-
-
-@dataclass(frozen=True)
-class AzureTarget:
-    """https://ACCOUNT.file.core.windows.net/SHARE[/PATH] (or any https host)."""
-
-    account_url: str       # https://host[:port]
-    host: str
-    account: str
-    share: str
-    path: str              # inside the share, "" for its root
-
-    @classmethod
-    def parse(cls, url: str, account: str | None = None) -> AzureTarget:
-        parsed = urlparse(url)
-        if parsed.scheme == "http":
-            raise ValueError("plain http:// is refused: Azure Files stores need https://")
-        if parsed.scheme != "https" or not parsed.hostname:
-            raise ValueError(f"not an Azure Files URL: {url!r} (https://ACCOUNT.file.core.windows.net/SHARE)")
-        if parsed.query or parsed.fragment or parsed.username or parsed.password:
-            raise ValueError("the store URL must not carry a query, user or SAS: give the SAS with "
-                             "--azure-sas-file or SEALFS_AZURE_SAS")
-        parts = [p for p in parsed.path.split("/") if p]
-        if not parts:
-            raise ValueError(f"{url}: the URL names no share (https://ACCOUNT.file.core.windows.net/SHARE)")
-        host = parsed.hostname.lower()
-        name = account or host.split(".")[0]
-        netloc = host if parsed.port is None else f"{host}:{parsed.port}"
-        return cls(f"https://{netloc}", host, name, parts[0], "/".join(parts[1:]))
-
-    @property
-    def location(self) -> str:
-        return f"{self.account_url}/{self.share}" + (f"/{self.path}" if self.path else "")
-
-
-@dataclass
-class AzureSettings:
-    """Tuning and policy knobs; all come from BackendOptions.extra["azure_*"]."""
-
-    threads: int = 16
-    retry_deadline: float = 60.0       # seconds of retrying before a request fails with EIO
-    max_retry_after: float = 30.0
-    connection_timeout: float = 10.0
-    read_timeout: float = 60.0
-    account: str | None = None
-
-    @classmethod
-    def from_extra(cls, extra: dict[str, Any]) -> AzureSettings:
-        s = cls()
-        for name in ("threads", "retry_deadline", "max_retry_after", "connection_timeout", "read_timeout",
-                     "account"):
-            if f"azure_{name}" in extra:
-                setattr(s, name, extra[f"azure_{name}"])
-        return s
-
-
-def check_sas(sas: str) -> str:
-    """Refuse a SAS that allows plain http or has expired; returns it without a leading '?'."""
-    sas = sas.strip().lstrip("?")
-    q = {k: v[0] for k, v in parse_qs(sas, keep_blank_values=True).items()}
-    if "sig" not in q or "se" not in q:
-        raise PermissionError(errno.EACCES, "the SAS token is malformed (no sig or se)")
-    if q.get("spr") != "https":
-        raise PermissionError(errno.EACCES, "the SAS token allows plain http: make one with spr=https only "
-                                            "(az storage ... --https-only)")
-    try:
-        expiry = dt.datetime.fromisoformat(q["se"].replace("Z", "+00:00"))
-        if expiry.tzinfo is None:
-            expiry = expiry.replace(tzinfo=dt.UTC)
-    except ValueError:
-        raise PermissionError(errno.EACCES, f"the SAS token's expiry {q['se']!r} is malformed") from None
-    if expiry < dt.datetime.now(dt.UTC):
-        raise PermissionError(errno.EACCES, f"the SAS token expired at {q['se']}")
-    return sas
-
 
 class _ParentNotFound(FileNotFoundError):
     """404 ParentNotFound: the parent is missing (or a file), so is every kind of entry."""
@@ -175,42 +83,6 @@ class _FileState:
         self.refs = 0
 
 
-def _fmt_time(ns: int) -> str:
-    """Azure's 100 ns time format (datetime would cut to microseconds)."""
-    ns = ns // 100 * 100
-    secs, rem = divmod(ns, 1_000_000_000)
-    base = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=secs)).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{rem // 100:07d}Z"
-
-
-_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,7}))?Z$")
-
-
-def _parse_time(text: str | None) -> int:
-    if not text:
-        return 0
-    m = _TIME_RE.match(text.strip())
-    if m is None:
-        return 0
-    base = dt.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC)
-    secs = int((base - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds())
-    return secs * 1_000_000_000 + int((m.group(2) or "0").ljust(7, "0")) * 100
-
-
-def _stat_from_headers(headers: Any, is_dir: bool) -> BackendStat:
-    size = 0 if is_dir else int(headers.get("Content-Length") or 0)
-    return BackendStat(size=size, is_dir=is_dir,
-                       mtime_ns=_parse_time(headers.get("x-ms-file-last-write-time")),
-                       atime_ns=_parse_time(headers.get("x-ms-file-creation-time")),
-                       ctime_ns=_parse_time(headers.get("x-ms-file-change-time")),
-                       nlink=1, ino=_ino(headers.get("x-ms-file-id")))
-
-
-def _ino(file_id: str | None) -> int:
-    try:
-        return int(file_id or 0) & ((1 << 63) - 1)
-    except ValueError:
-        return 0
 
 
 class AzureFilesBackend(Backend):
@@ -348,25 +220,25 @@ class AzureFilesBackend(Backend):
             except ClientAuthenticationError as exc:
                 if getattr(exc, "status_code", None) is None:        # the credential, not the server
                     raise PermissionError(errno.EACCES, f"{self.target.account}: no usable Azure credential: "
-                                                        f"{_first_line(exc)}") from None
+                                                        f"{first_line(exc)}") from None
                 raise self._os_error(exc, path) from None
             except HttpResponseError as exc:
                 status = exc.status_code or 0
-                if status in _THROTTLED or (idempotent and status in _RETRYABLE):
-                    wait = _retry_after(exc, self.settings.max_retry_after)
-                    last = f"HTTP {status} {_code(exc) or ''}".strip()
+                if status in THROTTLED or (idempotent and status in RETRYABLE):
+                    wait = retry_after(exc, self.settings.max_retry_after)
+                    last = f"HTTP {status} {error_code(exc) or ''}".strip()
                 else:
                     raise self._os_error(exc, path) from None
             except ServiceRequestError as exc:       # never reached the server: safe to resend
-                if _is_tls_error(exc):
+                if is_tls_error(exc):
                     raise TransportSecurityError(f"{self.target.host}: TLS verification failed: "
-                                                 f"{_first_line(exc)}") from None
-                last = f"cannot connect: {_first_line(exc)}"
+                                                 f"{first_line(exc)}") from None
+                last = f"cannot connect: {first_line(exc)}"
             except ServiceResponseError as exc:
                 if not idempotent:
                     raise BackendError(f"{path or '/'}: the connection to {self.target.host} was lost "
-                                       f"mid-request ({_first_line(exc)}); not retried") from None
-                last = f"connection lost: {_first_line(exc)}"
+                                       f"mid-request ({first_line(exc)}); not retried") from None
+                last = f"connection lost: {first_line(exc)}"
             now = time.monotonic()
             pause = wait if wait is not None else delay
             if now + pause > deadline:
@@ -377,7 +249,7 @@ class AzureFilesBackend(Backend):
             delay = min(delay * 2, 5.0)
 
     def _os_error(self, exc: Any, path: str) -> OSError:
-        code = _code(exc) or ""
+        code = error_code(exc) or ""
         status = getattr(exc, "status_code", None) or 0
         p = path or "/"
         if code in ("ResourceNotFound", "ShareNotFound", "ParentNotFound", "ShareSnapshotNotFound") or \
@@ -486,7 +358,7 @@ class AzureFilesBackend(Backend):
         """Create File (it overwrites a file); its answer carries the new file's stat."""
         fc = self._file(path)
         try:
-            st = await self._run(lambda: _answer_stat(fc.create_file, size, size), path, idempotent=True)
+            st = await self._run(lambda: answer_stat(fc.create_file, size, size), path, idempotent=True)
         except FileNotFoundError as exc:
             raise await self._refine_enoent(exc, path) from None
         except FileExistsError:
@@ -543,9 +415,9 @@ class AzureFilesBackend(Backend):
 
         async def fetch(j: int, offset: int, length: int) -> None:
             fc = self._file(path)
-            results[j] = await self._run(lambda: _download(fc, offset, length), path, idempotent=True)
+            results[j] = await self._run(lambda: download(fc, offset, length), path, idempotent=True)
 
-        await _gather([lambda j=j, o=o, n=n: fetch(j, o, n) for j, (_, o, n) in enumerate(pieces)])
+        await gather([lambda j=j, o=o, n=n: fetch(j, o, n) for j, (_, o, n) in enumerate(pieces)])
         out: list[list[bytes]] = [[] for _ in reads]
         for (i, _, _), data in zip(pieces, results, strict=True):
             out[i].append(data)
@@ -594,7 +466,7 @@ class AzureFilesBackend(Backend):
             fc = self._file(path)
             await self._run(lambda: fc.upload_range(body, offset, len(body)), path, idempotent=True)
 
-        await _gather([lambda o=o, v=v: put(o, v) for o, v in requests])
+        await gather([lambda o=o, v=v: put(o, v) for o, v in requests])
 
     async def truncate(self, handle: Handle, size: int) -> None:
         assert isinstance(handle, AzureHandle)
@@ -638,11 +510,11 @@ class AzureFilesBackend(Backend):
     # -- namespace ---------------------------------------------------------------------------
     async def _stat_file(self, path: str) -> BackendStat:
         fc = self._file(path)
-        return await self._run(lambda: _headers_of(fc.get_file_properties, False), path, idempotent=True)
+        return await self._run(lambda: headers_of(fc.get_file_properties, False), path, idempotent=True)
 
     async def _stat_dir(self, path: str) -> BackendStat:
         dc = self._dir(path)
-        return await self._run(lambda: _headers_of(dc.get_directory_properties, True), path, idempotent=True)
+        return await self._run(lambda: headers_of(dc.get_directory_properties, True), path, idempotent=True)
 
     async def stat(self, path: str) -> BackendStat:
         """The kind seen last at path first, then the other: one request when it is right."""
@@ -670,7 +542,7 @@ class AzureFilesBackend(Backend):
         """One GET: the first bytes, and the properties in the same answer's headers."""
         fc = self._file(path)
         try:
-            got = await self._run(lambda: _download_with_stat(fc, size), path, idempotent=True)
+            got = await self._run(lambda: download_with_stat(fc, size), path, idempotent=True)
         except FileNotFoundError as exc:
             if await self._kind(path) == "dir":
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
@@ -684,7 +556,7 @@ class AzureFilesBackend(Backend):
     async def scandir(self, path: str) -> list[tuple[str, BackendStat]]:
         dc = self._dir(path)
         try:
-            entries = await self._run(lambda: _list(dc), path, idempotent=True)
+            entries = await self._run(lambda: list_directory(dc), path, idempotent=True)
         except FileNotFoundError as exc:
             if path and await self._kind(path) == "file":
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
@@ -757,7 +629,7 @@ class AzureFilesBackend(Backend):
                            size: int | None = None) -> BackendStat | None:
         """Rename File; with size known, the answer's headers give the renamed file's stat."""
         fc, new = self._file(src), self._rel(dst)
-        return await self._run(lambda: _answer_stat(fc.rename_file, size, new, overwrite=replace,
+        return await self._run(lambda: answer_stat(fc.rename_file, size, new, overwrite=replace,
                                                     ignore_read_only=True), src, idempotent=False)
 
     async def _rename_dir(self, src: str, dst: str) -> None:
@@ -851,8 +723,8 @@ class AzureFilesBackend(Backend):
     async def set_times(self, path: str, atime_ns: int | None, mtime_ns: int) -> None:
         """Last-write time, and the access time in the creation-time field (module docstring)."""
         from azure.storage.fileshare import ContentSettings
-        mtime = _fmt_time(mtime_ns)
-        atime = "preserve" if atime_ns is None else _fmt_time(atime_ns)
+        mtime = fmt_time(mtime_ns)
+        atime = "preserve" if atime_ns is None else fmt_time(atime_ns)
 
         async def on_dir() -> None:
             dc = self._dir(path)
@@ -896,148 +768,3 @@ class AzureFilesBackend(Backend):
 
 # -- helpers run in worker threads -----------------------------------------------------------
 
-def _download(fc: Any, offset: int, length: int) -> bytes:
-    return fc.download_file(offset=offset, length=length, max_concurrency=1).readall()
-
-
-def _download_with_stat(fc: Any, size: int) -> tuple[bytes, BackendStat]:
-    seen: dict[str, Any] = {}
-
-    def hook(response: Any) -> None:
-        seen.setdefault("headers", response.http_response.headers)
-
-    try:
-        data = fc.download_file(offset=0, length=size, max_concurrency=1, raw_response_hook=hook).readall()
-    except Exception as exc:
-        if getattr(exc, "error_code", None) == "InvalidRange" or _code(exc) == "InvalidRange":
-            # An empty file has no byte 0: Azure answers 416. Its properties tell the rest.
-            return b"", _headers_of(fc.get_file_properties, False)
-        raise
-    headers = seen["headers"]
-    st = _stat_from_headers(headers, False)
-    total = headers.get("Content-Range", "").rpartition("/")[2]
-    if total.isdigit():
-        st = BackendStat(int(total), False, st.mtime_ns, st.atime_ns, st.ctime_ns, 1, st.ino)
-    return data, st
-
-
-def _answer_stat(call: Callable[..., Any], size: int | None, *args: Any, **kwargs: Any) -> BackendStat | None:
-    """Run call; with size known, the file's stat from the times and id in its answer
-    (Create File, Rename File), else None."""
-    seen: dict[str, Any] = {}
-
-    def hook(response: Any) -> None:
-        seen["headers"] = response.http_response.headers
-
-    call(*args, raw_response_hook=hook, **kwargs)
-    headers = seen.get("headers")
-    if size is None or headers is None or not headers.get("x-ms-file-last-write-time") \
-            or not headers.get("x-ms-file-change-time"):
-        return None
-    st = _stat_from_headers(headers, False)
-    return BackendStat(size, False, st.mtime_ns, st.atime_ns, st.ctime_ns, 1, st.ino)
-
-
-def _headers_of(call: Callable[..., Any], is_dir: bool) -> BackendStat:
-    seen: dict[str, Any] = {}
-
-    def hook(response: Any) -> None:
-        seen["headers"] = response.http_response.headers
-
-    call(raw_response_hook=hook)
-    return _stat_from_headers(seen["headers"], is_dir)
-
-
-def _list(dc: Any) -> list[tuple[str, BackendStat]]:
-    """Every page of the listing, parsed from the XML itself (the SDK's datetimes would
-    drop the 100 ns digits)."""
-    bodies: list[bytes] = []
-
-    def hook(response: Any) -> None:
-        bodies.append(response.http_response.body())
-
-    pages = dc.list_directories_and_files(include=["timestamps", "attributes", "etag"],
-                                          include_extended_info=True, results_per_page=5000,
-                                          raw_response_hook=hook).by_page()
-    for page in pages:          # walking the pages is what fetches them (the hook keeps them)
-        for _entry in page:
-            pass
-    out = []
-    for body in bodies:
-        root = ET.fromstring(body)
-        for entry in root.iter():
-            if entry.tag not in ("File", "Directory"):
-                continue
-            props = entry.find("Properties")
-
-            def get(tag: str, props: ET.Element | None = props) -> str | None:
-                return props.findtext(tag) if props is not None else None
-            is_dir = entry.tag == "Directory"
-            out.append((entry.findtext("Name") or "", BackendStat(
-                size=0 if is_dir else int(get("Content-Length") or 0), is_dir=is_dir,
-                mtime_ns=_parse_time(get("LastWriteTime")), atime_ns=_parse_time(get("CreationTime")),
-                ctime_ns=_parse_time(get("ChangeTime")), nlink=1, ino=_ino(entry.findtext("FileId")))))
-    return out
-
-
-async def _gather(jobs: list[Callable[[], Any]]) -> None:
-    if len(jobs) == 1:
-        await jobs[0]()
-        return
-    try:
-        async with trio.open_nursery() as nursery:
-            for job in jobs:
-                nursery.start_soon(job)
-    except BaseExceptionGroup as group:
-        raise _first_leaf(group) from None
-
-
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
-    """The error one of the parallel requests raised (not the others' cancellations)."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for e in exc.exceptions:
-                walk(e)
-        else:
-            leaves.append(exc)
-    walk(group)
-    for exc in leaves:
-        if not isinstance(exc, trio.Cancelled):
-            return exc
-    return leaves[0]
-
-
-def _code(exc: Any) -> str | None:
-    code = getattr(exc, "error_code", None)
-    if code is None:
-        response = getattr(exc, "response", None)
-        code = response.headers.get("x-ms-error-code") if response is not None else None
-    return str(getattr(code, "value", code)) if code else None
-
-
-def _retry_after(exc: Any, cap: float) -> float | None:
-    response = getattr(exc, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    if not value:
-        return None
-    try:
-        return min(cap, max(0.0, float(value)))
-    except ValueError:
-        return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _is_tls_error(exc: BaseException) -> bool:
-    import ssl
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
