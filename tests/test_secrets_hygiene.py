@@ -19,7 +19,13 @@ from sealfs.crypto.keys.kms_local import KeyfileKek
 from sealfs.crypto.keys.secret_files import SecretFileModeError
 from sealfs.fs.cli.keysource import smb_password_source
 from tests.conftest import SEALFS_CMD, run_sealfs
-from tests.fuse.conftest import backend_kind, chunk_size, mount_env, mounted  # noqa: F401 (fixtures)
+from tests.fuse.conftest import (  # noqa: F401 (fixtures)
+    azfiles_process,
+    backend_kind,
+    chunk_size,
+    mount_env,
+    mounted,
+)
 
 PASSPHRASE = "correct horse battery staple"
 
