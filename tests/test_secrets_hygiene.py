@@ -178,7 +178,6 @@ def test_an_smb_password_file_the_group_can_read_is_refused(tmp_path) -> None:
 
 
 def test_a_pin_file_the_group_can_read_is_refused(tmp_path) -> None:
-    pytest.importorskip("pkcs11")
     from sealfs.crypto.keys.kms_pkcs11 import Pkcs11Uri, _read_pin
     pin = tmp_path / "pin"
     pin.write_text("1234\n")
