@@ -14,7 +14,7 @@ import abc
 import errno
 import stat as stat_module
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class BackendError(OSError):
@@ -127,6 +127,36 @@ class BackendStatvfs:
     files: int
     files_free: int
     max_name_length: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A point-in-time, read-only copy of the store that the server keeps (an Azure share
+    snapshot, or a previous version an SMB server offers). The id is what --snapshot takes."""
+
+    id: str
+    time_ns: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SoftDelete:
+    """Whether the server keeps deleted data for a while: on, off, or None with why not known."""
+
+    enabled: bool | None
+    days: int | None = None
+    why: str = ""
+
+    def describe(self) -> str:
+        if self.enabled is None:
+            return f"unknown ({self.why})" if self.why else "unknown"
+        if not self.enabled:
+            return "off"
+        return f"on ({self.days} days)" if self.days else "on"
+
+
+def snapshots_unsupported(location: str, what: str) -> OSError:
+    return OSError(errno.EOPNOTSUPP, f"{location}: {what}")
 
 
 class Handle(abc.ABC):
@@ -294,6 +324,25 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def statvfs(self) -> BackendStatvfs: ...
+
+    # -- snapshots ---------------------------------------------------------------------
+    #: The snapshot this backend reads (it then refuses writes), None for the live store.
+    snapshot: str | None = None
+
+    async def snapshots(self) -> list[Snapshot]:
+        """The snapshots the server keeps of this store, oldest first."""
+        raise snapshots_unsupported(self.location, "this store has no snapshots")
+
+    async def create_snapshot(self, metadata: dict[str, str]) -> Snapshot:
+        raise snapshots_unsupported(self.location, "this store cannot make snapshots")
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        raise snapshots_unsupported(self.location, "this store cannot delete snapshots")
+
+    async def soft_delete(self) -> SoftDelete | None:
+        """Whether deleted data is kept for a while (Azure share soft delete); None where
+        the notion does not apply."""
+        return None
 
     @property
     def transport(self) -> str:

@@ -49,6 +49,7 @@ from .rest import (
     list_directory,
     retry_after,
 )
+from .snapshots import SnapshotOps, check_snapshot_id
 
 log = logging.getLogger("sealfs.azfiles")
 T = TypeVar("T")
@@ -85,13 +86,15 @@ class _FileState:
 
 
 
-class AzureFilesBackend(Backend):
+class AzureFilesBackend(SnapshotOps, Backend):
     """Azure Files REST. See the module docstring."""
 
     def __init__(self, target: AzureTarget, *, sas: Callable[[], str | None] | None = None,
                  account_key: Callable[[], str | None] | None = None,
-                 settings: AzureSettings | None = None, credential: Any = None) -> None:
+                 settings: AzureSettings | None = None, credential: Any = None,
+                 snapshot: str | None = None) -> None:
         self.target = target
+        self.snapshot = check_snapshot_id(snapshot) if snapshot else None   # read this share snapshot
         self.settings = settings or AzureSettings()
         self.location = target.location
         self.capabilities = Capabilities(case_insensitive=True, max_name_length=255, max_path_length=2048,
@@ -102,6 +105,8 @@ class AzureFilesBackend(Backend):
         self._key_source = account_key
         self._credential = credential         # tests and embedders may pass a TokenCredential
         self._share_client: Any = None
+        self._service: Any = None
+        self._client_args: tuple[Any, dict[str, Any]] | None = None
         self._auth = ""
         self._connect_lock = threading.Lock()
         self._limiter = trio.CapacityLimiter(max(2, self.settings.threads))
@@ -118,7 +123,8 @@ class AzureFilesBackend(Backend):
         extra = getattr(options, "extra", None) or {}
         settings = AzureSettings.from_extra(extra)
         return cls(AzureTarget.parse(store, settings.account), sas=getattr(options, "azure_sas", None),
-                   account_key=getattr(options, "azure_account_key", None), settings=settings)
+                   account_key=getattr(options, "azure_account_key", None), settings=settings,
+                   snapshot=getattr(options, "snapshot", None))
 
     # -- connection ------------------------------------------------------------------------
     def _client(self) -> Any:
@@ -148,7 +154,9 @@ class AzureFilesBackend(Backend):
         kwargs: dict[str, Any] = {"transport": transport, "retry_total": 0}
         if intent:
             kwargs["token_intent"] = intent
-        return ShareClient(self.target.account_url, self.target.share, credential=credential, **kwargs)
+        self._client_args = (credential, kwargs)
+        return ShareClient(self.target.account_url, self.target.share, credential=credential,
+                           snapshot=self.snapshot, **kwargs)
 
     def _pick_credential(self) -> tuple[Any, str | None]:
         """A credential given explicitly wins over the ambient identity: a SAS, then the
@@ -176,8 +184,10 @@ class AzureFilesBackend(Backend):
 
     async def aclose(self) -> None:
         client, self._share_client = self._share_client, None
-        if client is not None:
-            await trio.to_thread.run_sync(client.close)
+        service, self._service = self._service, None
+        for one in (client, service):
+            if one is not None:
+                await trio.to_thread.run_sync(one.close)
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -256,6 +266,8 @@ class AzureFilesBackend(Backend):
                 (status == 404 and not code):
             if code == "ShareNotFound":
                 return FileNotFoundError(errno.ENOENT, f"share {self.target.share!r} does not exist", p)
+            if code == "ShareSnapshotNotFound":
+                return FileNotFoundError(errno.ENOENT, f"share snapshot {self.snapshot} does not exist", p)
             if code == "ParentNotFound":
                 return _ParentNotFound(errno.ENOENT, os.strerror(errno.ENOENT), p)
             return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), p)
@@ -269,8 +281,8 @@ class AzureFilesBackend(Backend):
             return OSError(errno.EINVAL, "name not allowed by Azure Files", p)
         if code == "InvalidRange":
             return OSError(errno.EINVAL, "range outside the file", p)
-        if code in ("OperationNotSupportedOnShareSnapshot",):
-            return OSError(errno.EROFS, "share snapshots are read-only", p)
+        if code == "OperationNotSupportedOnShareSnapshot":
+            return PermissionError(errno.EROFS, "share snapshots are read-only", p)
         if status in (401, 403):
             return PermissionError(errno.EACCES, self._denied(code), p)
         if code in ("ShareDisabled", "ShareBeingDeleted"):

@@ -237,6 +237,9 @@ class AzureFilesServer:
         self.faults: dict[str, list[Fault]] = {}
         self.token_role = CONTRIBUTOR
         self.delay = 0.0
+        # Share soft delete as the account's File service properties answer it: (enabled,
+        # days), or None for an answer without the element.
+        self.share_soft_delete: tuple[bool, int] | None = (True, 7)
         self.identity_header = secrets.token_hex(16)
         self._token_key = secrets.token_bytes(32)
         self._next_id = 1000
@@ -317,6 +320,7 @@ class AzureFilesServer:
             self.calls.clear()
             self.token_role = CONTRIBUTOR
             self.delay = 0.0
+            self.share_soft_delete = (True, 7)
 
     def create_share(self, name: str) -> Share:
         with self._lock:
@@ -879,11 +883,16 @@ class _FilesHandler(BaseHTTPRequestHandler):
         self._send(200, "".join(out).encode(), {"Content-Type": "application/xml"})
 
     def _op_service_props_get(self) -> None:
+        policy = ""
+        if self.srv.share_soft_delete is not None:
+            enabled, days = self.srv.share_soft_delete
+            policy = (f"<ShareDeleteRetentionPolicy><Enabled>{str(enabled).lower()}</Enabled>"
+                      + (f"<Days>{days}</Days>" if enabled else "") + "</ShareDeleteRetentionPolicy>")
         body = ('<?xml version="1.0" encoding="utf-8"?><StorageServiceProperties><HourMetrics><Version>1.0'
                 '</Version><Enabled>false</Enabled><RetentionPolicy><Enabled>false</Enabled></RetentionPolicy>'
                 '</HourMetrics><MinuteMetrics><Version>1.0</Version><Enabled>false</Enabled><RetentionPolicy>'
-                '<Enabled>false</Enabled></RetentionPolicy></MinuteMetrics><Cors /><ShareDeleteRetentionPolicy>'
-                '<Enabled>true</Enabled><Days>7</Days></ShareDeleteRetentionPolicy></StorageServiceProperties>')
+                '<Enabled>false</Enabled></RetentionPolicy></MinuteMetrics><Cors />' + policy
+                + '</StorageServiceProperties>')
         self._send(200, body.encode(), {"Content-Type": "application/xml"})
 
     def _metadata(self) -> dict[str, str]:
