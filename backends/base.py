@@ -328,6 +328,8 @@ class Backend(abc.ABC):
     # -- snapshots ---------------------------------------------------------------------
     #: The snapshot this backend reads (it then refuses writes), None for the live store.
     snapshot: str | None = None
+    #: Whether create_snapshot works here (only where the server makes snapshots on request).
+    makes_snapshots: bool = False
 
     async def snapshots(self) -> list[Snapshot]:
         """The snapshots the server keeps of this store, oldest first."""

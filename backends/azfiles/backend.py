@@ -266,8 +266,8 @@ class AzureFilesBackend(SnapshotOps, Backend):
                 (status == 404 and not code):
             if code == "ShareNotFound":
                 return FileNotFoundError(errno.ENOENT, f"share {self.target.share!r} does not exist", p)
-            if code == "ShareSnapshotNotFound":
-                return FileNotFoundError(errno.ENOENT, f"share snapshot {self.snapshot} does not exist", p)
+            if code == "ShareSnapshotNotFound":     # not a missing file: no FileNotFoundError
+                return BackendError(f"share snapshot {self.snapshot} does not exist", errno.ENOENT)
             if code == "ParentNotFound":
                 return _ParentNotFound(errno.ENOENT, os.strerror(errno.ENOENT), p)
             return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), p)

@@ -18,7 +18,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from ..base import Snapshot, SoftDelete
+from ..base import BackendError, Snapshot, SoftDelete
 from .rest import parse_time
 
 SNAPSHOT_ID = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,7})?Z$")
@@ -41,6 +41,7 @@ class SnapshotOps:
     """Mixed into AzureFilesBackend: it provides _client, _client_args, _connect_lock, _run."""
 
     target: Any
+    makes_snapshots = True
 
     def _service_client(self) -> Any:
         """The account's ShareServiceClient (snapshots, service properties), on the same
@@ -88,8 +89,10 @@ class SnapshotOps:
             await self._run(client.delete_share, "", idempotent=False)
         except PermissionError as exc:
             raise PermissionError(errno.EACCES, f"{exc.strerror}; {SHARE_LEVEL}") from None
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, f"share snapshot {snapshot_id} does not exist") from None
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            raise BackendError(f"share snapshot {snapshot_id} does not exist", errno.ENOENT) from None
 
     async def soft_delete(self) -> SoftDelete:
         service = self._service_client()

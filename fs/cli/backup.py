@@ -33,15 +33,17 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
                   help="Compare content (sha256) instead of size + mtime.")
     @click.option("--jobs", type=click.IntRange(1, 4), default=4, show_default=True,
                   help="Files transferred at once.")
+    @click.option("--snapshot", "take_snapshot", is_flag=True, default=False,
+                  help="After a sync without errors, snapshot the store (Azure Files REST stores).")
     @key_options
-    def sync(src, store, vpath, delete, dry_run, exclude, checksum, jobs) -> None:
+    def sync(src, store, vpath, delete, dry_run, exclude, checksum, jobs, take_snapshot) -> None:
         """Back up the local directory SRC into the volume in STORE (incremental, resumable).
 
         Prints "sync: N copied (B bytes), M deleted, K unchanged, E errors"; exits 4 when
         a volume entry failed authentication, else 1 when some files failed. With --config
         NAME, SRC and STORE default to sync.source and store.
         """
-        from ..tools.sync import Reporter, SyncOptions, sync_tree
+        from ..tools.sync import Reporter, SyncOptions, snapshot_after_sync, sync_tree
         c = ctx()
         cfg = c.config.sync if c.config is not None else None
         if c.config is not None:
@@ -60,12 +62,21 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
 
         async def main() -> None:
             async with opened_volume(store) as vol:
+                if take_snapshot and not vol.backend.makes_snapshots:   # refused before any copy
+                    raise UsageError(f"--snapshot: {vol.backend.location} cannot make snapshots "
+                                     "(the Azure Files REST store can)")
                 with Reporter("sync") as reporter:
                     result["stats"] = await sync_tree(vol, src, opts, reporter)
+                if take_snapshot and not dry_run:
+                    result["snapshot"] = await snapshot_after_sync(vol, src, result["stats"])
 
         run(main)
         stats = result["stats"]
         click.echo(stats.summary("sync") + (" (dry run)" if dry_run else ""))
+        if result.get("snapshot") is not None:
+            click.echo(f"sync: snapshot {result['snapshot'].id}")
+        elif take_snapshot and not dry_run:
+            click.echo("sync: no snapshot taken: the sync had errors", err=True)
         if stats.errors:
             raise click.exceptions.Exit(stats.exit_code)
 
@@ -76,8 +87,10 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
                   help="Directory inside the volume to restore (default / or sync.path).")
     @click.option("--jobs", type=click.IntRange(1, 4), default=4, show_default=True,
                   help="Files transferred at once.")
+    @click.option("--snapshot", "snapshot", default=None, metavar="ID",
+                  help="Restore the volume as it was in this snapshot (`sealfs snapshot list`).")
     @key_options
-    def restore(store, dst, vpath, jobs) -> None:
+    def restore(store, dst, vpath, jobs, snapshot) -> None:
         """Restore the volume tree (or --path) from STORE into the local directory DST.
 
         Prints "restore: N copied (B bytes), K unchanged, E errors"; exits 4 when a volume
@@ -86,6 +99,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
         """
         from ..tools.sync import Reporter, restore_tree
         c = ctx()
+        c.snapshot = snapshot or c.snapshot
         store, dst = c.positionals(store, dst, required=2)
         cfg = c.config.sync if c.config is not None else None
         path = vpath or (cfg.path if cfg is not None else "/")

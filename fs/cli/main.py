@@ -56,6 +56,7 @@ class Context:
         self.azure_sas_file: str | None = None
         self.azure_account_key_file: str | None = None
         self.audit_log: str | None = None
+        self.snapshot: str | None = None      # --snapshot: the store read-only at this snapshot
 
     def audit(self) -> AuditLog:
         """--audit-log, else the config file's audit_log, else SEALFS_AUDIT_LOG (or none)."""
@@ -108,7 +109,8 @@ class Context:
             "Azure account key")
         try:
             return open_backend(store, BackendOptions(smb_password=password, azure_sas=sas,
-                                                      azure_account_key=account_key, extra=extra))
+                                                      azure_account_key=account_key, extra=extra,
+                                                      snapshot=self.snapshot))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -154,6 +156,19 @@ def key_options(fn: Callable) -> Callable:
             ctx.passphrase_file = passphrase_file
         if config_name:
             ctx.config = load_config_file(config_name)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def snapshot_option(fn: Callable) -> Callable:
+    """--snapshot ID: open the store read-only as it was in that snapshot."""
+    @click.option("--snapshot", "snapshot", default=None, metavar="ID",
+                  help="Read the volume as it was in this snapshot (read-only; ids from "
+                       "`sealfs snapshot list`). It opens with the key that wrapped it then.")
+    @functools.wraps(fn)
+    def wrapper(*args, snapshot=None, **kwargs):
+        if snapshot:
+            click.get_current_context().find_object(Context).snapshot = snapshot
         return fn(*args, **kwargs)
     return wrapper
 
@@ -238,10 +253,15 @@ def init(store: str, chunk_size: str, kek: str | None, scrypt_n: int | None,
                 raise
             finally:
                 provider.close()
+            soft_delete = await backend.soft_delete()
         finally:
             await backend.aclose()
         click.echo(f"created volume {config.volume_id.hex()} in {backend.location} "
                    f"(chunk size {format_size(config.chunk_size)}, KEK {provider.kek_id})")
+        if soft_delete is not None and not soft_delete.enabled:
+            advice = ("a deleted share cannot be recovered: turn it on for the storage account"
+                      if soft_delete.enabled is False else "check that it is on for the storage account")
+            click.echo(f"sealfs: warning: share soft delete is {soft_delete.describe()}; {advice}", err=True)
     run(main)
 
 
@@ -281,6 +301,7 @@ async def _remove_unused_keyfile(backend: Backend, keyfile: Path | None) -> None
 
 @cli.command()
 @click.argument("store", required=False)
+@snapshot_option
 @key_options
 def info(store: str) -> None:
     """Show a volume's parameters (after verifying its config)."""
@@ -297,6 +318,9 @@ def info(store: str) -> None:
             click.echo(f"DEKs:         {', '.join(str(d.id) for d in cfg.deks)} "
                        f"(current {cfg.current_dek_id}, names {cfg.name_dek_id})")
             click.echo(f"created:      {cfg.created}")
+            soft_delete = await vol.backend.soft_delete()
+            if soft_delete is not None:
+                click.echo(f"soft delete:  {soft_delete.describe()}")
     run(main)
 
 
@@ -313,6 +337,7 @@ def _format_entry(name: str, attr: Attr, long: bool) -> str:
 @click.argument("path", required=False)
 @click.option("-l", "long", is_flag=True, help="Long listing.")
 @click.option("-R", "recursive", is_flag=True, help="List subdirectories recursively.")
+@snapshot_option
 @key_options
 def ls_cmd(store: str, path: str, long: bool, recursive: bool) -> None:
     """List a directory of the volume (decrypted names)."""
@@ -335,6 +360,7 @@ def ls_cmd(store: str, path: str, long: bool, recursive: bool) -> None:
 @cli.command()
 @click.argument("store", required=False)
 @click.argument("path", required=False)
+@snapshot_option
 @key_options
 def cat(store: str, path: str) -> None:
     """Write a file's plaintext to stdout. Only authenticated bytes are ever printed."""
@@ -394,6 +420,7 @@ def put(store: str, local: str, path: str) -> None:
 @click.argument("store", required=False)
 @click.argument("path", required=False)
 @click.argument("local", required=False)
+@snapshot_option
 @key_options
 def get(store: str, path: str, local: str) -> None:
     """Copy a file out of the volume; LOCAL appears only once complete and verified."""
@@ -542,6 +569,7 @@ def _split_options(options: tuple[str, ...]) -> set[str]:
               help="Mount even if the Key Vault key can be purged.")
 @click.option("--key-ttl", type=float, default=None,
               help="Seconds an idle data key stays cached (default 3600).")
+@snapshot_option
 @key_options
 def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], daemon: bool,
           log_file: str | None, allow_purgeable_kek: bool, key_ttl: float | None) -> None:
@@ -556,6 +584,8 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
             mountpoint = mountpoint or (str(ctx.config.mountpoint) if ctx.config.mountpoint else None)
         store, mountpoint = ctx.positionals(store, mountpoint, required=2)
         opts = _split_options(options + (ctx.config.options if ctx.config else ()))
+        if ctx.snapshot:
+            opts = (opts - {"rw"}) | {"ro"}
         mp = check_mountpoint(mountpoint, allow_nonempty="nonempty" in opts)
         if daemon:
             from .daemon import spawn_daemon
@@ -567,7 +597,9 @@ def mount(store: str | None, mountpoint: str | None, options: tuple[str, ...], d
             volume = await Volume.load(ctx.backend(store), ctx.secrets(), pins=PinStore(),
                                        tuning=ctx.tuning(), audit=ctx.audit(), check_kek=True,
                                        allow_purgeable=allow_purgeable_kek, key_ttl=key_ttl)
-            lock = VolumeLock(volume.config.volume_id.hex())
+            # A snapshot mount may run beside the live volume's: a lock of its own.
+            lock = VolumeLock(volume.config.volume_id.hex()
+                              + (f".snapshot-{ctx.snapshot}" if ctx.snapshot else ""))
             try:
                 lock.acquire(mp)
                 await serve(volume, mp, opts, on_ready=ready.ready)
@@ -607,7 +639,7 @@ def umount(mountpoint: str | None, timeout: float, config_name: str | None) -> N
 def _register_extensions() -> None:
     """Command groups that live in their own modules (backups, keys, benchmarks)."""
     import importlib
-    for module in ("backup", "keys", "bench"):
+    for module in ("backup", "keys", "bench", "snapshot"):
         try:
             mod = importlib.import_module(f"{__package__}.{module}")
         except ModuleNotFoundError as exc:

@@ -20,6 +20,11 @@ sync SRC -> volume PATH
   - Special files (FIFOs, devices, sockets) and hard links are not preserved: FIFOs and
     devices are skipped with a warning; hard links are copied as separate files.
 
+With --snapshot, a successful sync (no error at all) ends with a server-side snapshot of
+the store (an Azure share snapshot), tagged sealfs=sync, the time, the volume id and a
+hash of the source path: snapshot metadata is readable by whoever may list snapshots, so
+it carries no plaintext name. A sync with errors takes none.
+
 restore volume PATH -> DST does the reverse with the same temp-then-rename rule, on
 the local side through directory descriptors and never following a symlink
 (fs/tools/localfiles.py): random O_EXCL temporaries, removed only by the run that made them.
@@ -40,13 +45,14 @@ import hashlib
 import os
 import stat as stat_module
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from ...backends.base import ForeignEntryError
+from ...backends.base import ForeignEntryError, Snapshot
 from ...crypto.format.header import Kind
 from ...errors import IntegrityError, UsageError
 from ..core.volume import Attr, ListingProblem, OpenFile, Volume, split_path
@@ -544,6 +550,23 @@ async def _upload(f: OpenFile, fh, reporter: Reporter) -> int:
 
 
 # -- restore ------------------------------------------------------------------------------
+def snapshot_metadata(vol: Volume, source: str | os.PathLike[str]) -> dict[str, str]:
+    """What a post-sync snapshot is tagged with (see the module docstring)."""
+    path = os.path.abspath(os.fspath(source)).encode("utf-8", "surrogateescape")
+    return {"sealfs": "sync", "source": hashlib.sha256(path).hexdigest()[:32],
+            "volume": vol.config.volume_id.hex(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+async def snapshot_after_sync(vol: Volume, source: str | os.PathLike[str],
+                              stats: SyncStats) -> Snapshot | None:
+    """A snapshot of the store once everything synced is on it; none after any error."""
+    if stats.errors:
+        return None
+    await vol.flush_all()
+    return await vol.backend.create_snapshot(snapshot_metadata(vol, source))
+
+
 async def restore_tree(vol: Volume, dest: str | os.PathLike[str], path: str = "/",
                        reporter: Reporter | None = None, jobs: int = DEFAULT_JOBS) -> SyncStats:
     """Copy the volume tree at `path` into the local directory `dest` (created if needed).

@@ -4,7 +4,8 @@ Fixture names: ``azfiles_server`` (session-scoped AzureFilesServer, tests/server
 ``azfiles`` (the same server with faults and counters reset and the environment pointed at
 it: REQUESTS_CA_BUNDLE and a managed-identity endpoint), ``azfiles_store`` (a fresh STORE
 URL on the share plus its account key file), ``azfiles_backend`` (an AzureFilesBackend on
-it with the account key, closed afterwards).
+it with the account key, closed afterwards), ``own_share`` (a share of its own, for
+snapshots: they cover a whole share).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sealfs.backends.azfiles import AzureFilesBackend, AzureSettings, AzureTarget
+from sealfs.backends.registry import BackendOptions
 from tests.conftest import AZFILES_SHARE
 from tests.servers.azfiles import AzureFilesServer
 
@@ -77,3 +79,30 @@ async def azfiles_backend(azfiles_store: AzStore) -> AsyncIterator[AzureFilesBac
         yield backend
     finally:
         await backend.aclose()
+
+
+@dataclass
+class OwnShare:
+    server: AzureFilesServer
+    name: str
+    url: str            # a store directory inside the share
+
+    def backend(self, snapshot: str | None = None, **kwargs) -> AzureFilesBackend:
+        key = self.server.account_key
+        kwargs.setdefault("account_key", lambda: key)
+        return AzureFilesBackend(AzureTarget.parse(self.url), snapshot=snapshot, **kwargs)
+
+    def options(self, **kwargs) -> BackendOptions:
+        key = self.server.account_key
+        kwargs.setdefault("azure_account_key", lambda: key)
+        return BackendOptions(**kwargs)
+
+
+@pytest.fixture
+def own_share(azfiles: AzureFilesServer) -> OwnShare:
+    """A share of its own: a snapshot covers the whole share, and lists every snapshot of it."""
+    name = f"snap{uuid.uuid4().hex[:10]}"
+    azfiles.create_share(name)
+    with azfiles._lock:
+        azfiles.shares[name].nodes["store"] = azfiles._node("store", True)
+    return OwnShare(azfiles, name, azfiles.share_url(name, "store"))
