@@ -138,3 +138,33 @@ def test_info_shows_soft_delete_and_init_warns_when_off(own_share: OwnShare, key
     srv.share_soft_delete = None
     res = run_sealfs("init", own_share.url + "/third", *auth)
     assert res.code == 0 and "soft delete is unknown" in res.err, res.err
+
+
+def test_a_read_only_snapshot_mount_beside_the_live_mount(vol, tmp_path: Path) -> None:
+    import errno
+
+    from tests.mounting import Mount
+    url, auth = vol
+    _put(url, auth, tmp_path, "doc.txt", b"then")
+    snap = run_sealfs("snapshot", "create", url, *auth).text.strip().splitlines()[-1]
+    _put(url, auth, tmp_path, "doc.txt", b"now, changed")
+    env = dict(os.environ, SEALFS_STATE_DIR=str(tmp_path / "state"), SEALFS_RUN_DIR=str(tmp_path / "run"))
+    extra = tuple(map(str, auth[2:]))
+    keyfile = Path(auth[1])
+    with Mount(url, tmp_path / "live", keyfile, env, extra=extra) as live, \
+            Mount(url, tmp_path / "then", keyfile, env, extra=(*extra, "--snapshot", snap)) as then:
+        assert (live.mountpoint / "doc.txt").read_bytes() == b"now, changed"
+        assert (then.mountpoint / "doc.txt").read_bytes() == b"then"
+        options = next(line.split()[3] for line in Path("/proc/mounts").read_text().splitlines()
+                       if line.split()[1] == str(then.mountpoint))
+        assert "ro" in options.split(",")
+        for attempt in (lambda: (then.mountpoint / "doc.txt").write_bytes(b"x"),
+                        lambda: (then.mountpoint / "new").write_bytes(b"x"),
+                        lambda: (then.mountpoint / "d").mkdir(),
+                        lambda: (then.mountpoint / "doc.txt").unlink()):
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EROFS
+        (live.mountpoint / "more.txt").write_bytes(b"live writes go on")
+        assert not (then.mountpoint / "more.txt").exists()
+    assert run_sealfs("cat", url, "more.txt", *auth).out == b"live writes go on"
