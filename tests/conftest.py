@@ -69,7 +69,7 @@ def open_volume(keyfile: Path):
 
 def need_smbd() -> None:
     if shutil.which("smbd") is None and not os.path.exists("/usr/sbin/smbd"):
-        pytest.fail("smbd is not installed (apt-get install samba smbclient tcpdump)")
+        pytest.fail("smbd is not installed (apt-get install samba samba-vfs-modules smbclient tcpdump)")
     if os.geteuid() != 0:
         pytest.fail("the SMB tests run smbd, which needs root (run them in the CI container)")
 

@@ -65,6 +65,7 @@ from .messages import (
     write_msg,
     write_requests,
 )
+from .snapshots import SmbSnapshotOps, gmt_ns
 from .wire import GatheredWrite
 
 T = TypeVar("T")
@@ -75,7 +76,7 @@ def _overlaps(path: str, src: str, dst: str) -> bool:
     return path.startswith(src + "/") or path == dst or path.startswith(dst + "/")
 
 
-class SmbBackend(Backend):
+class SmbBackend(SmbSnapshotOps, Backend):
     """Encrypted SMB 3 storage: Samba or Azure Files. See the package docstring."""
 
     def __init__(self, target: SmbTarget, password: Callable[[], str | None] | None = None,
@@ -116,7 +117,12 @@ class SmbBackend(Backend):
         target = SmbTarget.parse(store)
         password = getattr(options, "smb_password", None) if options is not None else None
         extra = getattr(options, "extra", None) or {}
-        return cls(target, password, SmbSettings.from_extra(extra))
+        settings = SmbSettings.from_extra(extra)
+        snapshot = getattr(options, "snapshot", None)
+        if snapshot:
+            gmt_ns(snapshot)                  # a malformed token is refused before connecting
+            settings.snapshot = snapshot
+        return cls(target, password, settings)
 
     def _password(self) -> str | None:
         """Ask the callable once, at first connect (never earlier, never logged)."""

@@ -46,6 +46,7 @@ from smbprotocol.tree import TreeConnect
 from ..base import BackendError, TransportSecurityError
 from .config import SmbSettings, SmbTarget
 from .messages import DIR_LIST_ACCESS, RELATED_FID, STALE_STATUSES, create_msg, read_payload, status_error
+from .snapshots import add_timewarp, timewarp_contexts
 from .wire import EncryptingConnection, LeanTcp
 
 log = logging.getLogger("sealfs.smb")
@@ -318,6 +319,8 @@ class Channel:
         conn, session, tree = self.conn, self.session, self.tree
         if conn is None or session is None or tree is None or not self._alive(conn):
             raise ConnectionLost("connection closed")
+        if self.settings.snapshot:
+            add_timewarp(messages, timewarp_contexts(self.settings.snapshot))
         charge = sum(max(conn._calculate_credit_charge(m), 1) for m in messages)
         deadline = time.monotonic() + self.settings.request_timeout
         with self._credits:

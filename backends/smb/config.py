@@ -62,12 +62,17 @@ class SmbSettings:
     handle_cache: int = 64            # recently closed handles kept open for a quick reopen
     handle_cache_ttl: float = 1.0
     hard_links: bool | None = None    # None: per server (Azure Files has none over SMB)
+    # Read the share as it was at this previous version (@GMT-... token): set by from_url
+    # from BackendOptions.snapshot, never from smb_* options.
+    snapshot: str | None = None
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> SmbSettings:
         s = cls()
         for name in s.__dataclass_fields__:
             key = f"smb_{name}"
+            if name == "snapshot":
+                continue
             if key not in extra:
                 continue
             value, default = extra[key], getattr(s, name)

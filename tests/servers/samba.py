@@ -9,6 +9,10 @@ so stopping it (or kill -9 in the reconnect test) reaches every forked child too
         store = srv.store_url          # smb://USER@127.0.0.1:PORT/sealfs
         password = srv.password        # hand it over lazily, never in argv
 
+A second share, ``sealfs-shadow`` (SHADOW_SHARE), serves previous versions through
+vfs_shadow_copy2 from snapshot directories a test makes itself (take_shadow_copy): each
+is .snapshots/@GMT-YYYY.MM.DD-HH.MM.SS/ holding a copy of the share as it was.
+
 Refusal variants are parameters: ``server_encrypt="off"``, ``max_protocol="SMB2_10"``,
 ``share_encrypt="off"``.
 """
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
     from sealfs.backends.smb import SmbBackend
 
 SHARE = "sealfs"
+SHADOW_SHARE = "sealfs-shadow"
+SNAPDIR = ".snapshots"
 
 
 def free_port() -> int:
@@ -67,6 +73,7 @@ class SambaServer:
         self._own_dir = base_dir is None
         self.base = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="sealfs-samba-"))
         self.share_path = self.base / "share"
+        self.shadow_path = self.base / "shadow"
         self.conf = self.base / "smb.conf"
         self.log_file = self.base / "log" / "smbd.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -157,10 +164,11 @@ class SambaServer:
 
     # -- internals ---------------------------------------------------------------------------
     def _provision(self) -> None:
-        for sub in ("private", "lock", "state", "cache", "pid", "log", "ncalrpc", "share"):
+        for sub in ("private", "lock", "state", "cache", "pid", "log", "ncalrpc", "share", "shadow"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.base / "private", 0o700)
         os.chmod(self.share_path, 0o777)
+        os.chmod(self.shadow_path, 0o777)
         self.conf.write_text(self._smb_conf())
         # -s reads the password twice from stdin: never in argv, never in a file.
         result = subprocess.run(
@@ -227,8 +235,13 @@ class SambaServer:
         }
         if self.share_encrypt is not None:
             share["smb encrypt"] = self.share_encrypt
+        shadow = dict(share, path=str(self.shadow_path))
+        shadow.update({"vfs objects": "shadow_copy2", "shadow:mountpoint": str(self.shadow_path),
+                       "shadow:snapdir": SNAPDIR, "shadow:format": "@GMT-%Y.%m.%d-%H.%M.%S",
+                       "shadow:sort": "desc", "shadow:localtime": "no"})
         lines = ["[global]"] + [f"    {k} = {v}" for k, v in glob.items()]
         lines += ["", f"[{SHARE}]"] + [f"    {k} = {v}" for k, v in share.items()]
+        lines += ["", f"[{SHADOW_SHARE}]"] + [f"    {k} = {v}" for k, v in shadow.items()]
         return "\n".join(lines) + "\n"
 
     def _wait_listening(self, timeout: float) -> None:
@@ -264,11 +277,12 @@ class SambaServer:
 class SmbStore:
     """A STORE URL pointing at a fresh directory on a test share, plus that directory."""
 
-    def __init__(self, server: SambaServer, name: str) -> None:
+    def __init__(self, server: SambaServer, name: str, shadow: bool = False) -> None:
         self.server = server
-        self.local = server.share_path / name
+        self.local = (server.shadow_path if shadow else server.share_path) / name
         self.local.mkdir(mode=0o777)
-        self.url = f"{server.store_url}/{name}"
+        base = server.store_url.rpartition("/")[0] + f"/{SHADOW_SHARE}" if shadow else server.store_url
+        self.url = f"{base}/{name}"
 
     def options(self, **extra: object) -> BackendOptions:
         from sealfs.backends.registry import BackendOptions
@@ -286,3 +300,25 @@ class SmbStore:
 def new_store(server: SambaServer) -> SmbStore:
     """A fresh, empty directory on the server's share, as its own STORE."""
     return SmbStore(server, "t-" + secrets.token_hex(4))
+
+
+def new_shadow_store(server: SambaServer) -> SmbStore:
+    """A fresh directory on the share that serves previous versions (vfs_shadow_copy2)."""
+    return SmbStore(server, "t-" + secrets.token_hex(4), shadow=True)
+
+
+def shadow_copy2_installed() -> bool:
+    """vfs_shadow_copy2 is a loadable module (Debian: samba-vfs-modules), not in smbd itself."""
+    out = subprocess.run(["smbd", "-b"], capture_output=True, text=True).stdout
+    modules = next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                    if line.strip().startswith("MODULESDIR:")), "/usr/lib/x86_64-linux-gnu/samba")
+    return Path(modules, "vfs", "shadow_copy2.so").exists()
+
+
+def take_shadow_copy(store: SmbStore, when: float) -> str:
+    """Copy the store's directory as a previous version at time when (UTC, whole seconds)
+    and return its @GMT token: what a snapshot tool on the server would make."""
+    token = time.strftime("@GMT-%Y.%m.%d-%H.%M.%S", time.gmtime(when))
+    target = store.server.shadow_path / SNAPDIR / token / store.local.name
+    shutil.copytree(store.local, target, copy_function=shutil.copy2)
+    return token
