@@ -92,6 +92,7 @@ def azfiles_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureF
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
 
 
 @pytest.fixture
