@@ -90,8 +90,6 @@ class _FileState:
         self.resizes = 0
 
 
-
-
 class AzureFilesBackend(Backend):
     """Azure Files REST. See the module docstring."""
 
