@@ -316,19 +316,34 @@ async def plant_mkdir_leftover(vol: Volume, parent: str, extra: str | None = Non
     return tmp
 
 
-@pytest.fixture(params=["local", "smb"])
+@pytest.fixture(params=["local", "smb", "azfiles"])
 def any_store(request, tmp_path, keyfile):
     """(backend factory, STORE argument, env, its directory) for a fresh initialized store."""
     if request.param == "local":
         path = tmp_path / "store"
         assert run("init", path, "--keyfile", keyfile).returncode == 0
         return (lambda: LocalBackend(path)), str(path), {}, path
+    if request.param == "azfiles":
+        return _azfiles_store(request, tmp_path, keyfile)
     samba = request.getfixturevalue("samba")
     smb = new_store(samba)
     env = {"SEALFS_SMB_PASSWORD": samba.password}
     r = run("init", smb.url, "--keyfile", keyfile, env=env)
     assert r.returncode == 0, r.stderr
     return smb.backend, smb.url, env, smb.local
+
+
+def _azfiles_store(request, tmp_path: Path, keyfile: Path):
+    """any_store on the Azure Files test server: the CLI gets the account key and the CA."""
+    from tests.azfiles.conftest import new_azfiles_store, point_env_at
+    from tests.conftest import AZFILES_SHARE
+    server = request.getfixturevalue("azfiles_server")
+    point_env_at(server, request.getfixturevalue("monkeypatch"))
+    store = new_azfiles_store(server, tmp_path)
+    env = {"SEALFS_AZURE_ACCOUNT_KEY": server.account_key, "REQUESTS_CA_BUNDLE": str(server.ca_path)}
+    r = run("init", store.url, "--keyfile", keyfile, env=env)
+    assert r.returncode == 0, r.stderr
+    return store.backend, store.url, env, server.share_root(AZFILES_SHARE) / store.path
 
 
 async def open_store(factory, keyfile: Path) -> Volume:

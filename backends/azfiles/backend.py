@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -73,17 +74,21 @@ class AzureHandle(Handle):
 
 
 class _FileState:
-    """What every handle on one file shares: its size (Put Range cannot grow a file)."""
+    """What every handle on one file shares: its size (Put Range cannot grow a file).
 
-    __slots__ = ("size", "grow_lock", "refs", "info")
+    The size is ours while the state lives: every resize through this backend goes
+    through it (under grow_lock, counted in resizes). A server answer is taken for it
+    only when no resize ran while the answer was on its way, since an answer given
+    before a resize that lands after it would make the next "grow" shrink the file."""
+
+    __slots__ = ("size", "grow_lock", "refs", "info", "resizes")
 
     def __init__(self, size: int, info: BackendStat) -> None:
         self.size = size
         self.info = info
         self.grow_lock = trio.Lock()
         self.refs = 0
-
-
+        self.resizes = 0
 
 
 class AzureFilesBackend(SnapshotOps, Backend):
@@ -111,6 +116,9 @@ class AzureFilesBackend(SnapshotOps, Backend):
         self._connect_lock = threading.Lock()
         self._limiter = trio.CapacityLimiter(max(2, self.settings.threads))
         self._files: dict[str, _FileState] = {}
+        # Opens in flight per path (lowercase): a state they may join outlives its last
+        # handle until they are done, since their stat may be older than its resizes.
+        self._opening: dict[str, int] = {}
         # The kind last seen at each path (lowercase): which kind stat() asks first. A hint
         # only, never an answer, so it may go stale across clients.
         self._kinds: dict[str, str] = {}
@@ -348,9 +356,23 @@ class AzureFilesBackend(SnapshotOps, Backend):
                    exclusive: bool = False) -> AzureHandle:
         if create and exclusive:
             return await self.create_file(path, b"")
-        state = self._files.get(path.lower())
+        key = path.lower()
+        state = self._files.get(key)
         if state is not None:
             return self._track(path, write, state.info)
+        self._opening[key] = self._opening.get(key, 0) + 1
+        try:
+            return await self._open_new(path, write, create)
+        finally:
+            self._opening[key] -= 1
+            if not self._opening[key]:
+                del self._opening[key]
+            self._forget_unused(key)
+
+    async def _open_new(self, path: str, write: bool, create: bool) -> AzureHandle:
+        """Open a file this backend has no state for. Its stat may be older than the writes
+        of a handle opened and closed meanwhile: _track then joins that handle's state
+        (kept while this open is in flight), whose size is newer than the stat's."""
         try:
             st = await self._stat_file(path)
             self._saw(path, "file")
@@ -454,6 +476,7 @@ class AzureFilesBackend(SnapshotOps, Backend):
             return
         async with state.grow_lock:
             if end > state.size:
+                state.resizes += 1
                 fc = self._file(handle.path)
                 await self._run(lambda: fc.resize_file(end), handle.path, idempotent=True)
                 state.size = end
@@ -485,6 +508,7 @@ class AzureFilesBackend(SnapshotOps, Backend):
         self._check_open(handle)
         fc = self._file(handle.path)
         async with handle.state.grow_lock:
+            handle.state.resizes += 1
             await self._run(lambda: fc.resize_file(size), handle.path, idempotent=True)
             handle.state.size = size
 
@@ -499,10 +523,13 @@ class AzureFilesBackend(SnapshotOps, Backend):
             return
         handle.closed = True
         handle.state.refs -= 1
-        if handle.state.refs <= 0:
-            key = handle.path.lower()
-            if self._files.get(key) is handle.state:
-                del self._files[key]
+        self._forget_unused(handle.path.lower())
+
+    def _forget_unused(self, key: str) -> None:
+        """Drop the state at key once no handle uses it and no open may join it."""
+        state = self._files.get(key)
+        if state is not None and state.refs <= 0 and key not in self._opening:
+            del self._files[key]
 
     def _check_open(self, handle: AzureHandle) -> None:
         if handle.closed:
@@ -511,9 +538,13 @@ class AzureFilesBackend(SnapshotOps, Backend):
     async def fstat(self, handle: Handle) -> BackendStat:
         assert isinstance(handle, AzureHandle)
         self._check_open(handle)
+        state = handle.state
+        quiet, resizes = not state.grow_lock.locked(), state.resizes
         st = await self._stat_file(handle.path)
-        handle.state.size = st.size
-        return st
+        if quiet and state.resizes == resizes:      # no resize overlapped the answer
+            state.size = st.size
+            return st
+        return dataclasses.replace(st, size=state.size)
 
     async def fset_times(self, handle: Handle, atime_ns: int, mtime_ns: int) -> None:
         assert isinstance(handle, AzureHandle)

@@ -64,8 +64,7 @@ def azfiles_store(azfiles: AzureFilesServer, tmp_path: Path) -> AzStore:
 def new_azfiles_store(server: AzureFilesServer, tmp_path: Path) -> AzStore:
     """A fresh directory on the test share as a STORE URL, with the account key in a file."""
     path = f"t{uuid.uuid4().hex[:12]}"
-    with server._lock:
-        server.shares[SHARE].nodes[path] = server._node(path, True)
+    server.make_dir(SHARE, path)
     key_file = tmp_path / "account.key"
     key_file.write_text(server.account_key + "\n")
     key_file.chmod(0o600)

@@ -61,11 +61,14 @@ class AzureFilesProcess:
     account_url: str
     account_key: str
     ca_path: str
+    share_root: Path            # the share's directory: the server keeps its files there
 
-    def new_store_url(self) -> str:
-        """A store in a fresh directory of the share (`sealfs init` creates it)."""
+    def new_store(self) -> tuple[str, Path]:
+        """A store in a fresh directory of the share (`sealfs init` creates it): its URL,
+        and the directory that will hold its ciphertext."""
         from tests.conftest import AZFILES_SHARE
-        return f"{self.account_url}/{AZFILES_SHARE}/t{uuid.uuid4().hex[:12]}"
+        name = f"t{uuid.uuid4().hex[:12]}"
+        return f"{self.account_url}/{AZFILES_SHARE}/{name}", self.share_root / name
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +84,7 @@ def azfiles_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureF
         info = json.loads(proc.stdout.readline() or "null")
         assert info, f"the Azure Files test server did not start (exit {proc.poll()})"
         yield AzureFilesProcess(f"https://{info['host']}:{info['port']}", info["account_key"],
-                                info["ca_path"])
+                                info["ca_path"], Path(info["share_root"]))
     finally:
         proc.stdin.close()
         try:
@@ -89,6 +92,7 @@ def azfiles_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureF
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
 
 
 @pytest.fixture
@@ -97,7 +101,8 @@ def mounted(request, tmp_path: Path, keyfile: Path, mount_env: dict, chunk_size:
     """A live sealfs mount, on the local backend and on encrypted SMB to a real smbd.
 
     Yields the Mount: .mountpoint is the plaintext view, .store_dir the directory that
-    holds the ciphertext (the local store, or the store's directory on the share).
+    holds the ciphertext (the local store, or the store's directory on the SMB share or in
+    the Azure Files test server's share).
     """
     if backend_kind == "smb":
         from tests.servers.samba import new_store
@@ -105,9 +110,8 @@ def mounted(request, tmp_path: Path, keyfile: Path, mount_env: dict, chunk_size:
         store, store_dir = smb.url, smb.local
         mount_env["SEALFS_SMB_PASSWORD"] = smb.server.password
     elif backend_kind == "azfiles":
-        # No local directory holds this store's ciphertext: store_dir is None.
         server = request.getfixturevalue("azfiles_process")
-        store, store_dir = server.new_store_url(), None
+        store, store_dir = server.new_store()
         mount_env["SEALFS_AZURE_ACCOUNT_KEY"] = server.account_key
         mount_env["REQUESTS_CA_BUNDLE"] = server.ca_path
     else:

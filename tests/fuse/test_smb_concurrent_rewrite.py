@@ -7,7 +7,7 @@ open-write-close: it read the old header before that write-back and the new leng
 after it, took the new bytes for a crashed write's uncommitted tail, and its first
 flush cut them off, leaving a file whose final chunk authenticates at no size: EIO on
 every open from then on. (Azure Files had a second way there: a handle's shared size
-taken from a stat older than another handle's writes, so a "grow" shrank the file.)
+taken from a stat older than another handle's resize, so a "grow" shrank the file.)
 Local passes as the reference.
 """
 
@@ -17,12 +17,11 @@ import multiprocessing
 import os
 import random
 
-import pytest
-
 # Opens per process; each opens an existing file without O_EXCL, writes 1..4999 bytes
 # at offset 0 (with or without O_TRUNC) or appends them, and closes; a few read. On the
-# code before the fix this failed 6 runs out of 6 over SMB; Azure Files' emulator is
-# slower per request, so it runs fewer (it still failed every run before the fix).
+# code before the fix this failed 6 runs out of 6 over SMB; Azure Files' test server is
+# slower per request, so it runs fewer. There the second way (a stale shared size) failed
+# 2 runs out of 6 before its fix; tests/azfiles/test_azfiles_shared_size.py pins it down.
 ITERATIONS = {"local": 300, "smb": 300, "azfiles": 150}
 PROCESSES = 4
 FILES = ("f", "g", "h")
@@ -61,9 +60,6 @@ def _churn(root: str, iterations: int, seed: int, out) -> None:
     out.put(problems)
 
 
-# Not on azfiles yet: a known bug there (README, "Status and limits"), whose fix is still
-# to be carried over onto the backend's request-count rewrite.
-@pytest.mark.parametrize("backend_kind", ["local", "smb"])
 def test_concurrent_rewrites_of_one_file_never_make_it_unreadable(mounted, backend_kind):
     root = str(mounted.mountpoint)
     for name in FILES:

@@ -19,29 +19,32 @@ double at the protocol level and rejects what Azure rejects:
   paging and extended info, rename), files (create, put range update/clear of at
   most 4 MiB, get range, properties with resize and SMB times, delete, rename).
 
-Names are case-insensitive and case-preserving, as on Azure Files. File bytes live
-in memory; ``stored_bytes()`` hands them to tests that look for plaintext.
+Names are case-insensitive and case-preserving, as on Azure Files. Each share is a
+directory under WORKDIR/shares (tests/servers/azfiles_disk.py): ``share_root()`` gives it
+to tests that tamper with a store's bytes, ``stored_bytes()`` every file's content to tests
+that look for plaintext. Snapshots are copies under WORKDIR/snapshots.
 
 Test controls: fail_next(op, status, count, retry_after=...) for forced answers
-(429 with Retry-After, 500, 503), calls (a Counter per operation), token_role
+(429 with Retry-After, 500, 503), hold_next(op) for an answer held back, calls (a Counter per operation), token_role
 (the role the next tokens carry), delay, go_down()/start() for an outage.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import datetime as dt
 import email.utils
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import shutil
 import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cmp_to_key
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,6 +52,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlparse
 from xml.sax.saxutils import escape
 
+from tests.servers.azfiles_disk import Node, Share, now_ns
 from tests.servers.keyvault import _TlsServer, ensure_hosts, make_test_pki
 
 CONTRIBUTOR = "Storage File Data Privileged Contributor"
@@ -78,10 +82,6 @@ def _b64(data: bytes) -> str:
 
 def _sign(key: bytes, text: str) -> str:
     return _b64(hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest())
-
-
-def _now_ns() -> int:
-    return time.time_ns() // 100 * 100
 
 
 def _iso(ns: int) -> str:
@@ -122,35 +122,6 @@ def _header_sort(names: list[str]) -> list[str]:
     except ImportError:      # pragma: no cover - plain ordinal order is the same for our headers
         return sorted(names)
     return sorted(names, key=cmp_to_key(compare))
-
-
-@dataclass
-class Node:
-    name: str                  # as created (case preserved)
-    is_dir: bool
-    data: bytearray = field(default_factory=bytearray)
-    created: int = field(default_factory=_now_ns)
-    written: int = field(default_factory=_now_ns)
-    changed: int = field(default_factory=_now_ns)
-    modified: int = field(default_factory=_now_ns)    # Last-Modified (REST)
-    etag: str = ""
-    file_id: int = 0
-    attributes: str = ""
-
-    def touch(self) -> None:
-        self.modified = _now_ns()
-        self.etag = f'"0x{secrets.token_hex(7).upper()}"'
-
-
-@dataclass
-class Share:
-    name: str
-    quota: int = 5120
-    metadata: dict[str, str] = field(default_factory=dict)
-    nodes: dict[str, Node] = field(default_factory=dict)     # lowercase path -> node ("" = root)
-    snapshot: str = ""
-    created: int = field(default_factory=_now_ns)
-    etag: str = field(default_factory=lambda: f'"0x{secrets.token_hex(7).upper()}"')
 
 
 @dataclass
@@ -228,6 +199,8 @@ class AzureFilesServer:
 
     def __init__(self, workdir: Path, account: str = "sealfsacct", domain: str = DOMAIN) -> None:
         self.workdir = workdir
+        self.tmp_dir = workdir / "azfiles-tmp"      # files being made, moved in when whole
+        self.tmp_dir.mkdir(exist_ok=True)
         self.account = account
         self.domain = domain
         self.key = secrets.token_bytes(64)
@@ -235,6 +208,7 @@ class AzureFilesServer:
         self.snapshots: dict[tuple[str, str], Share] = {}
         self.calls: Counter[str] = Counter()
         self.faults: dict[str, list[Fault]] = {}
+        self.holds: dict[str, list[threading.Event]] = {}
         self.token_role = CONTRIBUTOR
         self.delay = 0.0
         # Share soft delete as the account's File service properties answer it: (enabled,
@@ -317,6 +291,10 @@ class AzureFilesServer:
     def reset(self) -> None:
         with self._lock:
             self.faults.clear()
+            for events in self.holds.values():
+                for event in events:
+                    event.set()
+            self.holds.clear()
             self.calls.clear()
             self.token_role = CONTRIBUTOR
             self.delay = 0.0
@@ -326,9 +304,23 @@ class AzureFilesServer:
         with self._lock:
             share = self.shares.get(name.lower())
             if share is None:
-                share = self.shares[name.lower()] = Share(name)
-                share.nodes[""] = self._node("", True)
+                root = self.workdir / "shares" / name.lower()
+                root.mkdir(parents=True)
+                share = self.shares[name.lower()] = Share(name, root)
+                share.new_node(root)
             return share
+
+    def share_root(self, name: str) -> Path:
+        """The directory that holds the share's files (the live share, not a snapshot)."""
+        return self.shares[name.lower()].root
+
+    def make_dir(self, share: str, path: str) -> None:
+        """A directory at path (its parent must exist), as Create Directory makes it."""
+        with self._lock:
+            s = self.shares[share.lower()]
+            parent = s.get(path.rpartition("/")[0])
+            assert parent is not None and parent.is_dir, path
+            s.mkdir(parent, path.rpartition("/")[2])
 
     def fail_next(self, operation: str, status: int, count: int = 1, *, retry_after: int | None = None,
                   code: str | None = None) -> None:
@@ -336,15 +328,25 @@ class AzureFilesServer:
         with self._lock:
             self.faults.setdefault(operation, []).append(Fault(status, count, retry_after, code))
 
+    def hold_next(self, operation: str) -> threading.Event:
+        """The next call of operation runs at once, but its answer leaves only when the
+        returned event is set: an answer that reaches the client after later requests'."""
+        event = threading.Event()
+        with self._lock:
+            self.holds.setdefault(operation, []).append(event)
+        return event
+
     def stored_bytes(self) -> list[bytes]:
         """Every file's content in every share and snapshot."""
         with self._lock:
             shares = list(self.shares.values()) + list(self.snapshots.values())
-            return [bytes(n.data) for s in shares for n in s.nodes.values() if not n.is_dir]
+            return [data for s in shares for data in s.file_bytes()]
 
     def file_bytes(self, share: str, path: str) -> bytes:
         with self._lock:
-            return bytes(self.shares[share.lower()].nodes[path.lower()].data)
+            node = self.shares[share.lower()].get(path)
+            assert node is not None and not node.is_dir, path
+            return node.read(0, node.size - 1) if node.size else b""
 
     def account_sas(self, permission: str = "rcwdl", *, services: str = "f", resource_types: str = "sco",
                     expiry: float | None = None, start: float | None = None, protocol: str = "https",
@@ -404,12 +406,6 @@ class AzureFilesServer:
         return claims
 
     # -- internals ----------------------------------------------------------------------
-    def _node(self, name: str, is_dir: bool) -> Node:
-        self._next_id += 1
-        node = Node(name, is_dir, file_id=self._next_id,
-                    attributes="Directory" if is_dir else "Archive")
-        node.touch()
-        return node
 
 
 def _sas_fmt(ts: float) -> str:
@@ -470,6 +466,9 @@ class _FilesHandler(BaseHTTPRequestHandler):
 
     # -- plumbing ------------------------------------------------------------------------
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        if self._held is not None:      # the operation ran; its answer leaves when released
+            self._held.append((status, body, headers))
+            return
         self.send_response(status)
         hdrs = {"x-ms-request-id": str(uuid.uuid4()), "x-ms-version": self.headers.get("x-ms-version", ""),
                 "Date": email.utils.formatdate(usegmt=True)}
@@ -487,7 +486,7 @@ class _FilesHandler(BaseHTTPRequestHandler):
 
     def _error(self, e: StorageError) -> None:
         body = (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{e.code}</Code><Message>'
-                f'{escape(e.message)}\nRequestId:{uuid.uuid4()}\nTime:{_iso(_now_ns())}</Message>'
+                f'{escape(e.message)}\nRequestId:{uuid.uuid4()}\nTime:{_iso(now_ns())}</Message>'
                 f'</Error>').encode()
         headers = {"x-ms-error-code": e.code, "Content-Type": "application/xml"}
         headers.update(e.headers)
@@ -504,8 +503,10 @@ class _FilesHandler(BaseHTTPRequestHandler):
         self.share_name = parts[0] if parts else ""
         self.rel = "/".join(parts[1:])
         self.body = body
+        self._held: list[tuple[int, bytes, dict[str, str] | None]] | None = None
         if srv.delay:
             time.sleep(srv.delay)
+        release = None
         try:
             op = self._operation(method)
             with srv._lock:
@@ -519,9 +520,16 @@ class _FilesHandler(BaseHTTPRequestHandler):
             self._authorize(principal, op)
             with srv._lock:
                 srv.calls[op] += 1
+                release = srv.holds[op].pop(0) if srv.holds.get(op) else None
+                self._held = [] if release is not None else None
                 getattr(self, f"_op_{op}")()
         except StorageError as e:
             self._error(e)
+        if release is not None:
+            release.wait(30)
+            held, self._held = self._held or [], None
+            for answer in held:
+                self._send(*answer)
 
     def _take_fault(self, op: str) -> Fault | None:
         for key in (op, "*"):
@@ -743,21 +751,19 @@ class _FilesHandler(BaseHTTPRequestHandler):
         return share
 
     def _lookup(self, share: Share, path: str, *, want_dir: bool | None = None) -> Node:
-        node = share.nodes.get(path.lower())
+        node = share.get(path)
         if node is None:
-            parent = path.lower().rpartition("/")[0]
-            if parent not in share.nodes or not share.nodes[parent].is_dir:
-                raise _err(404, "ParentNotFound")
+            self._check_parent(share, path)
             raise _err(404, "ResourceNotFound")
         if want_dir is not None and node.is_dir != want_dir:
             raise _err(404, "ResourceNotFound")     # a file URL naming a directory, or back
         return node
 
-    def _check_parent(self, share: Share, path: str) -> None:
-        parent = path.lower().rpartition("/")[0]
-        node = share.nodes.get(parent)
+    def _check_parent(self, share: Share, path: str) -> Node:
+        node = share.get(path.rpartition("/")[0])
         if node is None or not node.is_dir:
             raise _err(404, "ParentNotFound")
+        return node
 
     def _check_name(self, path: str) -> None:
         name = path.rpartition("/")[2]
@@ -773,7 +779,7 @@ class _FilesHandler(BaseHTTPRequestHandler):
 
     def _apply_smb(self, node: Node, *, default_write: str = "preserve") -> None:
         """x-ms-file-*-time headers: a time, "now" or "preserve" (also the default)."""
-        now = _now_ns()
+        now = now_ns()
         for header, attr, default in (("x-ms-file-creation-time", "created", "preserve"),
                                       ("x-ms-file-last-write-time", "written", default_write),
                                       ("x-ms-file-change-time", "changed", "now")):
@@ -790,7 +796,7 @@ class _FilesHandler(BaseHTTPRequestHandler):
         attrs = self.headers.get("x-ms-file-attributes")
         if attrs and attrs.lower() not in ("preserve", "none"):
             node.attributes = attrs
-        node.touch()
+        node.save()
 
     # -- shares --------------------------------------------------------------------------
     def _op_create_share(self) -> None:
@@ -811,15 +817,17 @@ class _FilesHandler(BaseHTTPRequestHandler):
         snap = self.query.get("sharesnapshot")
         key = share.name.lower()
         if snap:
-            if srv.snapshots.pop((key, snap), None) is None:
+            gone = srv.snapshots.pop((key, snap), None)
+            if gone is None:
                 raise _err(404, "ShareSnapshotNotFound")
+            shutil.rmtree(gone.root)
             return self._send(202)
         mine = [k for k in srv.snapshots if k[0] == key]
         if mine and self.headers.get("x-ms-delete-snapshots", "") not in ("include", "include-leased"):
             raise _err(409, "ShareHasSnapshots")
         for k in mine:
-            del srv.snapshots[k]
-        del srv.shares[key]
+            shutil.rmtree(srv.snapshots.pop(k).root)
+        shutil.rmtree(srv.shares.pop(key).root)
         self._send(202)
 
     def _op_get_share(self) -> None:
@@ -831,7 +839,7 @@ class _FilesHandler(BaseHTTPRequestHandler):
 
     def _op_share_stats(self) -> None:
         share = self._share()
-        used = sum(len(n.data) for n in share.nodes.values())
+        used = share.used_bytes()
         body = (f'<?xml version="1.0" encoding="utf-8"?><ShareStats><ShareUsageBytes>{used}'
                 f'</ShareUsageBytes></ShareStats>')
         self._send(200, body.encode(), {"Content-Type": "application/xml", "ETag": share.etag,
@@ -840,16 +848,18 @@ class _FilesHandler(BaseHTTPRequestHandler):
     def _op_snapshot_share(self) -> None:
         srv = self.srv
         share = self._share(writable=True)
-        stamp = _iso(_now_ns())
+        stamp = _iso(now_ns())
         while (share.name.lower(), stamp) in srv.snapshots:
             time.sleep(0.0001)
-            stamp = _iso(_now_ns())
-        snap = copy.deepcopy(share)
-        snap.snapshot = stamp
-        snap.metadata = self._metadata() or dict(share.metadata)
+            stamp = _iso(now_ns())
+        root = srv.workdir / "snapshots" / f"{share.name.lower()}@{stamp.replace(':', '')}"
+        root.parent.mkdir(exist_ok=True)
+        share.copy_to(root)
+        snap = Share(share.name, root, share.quota, self._metadata() or dict(share.metadata), stamp,
+                     share.created, share.etag)
         srv.snapshots[(share.name.lower(), stamp)] = snap
         self._send(201, headers={"x-ms-snapshot": stamp, "ETag": share.etag,
-                                 "Last-Modified": _rfc1123(_now_ns())})
+                                 "Last-Modified": _rfc1123(now_ns())})
 
     def _op_list_shares(self) -> None:
         srv = self.srv
@@ -917,10 +927,13 @@ class _FilesHandler(BaseHTTPRequestHandler):
     def _op_create_dir(self) -> None:
         share = self._share(writable=True)
         self._check_name(self.rel)
-        self._check_parent(share, self.rel)
-        if self.rel.lower() in share.nodes:
+        parent = self._check_parent(share, self.rel)
+        if share.find(self.rel) is not None:
             raise _err(409, "ResourceAlreadyExists")
-        node = share.nodes[self.rel.lower()] = self.srv._node(self.rel.rpartition("/")[2], True)
+        try:
+            node = share.mkdir(parent, self.rel.rpartition("/")[2])
+        except FileExistsError:
+            raise _err(409, "ResourceAlreadyExists") from None
         self._apply_smb(node, default_write="now")
         self._send(201, headers=self._smb_headers(node))
 
@@ -928,11 +941,10 @@ class _FilesHandler(BaseHTTPRequestHandler):
         share = self._share(writable=True)
         if not self.rel:
             raise _err(400, "InvalidResourceName")
-        self._lookup(share, self.rel, want_dir=True)
-        prefix = self.rel.lower() + "/"
-        if any(k.startswith(prefix) for k in share.nodes):
+        node = self._lookup(share, self.rel, want_dir=True)
+        if share.has_entries(node):
             raise _err(409, "DirectoryNotEmpty")
-        del share.nodes[self.rel.lower()]
+        node.path.rmdir()
         self._send(202)
 
     def _op_get_dir(self) -> None:
@@ -949,12 +961,10 @@ class _FilesHandler(BaseHTTPRequestHandler):
 
     def _op_list_dir(self) -> None:
         share = self._share()
-        self._lookup(share, self.rel, want_dir=True)
-        base = self.rel.lower() + "/" if self.rel else ""
+        where = self._lookup(share, self.rel, want_dir=True)
         prefix = self.query.get("prefix", "").lower()
-        children = sorted((n for k, n in share.nodes.items()
-                           if k.startswith(base) and k and "/" not in k[len(base):]
-                           and k[len(base):].startswith(prefix)), key=lambda n: n.name.lower())
+        children = sorted((n for n in share.children(where) if n.name.lower().startswith(prefix)),
+                          key=lambda n: n.name.lower())
         page, next_marker = self._page(children, lambda n: n.name.lower())
         include = [i.strip().lower() for i in self.query.get("include", "").split(",") if i.strip()]
         extended = self.headers.get("x-ms-file-extended-info", "").lower() == "true"
@@ -977,7 +987,7 @@ class _FilesHandler(BaseHTTPRequestHandler):
                 out.append(f"<FileId>{n.file_id}</FileId>")
             out.append(f"<Name>{escape(n.name)}</Name><Properties>")
             if not n.is_dir:
-                out.append(f"<Content-Length>{len(n.data)}</Content-Length>")
+                out.append(f"<Content-Length>{n.size}</Content-Length>")
             if "timestamps" in include:
                 out.append(f"<CreationTime>{_iso(n.created)}</CreationTime><LastAccessTime>{_iso(n.written)}"
                            f"</LastAccessTime><LastWriteTime>{_iso(n.written)}</LastWriteTime><ChangeTime>"
@@ -1006,22 +1016,23 @@ class _FilesHandler(BaseHTTPRequestHandler):
         if not 0 <= size <= MAX_FILE:
             raise _err(400, "InvalidHeaderValue")
         self._check_name(self.rel)
-        self._check_parent(share, self.rel)
-        existing = share.nodes.get(self.rel.lower())
+        parent = self._check_parent(share, self.rel)
+        existing = share.get(self.rel)
         if existing is not None and existing.is_dir:
             raise _err(409, "ResourceAlreadyExists")
         # Azure Files' Create File overwrites an existing file (there is no create-new).
-        node = self.srv._node(existing.name if existing else self.rel.rpartition("/")[2], False)
-        node.data = bytearray(size)
+        try:
+            node = share.create_file(parent, self.rel.rpartition("/")[2], existing, size, self.srv.tmp_dir)
+        except IsADirectoryError:       # a name the service does not show (a planted entry)
+            raise _err(409, "ResourceAlreadyExists") from None
         self._apply_smb(node, default_write="now")
-        share.nodes[self.rel.lower()] = node
         self._send(201, headers=self._smb_headers(node))
 
     def _op_put_range(self) -> None:
         share = self._share(writable=True)
         node = self._lookup(share, self.rel, want_dir=False)
         rng = self.headers.get("x-ms-range") or self.headers.get("Range")
-        start, end = self._parse_range(rng, len(node.data), required=True)
+        start, end = self._parse_range(rng, node.size, required=True)
         mode = self.headers.get("x-ms-write", "").lower()
         if mode == "update":
             if end - start + 1 > MAX_RANGE:
@@ -1031,17 +1042,17 @@ class _FilesHandler(BaseHTTPRequestHandler):
             md5 = self.headers.get("Content-MD5")
             if md5 and base64.b64decode(md5) != hashlib.md5(self.body).digest():
                 raise _err(400, "Md5Mismatch")
-            node.data[start:end + 1] = self.body
+            node.write(start, self.body)
         elif mode == "clear":
             if self.body:
                 raise _err(400, "InvalidHeaderValue", "Content-Length must be 0 for clear.")
-            node.data[start:end + 1] = bytes(end - start + 1)
+            node.write(start, bytes(end - start + 1))
         else:
             raise _err(400, "InvalidHeaderValue", "x-ms-write must be update or clear.")
-        node.changed = _now_ns()
+        node.changed = now_ns()
         if self.headers.get("x-ms-file-last-write-time", "now") != "preserve":
             node.written = node.changed
-        node.touch()
+        node.save()
         hdr = {"ETag": node.etag, "Last-Modified": _rfc1123(node.modified), "x-ms-request-server-encrypted": "true",
                "x-ms-file-last-write-time": _iso(node.written)}
         if mode == "update":
@@ -1070,39 +1081,40 @@ class _FilesHandler(BaseHTTPRequestHandler):
     def _op_get_file(self) -> None:
         share = self._share()
         node = self._lookup(share, self.rel, want_dir=False)
-        size = len(node.data)
+        size = node.size
         rng = self.headers.get("x-ms-range") or self.headers.get("Range")
         headers = dict(self._smb_headers(node))
         headers.update({"Content-Type": "application/octet-stream", "x-ms-type": "File",
                         "Accept-Ranges": "bytes", "x-ms-server-encrypted": "true"})
         if not rng:
             headers["Content-Length"] = str(size)
-            return self._send(200, bytes(node.data), headers)
+            return self._send(200, node.read(0, size - 1) if size else b"", headers)
         start, end = self._parse_range(rng, size)
         if start >= size:
             raise StorageError(416, "InvalidRange", _MESSAGES["InvalidRange"],
                                {"Content-Range": f"bytes */{size}"})
         end = min(end, size - 1)
+        data = node.read(start, end)
         if self.headers.get("x-ms-range-get-content-md5", "").lower() == "true":
             if end - start + 1 > MAX_RANGE:
                 raise _err(400, "InvalidHeaderValue")
-            headers["Content-MD5"] = _b64(hashlib.md5(bytes(node.data[start:end + 1])).digest())
+            headers["Content-MD5"] = _b64(hashlib.md5(data).digest())
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        headers["Content-Length"] = str(end - start + 1)
-        self._send(206, bytes(node.data[start:end + 1]), headers)
+        headers["Content-Length"] = str(len(data))
+        self._send(206, data, headers)
 
     def _op_head_file(self) -> None:
         share = self._share()
         node = self._lookup(share, self.rel, want_dir=False)
         headers = dict(self._smb_headers(node))
         headers.update({"Content-Type": "application/octet-stream", "x-ms-type": "File",
-                        "Content-Length": str(len(node.data)), "x-ms-server-encrypted": "true"})
+                        "Content-Length": str(node.size), "x-ms-server-encrypted": "true"})
         self._send(200, headers=headers)
 
     def _op_list_ranges(self) -> None:
         share = self._share()
         node = self._lookup(share, self.rel, want_dir=False)
-        size = len(node.data)
+        size = node.size
         body = '<?xml version="1.0" encoding="utf-8"?><Ranges>'
         if size:
             body += f"<Range><Start>0</Start><End>{size - 1}</End></Range>"
@@ -1123,18 +1135,14 @@ class _FilesHandler(BaseHTTPRequestHandler):
                     raise _err(400, "InvalidHeaderValue") from None
                 if not 0 <= size <= MAX_FILE:
                     raise _err(400, "InvalidHeaderValue")
-                if size < len(node.data):
-                    del node.data[size:]
-                else:
-                    node.data.extend(bytes(size - len(node.data)))
-                node.written = _now_ns()
+                node.resize(size)
+                node.written = now_ns()
             self._apply_smb(node)
         self._send(200, headers=self._smb_headers(node))
 
     def _op_delete_file(self) -> None:
         share = self._share(writable=True)
-        self._lookup(share, self.rel, want_dir=False)
-        del share.nodes[self.rel.lower()]
+        self._lookup(share, self.rel, want_dir=False).path.unlink()
         self._send(202)
 
     # -- rename --------------------------------------------------------------------------
@@ -1160,29 +1168,27 @@ class _FilesHandler(BaseHTTPRequestHandler):
         if not src or not dst:
             raise _err(400, "InvalidResourceName")
         self._check_name(dst)
-        node = share.nodes.get(src.lower())
+        node = share.get(src)
         if node is None or node.is_dir != is_dir:
             raise _err(404, "ResourceNotFound")
-        self._check_parent(share, dst)
+        parent = self._check_parent(share, dst)
         if (dst.lower() + "/").startswith(src.lower() + "/") and dst.lower() != src.lower():
             raise _err(400, "InvalidResourceName", "Cannot move a directory into itself.")
-        existing = share.nodes.get(dst.lower())
+        existing = share.get(dst)
         if existing is not None and dst.lower() != src.lower():
             if existing.is_dir or is_dir:
                 raise _err(409, "ResourceAlreadyExists")
             if self.headers.get("x-ms-file-rename-replace-if-exists", "false").lower() != "true":
                 raise _err(409, "ResourceAlreadyExists")
-        moved = {}
-        src_key = src.lower()
-        for key in list(share.nodes):
-            if key == src_key or (is_dir and key.startswith(src_key + "/")):
-                moved[dst.lower() + key[len(src_key):]] = share.nodes.pop(key)
-        if existing is not None and dst.lower() != src.lower():
-            share.nodes.pop(dst.lower(), None)
-        node.name = dst.rpartition("/")[2]
-        node.changed = _now_ns()
-        node.touch()
-        share.nodes.update(moved)
+        target = parent.path / dst.rpartition("/")[2]
+        if existing is not None and existing.path not in (target, node.path):
+            existing.path.unlink()          # the replaced file, under another case of the name
+        elif existing is None and os.path.lexists(target):
+            raise _err(409, "ResourceAlreadyExists")        # a name the service does not show
+        os.replace(node.path, target)
+        node.path = target
+        node.changed = now_ns()
+        node.save()
         self._send(200, headers=self._smb_headers(node))
 
 
@@ -1191,13 +1197,14 @@ def main(argv: list[str]) -> None:
 
     A test process that maps a mounted file and calls mmap.flush() holds the GIL through
     msync, which waits for the mount's writes, which wait for this server: in that process
-    the server could never answer. Prints one JSON line (port, account key, CA), then
+    the server could never answer. Prints one JSON line (port, account key, CA, the share's directory), then
     serves until its stdin closes."""
     import sys
     server = AzureFilesServer(Path(argv[0])).start()
     server.create_share(argv[1])
     print(json.dumps({"port": server.port, "host": server.host, "account_key": server.account_key,
-                      "ca_path": str(server.ca_path)}), flush=True)
+                      "ca_path": str(server.ca_path), "share_root": str(server.share_root(argv[1]))}),
+          flush=True)
     sys.stdin.read()
     server.stop()
 
