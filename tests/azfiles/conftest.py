@@ -102,6 +102,5 @@ def own_share(azfiles: AzureFilesServer) -> OwnShare:
     """A share of its own: a snapshot covers the whole share, and lists every snapshot of it."""
     name = f"snap{uuid.uuid4().hex[:10]}"
     azfiles.create_share(name)
-    with azfiles._lock:
-        azfiles.shares[name].nodes["store"] = azfiles._node("store", True)
+    azfiles.make_dir(name, "store")
     return OwnShare(azfiles, name, azfiles.share_url(name, "store"))
