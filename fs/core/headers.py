@@ -103,6 +103,11 @@ class HeaderCache:
         self._files.pop(file_id, None)
         self._links.pop(file_id, None)
 
+    def forget_names(self) -> None:
+        """Which file a name is must be read again for every name (the store changed
+        under the volume)."""
+        self._headers.clear()
+
     async def committed_size(self, handle: Handle, bpath: str, header: FileHeader,
                              cipher: ChunkCipher) -> int:
         """The reader rule of FORMAT.md, after replaying a crashed flush's journal (listed
