@@ -14,8 +14,7 @@ from sealfs.crypto.format.constants import CHUNK_OVERHEAD
 from sealfs.crypto.format.header import HEADER_SIZE
 from sealfs.crypto.format.layout import slot_offset, stored_size
 from sealfs.errors import IntegrityError
-
-from .storepaths import record_of, storage_of
+from tests.storepaths import record_of, storage_of
 
 CS = 4096
 
