@@ -8,6 +8,7 @@ in its parent directory's storage, and a directory's children are in its own sto
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import trio
@@ -45,19 +46,25 @@ async def _offline(store: Path, keyfile: Path, path: str, what) -> Path:
         await vol.close()
 
 
+def _run(store: Path, keyfile: Path, path: str, what) -> Path:
+    """In a thread of its own, so that async tests (already inside trio.run) can call it."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(trio.run, _offline, Path(store), keyfile, path, what).result()
+
+
 def entry_path(store: Path, keyfile: Path, path: str) -> Path:
     """entry_of() of a local store, opening it with keyfile (no volume needed)."""
-    return trio.run(_offline, Path(store), keyfile, path, entry_of)
+    return _run(store, keyfile, path, entry_of)
 
 
 def storage_path(store: Path, keyfile: Path, path: str) -> Path:
     """storage_of() of a local store, opening it with keyfile."""
-    return trio.run(_offline, Path(store), keyfile, path, storage_of)
+    return _run(store, keyfile, path, storage_of)
 
 
 def record_path(store: Path, keyfile: Path, path: str) -> Path:
     """record_of() of a local store, opening it with keyfile."""
-    return trio.run(_offline, Path(store), keyfile, path, record_of)
+    return _run(store, keyfile, path, record_of)
 
 
 def longest_store_path(root: Path) -> int:
