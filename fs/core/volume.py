@@ -420,7 +420,7 @@ class Volume(DirectoryOps):
         s_parent, s_name, s_bpath, s_long = await self.paths.entry(src)
         d_parent, d_name, d_bpath, d_long = await self.paths.entry(dst)
         s_stat = await self._bstat(s_bpath, src)
-        victim_dir = victim = None
+        victim_dir = victim_info = None
         try:
             d_stat = await self.backend.stat(d_bpath)
         except FileNotFoundError:
@@ -436,7 +436,8 @@ class Volume(DirectoryOps):
             if not s_stat.is_dir and d_stat.is_dir:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", dst)
             if d_stat.is_dir:
-                victim_dir, victim = await self._victim_dir_aside(d_parent, d_bpath, d_stat, dst)
+                victim_dir, victim_info = await self._victim_dir_aside(d_parent, d_bpath, d_stat,
+                                                                       dst)
             else:
                 await self._losing_link(d_bpath, d_stat)
                 victim = await self.open_files.at(d_bpath)
@@ -468,13 +469,14 @@ class Volume(DirectoryOps):
             await self._hidden_busy(d_bpath, hidden)
         if s_long is not None:
             await remove_quietly(self.backend, sidecar_of(s_bpath))
-        if victim is not None:
-            await self._victim_dir_remove(victim_dir, victim)
+        if victim_info is not None:
+            await self._victim_dir_remove(victim_dir, victim_info)
         self.headers.forget_header(s_bpath)
         self.headers.forget_header(d_bpath)
         if s_stat.is_dir:
             # Its storage, and every backend path below it, stayed where it was.
-            await self._dir_renamed(src, dst, s_parent, d_parent, d_bpath, victim is not None)
+            await self._dir_renamed(src, dst, s_parent, d_parent, d_bpath,
+                                    victim_info is not None)
         else:
             for state in self.open_files.values():
                 if state.bpath == s_bpath:
