@@ -83,6 +83,32 @@ class DirectoryOps:
             return None
         return await self._dir_attr(info, bstat)
 
+    async def _lookup_known_dir(self, info: DirInfo,
+                                path: str) -> tuple[BackendStat, Attr | None]:
+        """A lookup of a directory resolved before: its stub (is the name still there, and
+        still this directory?) and its storage (times, link count) are stated together,
+        one round trip as a lookup of any entry. (stub's stat, the attributes), or None
+        for the attributes when the name is something else now (Volume._attr decides)."""
+        stats: dict[str, BackendStat | OSError] = {}
+
+        async def stat_into(key: str, bpath: str) -> None:
+            try:
+                stats[key] = await self.backend.stat(bpath)
+            except OSError as exc:
+                stats[key] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stat_into, "stub", info.stub)
+            nursery.start_soon(stat_into, "storage", info.storage)
+        stub, storage = stats["stub"], stats["storage"]
+        if isinstance(stub, OSError):
+            raise stub
+        same = stub.is_dir and not stub.foreign and not (
+            stub.ino and info.stub_ino and stub.ino != info.stub_ino)
+        if not same or isinstance(storage, OSError):
+            return stub, None
+        return stub, await self._dir_attr(info, storage)
+
     async def _touch_dir(self, info: DirInfo, **changes) -> None:
         """Rewrite a directory's record with changes and now as its change time (the
         record is in the stub, whose times are never shown)."""

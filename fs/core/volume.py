@@ -191,10 +191,17 @@ class Volume(DirectoryOps):
         if not parts:
             return await self.stat(path)
         parent, name, bpath, _ = await self.paths.entry(path)
+        known = self.paths.cached(parts)
         try:
-            bstat = await self.backend.stat(bpath)
+            if known is not None and known.stub == bpath:
+                # A directory resolved before: its stub and its storage stat at once.
+                bstat, attr = await self._lookup_known_dir(known, path)
+                if attr is not None:
+                    return attr
+            else:
+                bstat = await self.backend.stat(bpath)
         except FileNotFoundError:
-            if self.paths.cached(parts) is not None:    # a directory another client removed
+            if known is not None:    # a directory another client removed
                 self.paths.forget(path)
             return None
         return await self._attr(parts, bpath, bstat)
