@@ -10,6 +10,7 @@ import stat
 import pytest
 
 from tests.conftest import run_sealfs
+from tests.storepaths import entry_path, storage_path
 
 
 def assert_one_line_error(res, code: int, *needles: str) -> None:
@@ -94,7 +95,7 @@ def test_info_shows_the_volume_parameters(vol4k):
     res = sf(vol4k, "info")
     assert res.code == 0, res.err
     assert cfg["volume_id"] in res.text
-    assert "keyfile" in res.text and "sealfs v1" in res.text
+    assert "keyfile" in res.text and "sealfs v2" in res.text
 
 
 @pytest.mark.slow
@@ -178,8 +179,11 @@ def test_rm_files_and_directories(vol4k, tmp_path):
     assert_one_line_error(sf(vol4k, "rm", "/nope"), 1, "No such file")
     assert sf(vol4k, "rm", "-r", "/d").code == 0
     assert sf(vol4k, "ls").text == ""
-    store, _ = vol4k
-    assert sorted(os.listdir(store)) == ["sealfs.dir", "sealfs.json"]
+    store, keyfile = vol4k
+    assert sorted(os.listdir(store)) == ["d", "sealfs.dir", "sealfs.json"]
+    root = storage_path(store, keyfile, "")
+    assert list(store.glob("d/*/*")) == [root]         # the storages of /d and /d/e went
+    assert list(root.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -202,7 +206,7 @@ def test_get_leaves_no_local_file_when_the_source_fails_to_authenticate(vol4k, t
     src = tmp_path / "big"
     src.write_bytes(os.urandom(2_500_000))
     assert sf(vol4k, "put", src, "/big").code == 0
-    entry = next(p for p in store.iterdir() if not p.name.startswith("sealfs."))
+    entry = entry_path(store, keyfile, "/big")
     raw = bytearray(entry.read_bytes())
     raw[-5] ^= 0xFF                                   # the final chunk's tag
     entry.write_bytes(raw)

@@ -14,13 +14,16 @@ import pytest
 import trio
 
 from sealfs.backends.local import LocalBackend
+from sealfs.crypto.format.config import VolumeConfig
 from sealfs.crypto.format.constants import CHUNK_OVERHEAD
 from sealfs.crypto.format.header import HEADER_SIZE
+from sealfs.crypto.format.kdf import config_mac_key
 from sealfs.crypto.format.layout import slot_offset, stored_size
-from sealfs.crypto.keys.kms import KeySecrets
+from sealfs.crypto.keys.kms import KeySecrets, provider_from_config
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
-from tests.conftest import run_sealfs
+from tests.conftest import run_sealfs, tree_snapshot
+from tests.storepaths import storage_path
 
 CS = 4096
 SLOT = CS + CHUNK_OVERHEAD
@@ -144,7 +147,7 @@ def test_a_file_moved_into_another_directory_is_not_listed_and_cat_fails(tmp_pat
                 ("put", store, src, "/b/other")):
         assert run_sealfs(*cmd, "--keyfile", keyfile).code == 0
     moved = backend_path(store, keyfile, "/a/secret")
-    bdir = backend_path(store, keyfile, "/b")
+    bdir = storage_path(store, keyfile, "/b")
     shutil.move(moved, bdir / moved.name)
     res = run_sealfs("ls", store, "/b", "--keyfile", keyfile)
     assert res.code == 4                  # integrity: listed by its ciphertext path only
@@ -192,4 +195,25 @@ def test_a_damaged_volume_config_is_refused_with_a_clear_message(volume, damage)
     assert res.code in (3, 4), (res.code, res.err)
     assert res.out == b""
     assert len(res.err_lines) == 1 and "Traceback" not in res.err, res.err
-    assert "sealfs.json" in res.err or "volume config" in res.err, res.err
+    assert "sealfs.json" in res.err or "volume config" in res.err \
+        or f"{store} is a format-99 store" in res.err, res.err
+
+
+def test_a_format_1_store_is_refused_with_one_line_naming_its_version(volume):
+    """No format-1 volume was released: its store (here, a config of version 1 with a
+    valid MAC) is refused in one line, by every command, before anything is read."""
+    store, keyfile, _files = volume
+    cfg_path = store / "sealfs.json"
+    cfg, _mac = VolumeConfig.parse(cfg_path.read_bytes())
+    kek = KeySecrets(keyfile=keyfile)
+    dek = provider_from_config(cfg.kek, kek).unwrap(cfg.dek(cfg.name_dek_id)).dek
+    cfg.version = 1
+    cfg_path.write_bytes(cfg.serialize(config_mac_key(bytes(dek))))
+    before = tree_snapshot(store)
+    expected = f"sealfs: error: {store} is a format-1 store; this sealfs reads format 2 only"
+    for cmd in (("ls", store), ("cat", store, "/victim"), ("info", store), ("fsck", store),
+                ("mkdir", store, "/x")):
+        res = run_sealfs(*cmd, "--keyfile", keyfile)
+        assert res.code == 3 and res.out == b"", (cmd, res.code, res.err)
+        assert res.err_lines == [expected], res.err
+    assert tree_snapshot(store) == before

@@ -19,6 +19,7 @@ from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
 from tests.servers.samba import new_store
+from tests.storepaths import record_of, storage_of, storage_path
 
 SEALFS_BIN = str(Path(sys.executable).with_name("sealfs"))
 
@@ -271,17 +272,18 @@ def test_killed_sync_leaves_no_visible_name_and_a_rerun_removes_its_temporaries(
     src.mkdir()
     for i in range(40):
         (src / f"f{i:02d}.bin").write_bytes(os.urandom(2 * 1024 * 1024 + i))
+    root = storage_path(vstore, keyfile, "")
     proc = subprocess.Popen([SEALFS_BIN, "sync", str(src), str(vstore), "--keyfile", str(keyfile)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if len([n for n in os.listdir(vstore) if not n.startswith("sealfs.")]) >= 3:
+        if len([n for n in os.listdir(root) if not n.startswith("sealfs.")]) >= 3:
             break
         time.sleep(0.002)
     assert proc.poll() is None, "sync finished before it could be killed"
     proc.kill()
     proc.wait(10)
-    temps = [n for n in os.listdir(vstore) if n.startswith("sealfs.tmp.")]
+    temps = [n for n in os.listdir(root) if n.startswith("sealfs.tmp.")]
     assert temps, "the kill should have caught a file in flight"
 
     r = run("ls", vstore, "/", "--keyfile", keyfile)
@@ -289,7 +291,7 @@ def test_killed_sync_leaves_no_visible_name_and_a_rerun_removes_its_temporaries(
     assert all(name.startswith("f") for name in r.stdout.decode().split()), r.stdout
     r = run("sync", src, vstore, "--keyfile", keyfile)
     assert r.returncode == 0 and sync_summary(r).endswith("0 errors"), r.stderr
-    assert not [n for n in os.listdir(vstore) if n.startswith("sealfs.tmp.")]
+    assert not [n for n in os.listdir(root) if n.startswith("sealfs.tmp.")]
     out = tmp_path / "out"
     assert run("restore", vstore, out, "--keyfile", keyfile).returncode == 0
     assert snapshot(out) == snapshot(src)
@@ -297,13 +299,13 @@ def test_killed_sync_leaves_no_visible_name_and_a_rerun_removes_its_temporaries(
 
 # -- an interrupted mkdir's leftover ------------------------------------------------------
 async def plant_mkdir_leftover(vol: Volume, parent: str, extra: str | None = None) -> str:
-    """What a mkdir killed between writing its record and its rename leaves: a backend
-    directory sealfs.tmp.<hex> holding a valid sealfs.dir (a copy of the parent's)."""
+    """What a mkdir killed between writing its record and its rename leaves: a stub
+    sealfs.tmp.<hex> in the parent's storage holding a valid sealfs.dir (a copy of the
+    parent's)."""
     backend = vol.backend
-    parent_b = (await vol.paths.entry(parent))[2]
-    tmp = f"{parent_b}/sealfs.tmp.{os.urandom(8).hex()}"
+    tmp = f"{await storage_of(vol, parent)}/sealfs.tmp.{os.urandom(8).hex()}"
     await backend.mkdir(tmp)
-    h = await backend.open(f"{parent_b}/sealfs.dir")
+    h = await backend.open(await record_of(vol, parent))
     record = await backend.read(h, 0, 4096)
     await backend.close(h)
     h = await backend.open(f"{tmp}/sealfs.dir", write=True, create=True, exclusive=True)
@@ -447,3 +449,28 @@ def test_an_unchanged_tree_is_not_copied_again_whatever_the_time_resolution(
     r = run("sync", src, url, "--keyfile", keyfile, env=env)
     assert r.returncode == 0, r.stderr
     assert sync_summary(r) == "sync: 0 copied (0 bytes), 0 deleted, 6 unchanged, 0 errors"
+
+
+def test_a_35_deep_tree_of_100_byte_names_syncs_restores_and_passes_fsck(any_store, keyfile,
+                                                                         tmp_path):
+    """3.5 KB of visible path: format 1 stored it under a path four times as long, which
+    no backend takes; format 2's store paths do not grow with the depth."""
+    _factory, url, env, where = any_store
+    src = tmp_path / "src"
+    deep = src.joinpath(*(f"{i:02d}".ljust(100, "n") for i in range(35)))
+    deep.mkdir(parents=True)
+    assert len(os.fsencode(str(deep.relative_to(src)))) == 35 * 101 - 1
+    (deep / "bottom.txt").write_bytes(b"at the bottom")
+    (src / "top.txt").write_bytes(b"at the top")
+    r = run("sync", src, url, "--keyfile", keyfile, env=env)
+    assert r.returncode == 0 and sync_summary(r).endswith("0 errors"), r.stdout + r.stderr
+    r = run("fsck", url, "--keyfile", keyfile, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "36 directories, 2 files checked: 0 problems" in r.stdout.decode()
+    out = tmp_path / "out"
+    r = run("restore", url, out, "--keyfile", keyfile, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    def untimed(root: Path) -> dict[str, tuple]:      # SMB keeps times to 100 ns
+        return {k: v[:2] + v[3:] for k, v in snapshot(root).items()}
+    assert untimed(out) == untimed(src)
+    assert max(len(str(p.relative_to(where))) for p in where.rglob("*")) <= 300

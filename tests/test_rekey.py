@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_sealfs
+from tests.storepaths import storage_path
 
 
 def _volume_with_files(tmp_path: Path, keyfile: Path) -> Path:
@@ -20,8 +21,9 @@ def _volume_with_files(tmp_path: Path, keyfile: Path) -> Path:
     return store
 
 
-def _largest_store_file(store: Path) -> Path:
-    files = [p for p in store.iterdir() if p.is_file() and not p.name.startswith("sealfs.")]
+def _largest_store_file(store: Path, keyfile: Path) -> Path:
+    root = storage_path(store, keyfile, "")
+    files = [p for p in root.iterdir() if p.is_file() and not p.name.startswith("sealfs.")]
     return max(files, key=lambda p: p.stat().st_size)
 
 
@@ -45,7 +47,7 @@ def test_a_damaged_file_makes_rekey_and_keys_list_fail_naming_it(tmp_path, keyfi
     """A file whose header fails authentication may still be sealed by the old DEK: its
     count is unknown and it was not re-sealed, so neither command may say all is well."""
     store = _volume_with_files(tmp_path, keyfile)
-    victim = _largest_store_file(store)
+    victim = _largest_store_file(store, keyfile)
     data = bytearray(victim.read_bytes())
     data[50] ^= 1                                   # inside the sealed header
     victim.write_bytes(bytes(data))

@@ -22,6 +22,7 @@ import tests.mounting as mounting
 from sealfs.crypto.format.constants import JOURNAL_DIR
 from sealfs.crypto.format.header import HEADER_SIZE, read_header_public
 from tests.mounting import Mount, init_store
+from tests.storepaths import storage_path
 
 LAUNCHER = str(Path(__file__).with_name("no_openat2.py"))
 CLI = [sys.executable, "-m", "sealfs.fs.cli"]
@@ -74,9 +75,10 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     return out
 
 
-def entries(store: Path, *, dirs: bool) -> list[Path]:
-    """The encrypted entries of a store directory (not sealfs.* bookkeeping)."""
-    return sorted(p for p in store.iterdir()
+def entries(store: Path, keyfile: Path, *, dirs: bool) -> list[Path]:
+    """The encrypted entries of the root directory (in its storage; not sealfs.*
+    bookkeeping): files, or directories' stubs."""
+    return sorted(p for p in storage_path(store, keyfile, "").iterdir()
                   if not p.name.startswith("sealfs.") and p.is_dir() == dirs)
 
 
@@ -110,7 +112,7 @@ def test_journal_symlink_does_not_truncate_its_target(cli_prefix, tmp_path, keyf
     target = victim(tmp_path)
     with Mount(store, tmp_path / "mnt", keyfile) as m:
         (m.mountpoint / "f").write_bytes(os.urandom(3 * 65536))
-        (ciphertext,) = entries(store, dirs=False)
+        (ciphertext,) = entries(store, keyfile, dirs=False)
         (store / JOURNAL_DIR).mkdir(exist_ok=True)
         os.symlink(target, store / JOURNAL_DIR / file_id(ciphertext).hex())
         errors = []
@@ -163,7 +165,7 @@ def test_journal_entry_planted_fsck_reports_it(cli_prefix, tmp_path, keyfile, pl
     """A FIFO under a live file's journal name used to hang fsck (a blocking open); a
     symlink there was read through. Both are reported, and --repair removes only the entry."""
     store = new_store(cli_prefix, tmp_path, keyfile, {"/a": b"a" * 9000})
-    (ciphertext,) = entries(store, dirs=False)
+    (ciphertext,) = entries(store, keyfile, dirs=False)
     target = victim(tmp_path)
     (store / JOURNAL_DIR).mkdir(exist_ok=True)
     journal = store / JOURNAL_DIR / file_id(ciphertext).hex()
@@ -194,7 +196,7 @@ def test_chmod_of_directory_with_symlinked_record(cli_prefix, tmp_path, keyfile)
     target = victim(tmp_path)
     with Mount(store, tmp_path / "mnt", keyfile) as m:
         (m.mountpoint / "d").mkdir()
-        (cdir,) = entries(store, dirs=True)
+        (cdir,) = entries(store, keyfile, dirs=True)
         record = cdir / "sealfs.dir"
         record.unlink()
         os.symlink(target, record)
@@ -211,7 +213,7 @@ def test_chmod_of_directory_with_symlinked_record(cli_prefix, tmp_path, keyfile)
 def test_ls_with_fifo_planted_under_a_file_name_does_not_hang(cli_prefix, tmp_path, keyfile):
     """A FIFO under a file's encrypted name: `sealfs ls` used to block forever opening it."""
     store = new_store(cli_prefix, tmp_path, keyfile, {"/a": b"a" * 100, "/b": b"b" * 100})
-    planted = entries(store, dirs=False)[0]
+    planted = entries(store, keyfile, dirs=False)[0]
     planted.unlink()
     os.mkfifo(planted)
     result = run(cli_prefix, "ls", store, "/", "--keyfile", keyfile, timeout=30)
@@ -224,7 +226,7 @@ def test_ls_with_symlink_to_directory_planted_under_a_file_name(cli_prefix, tmp_
     """A symlink to a directory under a file's name used to be followed (the listing
     died with "Is a directory"); it is reported as what it is."""
     store = new_store(cli_prefix, tmp_path, keyfile, {"/a": b"a" * 100, "/b": b"b" * 100})
-    planted = entries(store, dirs=False)[0]
+    planted = entries(store, keyfile, dirs=False)[0]
     planted.unlink()
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -242,7 +244,7 @@ def test_mount_with_fifo_planted_stays_responsive(cli_prefix, tmp_path, keyfile)
     with Mount(store, tmp_path / "mnt", keyfile) as m:
         (m.mountpoint / "a").write_bytes(b"a" * 100)
         (m.mountpoint / "b").write_bytes(b"b" * 100)
-        planted = entries(store, dirs=False)[0]
+        planted = entries(store, keyfile, dirs=False)[0]
         planted.unlink()
         os.mkfifo(planted)
         on_mount(m, "ls", "-l", m.mountpoint)
@@ -268,16 +270,16 @@ def on_mount(m: Mount, *argv, timeout: float = 30) -> subprocess.CompletedProces
 # -- paths leading out of the store ------------------------------------------------------
 
 def test_directory_swapped_for_symlink_under_a_live_mount(cli_prefix, tmp_path, keyfile):
-    """An encrypted directory the mount knows, replaced by a symlink to a copy of it
-    elsewhere: creating, writing and removing in a directory below it (the mount does not
-    stat every component again) used to happen there, outside the store."""
+    """A directory's storage the mount knows, replaced by a symlink to a copy of it
+    elsewhere: creating, writing and removing in it (the mount does not stat every
+    component again) used to happen there, outside the store."""
     store = tmp_path / "store"
     init_store(store, keyfile)
     with Mount(store, tmp_path / "mnt", keyfile) as m:
         e = m.mountpoint / "d" / "e"
         e.mkdir(parents=True)
         (e / "x").write_bytes(b"x" * 100)
-        (cdir,) = entries(store, dirs=True)
+        cdir = storage_path(store, keyfile, "d/e")
         outside = tmp_path / "outside"
         outside.mkdir()
         shutil.copytree(cdir, outside / "d")

@@ -14,6 +14,7 @@ from sealfs.crypto.format.constants import CHUNK_OVERHEAD
 from sealfs.crypto.format.header import HEADER_SIZE
 from sealfs.crypto.format.layout import slot_offset, stored_size
 from sealfs.errors import IntegrityError
+from tests.storepaths import record_of, storage_of
 
 CS = 4096
 
@@ -188,7 +189,7 @@ async def test_a_file_moved_into_another_directory_is_not_listed_but_reported(
     await vol.write_file("a/secret", b"top secret")
     await vol.write_file("b/innocent", b"fine")
     src = store / await bpath_of(vol, "a/secret")
-    dst_dir = store / await bpath_of(vol, "b")
+    dst_dir = store / await storage_of(vol, "b")
     await vol.close()
     shutil.move(src, dst_dir / src.name)
 
@@ -214,7 +215,7 @@ async def test_a_directory_moved_elsewhere_is_not_listed_under_a_wrong_name(make
     await vol.write_file("a/inner/f", b"x")
     await vol.mkdir("b")
     src = store / await bpath_of(vol, "a/inner")
-    dst_dir = store / await bpath_of(vol, "b")
+    dst_dir = store / await storage_of(vol, "b")
     await vol.close()
     shutil.move(src, dst_dir / src.name)
     vol = await open_volume(store)
@@ -231,8 +232,8 @@ async def test_a_swapped_sidecar_of_a_long_name_is_not_accepted(make_volume, ope
     await vol.mkdir("b")
     await vol.write_file("a/" + "l" * 200, b"x")
     await vol.write_file("b/" + "m" * 200, b"y")
-    a_dir = store / await bpath_of(vol, "a")
-    b_dir = store / await bpath_of(vol, "b")
+    a_dir = store / await storage_of(vol, "a")
+    b_dir = store / await storage_of(vol, "b")
     await vol.close()
     a_side = next(p for p in a_dir.iterdir() if p.name.endswith(".name"))
     b_side = next(p for p in b_dir.iterdir() if p.name.endswith(".name"))
@@ -250,11 +251,11 @@ async def test_a_damaged_directory_record_fails_cleanly(make_volume, open_volume
     vol = await open_volume(store)
     await vol.mkdir("d")
     await vol.write_file("d/f", b"x")
-    d = store / await bpath_of(vol, "d")
+    record = store / await record_of(vol, "d")
     await vol.close()
-    raw = bytearray((d / "sealfs.dir").read_bytes())
+    raw = bytearray(record.read_bytes())
     raw[-1] ^= 1
-    (d / "sealfs.dir").write_bytes(raw)
+    record.write_bytes(raw)
     vol = await open_volume(store)
     with pytest.raises(IntegrityError):
         await vol.listdir("d")

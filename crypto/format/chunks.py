@@ -13,13 +13,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ...errors import IntegrityError
-from .constants import CHUNK_AAD_PREFIX, CHUNK_OVERHEAD, FORMAT_VERSION, NONCE_SIZE
+from .constants import CHUNK_AAD_PREFIX, CHUNK_OVERHEAD, FILE_FORMAT_VERSION, NONCE_SIZE
 
 _INDEX_FINAL = struct.Struct(">QB")
 
 
 def chunk_aad(file_id: bytes, index: int, final: bool) -> bytes:
-    return (CHUNK_AAD_PREFIX + bytes([FORMAT_VERSION]) + file_id
+    return (CHUNK_AAD_PREFIX + bytes([FILE_FORMAT_VERSION]) + file_id
             + _INDEX_FINAL.pack(index, 1 if final else 0))
 
 

@@ -20,6 +20,20 @@ from ...errors import ConfigError, IntegrityError
 from .constants import FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
 
+class UnsupportedFormat(ConfigError):
+    """A store of another format version (format 1 stores are refused: no volume of it
+    was released). read_config names the store in the one line it becomes."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"sealfs.json is a format-{version} store; "
+                         f"this sealfs reads format {FORMAT_VERSION} only")
+        self.version = version
+
+    def of(self, store: str) -> ConfigError:
+        return ConfigError(f"{store} is a format-{self.version} store; "
+                           f"this sealfs reads format {FORMAT_VERSION} only")
+
+
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -112,8 +126,7 @@ class VolumeConfig:
                 raise ConfigError(f"sealfs.json has unknown fields: {', '.join(sorted(unknown))}")
             version = int(doc["version"])
             if version != FORMAT_VERSION:
-                raise ConfigError(f"sealfs.json has format version {version}; "
-                                  f"this sealfs reads version {FORMAT_VERSION}")
+                raise UnsupportedFormat(version)
             cfg = cls(
                 volume_id=bytes.fromhex(doc["volume_id"]),
                 chunk_size=int(doc["chunk_size"]),

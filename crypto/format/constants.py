@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                    # the store's format (sealfs.json "version")
+FILE_FORMAT_VERSION = 1               # file headers and chunk AADs: unchanged since format 1
+DIR_RECORD_VERSION = 2                # directory records: the dir id sealed since format 2
 MAGIC = b"SEALFS"                     # first bytes of every file header
 
 CONFIG_NAME = "sealfs.json"           # volume config at the store root
-DIR_META_NAME = "sealfs.dir"          # per-directory id + sealed metadata
+DIR_META_NAME = "sealfs.dir"          # a directory's record (sealed id + metadata), in its stub
+STORAGE_DIR = "d"                     # at the store root: every directory's storage, by locator
+LOCATOR_CHARS = 32                    # base32 characters of a locator (160 bits)
+LOCATOR_SPLIT = 2                     # d/<first 2>/<other 30>: at most 1024 fan-out directories
 LONGNAME_PREFIX = "sealfs.ln."        # hashed long-name entries; sidecar adds ".name"
 LONGNAME_SIDECAR_SUFFIX = ".name"
 TEMP_PREFIX = "sealfs.tmp."           # in-flight creations, renamed into place
@@ -35,6 +40,7 @@ INFO_NAMES = b"sealfs/v1/names"
 INFO_CONFIG = b"sealfs/v1/config"
 INFO_DIRS = b"sealfs/v1/dirs"
 INFO_PIN = b"sealfs/v1/pin"
+INFO_LOCATOR = b"sealfs/v2/locator"
 
 # AAD prefixes
 CHUNK_AAD_PREFIX = b"sealfs"

@@ -17,7 +17,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ...errors import IntegrityError
-from .constants import DIR_AAD_PREFIX, DIR_ID_SIZE, FILE_ID_SIZE, FORMAT_VERSION, MAGIC, NONCE_SIZE, TAG_SIZE
+from .constants import (
+    DIR_AAD_PREFIX,
+    DIR_ID_SIZE,
+    DIR_RECORD_VERSION,
+    FILE_FORMAT_VERSION,
+    FILE_ID_SIZE,
+    MAGIC,
+    NONCE_SIZE,
+    TAG_SIZE,
+)
 
 
 class Kind(enum.IntEnum):
@@ -51,12 +60,12 @@ class Metadata:
 
 _META = struct.Struct(">B3xIIIQQQ")           # 40 bytes
 _FILE_PUBLIC = struct.Struct(">6sBxI16s")    # magic, version, reserved, dek id, file id
-_DIR_PUBLIC = struct.Struct(">6sBc16s")      # magic, version, b"D", dir id
+_DIR_PUBLIC = struct.Struct(">6sBc")         # magic, version, b"D" (the dir id is sealed)
 
 META_SIZE = _META.size
 HEADER_PUBLIC_SIZE = _FILE_PUBLIC.size
 HEADER_SIZE = HEADER_PUBLIC_SIZE + NONCE_SIZE + META_SIZE + TAG_SIZE
-DIR_META_SIZE = _DIR_PUBLIC.size + NONCE_SIZE + META_SIZE + TAG_SIZE
+DIR_META_SIZE = _DIR_PUBLIC.size + NONCE_SIZE + DIR_ID_SIZE + META_SIZE + TAG_SIZE
 
 
 def _pack_meta(meta: Metadata) -> bytes:
@@ -87,13 +96,13 @@ def read_header_public(raw: bytes) -> tuple[int, bytes]:
     magic, version, dek_id, file_id = _FILE_PUBLIC.unpack_from(raw)
     if magic != MAGIC:
         raise IntegrityError("file header has a bad magic")
-    if version != FORMAT_VERSION:
+    if version != FILE_FORMAT_VERSION:
         raise IntegrityError(f"file header has unsupported version {version}")
     return dek_id, file_id
 
 
 def seal_header(file_key: bytes, header: FileHeader, nonce: bytes | None = None) -> bytes:
-    public = _FILE_PUBLIC.pack(MAGIC, FORMAT_VERSION, header.dek_id, header.file_id)
+    public = _FILE_PUBLIC.pack(MAGIC, FILE_FORMAT_VERSION, header.dek_id, header.file_id)
     nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
     return public + nonce + AESGCM(file_key).encrypt(nonce, _pack_meta(header.meta), public)
 
@@ -118,22 +127,32 @@ def new_dir_id() -> bytes:
 
 
 def seal_dir_meta(dir_key: bytes, dir_id: bytes, meta: Metadata, nonce: bytes | None = None) -> bytes:
-    public = _DIR_PUBLIC.pack(MAGIC, FORMAT_VERSION, b"D", dir_id)
+    """A format-2 directory record: the dir id is sealed with the metadata, so the store
+    does not say which storage (d/<locator of the id>) holds a directory's children."""
+    if len(dir_id) != DIR_ID_SIZE:
+        raise ValueError("a directory id is 16 bytes")
+    public = _DIR_PUBLIC.pack(MAGIC, DIR_RECORD_VERSION, b"D")
     nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
     aad = DIR_AAD_PREFIX + public
-    return public + nonce + AESGCM(dir_key).encrypt(nonce, _pack_meta(meta), aad)
+    return public + nonce + AESGCM(dir_key).encrypt(nonce, dir_id + _pack_meta(meta), aad)
 
 
 def open_dir_meta(dir_key: bytes, raw: bytes) -> tuple[bytes, Metadata]:
+    """(dir id, metadata) of a directory record; IntegrityError for anything else (a
+    format-1 record included: its version byte is 1)."""
     if len(raw) != DIR_META_SIZE:
         raise IntegrityError("directory metadata has the wrong size")
-    magic, version, tag, dir_id = _DIR_PUBLIC.unpack_from(raw)
-    if magic != MAGIC or tag != b"D" or version != FORMAT_VERSION:
+    magic, version, tag = _DIR_PUBLIC.unpack_from(raw)
+    if magic != MAGIC or tag != b"D" or version != DIR_RECORD_VERSION:
         raise IntegrityError("directory metadata has a bad magic or version")
     public = raw[:_DIR_PUBLIC.size]
     nonce = raw[_DIR_PUBLIC.size:_DIR_PUBLIC.size + NONCE_SIZE]
     try:
-        meta = AESGCM(dir_key).decrypt(nonce, raw[_DIR_PUBLIC.size + NONCE_SIZE:], DIR_AAD_PREFIX + public)
+        plain = AESGCM(dir_key).decrypt(nonce, raw[_DIR_PUBLIC.size + NONCE_SIZE:],
+                                        DIR_AAD_PREFIX + public)
     except InvalidTag:
         raise IntegrityError("directory metadata failed authentication") from None
-    return dir_id, _unpack_meta(meta)
+    meta = _unpack_meta(plain[DIR_ID_SIZE:])
+    if meta.kind != Kind.DIRECTORY:
+        raise IntegrityError("directory metadata is not of a directory")
+    return plain[:DIR_ID_SIZE], meta

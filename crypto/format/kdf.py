@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ...errors import KeyAccessError
 from ..secmem import SecretBuffer, secret
-from .constants import INFO_CONFIG, INFO_DIRS, INFO_FILE, INFO_NAMES, INFO_PIN
+from .constants import INFO_CONFIG, INFO_DIRS, INFO_FILE, INFO_LOCATOR, INFO_NAMES, INFO_PIN
 
 KeyBytes = bytes | bytearray | memoryview
 
@@ -63,6 +63,16 @@ def dir_meta_key(dek: KeyBytes) -> bytes:
 def dir_meta_key_secret(dek: KeyBytes) -> SecretBuffer:
     """dir_meta_key() in locked memory, for the key a volume holds while open."""
     return hkdf_secret(dek, INFO_DIRS, 32)
+
+
+def locator_key(dek: KeyBytes) -> bytes:
+    """The key of directory locators (crypto/format/locator.py), from the names DEK."""
+    return hkdf(dek, INFO_LOCATOR, 32)
+
+
+def locator_key_secret(dek: KeyBytes) -> SecretBuffer:
+    """locator_key() in locked memory, for the key a volume holds while open."""
+    return hkdf_secret(dek, INFO_LOCATOR, 32)
 
 
 def pin_fingerprint(dek: KeyBytes) -> str:

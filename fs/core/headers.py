@@ -16,7 +16,7 @@ from ...crypto.format.chunks import ChunkCipher
 from ...crypto.format.header import HEADER_SIZE, FileHeader, open_header, read_header_public
 from ...crypto.format.kdf import file_key
 from ...crypto.format.layout import logical_size
-from ...crypto.format.names import is_reserved
+from ...crypto.format.names import is_long_name_entry, is_reserved
 from ...crypto.keys.broker import KeyBroker
 from ...errors import IntegrityError
 from .files import FileState
@@ -42,8 +42,8 @@ class HeaderCache:
         #: file id -> (header, committed size): one entry for every name of a file, so a
         #: chmod through one hard link is what all of them show
         self._files: dict[bytes, tuple[FileHeader, int]] = {}
-        #: directory backend path -> (its mtime when counted or None, subdirectories), for
-        #: backends whose directory stat has no link count (SMB)
+        #: directory storage path -> (its mtime when counted or None, subdirectories), for
+        #: backends whose directory stat has no link count (SMB); a storage never moves
         self._subdirs: dict[str, tuple[int | None, int]] = {}
         # Link counts by file id, for listings that cannot tell (SMB): learnt from every full
         # stat and header read, so all names of a file agree; refreshed when a name's stamp
@@ -104,8 +104,8 @@ class HeaderCache:
         self._links.pop(file_id, None)
 
     def forget_names(self) -> None:
-        """Backend paths moved wholesale (a directory renamed): which file a name is must be
-        read again for every name."""
+        """Which file a name is must be read again for every name (the store changed
+        under the volume)."""
         self._headers.clear()
 
     async def committed_size(self, handle: Handle, bpath: str, header: FileHeader,
@@ -169,11 +169,12 @@ class HeaderCache:
         return max(0, nlink - len(state.victims)) if state is not None else nlink
 
     async def dir_nlink(self, bpath: str, bstat: BackendStat, count: bool = True) -> tuple[int, bool]:
-        """A directory's link count, 2 + its subdirectories, and whether it is known: the
-        backend's, or where the backend has none (SMB) counted from its listing once and
-        then kept by sealfs's own mkdir, rmdir and rename; a count gone stale (the
-        directory's mtime moved under another client) is taken again. count=False (a
-        listing of its parent) only uses a count known already."""
+        """A directory's link count, 2 + its subdirectories, and whether it is known; bpath
+        is its storage, bstat the storage's stat, and each subdirectory a stub in it: the
+        backend's link count of the storage, or where the backend has none (SMB) counted
+        from its listing once and then kept by sealfs's own mkdir, rmdir and rename; a
+        count gone stale (the storage's mtime moved under another client) is taken again.
+        count=False (a listing of its parent) only uses a count known already."""
         nlink, known = max(2, bstat.nlink or 0), True
         if not self.backend.capabilities.dir_link_counts:
             cached = self._subdirs.get(bpath)
@@ -191,7 +192,8 @@ class HeaderCache:
                              entries: list[tuple[str, BackendStat]] | None = None) -> int:
         if entries is None:
             entries = await self.backend.scandir(bpath)
-        count = sum(1 for entry, st in entries if st.is_dir and not is_reserved(entry))
+        count = sum(1 for entry, st in entries
+                    if st.is_dir and (not is_reserved(entry) or is_long_name_entry(entry)))
         if len(self._subdirs) > 50_000:
             self._subdirs.clear()
         self._subdirs[bpath] = (mtime_ns, count)
@@ -210,13 +212,3 @@ class HeaderCache:
 
     def dir_removed(self, bpath: str) -> None:
         self._subdirs.pop(bpath, None)
-
-    def dir_moved(self, s_bpath: str, d_bpath: str) -> None:
-        """A directory moved from s_bpath to d_bpath: its count goes with it; counts below
-        it, and of what d_bpath was, are taken again."""
-        moved = self._subdirs.pop(s_bpath, None)
-        prefix = s_bpath + "/"
-        for key in [k for k in self._subdirs if k.startswith(prefix) or k == d_bpath]:
-            del self._subdirs[key]
-        if moved is not None:
-            self._subdirs[d_bpath] = (None, moved[1])

@@ -1,13 +1,17 @@
 """Path resolution: plaintext paths to backend paths, directory records and long names.
 
-In format 1 the store nests as the plaintext tree does: each plaintext component is
-encrypted under its parent directory's id, and a directory is a backend directory holding
-its sealed record (sealfs.dir). Directories are resolved once and cached by plaintext path.
+Format 2 stores every directory's children flat, in its STORAGE d/<locator of its id>
+(crypto/format/locator.py). In its parent's storage a directory is a STUB: a backend
+directory under its encrypted name (each plaintext component is encrypted under its
+parent directory's id, as in format 1) that holds only its sealed record (sealfs.dir:
+the dir id and metadata). So a store path is bounded whatever the visible depth, and a
+directory rename is one backend rename of its stub: its storage, and every backend path
+below it, stays where it is. Directories are resolved once and cached by plaintext path;
+a directory's id, so its storage, never changes.
 
-This is the seam a different store layout replaces (format 2: a flat store addressed by
-directory ids). The volume asks it only for what any layout can answer: a path's entry
-(parent directory, backend path, long-name encoding), a directory's record by path or by
-backend path, and the plaintext name of an entry found in a listing.
+The volume asks this module only for what any layout can answer: a path's entry (parent
+directory, backend path, long-name encoding), a directory's record and storage, and the
+plaintext name of an entry found in a listing.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ...backends.base import Backend, BackendStat, join, parent_of
-from ...crypto.format.constants import DIR_META_NAME, TEMP_PREFIX
+from ...crypto.format.constants import DIR_META_NAME, STORAGE_DIR, TEMP_PREFIX
 from ...crypto.format.header import DIR_META_SIZE, Metadata, open_dir_meta, seal_dir_meta
+from ...crypto.format.locator import locator, storage_path
 from ...crypto.format.names import (
     NameCipher,
     entry_of_sidecar,
@@ -39,9 +44,16 @@ SIDECAR_LIMIT = 4096
 
 @dataclass
 class DirInfo:
-    bpath: str
+    """A directory: its stub (its entry in the parent's storage, "" for the root, whose
+    record is the store root's sealfs.dir), its storage (where its children live), its id
+    and its sealed metadata. stub_ino is the stub's backend identity when its record was
+    read (None if unknown): a different one at the same path is another directory."""
+
+    stub: str
+    storage: str
     dir_id: bytes
     meta: Metadata
+    stub_ino: int | None = None
 
 
 class Entry(NamedTuple):
@@ -60,19 +72,24 @@ def split_path(path: str) -> list[str]:
 
 class PathResolver:
     """Resolves plaintext paths on one volume, caching directories by plaintext path; owns
-    the key that seals directory records."""
+    the keys that seal directory records and derive their storages' locators."""
 
-    def __init__(self, backend: Backend, names: NameCipher, dir_secret: SecretBuffer) -> None:
+    def __init__(self, backend: Backend, names: NameCipher, dir_secret: SecretBuffer,
+                 locator_secret: SecretBuffer) -> None:
         self.backend = backend
         self.names = names
         # In locked memory, zeroed by close().
         self._dir_secret = dir_secret
         self._dir_key = dir_secret.readonly()
+        self._locator_secret = locator_secret
+        self._locator_key = locator_secret.readonly()
         self._dirs: dict[str, DirInfo] = {}
 
     def close(self) -> None:
         self._dir_key = b""
+        self._locator_key = b""
         self._dir_secret.wipe()
+        self._locator_secret.wipe()
 
     # -- directory records ---------------------------------------------------------------
     async def root(self) -> DirInfo:
@@ -82,17 +99,22 @@ class PathResolver:
             self._dirs[""] = info
         return info
 
-    async def read_dir_info(self, bpath: str) -> DirInfo:
-        """The sealed record of the directory at bpath, read from the store (not cached)."""
+    def storage_of(self, dir_id: bytes) -> str:
+        """The backend path of a directory's storage: a keyed function of its id only."""
+        return storage_path(locator(self._locator_key, dir_id))
+
+    async def read_dir_info(self, stub: str, stub_ino: int | None = None) -> DirInfo:
+        """The sealed record of the directory whose stub is at stub, read from the store
+        (not cached)."""
         try:
-            raw = await read_small(self.backend, join(bpath, DIR_META_NAME), DIR_META_SIZE + 1)
+            raw = await read_small(self.backend, join(stub, DIR_META_NAME), DIR_META_SIZE + 1)
         except FileNotFoundError:
-            if bpath and not await self._is_dir(bpath):
+            if stub and not await self._is_dir(stub):
                 # Renamed or removed since it was looked up: a race, not damage.
-                raise FileNotFoundError(errno.ENOENT, "No such file or directory", bpath) from None
-            raise IntegrityError(f"directory {bpath or '/'} has no {DIR_META_NAME}") from None
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", stub) from None
+            raise IntegrityError(f"directory {stub or '/'} has no {DIR_META_NAME}") from None
         dir_id, meta = open_dir_meta(self._dir_key, raw)
-        return DirInfo(bpath, dir_id, meta)
+        return DirInfo(stub, self.storage_of(dir_id), dir_id, meta, stub_ino)
 
     async def _is_dir(self, bpath: str) -> bool:
         try:
@@ -100,38 +122,44 @@ class PathResolver:
         except (FileNotFoundError, NotADirectoryError):
             return False
 
-    async def write_new_record(self, dir_bpath: str, dir_id: bytes, meta: Metadata) -> None:
-        """The record of a directory being created at dir_bpath (a temporary name)."""
-        await write_new_file(self.backend, join(dir_bpath, DIR_META_NAME),
+    async def create_storage(self, dir_id: bytes) -> str:
+        """Make a new directory's (empty) storage; FileExistsError if it exists already
+        (another directory's: ids are random, so only a copied record can get here)."""
+        storage = self.storage_of(dir_id)
+        await make_storage(self.backend, storage)
+        return storage
+
+    async def write_new_record(self, stub: str, dir_id: bytes, meta: Metadata) -> None:
+        """The record of a directory being created, in its stub (at a temporary name)."""
+        await write_new_file(self.backend, join(stub, DIR_META_NAME),
                              seal_dir_meta(self._dir_key, dir_id, meta))
 
     async def rewrite_record(self, info: DirInfo) -> None:
-        """Replace a directory's record with info's (the record is a file inside the
-        directory: writing it moves no time of the directory)."""
-        await overwrite_small(self.backend, join(info.bpath, DIR_META_NAME),
+        """Replace a directory's record with info's (the record is in the stub, whose
+        times are never shown: writing it moves no time of the directory)."""
+        await overwrite_small(self.backend, join(info.stub, DIR_META_NAME),
                               seal_dir_meta(self._dir_key, info.dir_id, info.meta))
 
-    async def check_empty(self, bpath: str, path: str) -> None:
-        """ENOTEMPTY unless the directory at bpath holds nothing a user can see; what an
-        interrupted create, mkdir or rename left in it is removed."""
-        entries = dict(await self.backend.scandir(bpath))
+    async def check_empty(self, storage: str, path: str) -> None:
+        """ENOTEMPTY unless the directory whose storage this is holds nothing a user can
+        see; what an interrupted create, mkdir or rename left in it is removed."""
+        entries = dict(await self.backend.scandir(storage))
         for entry, bstat in entries.items():
-            if entry == DIR_META_NAME:
-                continue
             if entry.startswith(TEMP_PREFIX) and bstat.is_dir:
-                await self._remove_temp_dir(join(bpath, entry), path)
+                await self._remove_temp_dir(join(storage, entry), path)
                 continue
             if entry.startswith(TEMP_PREFIX) or (is_sidecar(entry)
                                                  and entry_of_sidecar(entry) not in entries):
                 # Leftovers of an interrupted create or rename: nothing a user can see.
-                await remove_quietly(self.backend, join(bpath, entry))
+                await remove_quietly(self.backend, join(storage, entry))
                 continue
             raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
 
     async def _remove_temp_dir(self, tmp: str, path: str) -> None:
-        """A leftover of an interrupted mkdir, rmdir or rename over a directory: at most its
-        sealfs.dir. Anything else in it is not what sealfs leaves there, so not ours to
-        delete: the parent is not empty."""
+        """A leftover stub of an interrupted mkdir, rmdir or rename over a directory: at
+        most its sealfs.dir (the storage it names, if any, is an orphan for fsck). Anything
+        else in it is not what sealfs leaves there, so not ours to delete: the parent is
+        not empty."""
         inside = await self.backend.listdir(tmp)
         if any(entry != DIR_META_NAME for entry in inside):
             raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
@@ -149,22 +177,31 @@ class PathResolver:
         if not parts:
             return await self.root()
         parent = await self.directory(parts[:-1])
-        bpath = self.child_bpath(parent, parts[-1])
+        stub = self.child_bpath(parent, parts[-1])
         try:
-            bstat = await self.backend.stat(bpath)
+            bstat = await self.backend.stat(stub)
         except FileNotFoundError:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/" + key) from None
         if not bstat.is_dir:
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", "/" + key)
-        info = await self.read_dir_info(bpath)
-        if len(self._dirs) > 50_000:
-            self._dirs.clear()
-        self._dirs[key] = info
+        info = await self.read_dir_info(stub, bstat.ino or None)
+        self.remember(parts, info)
+        return info
+
+    async def dir_at(self, parts: list[str], stub: str, bstat: BackendStat) -> DirInfo:
+        """The directory whose stub a lookup or listing found at stub (stat bstat): the
+        cached one if it is that stub still, else its record read again (the path may name
+        another directory now: another client renamed or replaced it)."""
+        info = self._dirs.get("/".join(parts))
+        ino = bstat.ino or None
+        if info is None or info.stub != stub or (ino and info.stub_ino and ino != info.stub_ino):
+            info = await self.read_dir_info(stub, ino)
+            self.remember(parts, info)
         return info
 
     def child_bpath(self, parent: DirInfo, name: str) -> str:
         entry, _long = self.names.entry_for(name, parent.dir_id)
-        return join(parent.bpath, entry)
+        return join(parent.storage, entry)
 
     async def entry(self, path: str) -> Entry:
         """Where a path's last component lives (EBUSY for the root, which has no parent)."""
@@ -173,9 +210,9 @@ class PathResolver:
             raise OSError(errno.EBUSY, "the volume root", "/")
         parent = await self.directory(parts[:-1])
         entry, long = self.names.entry_for(parts[-1], parent.dir_id)
-        bpath = join(parent.bpath, entry)
+        bpath = join(parent.storage, entry)
         limit = self.backend.capabilities.max_path_length
-        if len(bpath) > limit:
+        if len(bpath) + len(DIR_META_NAME) + 1 > limit:
             raise OSError(errno.ENAMETOOLONG, "File name too long (backend path limit)", path)
         return Entry(parent, parts[-1], bpath, long)
 
@@ -184,6 +221,11 @@ class PathResolver:
         return self._dirs.get("/".join(parts))
 
     def remember(self, parts: list[str], info: DirInfo) -> None:
+        if len(self._dirs) > 50_000:
+            root = self._dirs.get("")
+            self._dirs.clear()
+            if root is not None:
+                self._dirs[""] = root
         self._dirs["/".join(parts)] = info
 
     def forget(self, path: str) -> None:
@@ -191,6 +233,17 @@ class PathResolver:
         key = "/".join(split_path(path))
         for k in [k for k in self._dirs if k == key or k.startswith(key + "/")]:
             del self._dirs[k]
+
+    def moved(self, src: str, dst: str, stub: str) -> None:
+        """A directory was renamed from src to dst, its stub now at stub: what was resolved
+        below it is still right (ids and storages do not move), under its new path."""
+        old, new = "/".join(split_path(src)), "/".join(split_path(dst))
+        self.forget(dst)
+        for k in [k for k in self._dirs if k == old or k.startswith(old + "/")]:
+            self._dirs[new + k[len(old):]] = self._dirs.pop(k)
+        info = self._dirs.get(new)
+        if info is not None:
+            info.stub, info.stub_ino = stub, None
 
     # -- names in listings ---------------------------------------------------------------
     async def decode(self, info: DirInfo, entry: str, stats: dict[str, BackendStat]) -> str | None:
@@ -201,7 +254,7 @@ class PathResolver:
             if side is not None and (side.foreign or side.is_dir):
                 raise IntegrityError("long-name sidecar is not a regular file")
             try:
-                encoded = (await self.read_sidecar(info.bpath, entry)).decode("ascii")
+                encoded = (await self.read_sidecar(info.storage, entry)).decode("ascii")
             except (FileNotFoundError, UnicodeDecodeError):
                 raise IntegrityError("long name has no readable sidecar") from None
             return self.long_name(info, entry, encoded)
@@ -209,9 +262,9 @@ class PathResolver:
             return None
         return self.names.decode(entry, info.dir_id)
 
-    async def read_sidecar(self, dir_bpath: str, entry: str) -> bytes:
-        """The raw content of a long-name entry's sidecar."""
-        return await read_small(self.backend, join(dir_bpath, sidecar_of(entry)), SIDECAR_LIMIT)
+    async def read_sidecar(self, storage: str, entry: str) -> bytes:
+        """The raw content of a long-name entry's sidecar, in the storage that lists it."""
+        return await read_small(self.backend, join(storage, sidecar_of(entry)), SIDECAR_LIMIT)
 
     def long_name(self, info: DirInfo, entry: str, encoded: str) -> str:
         """The plaintext name a sidecar holds, checked against the entry it names."""
@@ -230,3 +283,19 @@ class PathResolver:
         tmp = join(parent_of(bpath), TEMP_PREFIX + os.urandom(8).hex())
         await write_new_file(self.backend, tmp, encoded.encode("ascii"))
         await self.backend.rename(tmp, sidecar, replace=True)
+
+
+async def make_storage(backend: Backend, storage: str) -> None:
+    """mkdir a storage, and the directories above it if they are missing (one request when
+    they are not); the storage itself must not exist (FileExistsError)."""
+    try:
+        await backend.mkdir(storage)
+        return
+    except FileNotFoundError:
+        pass
+    for above in (STORAGE_DIR, parent_of(storage)):
+        try:
+            await backend.mkdir(above)
+        except FileExistsError:
+            pass
+    await backend.mkdir(storage)

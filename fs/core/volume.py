@@ -4,6 +4,7 @@ Plaintext paths in, backend calls out. Volume decides what each operation does a
 what order; its parts each own one job and one cache:
 
 - paths.PathResolver: plaintext path -> backend path, directory records, long names;
+- directories.DirectoryOps: mkdir, rmdir, listings and directory attributes (a mixin);
 - headers.HeaderCache: file headers, committed sizes, link counts, journal replay;
 - openfiles.OpenFiles: one FileState (fs/core/files.py) per open file id, shared by
   every handle and hard link; files.py's write-back goes through writeback.py;
@@ -16,7 +17,6 @@ import errno
 import logging
 import os
 import re
-import stat as stat_module
 import time
 from dataclasses import dataclass
 
@@ -26,21 +26,19 @@ from ...backends.base import Backend, BackendStat, ForeignEntryError, join, pare
 from ...crypto.format.config import VolumeConfig
 from ...crypto.format.constants import (
     DEFAULT_CHUNK_SIZE,
-    DIR_META_NAME,
     HIDDEN_PREFIX,
     TEMP_PREFIX,
 )
 from ...crypto.format.header import (
     FileHeader,
     Kind,
-    Metadata,
-    new_dir_id,
     seal_header,
 )
 from ...crypto.format.kdf import (
     config_mac_key,
     dir_meta_key_secret,
     file_key,
+    locator_key_secret,
     name_key_secret,
     pin_fingerprint,
 )
@@ -51,9 +49,9 @@ from ...crypto.format.names import (
 from ...crypto.keys.audit import AuditLog
 from ...crypto.keys.broker import KeyBroker
 from ...crypto.keys.kms import KekProvider, KeySecrets, provider_from_config
-from ...errors import IntegrityError
-from .attrs import Attr, Listing, ListingProblem
+from .attrs import Attr, ListingProblem
 from .cache import ChunkCache
+from .directories import DirectoryOps, gid_or_own, setgid_rule, uid_or_own
 from .files import FileTuning
 from .headers import HeaderCache
 from .lifecycle import create_store, read_config, write_config
@@ -87,7 +85,7 @@ class TempName:
 _TEMP_TAG = re.compile(r"[a-z]{1,16}\.")
 
 
-class Volume:
+class Volume(DirectoryOps):
     def __init__(self, backend: Backend, config: VolumeConfig, broker: KeyBroker,
                  names_dek: bytes, tuning: VolumeTuning | None = None) -> None:
         self.backend = backend
@@ -100,7 +98,8 @@ class Volume:
         self.names = NameCipher(names_key.readonly())
         names_key.wipe()
         #: plaintext paths to backend paths, directory records (it holds their key)
-        self.paths = PathResolver(backend, self.names, dir_meta_key_secret(names_dek))
+        self.paths = PathResolver(backend, self.names, dir_meta_key_secret(names_dek),
+                                  locator_key_secret(names_dek))
         self.cache = ChunkCache(self.tuning.cache_bytes)
         #: open files by file id: one state for every handle and hard link of a file
         self.open_files = OpenFiles(backend, broker, config, self.cache, self.tuning, self._spawn)
@@ -178,16 +177,9 @@ class Volume:
     # -- attributes ------------------------------------------------------------------------
     async def stat(self, path: str) -> Attr:
         parts = split_path(path)
-        if not parts:
-            root = await self.paths.root()
-            return await self._dir_attr(root, await self.backend.stat(""))
-        info = self.paths.cached(parts)
-        if info is not None:
-            # A directory resolved before (the parent of every new file: the kernel asks
-            # for its attributes after each create): its backend path is known already.
-            bstat = await self._bstat(info.bpath, path)
-            if bstat.is_dir:
-                return await self._dir_attr(info, bstat)
+        attr = await self._cached_dir_attr(parts, path)
+        if attr is not None:
+            return attr
         parent, name, bpath, _ = await self.paths.entry(path)
         bstat = await self._bstat(bpath, path)
         return await self._attr(parts, bpath, bstat)
@@ -199,9 +191,18 @@ class Volume:
         if not parts:
             return await self.stat(path)
         parent, name, bpath, _ = await self.paths.entry(path)
+        known = self.paths.cached(parts)
         try:
-            bstat = await self.backend.stat(bpath)
+            if known is not None and known.stub == bpath:
+                # A directory resolved before: its stub and its storage stat at once.
+                bstat, attr = await self._lookup_known_dir(known, path)
+                if attr is not None:
+                    return attr
+            else:
+                bstat = await self.backend.stat(bpath)
         except FileNotFoundError:
+            if known is not None:    # a directory another client removed
+                self.paths.forget(path)
             return None
         return await self._attr(parts, bpath, bstat)
 
@@ -210,11 +211,7 @@ class Volume:
         if bstat.foreign:       # planted: reading its header could block (FIFO) or leave the store
             raise ForeignEntryError(bpath, bstat.foreign)
         if bstat.is_dir:
-            info = self.paths.cached(parts)
-            if info is None or info.bpath != bpath:
-                info = await self.paths.read_dir_info(bpath)
-                self.paths.remember(parts, info)
-            return await self._dir_attr(info, bstat, count)
+            return await self._dir_attr_at(parts, bpath, bstat, "/".join(parts), count)
         header, size = await self.headers.header(bpath, bstat)
         nlink = await self.headers.nlink(bpath, bstat, header.file_id)
         state = self.open_files.get(header.file_id)
@@ -224,58 +221,13 @@ class Volume:
         return Attr(meta.kind, meta.mode, meta.uid, meta.gid, size, nlink, bstat.atime_ns,
                     bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), meta.rdev, header.file_id)
 
-    async def _dir_attr(self, info: DirInfo, bstat: BackendStat, count: bool = True) -> Attr:
-        """A directory's attributes (its link count: HeaderCache.dir_nlink)."""
-        nlink, known = await self.headers.dir_nlink(info.bpath, bstat, count)
-        meta = info.meta
-        return Attr(Kind.DIRECTORY, meta.mode, meta.uid, meta.gid, 4096, nlink,
-                    bstat.atime_ns, bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), 0,
-                    info.dir_id, known)
-
     async def file_dek_id(self, path: str) -> int:
         """The id of the DEK that seals a file (rekey, `keys list`): from its header."""
         _parent, _name, bpath, _long = await self.paths.entry(path)
         header, _size = await self.headers.header(bpath, await self._bstat(bpath, path))
         return header.dek_id
 
-    # -- directories ---------------------------------------------------------------------
-    async def listdir(self, path: str) -> Listing:
-        """Entries with attributes. An entry whose name, header or sealfs.dir fails to
-        authenticate, or that sealfs never writes (a symlink, FIFO, device or socket), is
-        left out of the entries and put in .problems by its ciphertext path."""
-        parts = split_path(path)
-        info = await self.paths.directory(parts)
-        entries = await self.backend.scandir(info.bpath)
-        stats = dict(entries)
-        out = Listing()
-        seen: set[str] = set()
-        for entry, bstat in entries:
-            bpath = join(info.bpath, entry)
-            name = None
-            try:
-                try:
-                    name = await self.paths.decode(info, entry, stats)   # never opens entry
-                except IntegrityError:
-                    if not bstat.foreign:
-                        raise
-                if bstat.foreign:
-                    # never opened: a FIFO would block, a symlink leads out of the store
-                    raise ForeignEntryError(bpath, bstat.foreign)
-                if name is None:
-                    continue
-                if name in seen:     # cannot happen with the checks above: never crash on it
-                    raise IntegrityError(f"a second entry for the name {name!r}")
-                seen.add(name)
-                out.append((name, await self._attr(parts + [name], bpath, bstat, count=False)))
-            except (IntegrityError, ForeignEntryError) as exc:
-                reason = str(exc)
-                if reason.startswith(bpath + ": "):
-                    reason = reason[len(bpath) + 2:]
-                out.problems.append(ListingProblem(bpath, reason, "/".join(parts), bstat, name))
-            except FileNotFoundError:
-                continue
-        return out
-
+    # -- directories (the rest: fs/core/directories.py) -----------------------------------
     def ciphertext_path(self, bpath: str) -> str:
         """Where an entry is in the store, for messages about entries without a name."""
         return f"{self.backend.location.rstrip('/')}/{bpath}"
@@ -290,62 +242,6 @@ class Volume:
         """One line about a listing problem: where it is, and what is wrong."""
         return f"{self.where_of(problem)}: {problem.reason}"
 
-    async def mkdir(self, path: str, mode: int = 0o755, uid: int | None = None,
-                    gid: int | None = None, *, inherit: bool = True) -> Attr:
-        """A new directory owned by uid and gid (the caller's), but for the setgid rule
-        (see _setgid_rule); inherit=False keeps mode and gid exactly as given (a copy
-        that restores its source's ownership)."""
-        parent, name, bpath, long = await self.paths.entry(path)
-        if inherit:
-            mode, gid = _setgid_rule(parent, mode, gid, directory=True)
-        tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
-        meta = Metadata(Kind.DIRECTORY, mode & 0o7777, _uid(uid), _gid(gid))
-        dir_id = new_dir_id()
-        await self.backend.mkdir(tmp)
-        try:
-            await self.paths.write_new_record(tmp, dir_id, meta)
-            if long is not None:
-                await self.paths.write_sidecar(bpath, long)
-            await self.backend.rename(tmp, bpath, replace=False)
-        except BaseException:
-            await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
-            await remove_quietly(self.backend, tmp, is_dir=True)
-            raise
-        info = DirInfo(bpath, dir_id, meta)
-        self.paths.remember(split_path(path), info)
-        self.headers.subdir_change(parent.bpath, +1)
-        self.headers.dir_created(bpath)
-        await self._entries_changed(parent)
-        return await self._dir_attr(info, await self.backend.stat(bpath))
-
-    async def rmdir(self, path: str) -> None:
-        parent, name, bpath, long = await self.paths.entry(path)
-        bstat = await self._bstat(bpath, path)
-        if not bstat.is_dir:
-            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
-        await self.paths.check_empty(bpath, path)
-        tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
-        await self.backend.rename(bpath, tmp, replace=False)
-        await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
-        await self.backend.rmdir(tmp)
-        if long is not None:
-            await remove_quietly(self.backend, sidecar_of(bpath))
-        self.paths.forget(path)
-        self.headers.subdir_change(parent.bpath, -1)
-        self.headers.dir_removed(bpath)
-        await self._entries_changed(parent)
-
-    async def _entries_changed(self, *parents: DirInfo) -> None:
-        """Entries of these directories were added, removed or renamed: their mtime and
-        ctime move, which backends that leave them alone (Azure Files over REST) need
-        done by us, one request a directory. Their subdirectory counts (kept by the
-        callers) stay valid at the mtime stamped: no recount for our own change."""
-        if self.backend.capabilities.dir_times_follow_entries:
-            return
-        for bpath in dict.fromkeys(parent.bpath for parent in parents):
-            await self.backend.stamp_dir(bpath)
-            self.headers.subdir_change(bpath, 0)
-
     # -- files -----------------------------------------------------------------------------
     async def create(self, path: str, mode: int = 0o644, uid: int | None = None,
                      gid: int | None = None, *, kind: Kind = Kind.REGULAR, rdev: int = 0,
@@ -354,9 +250,9 @@ class Volume:
         name appears, and return it open for writing. Owned by uid and gid (the caller's),
         but for the setgid rule (see _setgid_rule)."""
         parent, name, bpath, long = await self.paths.entry(path)
-        mode, gid = _setgid_rule(parent, mode, gid, directory=False)
-        tmp = join(parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
-        state = await self.open_files.new_file(tmp, bpath, mode, _uid(uid), _gid(gid), kind, rdev,
+        mode, gid = setgid_rule(parent, mode, gid, directory=False)
+        tmp = join(parent.storage, TEMP_PREFIX + os.urandom(8).hex())
+        state = await self.open_files.new_file(tmp, bpath, mode, uid_or_own(uid), gid_or_own(gid), kind, rdev,
                                                 content)
         handle = state.handle
         try:
@@ -385,8 +281,8 @@ class Volume:
         if not _TEMP_TAG.fullmatch(tag):
             raise ValueError(f"bad temporary tag {tag!r}")
         parent = await self.paths.directory(split_path(directory))
-        tmp = join(parent.bpath, TEMP_PREFIX + tag + os.urandom(8).hex())
-        state = await self.open_files.new_file(tmp, tmp, mode, _uid(uid), _gid(gid), kind, rdev,
+        tmp = join(parent.storage, TEMP_PREFIX + tag + os.urandom(8).hex())
+        state = await self.open_files.new_file(tmp, tmp, mode, uid_or_own(uid), gid_or_own(gid), kind, rdev,
                                                 content)
         return self.open_files.open_new(state, directory, False), TempName(tmp)
 
@@ -394,7 +290,7 @@ class Volume:
         """Rename a closed temporary over path (a file, or nothing) in the same directory:
         rename()'s file-over-file case, for a source that has no plaintext name."""
         parent, name, bpath, long = await self.paths.entry(path)
-        if parent_of(temp.bpath) != parent.bpath:
+        if parent_of(temp.bpath) != parent.storage:
             raise OSError(errno.EXDEV, "a temporary is placed in its own directory", path)
         try:
             d_stat = await self.backend.stat(bpath)
@@ -429,10 +325,10 @@ class Volume:
         info = await self.paths.directory(split_path(directory))
         prefix = TEMP_PREFIX + tag
         removed = 0
-        for entry in await self.backend.listdir(info.bpath):
+        for entry in await self.backend.listdir(info.storage):
             if not entry.startswith(prefix):
                 continue
-            bpath = join(info.bpath, entry)
+            bpath = join(info.storage, entry)
             try:
                 bstat = await self.backend.stat(bpath)
             except FileNotFoundError:
@@ -508,7 +404,7 @@ class Volume:
         if state is not None and not self.backend.capabilities.unlink_open_files:
             # SMB keeps an open file's name in delete-pending state: hide it NFS-style
             # instead and delete it on the last close (fsck removes leftovers of a crash).
-            hidden = join(parent.bpath, HIDDEN_PREFIX + os.urandom(8).hex())
+            hidden = join(parent.storage, HIDDEN_PREFIX + os.urandom(8).hex())
             await self.backend.rename(bpath, hidden, replace=False)
             if state.bpath == bpath:
                 state.bpath = hidden
@@ -531,7 +427,7 @@ class Volume:
         s_parent, s_name, s_bpath, s_long = await self.paths.entry(src)
         d_parent, d_name, d_bpath, d_long = await self.paths.entry(dst)
         s_stat = await self._bstat(s_bpath, src)
-        victim_dir = None
+        victim_dir = victim_info = None
         try:
             d_stat = await self.backend.stat(d_bpath)
         except FileNotFoundError:
@@ -547,9 +443,8 @@ class Volume:
             if not s_stat.is_dir and d_stat.is_dir:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", dst)
             if d_stat.is_dir:
-                await self.paths.check_empty(d_bpath, dst)
-                victim_dir = join(d_parent.bpath, TEMP_PREFIX + os.urandom(8).hex())
-                await self.backend.rename(d_bpath, victim_dir, replace=False)
+                victim_dir, victim_info = await self._victim_dir_aside(d_parent, d_bpath, d_stat,
+                                                                       dst)
             else:
                 await self._losing_link(d_bpath, d_stat)
                 victim = await self.open_files.at(d_bpath)
@@ -566,7 +461,7 @@ class Volume:
                 raise
             # Opened since it was checked above (an open or a stat in flight): SMB will not
             # replace an open file, so it goes aside like an open victim, then src moves.
-            hidden = join(d_parent.bpath, HIDDEN_PREFIX + os.urandom(8).hex())
+            hidden = join(d_parent.storage, HIDDEN_PREFIX + os.urandom(8).hex())
             await self.backend.rename(d_bpath, hidden, replace=False)
             self.headers.forget_header(d_bpath)
             try:
@@ -581,44 +476,20 @@ class Volume:
             await self._hidden_busy(d_bpath, hidden)
         if s_long is not None:
             await remove_quietly(self.backend, sidecar_of(s_bpath))
-        if victim_dir is not None:
-            await remove_quietly(self.backend, join(victim_dir, DIR_META_NAME))
-            await remove_quietly(self.backend, victim_dir, is_dir=True)
+        if victim_info is not None:
+            await self._victim_dir_remove(victim_dir, victim_info)
         self.headers.forget_header(s_bpath)
         self.headers.forget_header(d_bpath)
         if s_stat.is_dir:
-            self.paths.forget(src)
-            self.paths.forget(dst)
-            prefix = s_bpath + "/"
-            for state in self.open_files.values():
-                if state.bpath.startswith(prefix):
-                    state.bpath = d_bpath + "/" + state.bpath[len(prefix):]
-                # Hidden names of its unlinked links go on the last close: at the new path.
-                state.victims = [d_bpath + "/" + v[len(prefix):] if v.startswith(prefix) else v
-                                 for v in state.victims]
-            self.headers.forget_names()
+            # Its storage, and every backend path below it, stayed where it was.
+            await self._dir_renamed(src, dst, s_parent, d_parent, d_bpath,
+                                    victim_info is not None)
         else:
             for state in self.open_files.values():
                 if state.bpath == s_bpath:
                     state.bpath = d_bpath
-        await self._after_rename(s_parent, d_parent, s_bpath, d_bpath, s_stat.is_dir,
-                                 victim_dir is not None, dst)
-
-    async def _after_rename(self, s_parent: DirInfo, d_parent: DirInfo, s_bpath: str,
-                            d_bpath: str, is_dir: bool, replaced_dir: bool, dst: str) -> None:
-        """Subdirectory counts follow a moved directory; the moved entry's change time
-        moves (rename changes its name, as ext4 records)."""
-        if is_dir:
-            self.headers.dir_moved(s_bpath, d_bpath)
-            if s_parent.bpath != d_parent.bpath:
-                self.headers.subdir_change(s_parent.bpath, -1)
-                self.headers.subdir_change(d_parent.bpath, +1)
-            if replaced_dir:
-                self.headers.subdir_change(d_parent.bpath, -1)
-        if not self.backend.capabilities.real_change_time:
-            if is_dir:
-                await self._touch_dir(await self.paths.directory(split_path(dst)))
-            else:
+            if not self.backend.capabilities.real_change_time:
+                # rename changes the moved file's change time, as ext4 records
                 await self._touch_file(d_bpath)
         await self._entries_changed(s_parent, d_parent)
 
@@ -700,12 +571,6 @@ class Volume:
             return
         self.headers.forget_file(header.file_id)
 
-    async def _touch_dir(self, info: DirInfo, **changes) -> None:
-        """Rewrite a directory's record with changes and now as its change time (the
-        record is a file inside the directory: writing it moves no time of the directory)."""
-        info.meta = info.meta.with_(ctime_ns=time.time_ns(), **changes)
-        await self.paths.rewrite_record(info)
-
     async def setattr(self, path: str, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, size: int | None = None,
                       atime_ns: int | None = None, mtime_ns: int | None = None,
@@ -713,33 +578,18 @@ class Volume:
         """chmod/chown/truncate/utimens. Times left None keep their value."""
         if handle is not None:
             state = handle.state
-            bpath = state.bpath
-            is_dir = False
         else:
             parts = split_path(path)
+            info = await self.paths.root() if not parts else None
             if parts:
                 _parent, _name, bpath, _long = await self.paths.entry(path)
-            else:
-                bpath = ""
-            bstat = await self._bstat(bpath, path)
-            is_dir = bstat.is_dir
+                bstat = await self._bstat(bpath, path)
+                if bstat.is_dir:
+                    info = await self.paths.dir_at(parts, bpath, bstat)
             state = None
-        if is_dir:
-            if size is not None:
-                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-            set_times = atime_ns is not None or mtime_ns is not None
-            if mode is not None or uid is not None or gid is not None \
-                    or set_times and not self.backend.capabilities.real_change_time:
-                info = await self.paths.directory(split_path(path))
-                await self._touch_dir(info, mode=info.meta.mode if mode is None else mode & 0o7777,
-                                      uid=info.meta.uid if uid is None else uid,
-                                      gid=info.meta.gid if gid is None else gid)
-                self.paths.remember(split_path(path), info)
-            if set_times:
-                cur = await self.backend.stat(bpath)
-                await self.backend.set_times(bpath, cur.atime_ns if atime_ns is None else atime_ns,
-                                             cur.mtime_ns if mtime_ns is None else mtime_ns)
-            return await self.stat(path)
+            if info is not None:
+                return await self._set_dir_attrs(path, info, mode=mode, uid=uid, gid=gid,
+                                                 size=size, atime_ns=atime_ns, mtime_ns=mtime_ns)
         opened = None
         if state is None:
             opened = await self.open(path, write=size is not None or mode is not None
@@ -777,43 +627,3 @@ class Volume:
 
     async def statfs(self):
         return await self.backend.statvfs()
-
-    # -- whole-tree helpers (CLI, sync, fsck) ----------------------------------------------
-    async def walk(self, path: str = "") -> Listing:
-        """Every entry below path, depth first, as (plaintext path, attr); .problems
-        gathers those of every directory listed (see listdir)."""
-        out = Listing()
-        stack = ["/".join(split_path(path))]
-        while stack:
-            current = stack.pop()
-            listing = await self.listdir(current)
-            out.problems.extend(listing.problems)
-            for name, attr in sorted(listing, key=_by_name):
-                child = f"{current}/{name}" if current else name
-                out.append((child, attr))
-                if attr.is_dir:
-                    stack.append(child)
-        return out
-
-
-def _by_name(entry: tuple[str, Attr]) -> str:
-    return entry[0]
-
-
-def _setgid_rule(parent: DirInfo, mode: int, gid: int | None, *,
-                 directory: bool) -> tuple[int, int | None]:
-    """(mode, gid) of a new entry in parent. As ext4 (and POSIX with BSD group semantics)
-    has it: in a directory whose setgid bit is set, a new entry takes the directory's group
-    instead of its creator's, and a new subdirectory takes the setgid bit too. Decided
-    from the parent's sealed record, which resolving the new entry's path has read."""
-    if parent.meta.mode & stat_module.S_ISGID:
-        return (mode | stat_module.S_ISGID if directory else mode), parent.meta.gid
-    return mode, gid
-
-
-def _uid(uid: int | None) -> int:
-    return os.getuid() if uid is None else uid
-
-
-def _gid(gid: int | None) -> int:
-    return os.getgid() if gid is None else gid

@@ -1,9 +1,12 @@
 """`sealfs fsck`: verify every byte of a volume on its backend, repair only what is safe.
 
 Volume.load has already verified sealfs.json (its MAC) and the root's sealfs.dir.
-The check then walks the backend tree from the root:
+The check then walks the directories from the root, each directory's storage
+(d/<locator>) in turn:
 
-  - each directory's sealfs.dir (dir id + sealed metadata);
+  - each directory's stub and the record in it (sealed dir id + metadata), which names
+    the storage of its children; a storage named by two records (a copied stub) is
+    reported for the second;
   - each entry name, decrypted with the parent's dir id (long names via their sidecar,
     whose hash must match the entry name); a name that does not decrypt (modified, or
     moved in from another directory) is reported by its ciphertext path;
@@ -35,10 +38,8 @@ from ...backends.base import join
 from ...crypto.format.chunks import ChunkCipher
 from ...crypto.format.constants import (
     CHUNK_OVERHEAD,
-    CONFIG_NAME,
     DIR_META_NAME,
     HIDDEN_PREFIX,
-    JOURNAL_DIR,
     NONCE_SIZE,
     TEMP_PREFIX,
 )
@@ -128,7 +129,8 @@ class Fsck:
         self.journals, planted = await journal_entries(self.backend)
         for bpath, what in planted:
             await self._planted(bpath, what)
-        await self._check_dir("", "", root)
+        self.storages: set[str] = {root.storage}
+        await self._check_dir(root.storage, "", root)
         for file_id in sorted(self.journals):      # no file has this id any more
             path = journal_path(file_id)
             await self._safe(self._where(None, path), "write journal of a file that no longer exists",
@@ -136,6 +138,7 @@ class Fsck:
         return self.result
 
     async def _check_dir(self, bpath: str, plain: str | None, info: DirInfo) -> None:
+        """Check the directory whose storage is bpath."""
         self.result.directories += 1
         try:
             entries = await self.backend.scandir(bpath)
@@ -145,8 +148,6 @@ class Fsck:
         names = dict(entries)
         for entry, bstat in sorted(entries):
             child = join(bpath, entry)
-            if entry == DIR_META_NAME or (bpath == "" and entry in (CONFIG_NAME, JOURNAL_DIR)):
-                continue
             here = self._where(None, child)
             if entry.startswith(TEMP_PREFIX) or entry.startswith(HIDDEN_PREFIX):
                 await self._safe(here, "leftover of an interrupted operation",
@@ -173,16 +174,40 @@ class Fsck:
                 continue
             child_plain = f"{plain}/{name}" if plain is not None and name is not None else None
             if bstat.is_dir:
-                try:
-                    child_info = await self.vol.paths.read_dir_info(child)
-                except IntegrityError as exc:
-                    self.problem(self._where(child_plain, child),
-                                 f"directory record: {exc}{self._cipher_note(child_plain, child)}")
-                    continue
-                await self._check_dir(child, child_plain, child_info)
+                child_info = await self._check_stub(child, child_plain)
+                if child_info is not None:
+                    await self._check_dir(child_info.storage, child_plain, child_info)
             else:
                 await self._check_file(child, self._where(child_plain, child), bstat.size,
                                        self._cipher_note(child_plain, child))
+
+    async def _check_stub(self, stub: str, plain: str | None) -> DirInfo | None:
+        """A directory's stub: its record, which must name a storage no other record
+        names, and nothing else; the directory, when its storage can be walked."""
+        where = self._where(plain, stub)
+        try:
+            info = await self.vol.paths.read_dir_info(stub)
+        except IntegrityError as exc:
+            self.problem(where, f"directory record: {exc}{self._cipher_note(plain, stub)}")
+            return None
+        for entry in await self.backend.listdir(stub):
+            if entry != DIR_META_NAME:
+                self.problem(self._where(None, join(stub, entry)),
+                             "not written by sealfs (a directory stub holds only its record)")
+        if info.storage in self.storages:
+            self.problem(where, f"directory record names the storage {info.storage} of another "
+                                f"directory (a copied stub){self._cipher_note(plain, stub)}")
+            return None
+        self.storages.add(info.storage)
+        try:
+            st = await self.backend.stat(info.storage)
+        except FileNotFoundError:
+            st = None
+        if st is None or not st.is_dir or st.foreign:
+            self.problem(where, f"directory storage {info.storage} is missing"
+                                f"{self._cipher_note(plain, stub)}")
+            return None
+        return info
 
     async def _decode(self, info: DirInfo, bpath: str, entry: str, names: dict):
         if is_long_name_entry(entry):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.storepaths import storage_path
+
 CHUNK = 64 * 1024
 
 
@@ -159,7 +161,8 @@ def test_a_file_being_read_ahead_can_be_renamed_over_unlinked_and_rewritten(moun
         assert f.read() == old[4 * mib:9 * mib] + fresh + old[11 * mib:]
     assert (m / "b").read_bytes() == old[:9 * mib] + fresh + old[11 * mib:]
     os.unlink(m / "b")
-    assert not [p for p in mounted.store_dir.iterdir() if not p.name.startswith("sealfs.")]
+    root = storage_path(mounted.store_dir, mounted.keyfile, "")
+    assert not [p for p in root.iterdir() if not p.name.startswith("sealfs.")]
 
 
 def test_rename_over_empty_directory_and_not_over_a_full_one(mounted):

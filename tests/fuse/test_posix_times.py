@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.storepaths import storage_path
+
 # Longer than the kernel's coarse clock tick (a jiffy, <= 10 ms) that stamps local times;
 # SMB times have 100 ns steps.
 GRAIN = 0.012
@@ -278,7 +280,8 @@ def test_times_stay_after_close_and_remount(mounted):
     again = p.stat()
     assert again.st_mtime_ns == closed.st_mtime_ns
     assert again.st_ctime_ns >= again.st_mtime_ns
-    stored = [e for e in os.scandir(mounted.store_dir) if not e.name.startswith("sealfs.")]
+    root = storage_path(mounted.store_dir, mounted.keyfile, "")
+    stored = [e for e in os.scandir(root) if not e.name.startswith("sealfs.")]
     assert len(stored) == 1
     assert abs(stored[0].stat().st_mtime_ns - closed.st_mtime_ns) < 1_000_000
 
