@@ -76,20 +76,47 @@ async def build(vol, cs: int) -> dict[str, bytes]:
     expected["short-again"] = expected.pop(LONG_FILE)
     await vol.write_file("a/removed", b"gone")
     await vol.unlink("a/removed")
+    # directories: removed, renamed with what is below them (one rename of the stub),
+    # renamed over an empty directory
+    await vol.mkdir("tmpdir")
+    await vol.mkdir("tmpdir/sub")
+    await vol.rmdir("tmpdir/sub")
+    await vol.rmdir("tmpdir")
+    await vol.mkdir("mv")
+    await vol.mkdir("mv/inner")
+    await put("mv/inner/f", b"moved with its directory\n")
+    await vol.rename("mv", f"{LONG_DIR}/mv renamed")
+    expected[f"{LONG_DIR}/mv renamed/inner/f"] = expected.pop("mv/inner/f")
+    await vol.mkdir("victim")
+    await vol.rename(f"{LONG_DIR}/mv renamed/inner", "victim")
+    expected["victim/f"] = expected.pop(f"{LONG_DIR}/mv renamed/inner/f")
     return expected
 
 
 async def sealfs_view(vol) -> dict[str, tuple]:
     out = {}
     for path, attr in await vol.walk():
-        out[path] = (int(attr.kind), attr.mode, attr.uid, attr.gid, attr.size, attr.identity)
+        out[path] = (int(attr.kind), attr.mode, attr.uid, attr.gid, attr.size, attr.identity,
+                     attr.nlink if attr.is_dir else None)
     return out
 
 
 def independent_view(r: ind.Result) -> dict[str, tuple]:
     kind_num = {v: k for k, v in ind.KINDS.items()}
     return {p: (kind_num[e.kind], e.mode, e.uid, e.gid, e.size if e.kind != "directory" else 4096,
-                e.identity) for p, e in r.entries.items()}
+                e.identity, e.nlink) for p, e in r.entries.items()}
+
+
+def check_flat(store: Path, r: ind.Result) -> None:
+    """FORMAT.md 1: every directory has one storage d/<2>/<30>, every entry lives in one,
+    the backend depth and path length are bounded whatever the plaintext depth."""
+    dirs = [r.root] + [e for e in r.entries.values() if e.kind == "directory"]
+    storages = {p.relative_to(store).as_posix() for p in store.glob("d/*/*")}
+    assert storages == {e.storage for e in dirs} and r.orphans == []
+    for e in r.entries.values():
+        assert e.backend_path.rsplit("/", 1)[0] in storages
+    paths = [p.relative_to(store).as_posix() for p in store.rglob("*")]
+    assert max(p.count("/") for p in paths) <= 4 and max(map(len, paths)) <= 300
 
 
 @pytest.mark.parametrize("cs", [4096, 65536])
@@ -114,6 +141,9 @@ async def test_volume_library_store(cs, make_volume, open_volume, keyfile: Path,
     e = r.entries[f"{LONG_DIR}/one-moved"]
     assert (e.mode, e.uid, e.gid) == (0o640, 1234, 5678)
     assert r.entries["a/b/c"].mode == 0o700
+    assert r.entries[LONG_DIR].nlink == 3 and r.entries["victim"].nlink == 2
+    assert r.root.nlink == 2 + 4                   # a, LONG_DIR, 日本語, victim
+    check_flat(store, r)
     assert all(e.size_source == "header" for e in r.entries.values() if e.kind != "directory")
     # long names really are in the long form on disk, with sidecars
     for path in (LONG_DIR, f"{LONG_DIR}/{LONG_FILE}", MAX_NAME):
@@ -187,6 +217,7 @@ def test_cli_store(tmp_path: Path, isolated_state: Path):
     assert r.errors == []
     assert r.files == {"dir/sub/big.bin": local.read_bytes(), "Ωmega " + "n" * 140: b""}
     assert set(r.entries) == {"dir", "dir/sub", "dir/sub/big.bin", "Ωmega " + "n" * 140}
+    check_flat(store, r)
     listing = cli("ls", str(store), "-R", "--keyfile", str(key), env=env).stdout
     assert "big.bin" in listing
 
@@ -199,6 +230,10 @@ async def test_wrong_key_and_modified_config(make_volume, keyfile: Path):
     doc["current_dek"] = 7
     (store / "sealfs.json").write_text(json.dumps(doc))
     with pytest.raises(ind.FormatError):
+        ind.decrypt_store(store, keyfile=keyfile.read_bytes())
+    doc["version"] = 1
+    (store / "sealfs.json").write_text(json.dumps(doc))
+    with pytest.raises(ind.FormatError, match="format-1 store"):
         ind.decrypt_store(store, keyfile=keyfile.read_bytes())
 
 
@@ -310,7 +345,7 @@ async def test_every_crash_point_reads_old_or_new(name, make_volume, keyfile: Pa
     vol = await Volume.load(backend, KeySecrets(keyfile=keyfile))
     try:
         await vol.write_file("f", old)
-        bpath = vol.names.entry_for("f", (await vol.paths.root()).dir_id)[0]
+        bpath = (await vol.paths.entry("f")).bpath
         before = (store / bpath).read_bytes()
         backend.watch = bpath
         f = await vol.open("f", write=True)
@@ -342,7 +377,7 @@ async def test_a_torn_rewrite_reads_through_its_journal(make_volume, open_volume
     vol = await open_volume(store)
     try:
         await vol.write_file("f", old)
-        bpath = vol.names.entry_for("f", (await vol.paths.root()).dir_id)[0]
+        bpath = (await vol.paths.entry("f")).bpath
     finally:
         await vol.close()
     new_chunk = blob(CS, 12)
