@@ -1,4 +1,4 @@
-"""An independent reader of sealfs format v1, written from docs/FORMAT.md only.
+"""An independent reader of sealfs format 2, written from docs/FORMAT.md only.
 
 It imports nothing from sealfs: only the standard library and `cryptography` (for
 AES-GCM, AES-SIV and the AES key wrap). HKDF, the canonical JSON and the base32 codec
@@ -9,6 +9,7 @@ that sealfs writes what FORMAT.md says.
     result.files["docs/report.pdf"]      # bytes (regular files and symlink targets)
     result.entries["docs"]               # Entry(kind, mode, uid, gid, rdev, size, ...)
     result.errors                        # [(backend path, reason)] for damaged entries
+    result.orphans                       # storages under d/ that no record names
 
 Command line: python tests/independent_decryptor.py STORE KEYFILE [OUTDIR]
 """
@@ -21,6 +22,7 @@ import hmac
 import json
 import os
 import re
+import stat
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -30,18 +32,23 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
-# -- constants (FORMAT.md sections 1, 6, 7) ------------------------------------------------
-VERSION = 1
+# -- constants (FORMAT.md sections 1, 3, 6, 7) ---------------------------------------------
+FORMAT = 2                        # sealfs.json "version"
+FILE_VERSION = 1                  # file headers and chunk AADs (7.1, 7.3)
+DIR_VERSION = 2                   # directory records (6)
 MAGIC = b"SEALFS"
 HEADER_SIZE = 96
 PUBLIC_SIZE = 28
 DIR_RECORD_SIZE = 92
-DIR_PUBLIC_SIZE = 24
+DIR_PUBLIC_SIZE = 8
 OVERHEAD = 28                     # nonce 12 + tag 16
+STORAGES = "d"                    # d/<L[0:2]>/<L[2:32]> (1)
 KINDS = {1: "regular", 2: "symlink", 3: "fifo", 4: "char", 5: "block", 6: "socket",
          7: "directory"}
 LONG_NAME = re.compile(r"^sealfs\.ln\.[a-z2-7]{52}$")
 CANONICAL_B32 = re.compile(r"^[a-z2-7]+$")
+FANOUT = re.compile(r"^[a-z2-7]{2}$")
+STORAGE = re.compile(r"^[a-z2-7]{30}$")
 
 
 class FormatError(Exception):
@@ -89,13 +96,14 @@ class Meta:
     gid: int
     rdev: int
     size: int
+    ctime: int                    # ns; 0: none recorded
 
 
 def unpack_meta(raw: bytes) -> Meta:
-    kind, mode, uid, gid, rdev, size = struct.unpack(">B3xIIIQQ8x", raw)
+    kind, mode, uid, gid, rdev, size, ctime = struct.unpack(">B3xIIIQQQ", raw)
     if kind not in KINDS:
         raise FormatError(f"unknown kind {kind}")
-    return Meta(kind, mode, uid, gid, rdev, size)
+    return Meta(kind, mode, uid, gid, rdev, size, ctime)
 
 
 # -- layout (section 7.3) ----------------------------------------------------------------------
@@ -123,7 +131,7 @@ def size_from_length(length: int, cs: int) -> int | None:
 
 
 def chunk_aad(file_id: bytes, index: int, final: bool) -> bytes:
-    return b"sealfs" + bytes([VERSION]) + file_id + struct.pack(">QB", index, 1 if final else 0)
+    return b"sealfs" + bytes([FILE_VERSION]) + file_id + struct.pack(">QB", index, 1 if final else 0)
 
 
 # -- config and keys (sections 2-4) ---------------------------------------------------------
@@ -146,6 +154,15 @@ class Keys:
     @property
     def dir_key(self) -> bytes:
         return hkdf(self.name_dek, b"sealfs/v1/dirs", 32)
+
+    @property
+    def locator_key(self) -> bytes:
+        return hkdf(self.name_dek, b"sealfs/v2/locator", 32)
+
+    def storage(self, dir_id: bytes) -> str:
+        """FORMAT.md 1: the backend path of the storage of the directory with this id."""
+        loc = b32encode(hmac.new(self.locator_key, dir_id, hashlib.sha256).digest())[:32]
+        return f"{STORAGES}/{loc[:2]}/{loc[2:]}"
 
     @property
     def pin_fingerprint(self) -> str:
@@ -179,8 +196,11 @@ def kek_from(config: dict, keyfile: bytes | None, passphrase: bytes | None) -> b
 
 def open_config(raw: bytes, keyfile: bytes | None = None, passphrase: bytes | None = None) -> Keys:
     doc = json.loads(raw.decode("utf-8"))
-    if not isinstance(doc, dict) or doc.get("format") != "sealfs" or doc.get("version") != VERSION:
-        raise FormatError("not a sealfs v1 config")
+    if not isinstance(doc, dict) or doc.get("format") != "sealfs":
+        raise FormatError("not a sealfs config")
+    if doc.get("version") != FORMAT:
+        raise FormatError(f"sealfs.json is a format-{doc.get('version')} store; "
+                          f"this reader reads format {FORMAT}")
     cs = doc["chunk_size"]
     if not isinstance(cs, int) or cs < 4096 or cs > 4 << 20 or cs & (cs - 1):
         raise FormatError(f"bad chunk size {cs!r}")
@@ -204,14 +224,18 @@ def open_config(raw: bytes, keyfile: bytes | None = None, passphrase: bytes | No
 
 # -- records -----------------------------------------------------------------------------------
 def open_dir_record(keys: Keys, raw: bytes) -> tuple[bytes, Meta]:
-    if len(raw) != DIR_RECORD_SIZE or raw[:6] != MAGIC or raw[6] != VERSION or raw[7:8] != b"D":
+    """FORMAT.md 6: (directory id, metadata); the id is sealed with the metadata."""
+    if len(raw) != DIR_RECORD_SIZE or raw[:6] != MAGIC or raw[6] != DIR_VERSION or raw[7:8] != b"D":
         raise FormatError("bad directory record")
     public = raw[:DIR_PUBLIC_SIZE]
     try:
-        meta = AESGCM(keys.dir_key).decrypt(raw[24:36], raw[36:], b"sealfs.dir" + public)
+        plain = AESGCM(keys.dir_key).decrypt(raw[8:20], raw[20:], b"sealfs.dir" + public)
     except InvalidTag:
         raise FormatError("directory record does not authenticate") from None
-    return raw[8:24], unpack_meta(meta)
+    meta = unpack_meta(plain[16:])
+    if meta.kind != 7:
+        raise FormatError("directory record without directory kind")
+    return plain[:16], meta
 
 
 def decode_name(keys: Keys, encoded: str, dir_id: bytes) -> str:
@@ -316,7 +340,7 @@ def replay_journal(cipher: AESGCM, file_id: bytes, data: bytes, journal: bytes, 
 
 
 def decrypt_file(keys: Keys, data: bytes, journals: Path | None = None) -> DecryptedFile:
-    if len(data) < HEADER_SIZE or data[:6] != MAGIC or data[6] != VERSION:
+    if len(data) < HEADER_SIZE or data[:6] != MAGIC or data[6] != FILE_VERSION:
         raise FormatError("bad file header")
     dek_id, file_id = struct.unpack(">I16s", data[8:28])
     cipher = AESGCM(keys.file_key(dek_id, file_id))
@@ -334,7 +358,7 @@ def decrypt_file(keys: Keys, data: bytes, journals: Path | None = None) -> Decry
                          read_content(cipher, file_id, data, size, keys.chunk_size))
 
 
-# -- walking a store ------------------------------------------------------------------------
+# -- walking a store (FORMAT.md 1, 10) --------------------------------------------------------
 @dataclass(frozen=True)
 class Entry:
     kind: str
@@ -344,9 +368,12 @@ class Entry:
     rdev: int
     size: int
     identity: bytes               # directory id or file id (hard links share it)
-    backend_path: str
+    backend_path: str             # a file's backend file; a directory's stub ("" for the root)
     size_source: str = "header"   # header | tail | stale-header (files)
     target: str | None = None     # symlinks
+    storage: str | None = None    # directories: where their children live
+    nlink: int | None = None      # directories: 2 + the stubs in their storage
+    ctime: int = 0                # the sealed ctime (ns; 0: none recorded)
 
 
 @dataclass
@@ -358,6 +385,7 @@ class Result:
     files: dict[str, bytes] = field(default_factory=dict)      # regular files and symlinks
     entries: dict[str, Entry] = field(default_factory=dict)    # everything but the root
     errors: list[tuple[str, str]] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)           # storages no record names
 
 
 def decrypt_store(store: str | os.PathLike, *, keyfile: bytes | None = None,
@@ -365,42 +393,100 @@ def decrypt_store(store: str | os.PathLike, *, keyfile: bytes | None = None,
     root = Path(store)
     keys = open_config((root / "sealfs.json").read_bytes(), keyfile, passphrase)
     root_id, root_meta = open_dir_record(keys, (root / "sealfs.dir").read_bytes())
+    storage = keys.storage(root_id)
+    listing = _list(root, storage)             # a missing root storage: the store is unreadable
     result = Result(keys.volume_id, keys.pin_fingerprint, keys.chunk_size,
-                    Entry("directory", root_meta.mode, root_meta.uid, root_meta.gid, 0, 0,
-                          root_id, ""))
-    _walk(keys, root, "", "", root_id, result)
+                    _dir_entry(root_meta, root_id, "", storage, listing))
+    reached = {storage}
+    _walk(keys, root, storage, listing, "", root_id, result, reached)
+    result.orphans = sorted(set(_storages(root, result)) - reached)
     return result
 
 
-def _walk(keys: Keys, root: Path, bdir: str, pdir: str, dir_id: bytes, result: Result) -> None:
-    for entry in sorted(os.listdir(root / bdir)):
-        bpath = f"{bdir}/{entry}" if bdir else entry
+def _list(root: Path, storage: str) -> list[tuple[str, int]]:
+    """(entry, lstat mode) of a storage: nothing is followed (FORMAT.md 1, rule 3)."""
+    with os.scandir(root / storage) as it:
+        return sorted((e.name, e.stat(follow_symlinks=False).st_mode) for e in it)
+
+
+def _is_stub(entry: str, mode: int) -> bool:
+    return stat.S_ISDIR(mode) and (LONG_NAME.match(entry) is not None or not entry.startswith("sealfs."))
+
+
+def _dir_entry(meta: Meta, dir_id: bytes, stub: str, storage: str,
+               listing: list[tuple[str, int]]) -> Entry:
+    nlink = 2 + sum(1 for entry, mode in listing if _is_stub(entry, mode))
+    return Entry("directory", meta.mode, meta.uid, meta.gid, 0, 0, dir_id, stub,
+                 storage=storage, nlink=nlink, ctime=meta.ctime)
+
+
+def _storages(root: Path, result: Result) -> list[str]:
+    """Every storage directory under d/; anything else there is reported."""
+    out = []
+    top = root / STORAGES
+    for fan in sorted(os.listdir(top)) if top.is_dir() else []:
+        if not (FANOUT.match(fan) and stat.S_ISDIR(os.lstat(top / fan).st_mode)):
+            result.errors.append((f"{STORAGES}/{fan}", "not written by sealfs (not a storage)"))
+            continue
+        for name in sorted(os.listdir(top / fan)):
+            bpath = f"{STORAGES}/{fan}/{name}"
+            if STORAGE.match(name) and stat.S_ISDIR(os.lstat(root / bpath).st_mode):
+                out.append(bpath)
+            else:
+                result.errors.append((bpath, "not written by sealfs (not a storage)"))
+    return out
+
+
+def _name_of(keys: Keys, root: Path, storage: str, entry: str, dir_id: bytes) -> str | None:
+    """The plaintext name of a storage entry; None for sealfs's own entries (FORMAT.md 1)."""
+    if LONG_NAME.match(entry):
+        sidecar_path = root / storage / (entry + ".name")
+        if not stat.S_ISREG(os.lstat(sidecar_path).st_mode):
+            raise FormatError("long-name sidecar is not a regular file")
+        sidecar = sidecar_path.read_bytes().decode("ascii")
+        if "sealfs.ln." + b32encode(hashlib.sha256(sidecar.encode()).digest()) != entry:
+            raise FormatError("sidecar does not match its long-name entry")
+        return decode_name(keys, sidecar, dir_id)
+    if entry.startswith("sealfs."):
+        return None
+    return decode_name(keys, entry, dir_id)
+
+
+def _walk(keys: Keys, root: Path, storage: str, listing: list[tuple[str, int]], pdir: str,
+          dir_id: bytes, result: Result, reached: set[str]) -> None:
+    for entry, mode in listing:
+        bpath = f"{storage}/{entry}"
         try:
-            if LONG_NAME.match(entry):
-                sidecar = (root / (bpath + ".name")).read_bytes().decode("ascii")
-                if "sealfs.ln." + b32encode(hashlib.sha256(sidecar.encode()).digest()) != entry:
-                    raise FormatError("sidecar does not match its long-name entry")
-                encoded = sidecar
-            elif entry.startswith("sealfs."):
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                if entry.startswith("sealfs.") and not LONG_NAME.match(entry):
+                    continue
+                raise FormatError("not written by sealfs (neither a file nor a directory): "
+                                  "never opened")
+            name = _name_of(keys, root, storage, entry, dir_id)
+            if name is None:
                 continue
-            else:
-                encoded = entry
-            name = decode_name(keys, encoded, dir_id)
             path = f"{pdir}/{name}" if pdir else name
-            full = root / bpath
-            if full.is_dir():
-                child_id, meta = open_dir_record(keys, (full / "sealfs.dir").read_bytes())
-                if meta.kind != 7:
-                    raise FormatError("directory record without directory kind")
-                result.entries[path] = Entry("directory", meta.mode, meta.uid, meta.gid, 0, 0,
-                                             child_id, bpath)
-                _walk(keys, root, bpath, path, child_id, result)
+            if stat.S_ISDIR(mode):
+                child_id, meta = open_dir_record(keys, (root / bpath / "sealfs.dir").read_bytes())
+                child_storage = keys.storage(child_id)
+                if child_storage in reached:
+                    raise FormatError("a second record naming a directory reached already "
+                                      "(a copied stub)")
+                reached.add(child_storage)
+                try:
+                    child_listing = _list(root, child_storage)
+                except FileNotFoundError:
+                    raise FormatError(f"its storage {child_storage} is missing") from None
+                result.entries[path] = _dir_entry(meta, child_id, bpath, child_storage,
+                                                  child_listing)
+                _walk(keys, root, child_storage, child_listing, path, child_id, result, reached)
             else:
-                f = decrypt_file(keys, full.read_bytes(), root / "sealfs.journal")
+                f = decrypt_file(keys, (root / bpath).read_bytes(), root / "sealfs.journal")
                 kind = KINDS[f.meta.kind]
                 target = f.content.decode("utf-8", "surrogateescape") if kind == "symlink" else None
                 result.entries[path] = Entry(kind, f.meta.mode, f.meta.uid, f.meta.gid, f.meta.rdev,
-                                             f.size, f.file_id, bpath, f.how, target)
+                                             f.size, f.file_id, bpath, f.how, target,
+                                             ctime=f.meta.ctime)
                 if kind in ("regular", "symlink"):
                     result.files[path] = f.content
         except (FormatError, OSError, UnicodeDecodeError, ValueError) as exc:
@@ -418,6 +504,8 @@ def main(argv: list[str]) -> int:
                                                              else f" [{e.size_source}]"))
     for bpath, why in result.errors:
         print(f"ERROR {bpath}: {why}", file=sys.stderr)
+    for bpath in result.orphans:
+        print(f"ORPHAN {bpath}: a storage no directory record names", file=sys.stderr)
     if len(argv) == 3:
         out = Path(argv[2])
         for path, e in result.entries.items():

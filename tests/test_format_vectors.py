@@ -1,4 +1,4 @@
-"""The format v1 vectors (tests/vectors/*.json) against sealfs and the independent reader.
+"""The format 2 vectors (tests/vectors/*.json) against sealfs and the independent reader.
 
 Each vector is checked twice: sealfs must produce exactly the stored bytes from the stored
 inputs (so any format change fails here), and tests/independent_decryptor.py, written from
@@ -39,10 +39,11 @@ from sealfs.crypto.format.layout import (
     slot_offset,
     stored_size,
 )
+from sealfs.crypto.format.locator import locator, storage_path
 from sealfs.crypto.format.names import NameCipher, check_name, long_name_entry, pad_name
 from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.crypto.keys.kms_local import KeyfileKek, PassphraseKek
-from sealfs.errors import IntegrityError, KeyAccessError
+from sealfs.errors import ConfigError, IntegrityError, KeyAccessError
 from sealfs.fs.core.files import FileState
 from sealfs.fs.core.volume import Volume
 
@@ -50,14 +51,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import independent_decryptor as ind
 
 VECTORS = Path(__file__).parent / "vectors"
-FMT = json.loads((VECTORS / "format_v1.json").read_text(encoding="utf-8"))
-STORE = json.loads((VECTORS / "store_v1.json").read_text(encoding="utf-8"))
+FMT = json.loads((VECTORS / "format_v2.json").read_text(encoding="utf-8"))
+STORE = json.loads((VECTORS / "store_v2.json").read_text(encoding="utf-8"))
 IN = {k: bytes.fromhex(v) for k, v in FMT["inputs"].items()}
 X = bytes.fromhex
 
 
 def meta_of(d: dict) -> Metadata:
-    return Metadata(Kind(d["kind"]), d["mode"], d["uid"], d["gid"], d["rdev"], d["size"])
+    return Metadata(Kind(d["kind"]), d["mode"], d["uid"], d["gid"], d["rdev"], d["size"], d["ctime"])
 
 
 def ind_keys(chunk_size: int = 4096) -> ind.Keys:
@@ -70,8 +71,9 @@ def test_generator_reproduces_the_checked_in_vectors():
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     fmt, store = gen.generate()
-    assert json.loads(gen.dump(fmt)) == FMT, "format_v1.json differs: the format changed"
-    assert json.loads(gen.dump(store)) == STORE, "store_v1.json differs: the format changed"
+    assert json.loads(gen.dump(fmt)) == FMT, "format_v2.json differs: the format changed"
+    assert json.loads(gen.dump(store)) == STORE, "store_v2.json differs: the format changed"
+    assert FMT["version"] == 2 and not list(VECTORS.glob("*_v1.json"))
 
 
 # -- key hierarchy ---------------------------------------------------------------------------
@@ -84,8 +86,10 @@ def test_hkdf():
     assert kdf.name_key(dek).hex() == v["name_key"]["okm"]
     assert kdf.config_mac_key(dek).hex() == v["config_mac_key"]["okm"]
     assert kdf.dir_meta_key(dek).hex() == v["dir_meta_key"]["okm"]
+    assert kdf.locator_key(dek).hex() == v["locator_key"]["okm"]
+    assert v["locator_key"]["info"] == "sealfs/v2/locator"
     assert kdf.pin_fingerprint(dek) == v["pin_fingerprint"]
-    for name in ("file_key", "name_key", "config_mac_key", "dir_meta_key", "pin_key"):
+    for name in ("file_key", "name_key", "config_mac_key", "dir_meta_key", "locator_key", "pin_key"):
         e = v[name]
         salt = X(e["salt"]) if e["salt"] else None
         assert ind.hkdf(dek, e["info"].encode(), e["length"], salt).hex() == e["okm"], name
@@ -111,8 +115,8 @@ def test_header(v):
     assert raw[:28].hex() == v["aad"]
     plain = AESGCM(ind_keys().file_key(dek_id, file_id)).decrypt(raw[28:40], raw[40:], raw[:28])
     m = ind.unpack_meta(plain)
-    assert (m.kind, m.mode, m.uid, m.gid, m.rdev, m.size) == tuple(v["meta"][k] for k in
-                                                                   ("kind", "mode", "uid", "gid", "rdev", "size"))
+    assert (m.kind, m.mode, m.uid, m.gid, m.rdev, m.size, m.ctime) == tuple(
+        v["meta"][k] for k in ("kind", "mode", "uid", "gid", "rdev", "size", "ctime"))
 
 
 @pytest.mark.parametrize("v", FMT["dir_meta"], ids=lambda v: v["label"])
@@ -123,11 +127,37 @@ def test_dir_record(v):
     assert key.hex() == v["dir_meta_key"]
     assert seal_dir_meta(key, X(v["dir_id"]), meta_of(v["meta"]), nonce=X(v["nonce"])) == raw
     assert open_dir_meta(key, raw) == (X(v["dir_id"]), meta_of(v["meta"]))
+    # FORMAT.md 6, byte by byte: public part, nonce, sealed id || metadata, tag
+    assert raw[:8] == b"SEALFS\x02D" and raw[8:20].hex() == v["nonce"]
+    assert (b"sealfs.dir" + raw[:8]).hex() == v["aad"]
+    plain = AESGCM(key).decrypt(raw[8:20], raw[20:], X(v["aad"]))
+    assert plain.hex() == v["plaintext"] and plain[:16].hex() == v["dir_id"]
+    assert X(v["dir_id"]) not in raw                       # the id is sealed
     dir_id, m = ind.open_dir_record(ind_keys(), raw)
     assert dir_id.hex() == v["dir_id"] and m.kind == 7 and m.mode == v["meta"]["mode"]
-    assert (b"sealfs.dir" + raw[:24]).hex() == v["aad"]
-    with pytest.raises(ind.FormatError):
-        ind.open_dir_record(ind_keys(), raw[:8] + bytes(16) + raw[24:])   # other dir id
+    assert m.ctime == v["meta"]["ctime"]
+    format1 = raw[:6] + b"\x01" + raw[7:]                  # a format-1 record's version byte
+    flipped = raw[:30] + bytes([raw[30] ^ 1]) + raw[31:]   # a bit of the sealed id
+    for bad in (format1, flipped, raw[:91], raw + b"\0"):
+        with pytest.raises(ind.FormatError):
+            ind.open_dir_record(ind_keys(), bad)
+        with pytest.raises(IntegrityError):
+            open_dir_meta(key, bad)
+
+
+# -- locators ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("v", FMT["locator"]["locators"], ids=lambda v: v["label"])
+def test_locator(v):
+    key = kdf.locator_key(IN["dek1"])
+    assert key.hex() == FMT["locator"]["locator_key"]
+    dir_id = X(v["dir_id"])
+    assert locator(key, dir_id) == v["locator"]
+    assert storage_path(v["locator"]) == v["storage"]
+    # FORMAT.md 1: L = b32(HMAC-SHA256(locator key, id))[0:32]; storage d/L[0:2]/L[2:32]
+    assert ind.b32encode(X(v["hmac"]))[:32] == v["locator"]
+    assert len(v["locator"]) == 32 and set(v["locator"]) <= set("abcdefghijklmnopqrstuvwxyz234567")
+    assert v["storage"] == f"d/{v['locator'][:2]}/{v['locator'][2:]}" and len(v["storage"]) == 35
+    assert ind_keys().storage(dir_id) == v["storage"]
 
 
 # -- chunks --------------------------------------------------------------------------------------
@@ -329,11 +359,12 @@ async def test_size_resolution_through_volume(tmp_path: Path):
     keyfile.write_bytes(X(STORE["keyfile"]))
     keyfile.chmod(0o600)  # secret files: owner only (or they are refused)
     root_id = X(STORE["root"]["dir_id"])
+    root_storage = store / STORE["root"]["storage"]
     names = NameCipher(kdf.name_key(IN["dek1"]))
     cases = [v for v in SR["cases"] if v["expected_size"] is not None]
     # Re-key each case's file into the store (same DEK 2 and file id: only names are new).
     for n, v in enumerate(cases):
-        (store / names.entry_for(f"case{n}", root_id)[0]).write_bytes(X(v["file"]))
+        (root_storage / names.entry_for(f"case{n}", root_id)[0]).write_bytes(X(v["file"]))
     # One Volume per case: every case file has the same file id, and sealfs keys its chunk
     # cache by file id (two backend files with one file id are taken for hard links).
     for n, v in enumerate(cases):
@@ -359,8 +390,11 @@ def materialize(dest: Path) -> Path:
     return dest
 
 
-def check_tree(entries: dict, files: dict) -> None:
+def check_tree(entries: dict, files: dict, extra_links: dict | None = None) -> None:
+    """entries against the store's tree; extra_links: links a reader's directory link
+    counts may add to 2 + subdirectories (by path)."""
     tree = STORE["tree"]
+    extra_links = extra_links or {}
     assert set(entries) == set(tree)
     for path, t in tree.items():
         e = entries[path]
@@ -370,21 +404,43 @@ def check_tree(entries: dict, files: dict) -> None:
             assert e["rdev"] == t["rdev"], path
             if path in files:
                 assert hashlib.sha256(files[path]).hexdigest() == t["sha256"], path
+        else:
+            assert e["nlink"] == t["nlink"] + extra_links.get(path, 0), path
 
 
 def test_store_independent(tmp_path: Path):
     store = materialize(tmp_path / "s")
     r = ind.decrypt_store(store, keyfile=X(STORE["keyfile"]))
     assert r.errors == []
+    assert r.orphans == STORE["orphans"]
     assert r.root.identity.hex() == STORE["root"]["dir_id"]
+    assert (r.root.storage, r.root.nlink) == (STORE["root"]["storage"], STORE["root"]["nlink"])
     kind_num = {v: k for k, v in ind.KINDS.items()}
     entries = {p: {"kind": kind_num[e.kind], "mode": e.mode, "uid": e.uid, "gid": e.gid,
-                   "size": e.size, "rdev": e.rdev} for p, e in r.entries.items()}
+                   "size": e.size, "rdev": e.rdev, "nlink": e.nlink} for p, e in r.entries.items()}
     check_tree(entries, r.files)
+    for path, t in STORE["tree"].items():       # where each entry lives (FORMAT.md 1)
+        e = r.entries[path]
+        if e.kind == "directory":
+            assert (e.backend_path, e.storage) == (t["stub"], t["storage"]), path
+        else:
+            assert e.backend_path == t["backend_path"], path
     assert r.entries["link"].target == STORE["tree"]["link"]["target"]
     assert r.entries["crash-tail"].size_source == "tail"
     assert r.entries["crash-stale-header"].size_source == "stale-header"
     assert r.pin_fingerprint == FMT["config"]["keyfile_volume"]["pin"]["fingerprint"]
+
+
+def test_store_shape():
+    """FORMAT.md 1: a flat store. Every entry lives in a storage d/<2>/<30>, at most a stub
+    deeper, whatever the plaintext depth; no store path comes near the 300-character bound."""
+    paths = [p for p in STORE["files"] if p not in ("sealfs.json", "sealfs.dir")]
+    assert all(p == "d" or p.startswith("d/") for p in paths)
+    assert max(p.count("/") for p in paths) == 4          # d/xx/storage/stub/sealfs.dir
+    assert max(len(p) for p in STORE["files"]) <= 300
+    deepest = max(STORE["tree"], key=lambda p: p.count("/"))
+    assert deepest.count("/") == 3                         # docs/<long>/deeper/leaf
+    assert STORE["tree"][deepest]["backend_path"].count("/") == 3
 
 
 async def test_store_sealfs(tmp_path: Path):
@@ -395,12 +451,23 @@ async def test_store_sealfs(tmp_path: Path):
     vol = await Volume.load(LocalBackend(store), KeySecrets(keyfile=keyfile))
     try:
         entries, files = {}, {}
-        for path, attr in await vol.walk():
+        listing = await vol.walk()
+        for path, attr in listing:
             entries[path] = {"kind": int(attr.kind), "mode": attr.mode, "uid": attr.uid,
-                             "gid": attr.gid, "size": attr.size, "rdev": attr.rdev}
+                             "gid": attr.gid, "size": attr.size, "rdev": attr.rdev,
+                             "nlink": attr.nlink}
             if attr.kind in (Kind.REGULAR, Kind.SYMLINK):
                 files[path] = await vol.read_file(path)
-        check_tree(entries, files)
+        assert listing.problems == []
+        # Locally a directory's link count is its storage's (FORMAT.md 1), which also
+        # counts a leftover temporary stub (sealfs.tmp.*) until it is removed.
+        temp_stubs = {path: sum(1 for p, v in STORE["files"].items() if v is None
+                                and p.startswith(t.get("storage", "-") + "/sealfs.tmp."))
+                      for path, t in list(STORE["tree"].items()) + [("", STORE["root"])]}
+        assert temp_stubs["docs"] == 1 and temp_stubs[""] == 1
+        check_tree(entries, files, temp_stubs)
+        assert (await vol.stat("")).nlink == STORE["root"]["nlink"] + temp_stubs[""]
+        assert (await vol.stat("")).identity.hex() == STORE["root"]["dir_id"]
         assert await vol.readlink("link") == STORE["tree"]["link"]["target"]
     finally:
         await vol.close()
@@ -427,8 +494,57 @@ def test_moved_entry_is_reported_not_renamed(tmp_path: Path):
     store = materialize(tmp_path / "s")
     r0 = ind.decrypt_store(store, keyfile=X(STORE["keyfile"]))
     src = store / r0.entries["hello.txt"].backend_path
-    docs = store / r0.entries["docs"].backend_path
+    docs = store / r0.entries["docs"].storage
     shutil.move(src, docs / src.name)
     r = ind.decrypt_store(store, keyfile=X(STORE["keyfile"]))
     assert "hello.txt" not in r.entries and "docs/hello.txt" not in r.entries
-    assert [b for b, _ in r.errors] == [f"{r0.entries['docs'].backend_path}/{src.name}"]
+    assert [b for b, _ in r.errors] == [f"{r0.entries['docs'].storage}/{src.name}"]
+
+
+def test_copied_stub_is_reported_once(tmp_path: Path):
+    """FORMAT.md 6 and 11: a stub's record copied over another's shows one directory under
+    two names; the second record reached is an error, and the storage the overwritten
+    record named becomes an orphan."""
+    store = materialize(tmp_path / "s")
+    r0 = ind.decrypt_store(store, keyfile=X(STORE["keyfile"]))
+    docs, uni = r0.entries["docs"], r0.entries["Grüße"]
+    (store / uni.backend_path / "sealfs.dir").write_bytes(
+        (store / docs.backend_path / "sealfs.dir").read_bytes())
+    r = ind.decrypt_store(store, keyfile=X(STORE["keyfile"]))
+    first, second = sorted([docs.backend_path, uni.backend_path])
+    assert [b for b, _ in r.errors] == [second]
+    assert "copied stub" in r.errors[0][1]
+    assert sorted(r.orphans) == sorted(STORE["orphans"] + [uni.storage])
+
+
+def test_foreign_entry_is_reported_never_followed(tmp_path: Path):
+    """FORMAT.md 1, rule 3: a symlink in a storage is reported, never followed, even when
+    it points at a stub or a file sealfs wrote."""
+    store = materialize(tmp_path / "s")
+    r0 = ind.decrypt_store(store, keyfile=X(STORE["keyfile"]))
+    storage = store / STORE["root"]["storage"]
+    docs_stub = r0.entries["docs"].backend_path.rsplit("/", 1)[1]
+    names = NameCipher(kdf.name_key(IN["dek1"]))
+    evil = names.entry_for("evil", X(STORE["root"]["dir_id"]))[0]
+    (storage / evil).symlink_to(docs_stub)
+    r = ind.decrypt_store(store, keyfile=X(STORE["keyfile"]))
+    assert "evil" not in r.entries
+    assert [b for b, _ in r.errors] == [f"{STORE['root']['storage']}/{evil}"]
+    assert "never opened" in r.errors[0][1]
+
+
+async def test_format1_store_is_refused_in_one_line(tmp_path: Path):
+    """FORMAT.md 3: a format-1 store is refused with one line naming its version."""
+    store = materialize(tmp_path / "s")
+    doc = json.loads((store / "sealfs.json").read_text())
+    doc["version"] = 1
+    (store / "sealfs.json").write_text(json.dumps(doc))
+    with pytest.raises(ind.FormatError, match="format-1 store"):
+        ind.decrypt_store(store, keyfile=X(STORE["keyfile"]))
+    keyfile = tmp_path / "k"
+    keyfile.write_bytes(X(STORE["keyfile"]))
+    keyfile.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        await Volume.load(LocalBackend(store), KeySecrets(keyfile=keyfile))
+    message = str(info.value)
+    assert "format-1 store" in message and "format 2" in message and "\n" not in message

@@ -76,20 +76,47 @@ async def build(vol, cs: int) -> dict[str, bytes]:
     expected["short-again"] = expected.pop(LONG_FILE)
     await vol.write_file("a/removed", b"gone")
     await vol.unlink("a/removed")
+    # directories: removed, renamed with what is below them (one rename of the stub),
+    # renamed over an empty directory
+    await vol.mkdir("tmpdir")
+    await vol.mkdir("tmpdir/sub")
+    await vol.rmdir("tmpdir/sub")
+    await vol.rmdir("tmpdir")
+    await vol.mkdir("mv")
+    await vol.mkdir("mv/inner")
+    await put("mv/inner/f", b"moved with its directory\n")
+    await vol.rename("mv", f"{LONG_DIR}/mv renamed")
+    expected[f"{LONG_DIR}/mv renamed/inner/f"] = expected.pop("mv/inner/f")
+    await vol.mkdir("victim")
+    await vol.rename(f"{LONG_DIR}/mv renamed/inner", "victim")
+    expected["victim/f"] = expected.pop(f"{LONG_DIR}/mv renamed/inner/f")
     return expected
 
 
 async def sealfs_view(vol) -> dict[str, tuple]:
     out = {}
     for path, attr in await vol.walk():
-        out[path] = (int(attr.kind), attr.mode, attr.uid, attr.gid, attr.size, attr.identity)
+        out[path] = (int(attr.kind), attr.mode, attr.uid, attr.gid, attr.size, attr.identity,
+                     attr.nlink if attr.is_dir else None)
     return out
 
 
 def independent_view(r: ind.Result) -> dict[str, tuple]:
     kind_num = {v: k for k, v in ind.KINDS.items()}
     return {p: (kind_num[e.kind], e.mode, e.uid, e.gid, e.size if e.kind != "directory" else 4096,
-                e.identity) for p, e in r.entries.items()}
+                e.identity, e.nlink) for p, e in r.entries.items()}
+
+
+def check_flat(store: Path, r: ind.Result) -> None:
+    """FORMAT.md 1: every directory has one storage d/<2>/<30>, every entry lives in one,
+    the backend depth and path length are bounded whatever the plaintext depth."""
+    dirs = [r.root] + [e for e in r.entries.values() if e.kind == "directory"]
+    storages = {p.relative_to(store).as_posix() for p in store.glob("d/*/*")}
+    assert storages == {e.storage for e in dirs} and r.orphans == []
+    for e in r.entries.values():
+        assert e.backend_path.rsplit("/", 1)[0] in storages
+    paths = [p.relative_to(store).as_posix() for p in store.rglob("*")]
+    assert max(p.count("/") for p in paths) <= 4 and max(map(len, paths)) <= 300
 
 
 @pytest.mark.parametrize("cs", [4096, 65536])
@@ -114,6 +141,9 @@ async def test_volume_library_store(cs, make_volume, open_volume, keyfile: Path,
     e = r.entries[f"{LONG_DIR}/one-moved"]
     assert (e.mode, e.uid, e.gid) == (0o640, 1234, 5678)
     assert r.entries["a/b/c"].mode == 0o700
+    assert r.entries[LONG_DIR].nlink == 3 and r.entries["victim"].nlink == 2
+    assert r.root.nlink == 2 + 4                   # a, LONG_DIR, 日本語, victim
+    check_flat(store, r)
     assert all(e.size_source == "header" for e in r.entries.values() if e.kind != "directory")
     # long names really are in the long form on disk, with sidecars
     for path in (LONG_DIR, f"{LONG_DIR}/{LONG_FILE}", MAX_NAME):
@@ -187,6 +217,7 @@ def test_cli_store(tmp_path: Path, isolated_state: Path):
     assert r.errors == []
     assert r.files == {"dir/sub/big.bin": local.read_bytes(), "Ωmega " + "n" * 140: b""}
     assert set(r.entries) == {"dir", "dir/sub", "dir/sub/big.bin", "Ωmega " + "n" * 140}
+    check_flat(store, r)
     listing = cli("ls", str(store), "-R", "--keyfile", str(key), env=env).stdout
     assert "big.bin" in listing
 
@@ -199,6 +230,10 @@ async def test_wrong_key_and_modified_config(make_volume, keyfile: Path):
     doc["current_dek"] = 7
     (store / "sealfs.json").write_text(json.dumps(doc))
     with pytest.raises(ind.FormatError):
+        ind.decrypt_store(store, keyfile=keyfile.read_bytes())
+    doc["version"] = 1
+    (store / "sealfs.json").write_text(json.dumps(doc))
+    with pytest.raises(ind.FormatError, match="format-1 store"):
         ind.decrypt_store(store, keyfile=keyfile.read_bytes())
 
 
@@ -310,7 +345,7 @@ async def test_every_crash_point_reads_old_or_new(name, make_volume, keyfile: Pa
     vol = await Volume.load(backend, KeySecrets(keyfile=keyfile))
     try:
         await vol.write_file("f", old)
-        bpath = vol.names.entry_for("f", (await vol.paths.root()).dir_id)[0]
+        bpath = (await vol.paths.entry("f")).bpath
         before = (store / bpath).read_bytes()
         backend.watch = bpath
         f = await vol.open("f", write=True)
@@ -342,7 +377,7 @@ async def test_a_torn_rewrite_reads_through_its_journal(make_volume, open_volume
     vol = await open_volume(store)
     try:
         await vol.write_file("f", old)
-        bpath = vol.names.entry_for("f", (await vol.paths.root()).dir_id)[0]
+        bpath = (await vol.paths.entry("f")).bpath
     finally:
         await vol.close()
     new_chunk = blob(CS, 12)
@@ -353,3 +388,125 @@ async def test_a_torn_rewrite_reads_through_its_journal(make_volume, open_volume
     (store / "sealfs.journal" / next(p.name for p in (store / "sealfs.journal").iterdir())).unlink()
     r = ind.decrypt_store(store, keyfile=keyfile.read_bytes())
     assert r.errors and "chunk 2 does not authenticate" in r.errors[0][1]
+
+
+# -- crash ordering of directory operations (FORMAT.md 9.2) ----------------------------------
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """The whole store: {backend path: content, or None for a directory}."""
+    out: dict[str, bytes | None] = {}
+    for p in sorted(root.rglob("*")):
+        out[p.relative_to(root).as_posix()] = None if p.is_dir() else p.read_bytes()
+    return out
+
+
+def restore(state: dict[str, bytes | None], dest: Path) -> Path:
+    dest.mkdir()
+    for bpath, content in state.items():
+        if content is None:
+            (dest / bpath).mkdir(parents=True, exist_ok=True)
+        else:
+            (dest / bpath).parent.mkdir(parents=True, exist_ok=True)
+            (dest / bpath).write_bytes(content)
+    return dest
+
+
+class SnapshotBackend:
+    """Wraps LocalBackend; after every request that changes the namespace or a file's bytes,
+    records the whole store: each recorded state is where a crash after that request leaves
+    the store (requests are not torn: FORMAT.md 9.2)."""
+
+    def __new__(cls, root):
+        from sealfs.backends.local import LocalBackend
+
+        def recorded(name):
+            async def method(self, *args, **kwargs):
+                result = await getattr(LocalBackend, name)(self, *args, **kwargs)
+                if self.states is not None and (name != "open" or kwargs.get("create")):
+                    state = snapshot(self.store)
+                    if state != self.states[-1]:
+                        self.states.append(state)
+                return result
+            return method
+
+        names = ("open", "create_file", "write", "write_many", "truncate", "mkdir", "rmdir",
+                 "unlink", "rename", "place_new", "link")
+        cls_ = type("_Snapshotting", (LocalBackend,), {n: recorded(n) for n in names})
+        backend = cls_(root)
+        backend.store, backend.states = Path(root), None
+        return backend
+
+
+LONG_A = "long directory name " * 8                     # 160 bytes: a long-name stub
+
+
+async def _dir_base(vol) -> None:
+    await vol.mkdir("a")
+    await vol.write_file("a/f", b"in a\n")
+    await vol.mkdir("a/sub")
+    await vol.write_file("a/sub/g", b"in a/sub\n")
+    await vol.mkdir("b")
+    await vol.mkdir("empty")
+    await vol.mkdir(LONG_A)
+    await vol.write_file("keep", b"keep\n")
+
+
+DIR_SCENARIOS = {
+    "mkdir": lambda vol: vol.mkdir("new"),
+    "mkdir, long name": lambda vol: vol.mkdir("n" * 200),
+    "mkdir inside a directory": lambda vol: vol.mkdir("a/sub/new"),
+    "rmdir": lambda vol: vol.rmdir("empty"),
+    "rmdir, long name": lambda vol: vol.rmdir(LONG_A),
+    "rename a directory within its parent": lambda vol: vol.rename("a", "a2"),
+    "rename a directory into another": lambda vol: vol.rename("a", "b/a"),
+    "rename a directory to a long name": lambda vol: vol.rename("a", "b/" + "z" * 150),
+    "rename a long-named directory": lambda vol: vol.rename(LONG_A, "short"),
+    "rename a directory over an empty one": lambda vol: vol.rename("a", "empty"),
+}
+
+
+def tree_view(r: ind.Result) -> dict[str, tuple]:
+    return {p: (e.kind, e.mode, r.files.get(p)) for p, e in r.entries.items()}
+
+
+@pytest.mark.parametrize("name", list(DIR_SCENARIOS))
+async def test_every_crash_point_of_a_directory_operation(name, make_volume, keyfile: Path,
+                                                          tmp_path: Path):
+    """Replay the store after each request of mkdir, rmdir or rename of a directory: the
+    independent reader gets the old tree, then the new one, never an error; what a crash
+    leaves besides is at most a temporary stub and one orphan storage, only mid-operation.
+    Renaming over an empty directory may also stop with the victim moved aside and the
+    source not moved yet (FORMAT.md 9.2): the victim is gone, everything else is old."""
+    from sealfs.crypto.keys.kms import KeySecrets
+    from sealfs.fs.core.volume import Volume
+
+    store = await make_volume(CS)
+    backend = SnapshotBackend(store)
+    vol = await Volume.load(backend, KeySecrets(keyfile=keyfile))
+    try:
+        await _dir_base(vol)
+        backend.states = [snapshot(store)]
+        await DIR_SCENARIOS[name](vol)
+    finally:
+        await vol.close()
+    states = backend.states
+    assert len(states) >= 2, "the operation changed nothing on the backend"
+    key = keyfile.read_bytes()
+    views, orphans = [], []
+    for k, state in enumerate(states):
+        r = ind.decrypt_store(restore(state, tmp_path / f"state{k}"), keyfile=key)
+        assert r.errors == [], f"{name}: after {k} of {len(states) - 1} requests"
+        views.append(tree_view(r))
+        orphans.append(len(r.orphans))
+        if k in (0, len(states) - 1):
+            assert [p for p in state if "/sealfs.tmp." in p] == [], f"{name}: leftovers"
+    assert orphans[0] == orphans[-1] == 0 and max(orphans) <= 1, f"{name}: orphans {orphans}"
+    old, new = views[0], views[-1]
+    assert old != new
+    order = [old, new]
+    if name == "rename a directory over an empty one":
+        order.insert(1, {p: v for p, v in old.items() if p != "empty"})
+    ranks = []
+    for k, view in enumerate(views):
+        assert view in order, f"{name}: after {k} of {len(views) - 1} requests: neither old nor new"
+        ranks.append(order.index(view))
+    assert ranks == sorted(ranks), f"{name}: the tree went back: {ranks}"

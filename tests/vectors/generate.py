@@ -1,6 +1,6 @@
-"""Generate the sealfs format v1 test vectors (run once; the outputs are checked into git).
+"""Generate the sealfs format 2 test vectors (run once; the outputs are checked into git).
 
-    python tests/vectors/generate.py            # writes format_v1.json and store_v1.json
+    python tests/vectors/generate.py            # writes format_v2.json and store_v2.json
     python tests/vectors/generate.py --check    # regenerates in memory, diffs against the files
 
 Every value is produced by the sealfs code itself (sealfs.crypto) from fixed inputs and
@@ -8,17 +8,19 @@ fixed nonces. tests/test_format_vectors.py recomputes them with sealfs (so a for
 fails) and decrypts them with tests/independent_decryptor.py (so FORMAT.md is enough to
 read them). Never regenerate to make a failing test pass: a diff here is a format change.
 
-format_v1.json   primitives: HKDF outputs, headers, sealfs.dir records, chunks, names,
-                 layout sizes, sealfs.json (keyfile and passphrase), size resolution cases.
-store_v1.json    a complete small store (chunk size 4096) as {backend path: hex | null},
-                 with the plaintext tree a reader must produce from it.
+format_v2.json   primitives: HKDF outputs, locators, headers, sealfs.dir records, chunks,
+                 names, layout sizes, sealfs.json (keyfile and passphrase), size resolution.
+store_v2.json    a complete small store (chunk size 4096) as {backend path: hex | null},
+                 with the plaintext tree a reader must produce from it and its orphans.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import json
+import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -33,8 +35,10 @@ from sealfs.crypto.format.constants import (
     INFO_CONFIG,
     INFO_DIRS,
     INFO_FILE,
+    INFO_LOCATOR,
     INFO_NAMES,
     INFO_PIN,
+    STORAGE_DIR,
     TEMP_PREFIX,
 )
 from sealfs.crypto.format.header import FileHeader, Kind, Metadata, seal_dir_meta, seal_header
@@ -45,11 +49,13 @@ from sealfs.crypto.format.layout import (
     slot_offset,
     stored_size,
 )
+from sealfs.crypto.format.locator import locator, storage_path
 from sealfs.crypto.format.names import NameCipher, pad_name, sidecar_of
 from sealfs.crypto.keys.kms_local import KeyfileKek, PassphraseKek
 
 HERE = Path(__file__).resolve().parent
 CREATED = "2024-01-01T00:00:00Z"
+CTIME_NS = 1_717_243_200_123_456_789          # 2024-06-01T12:00:00.123456789Z
 
 
 def h(data: bytes) -> str:
@@ -98,6 +104,8 @@ def hkdf_vectors() -> dict:
                            "okm": h(kdf.config_mac_key(dek))},
         "dir_meta_key": {"salt": None, "info": INFO_DIRS.decode(), "length": 32,
                          "okm": h(kdf.dir_meta_key(dek))},
+        "locator_key": {"salt": None, "info": INFO_LOCATOR.decode(), "length": 32,
+                        "okm": h(kdf.locator_key(dek))},
         "pin_key": {"salt": None, "info": INFO_PIN.decode(), "length": 32, "okm": h(pin_key)},
         "pin_fingerprint": kdf.pin_fingerprint(dek),
     }
@@ -105,7 +113,7 @@ def hkdf_vectors() -> dict:
 
 def meta_json(meta: Metadata) -> dict:
     return {"kind": int(meta.kind), "mode": meta.mode, "uid": meta.uid, "gid": meta.gid,
-            "rdev": meta.rdev, "size": meta.size}
+            "rdev": meta.rdev, "size": meta.size, "ctime": meta.ctime_ns}
 
 
 def header_vectors() -> list:
@@ -117,6 +125,8 @@ def header_vectors() -> list:
         ("char device", 2, INPUTS["dek2"], Metadata(Kind.CHAR, 0o620, 0, 5, (4 << 8) | 1, 0)),
         ("setuid, large ids and size", 2, INPUTS["dek2"],
          Metadata(Kind.REGULAR, 0o4755, 0xfffffffe, 0xfffffffe, 0, (1 << 40) + 3)),
+        ("sealed ctime", 2, INPUTS["dek2"],
+         Metadata(Kind.REGULAR, 0o640, 1000, 1000, 0, 7, CTIME_NS)),
     ]
     for i, (label, dek_id, dek, meta) in enumerate(cases):
         key = kdf.file_key(dek, INPUTS["file_id"])
@@ -132,13 +142,35 @@ def dir_meta_vectors() -> list:
     out = []
     key = kdf.dir_meta_key(INPUTS["dek1"])
     cases = [("root", INPUTS["dir_id"], Metadata(Kind.DIRECTORY, 0o755, 1000, 1000)),
-             ("sticky tmp", INPUTS["other_dir_id"], Metadata(Kind.DIRECTORY, 0o1777, 0, 0))]
+             ("sticky tmp", INPUTS["other_dir_id"], Metadata(Kind.DIRECTORY, 0o1777, 0, 0)),
+             ("setgid, sealed ctime", INPUTS["dir_id"],
+              Metadata(Kind.DIRECTORY, 0o2775, 1000, 50, ctime_ns=CTIME_NS))]
     for i, (label, dir_id, meta) in enumerate(cases):
         nonce = fixed(f"dir/{i}", 12)
         raw = seal_dir_meta(key, dir_id, meta, nonce=nonce)
         out.append({"label": label, "dir_id": h(dir_id), "dir_meta_key": h(key), "nonce": h(nonce),
-                    "meta": meta_json(meta), "aad": h(b"sealfs.dir" + raw[:24]), "bytes": h(raw)})
+                    "meta": meta_json(meta), "aad": h(b"sealfs.dir" + raw[:8]),
+                    "plaintext": h(dir_id + _meta_bytes(meta)), "bytes": h(raw)})
     return out
+
+
+def _meta_bytes(meta: Metadata) -> bytes:
+    """The 40-byte sealed metadata, packed from FORMAT.md 7.2 (struct ">B3xIIIQQQ")."""
+    return struct.pack(">B3xIIIQQQ", int(meta.kind), meta.mode, meta.uid, meta.gid, meta.rdev,
+                       meta.size, meta.ctime_ns)
+
+
+def locator_vectors() -> dict:
+    """FORMAT.md 1: L = b32(HMAC-SHA256(locator key, id))[0:32], storage = d/L[0:2]/L[2:32]."""
+    key = kdf.locator_key(INPUTS["dek1"])
+    out = []
+    for label, dir_id in (("dir_id", INPUTS["dir_id"]), ("other_dir_id", INPUTS["other_dir_id"]),
+                          ("all zero", bytes(16)), ("all ones", b"\xff" * 16)):
+        loc = locator(key, dir_id)
+        out.append({"label": label, "dir_id": h(dir_id),
+                    "hmac": h(hmac.new(key, dir_id, hashlib.sha256).digest()),
+                    "locator": loc, "storage": storage_path(loc)})
+    return {"locator_key": h(key), "locators": out}
 
 
 def chunk_vectors() -> dict:
@@ -347,31 +379,50 @@ def size_resolution_vectors() -> dict:
 
 # -- a complete store ---------------------------------------------------------------------
 def store_vectors(tmp: Path, config_json: str) -> dict:
+    """A format-2 store: every directory a stub (its record) in its parent's storage and a
+    storage d/<locator of its id> holding its children (FORMAT.md 1)."""
     cs = 4096
     nk = NameCipher(kdf.name_key(INPUTS["dek1"]))
     dir_key = kdf.dir_meta_key(INPUTS["dek1"])
+    loc_key = kdf.locator_key(INPUTS["dek1"])
     files: dict[str, str | None] = {CONFIG_NAME: config_json.encode().hex()}
     tree: dict[str, dict] = {}
     counter = iter(range(10_000))
 
-    def mkdir(bparent: str, parent_id: bytes, path: str, name: str | None, mode: int) -> tuple[str, bytes]:
+    def storage_of(dir_id: bytes) -> str:
+        return storage_path(locator(loc_key, dir_id))
+
+    def add_storage(dir_id: bytes) -> str:
+        storage = storage_of(dir_id)
+        files[STORAGE_DIR] = None
+        files[storage.rsplit("/", 1)[0]] = None
+        files[storage] = None
+        return storage
+
+    def record(stub: str, dir_id: bytes, mode: int, n: int) -> None:
+        meta = Metadata(Kind.DIRECTORY, mode, 1000, 1000)
+        files[f"{stub}/{DIR_META_NAME}".lstrip("/")] = seal_dir_meta(
+            dir_key, dir_id, meta, nonce=fixed(f"store/dirmeta/{n}", 12)).hex()
+
+    def mkdir(parent: str, parent_id: bytes, path: str, name: str | None, mode: int) -> tuple[str, bytes]:
+        """A directory (the root when name is None); returns (its storage, its id)."""
         n = next(counter)
         dir_id = fixed(f"store/dir/{n}", 16)
+        storage = add_storage(dir_id)
         if name is None:
-            bpath = ""
+            stub = ""
         else:
             entry, long = nk.entry_for(name, parent_id)
-            bpath = f"{bparent}/{entry}".lstrip("/")
-            files[bpath] = None
+            stub = f"{parent}/{entry}"
+            files[stub] = None
             if long:
-                files[sidecar_of(bpath)] = long.encode().hex()
-            tree[path] = {"kind": int(Kind.DIRECTORY), "mode": mode, "uid": 1000, "gid": 1000}
-        meta = Metadata(Kind.DIRECTORY, mode, 1000, 1000)
-        files[f"{bpath}/{DIR_META_NAME}".lstrip("/")] = seal_dir_meta(
-            dir_key, dir_id, meta, nonce=fixed(f"store/dirmeta/{n}", 12)).hex()
-        return bpath, dir_id
+                files[sidecar_of(stub)] = long.encode().hex()
+            tree[path] = {"kind": int(Kind.DIRECTORY), "mode": mode, "uid": 1000, "gid": 1000,
+                          "storage": storage, "stub": stub}
+        record(stub, dir_id, mode, n)
+        return storage, dir_id
 
-    def mkfile(bparent: str, parent_id: bytes, path: str, name: str, content: bytes,
+    def mkfile(parent: str, parent_id: bytes, path: str, name: str, content: bytes,
                kind: Kind = Kind.REGULAR, mode: int = 0o644, rdev: int = 0,
                dek_id: int = 2, holes: tuple[int, ...] = (), raw: bytes | None = None) -> None:
         n = next(counter)
@@ -380,7 +431,7 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
         key = kdf.file_key(dek, fid)
         cipher = ChunkCipher(key, fid)
         entry, long = nk.entry_for(name, parent_id)
-        bpath = f"{bparent}/{entry}".lstrip("/")
+        bpath = f"{parent}/{entry}"
         if raw is None:
             meta = Metadata(kind, mode, 1000, 1000, rdev, len(content))
             data = bytearray(seal_header(key, FileHeader(dek_id, fid, meta),
@@ -397,7 +448,8 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
         if long:
             files[sidecar_of(bpath)] = long.encode().hex()
         tree[path] = {"kind": int(kind), "mode": mode, "uid": 1000, "gid": 1000, "rdev": rdev,
-                      "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+                      "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
+                      "backend_path": bpath}
         if kind == Kind.SYMLINK:
             tree[path]["target"] = content.decode()
 
@@ -409,15 +461,18 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
     mkfile(docs, docs_id, "docs/exact.bin", "exact.bin", pattern(2 * cs, 6))
     long_name = "L" * 100 + "-long-name-" + "x" * 40          # 151 bytes -> long-name form
     mkfile(docs, docs_id, f"docs/{long_name}", long_name, b"long name content\n")
-    long_dir = "D" * 200
+    long_dir = "D" * 200                                       # a long-named directory's stub
     ld, ld_id = mkdir(docs, docs_id, f"docs/{long_dir}", long_dir, 0o755)
     mkfile(ld, ld_id, f"docs/{long_dir}/inner.txt", "inner.txt", b"inside a long-named directory\n")
+    deep, deep_id = mkdir(ld, ld_id, f"docs/{long_dir}/deeper", "deeper", 0o700)
+    mkfile(deep, deep_id, f"docs/{long_dir}/deeper/leaf", "leaf", b"three levels down\n")
+    mkdir(docs, docs_id, "docs/empty-dir", "empty-dir", 0o755)
     uni, uni_id = mkdir(root, root_id, "Grüße", "Grüße", 0o755)
     mkfile(uni, uni_id, "Grüße/日本語 🎉.txt", "日本語 🎉.txt", "こんにちは\n".encode())
     mkfile(root, root_id, "link", "link", b"docs/multi.bin", kind=Kind.SYMLINK, mode=0o777)
     mkfile(root, root_id, "fifo", "fifo", b"", kind=Kind.FIFO, mode=0o644)
     mkfile(root, root_id, "sparse", "sparse", bytes(2 * cs) + b"tail", holes=(0, 1))
-    # crash states (see format_v1.json "size_resolution")
+    # crash states (see format_v2.json "size_resolution")
     n = next(counter)
     fid = fixed(f"store/file/{n}", 16)
     key = kdf.file_key(INPUTS["dek2"], fid)
@@ -433,13 +488,27 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
                             nonce=fixed("store/stale/header", 12))
     mkfile(root, root_id, "crash-stale-header", "crash-stale-header", content, raw=stale_hdr + body)
     # leftovers every reader ignores
-    files[TEMP_PREFIX + "0123456789abcdef"] = _file_bytes(
+    files[f"{root}/{TEMP_PREFIX}0123456789abcdef"] = _file_bytes(
         cipher, key, 2, 3, b"tmp", cs, "store/tmp").hex()
     files[f"{docs}/{HIDDEN_PREFIX}fedcba9876543210"] = _file_bytes(
         cipher, key, 2, 3, b"del", cs, "store/del").hex()
-    files[TEMP_PREFIX + "00dir"] = None
+    files[f"{root}/{TEMP_PREFIX}00dir"] = None
+    # an interrupted mkdir (FORMAT.md 9.2, crash after step 2): a temporary stub whose
+    # record names a storage, and that storage, an orphan (no live record names it)
+    n = next(counter)
+    orphan_id = fixed(f"store/dir/{n}", 16)
+    orphan = add_storage(orphan_id)
+    files[f"{docs}/{TEMP_PREFIX}5eed5eed5eed5eed"] = None
+    record(f"{docs}/{TEMP_PREFIX}5eed5eed5eed5eed", orphan_id, 0o755, n)
+    # a directory's link count: 2 + its subdirectories (the stubs in its storage)
+    parents = [p.rpartition("/")[0] for p, t in tree.items() if t["kind"] == int(Kind.DIRECTORY)]
+    for path, t in tree.items():
+        if t["kind"] == int(Kind.DIRECTORY):
+            t["nlink"] = 2 + parents.count(path)
     return {"chunk_size": cs, "keyfile": h(INPUTS["keyfile"]),
-            "root": {"dir_id": h(root_id), "mode": 0o755, "uid": 1000, "gid": 1000},
+            "root": {"dir_id": h(root_id), "mode": 0o755, "uid": 1000, "gid": 1000,
+                     "storage": root, "nlink": 2 + parents.count("")},
+            "orphans": [orphan],
             "files": dict(sorted(files.items())), "tree": dict(sorted(tree.items()))}
 
 
@@ -448,9 +517,10 @@ def generate() -> tuple[dict, dict]:
         tmp = Path(d)
         config = config_vectors(tmp)
         fmt = {
-            "format": "sealfs", "version": 1,
+            "format": "sealfs", "version": 2,
             "inputs": {k: h(v) for k, v in INPUTS.items()},
             "hkdf": hkdf_vectors(),
+            "locator": locator_vectors(),
             "headers": header_vectors(),
             "dir_meta": dir_meta_vectors(),
             "chunks": chunk_vectors(),
@@ -472,7 +542,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="compare, do not write")
     args = parser.parse_args()
     fmt, store = generate()
-    outputs = {HERE / "format_v1.json": dump(fmt), HERE / "store_v1.json": dump(store)}
+    outputs = {HERE / "format_v2.json": dump(fmt), HERE / "store_v2.json": dump(store)}
     status = 0
     for path, text in outputs.items():
         if args.check:
