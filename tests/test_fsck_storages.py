@@ -274,3 +274,32 @@ async def test_symlinks_and_fifos_under_d_are_reported_never_followed_or_opened(
     assert len(found) == 4, out
     assert (outside / ("o" * 30)).is_dir()
     assert (store / "d" / spare).is_symlink() and (store / fanout / ("s" * 30)).is_symlink()
+
+
+async def test_a_temporary_stub_holding_more_than_a_record_is_kept(any_store, keyfile):
+    """A sealfs.tmp.* directory is a leftover only when it holds at most a directory
+    record (FORMAT.md 9.2, as rmdir decides): anything else in it is reported, kept."""
+    factory, url, env = any_store
+    vol = await open_store(factory, keyfile)
+    try:
+        await vol.mkdir("/a")
+        storage = await storage_of(vol, "/a")
+        leftover = join(storage, "sealfs.tmp.0011223344556677")
+        await vol.backend.mkdir(leftover)
+        await put(vol.backend, join(leftover, DIR_META_NAME), b"r" * 92)
+        other = join(storage, "sealfs.tmp.8899aabbccddeeff")
+        await vol.backend.mkdir(other)
+        await put(vol.backend, join(other, DIR_META_NAME), b"r" * 92)
+        await put(vol.backend, join(other, "not-ours"), b"someone's")
+    finally:
+        await vol.close()
+    code, found, repaired, out = fsck(url, keyfile, env, "--repair")
+    assert code == 4, out
+    assert [x for x in repaired if leftover in x] and not [x for x in repaired if other in x], out
+    assert len(found) == 1 and f"/{other} (ciphertext path): a temporary directory" in found[0], out
+    vol = await open_store(factory, keyfile)
+    try:
+        assert not await exists(vol.backend, leftover)
+        assert sorted(await vol.backend.listdir(other)) == ["not-ours", DIR_META_NAME]
+    finally:
+        await vol.close()

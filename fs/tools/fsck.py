@@ -165,6 +165,13 @@ class Fsck:
             child = join(bpath, entry)
             here = self._where(None, child)
             if entry.startswith(TEMP_PREFIX) or entry.startswith(HIDDEN_PREFIX):
+                if bstat.is_dir and not bstat.foreign \
+                        and not await self._is_leftover(bpath, entry, bstat, set(names)):
+                    # As rmdir has it (FORMAT.md 9.2): not what an interrupted mkdir,
+                    # rmdir or rename leaves, so not ours to delete.
+                    self.problem(here, "a temporary directory holding more than a directory "
+                                       "record: not a leftover of sealfs's, kept")
+                    continue
                 await self._safe(here, "leftover of an interrupted operation",
                                  lambda c=child, d=bstat.is_dir: self._remove_tree(c, d),
                                  "removed leftover")
