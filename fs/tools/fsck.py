@@ -18,14 +18,15 @@ The check then walks the directories from the root, each directory's storage
 Problems are printed one per line as "PROBLEM: <where>: <what>", <where> being the
 plaintext path when every component decrypted, else the backend (ciphertext) path.
 --repair fixes only what loses nothing a reader could see, each as "REPAIRED: ...":
-orphaned long-name sidecars, sealfs.tmp.* / sealfs.del.* leftovers (removed
-recursively), uncommitted tails (cut to the committed extent), and write journals left
-by a crashed mount (the chunks they tore restored, then removed), and orphan storages
-that are empty or hold only such leftovers. An orphan holding anything else is reported
-and kept (it may be another client's work), and so is every orphan when some directory
-could not be walked (the orphan may be that directory's storage). Damaged headers,
-chunks, names and directory records, and entries planted under d/, are reported, never
-"repaired".
+orphaned long-name sidecars, sealfs.tmp.* / sealfs.del.* leftovers (files, and temporary
+stubs holding at most a directory record; a sealfs.tmp.* directory holding anything else
+is reported and kept, as rmdir keeps it), uncommitted tails (cut to the committed
+extent), and write journals left by a crashed mount (the chunks they tore restored, then
+removed), and orphan storages that are empty or hold only such leftovers. An orphan
+holding anything else is reported and kept (it may be another client's work), and so is
+every orphan when some directory could not be walked (the orphan may be that directory's
+storage). Damaged headers, chunks, names and directory records, and entries planted
+under d/, are reported, never "repaired".
 
 The store is untrusted: a symlink, FIFO, device or misplaced directory where sealfs keeps
 its write journals (sealfs.journal itself, or an entry in it) is reported by its
