@@ -14,6 +14,10 @@ writer's write stops at a page boundary) and "message" (SMB: a write() up to one
 request's size lands whole, a larger one in request-sized pieces). The writer makes
 different choices under each (it splits the old final chunk's slot, or journals, only
 where a write can tear), so every scenario runs under both.
+
+Directories (section 9.2): mkdir, rmdir and rename of a directory are recorded call by
+call, and the store after every prefix of the calls must open with the directory under
+its old or its new name, show no leftover, and be made clean by fsck --repair.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 
 import pytest
@@ -499,3 +504,251 @@ async def test_a_reader_and_a_writer_share_a_file_with_a_pending_repair(make_vol
 def test_slot_layout_is_contiguous():
     assert slot_offset(1, CS) - slot_offset(0, CS) == CS + CHUNK_OVERHEAD
     assert slot_offset(0, CS) == HEADER_SIZE
+
+
+# -- directories: mkdir, rmdir, rename (docs/FORMAT.md section 9.2) ----------------------
+#
+# A directory operation is a short sequence of namespace calls (mkdir, rename, rmdir,
+# unlink) and small writes (its record, a long name's sidecar), each of which lands whole
+# or not at all. So the crash states are the store as it is after every prefix of the
+# calls: a recording backend snapshots the whole (small) store after each mutating call,
+# and every snapshot is opened by a fresh volume and checked, then repaired by fsck.
+
+LONG_A = "long-name-" * 20            # 200 bytes: long-name entries with sidecars
+LONG_B = "other-long-" * 20
+
+
+def _store_files(root) -> dict[str, bytes | None]:
+    """Every entry of a store: a directory as None, a file as its bytes."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for name in dirnames:
+            out[os.path.normpath(os.path.join(rel, name))] = None
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                out[os.path.normpath(os.path.join(rel, name))] = fh.read()
+    return out
+
+
+def _install_store(root, files: dict[str, bytes | None]) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    os.mkdir(root)
+    for rel in sorted(files, key=lambda p: p.count("/")):
+        if files[rel] is None:
+            os.mkdir(os.path.join(root, rel))
+    for rel, data in files.items():
+        if data is not None:
+            with open(os.path.join(root, rel), "wb") as fh:
+                fh.write(data)
+
+
+class SnapshotRecorder(LocalBackend):
+    """A local backend that keeps the whole store's content after every call that changes
+    it, in issue order (times are left out: no reader derives anything from them)."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.store_root = root
+        self.states: list[tuple[str, dict]] = [("before any call", _store_files(root))]
+
+    def _took(self, what: str) -> None:
+        self.states.append((f"after call {len(self.states)}: {what}", _store_files(self.store_root)))
+
+    async def open(self, path, *, write=False, create=False, exclusive=False):
+        handle = await super().open(path, write=write, create=create, exclusive=exclusive)
+        if create:
+            self._took(f"create {path}")
+        return handle
+
+    async def write(self, handle, offset, data):
+        await super().write(handle, offset, data)
+        self._took(f"write {handle.path}")
+
+    async def write_many(self, handle, writes):
+        await super().write_many(handle, writes)
+        self._took(f"write_many {handle.path}")
+
+    async def truncate(self, handle, size):
+        await super().truncate(handle, size)
+        self._took(f"truncate {handle.path}")
+
+    async def mkdir(self, path):
+        await super().mkdir(path)
+        self._took(f"mkdir {path}")
+
+    async def rmdir(self, path):
+        await super().rmdir(path)
+        self._took(f"rmdir {path}")
+
+    async def unlink(self, path):
+        await super().unlink(path)
+        self._took(f"unlink {path}")
+
+    async def rename(self, src, dst, *, replace=True):
+        await super().rename(src, dst, replace=replace)
+        self._took(f"rename {src} -> {dst}")
+
+    async def link(self, src, dst):
+        await super().link(src, dst)
+        self._took(f"link {src} -> {dst}")
+
+
+async def _dir_setup(vol: Volume) -> None:
+    """/a holds a file and a subdirectory with a file; /b holds empty directories, one
+    under a long name."""
+    await vol.mkdir("/a")
+    await vol.write_file("/a/f", b"in a")
+    await vol.mkdir("/a/sub")
+    await vol.write_file("/a/sub/g", b"in a/sub")
+    await vol.mkdir("/b")
+    await vol.mkdir("/b/victim")
+    await vol.mkdir(f"/b/{LONG_A}")
+    await vol.write_file("/b/h", b"in b")
+
+
+async def _plant_leftover_in(vol: Volume, path: str) -> None:
+    """What an interrupted create left in a directory: rmdir must still succeed."""
+    storage = (await vol.paths.directory([p for p in path.split("/") if p])).storage
+    h = await vol.backend.open(f"{storage}/sealfs.tmp.0011223344556677", write=True,
+                               create=True, exclusive=True)
+    await vol.backend.write(h, 0, b"half a file")
+    await vol.backend.close(h)
+
+
+@dataclass
+class DirScenario:
+    name: str
+    op: tuple                                  # ("mkdir", path) | ("rmdir", path) | ("rename", src, dst)
+    before: object = None                       # async (vol) -> None, run before recording
+    # visible trees a crash may also leave besides the old and the new one, as changes of
+    # the old one: paths gone
+    also_without: tuple[str, ...] = ()
+    # whether some crash state leaves leftovers (a plain rename is one backend call)
+    leaves_leftovers: bool = True
+
+
+DIR_SCENARIOS = [
+    DirScenario("mkdir", ("mkdir", "/a/new")),
+    DirScenario("mkdir under a long name", ("mkdir", f"/b/{LONG_B}")),
+    DirScenario("mkdir in the root", ("mkdir", "/top")),
+    DirScenario("rmdir", ("rmdir", "/b/victim")),
+    DirScenario("rmdir of a long name", ("rmdir", f"/b/{LONG_A}")),
+    DirScenario("rmdir of a directory holding a leftover", ("rmdir", "/b/victim"),
+                before=lambda vol: _plant_leftover_in(vol, "/b/victim")),
+    DirScenario("rename in its directory", ("rename", "/a", "/a2"), leaves_leftovers=False),
+    DirScenario("rename to another directory", ("rename", "/a/sub", "/b/moved"),
+                leaves_leftovers=False),
+    DirScenario("rename to a long name", ("rename", "/a", f"/b/{LONG_B}")),
+    DirScenario("rename from a long name", ("rename", f"/b/{LONG_A}", "/a/short")),
+    DirScenario("rename over an empty directory", ("rename", "/a/sub", "/b/victim"),
+                also_without=("b/victim",)),
+    DirScenario("rename over an empty long-named directory", ("rename", "/a", f"/b/{LONG_A}"),
+                also_without=(f"b/{LONG_A}",)),
+]
+
+
+async def _visible(vol: Volume) -> dict[str, tuple]:
+    """The tree a reader sees: kind, mode and content of every path; damage fails."""
+    listing = await vol.walk("")
+    assert not listing.problems, [f"{p.bpath}: {p.reason}" for p in listing.problems]
+    tree: dict[str, tuple] = {}
+    for path, attr in listing:
+        assert path not in tree, f"{path} listed twice"
+        tree[path] = ("dir", attr.mode) if attr.is_dir else \
+            ("file", attr.mode, await vol.read_file(path))
+    return tree
+
+
+def _storages(root) -> set[str]:
+    d = os.path.join(root, "d")
+    return {f"{a}/{b}" for a in os.listdir(d) for b in os.listdir(os.path.join(d, a))}
+
+
+async def _load(root, secrets) -> Volume:
+    return await Volume.load(LocalBackend(root), secrets, pins=PinStore())
+
+
+@pytest.mark.parametrize("sc", DIR_SCENARIOS, ids=[s.name for s in DIR_SCENARIOS])
+async def test_a_crash_at_any_step_of_mkdir_rmdir_or_rename_of_a_directory(sc, make_volume,
+                                                                           keyfile, tmp_path):
+    from sealfs.fs.tools.fsck import fsck_volume
+    store = await make_volume(CS)
+    secrets = KeySecrets(keyfile=keyfile)
+    vol = await _load(store, secrets)
+    await _dir_setup(vol)
+    if sc.before is not None:
+        await sc.before(vol)
+    old = await _visible(vol)
+    await vol.close()
+
+    rec = SnapshotRecorder(store)
+    vol = await Volume.load(rec, secrets, pins=PinStore())
+    await getattr(vol, sc.op[0])(*sc.op[1:])
+    await vol.close()
+    states = rec.states
+    vol = await _load(store, secrets)
+    new = await _visible(vol)
+    await vol.close()
+    assert new != old and len(states) > 2, "the operation changed nothing"
+
+    acceptable = {"old": old, "new": new}
+    for gone in sc.also_without:
+        acceptable[f"old without {gone}"] = {p: v for p, v in old.items() if p != gone}
+    seen: set[str] = set()
+    repairs: list[str] = []
+    crashed = tmp_path / "crashed"
+    for label, files in states:
+        where = f"{sc.name}: crash {label}"
+        _install_store(crashed, files)
+        vol = await _load(crashed, secrets)
+        try:
+            tree = await _visible(vol)
+        except Exception as exc:                 # noqa: BLE001 - say which crash state failed
+            raise AssertionError(f"{where}: {type(exc).__name__}: {exc}") from None
+        finally:
+            await vol.close()
+        matches = [name for name, want in acceptable.items() if tree == want]
+        assert matches, f"{where}: the tree is neither the old nor the new one: " \
+                        f"{sorted(set(tree) ^ set(old))} / {sorted(set(tree) ^ set(new))}"
+        seen.add(matches[0])
+
+        lines: list[str] = []
+        vol = await _load(crashed, secrets)
+        try:
+            first = await fsck_volume(vol, repair=False, out=lines.append)
+            assert all(p.endswith("(fsck --repair fixes it)") for p in first.problems), \
+                f"{where}: {first.problems}"
+            result = await fsck_volume(vol, repair=True, out=lines.append)
+            assert result.clean, f"{where}: {result.problems}"
+            repairs.extend(result.repaired)
+        finally:
+            await vol.close()
+        vol = await _load(crashed, secrets)
+        try:
+            again = await fsck_volume(vol, repair=False, out=lines.append)
+            assert again.clean and not again.repaired, f"{where}: after --repair: {again.problems}"
+            assert await _visible(vol) == tree, f"{where}: fsck --repair changed the tree"
+        finally:
+            await vol.close()
+        left = [p for p in _store_files(crashed) if "sealfs.tmp." in p or "sealfs.del." in p]
+        assert not left, f"{where}: left after --repair: {left}"
+        dirs = 1 + sum(1 for v in tree.values() if v[0] == "dir")
+        assert len(_storages(crashed)) == dirs, \
+            f"{where}: {len(_storages(crashed))} storages for {dirs} directories after --repair"
+
+        # unrepaired, the leftovers block nothing: the whole tree can be removed
+        _install_store(crashed, files)
+        vol = await _load(crashed, secrets)
+        try:
+            for path in sorted(tree, key=lambda p: -p.count("/")):
+                await (vol.rmdir if tree[path][0] == "dir" else vol.unlink)(path)
+            assert await vol.listdir("") == [], where
+            assert (await fsck_volume(vol, repair=True, out=lines.append)).clean, where
+        except OSError as exc:
+            raise AssertionError(f"{where}: removing the tree: {exc}") from None
+        finally:
+            await vol.close()
+        assert len(_storages(crashed)) == 1, f"{where}: storages left: {_storages(crashed)}"
+    assert {"old", "new"} <= seen, f"{sc.name}: crash states never showed {({'old', 'new'} - seen)}"
+    assert bool(repairs) == sc.leaves_leftovers, f"{sc.name}: repairs: {repairs}"

@@ -18,10 +18,15 @@ The check then walks the directories from the root, each directory's storage
 Problems are printed one per line as "PROBLEM: <where>: <what>", <where> being the
 plaintext path when every component decrypted, else the backend (ciphertext) path.
 --repair fixes only what loses nothing a reader could see, each as "REPAIRED: ...":
-orphaned long-name sidecars, sealfs.tmp.* / sealfs.del.* leftovers (removed
-recursively), uncommitted tails (cut to the committed extent), and write journals left
-by a crashed mount (the chunks they tore restored, then removed). Damaged headers,
-chunks, names and directory records are reported, never "repaired".
+orphaned long-name sidecars, sealfs.tmp.* / sealfs.del.* leftovers (files, and temporary
+stubs holding at most a directory record; a sealfs.tmp.* directory holding anything else
+is reported and kept, as rmdir keeps it), uncommitted tails (cut to the committed
+extent), and write journals left by a crashed mount (the chunks they tore restored, then
+removed), and orphan storages that are empty or hold only such leftovers. An orphan
+holding anything else is reported and kept (it may be another client's work), and so is
+every orphan when some directory could not be walked (the orphan may be that directory's
+storage). Damaged headers, chunks, names and directory records, and entries planted
+under d/, are reported, never "repaired".
 
 The store is untrusted: a symlink, FIFO, device or misplaced directory where sealfs keeps
 its write journals (sealfs.journal itself, or an entry in it) is reported by its
@@ -34,18 +39,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ...backends.base import join
+from ...backends.base import BackendStat, join
 from ...crypto.format.chunks import ChunkCipher
 from ...crypto.format.constants import (
     CHUNK_OVERHEAD,
     DIR_META_NAME,
     HIDDEN_PREFIX,
+    LOCATOR_SPLIT,
     NONCE_SIZE,
+    STORAGE_DIR,
     TEMP_PREFIX,
 )
 from ...crypto.format.header import HEADER_SIZE
 from ...crypto.format.kdf import file_key
 from ...crypto.format.layout import chunk_count, chunk_plain_length, slot_offset, stored_size
+from ...crypto.format.locator import is_storage_path
 from ...crypto.format.names import (
     entry_of_sidecar,
     is_long_name_entry,
@@ -70,13 +78,16 @@ class FsckResult:
     repaired: list[str] = field(default_factory=list)
     directories: int = 0
     files: int = 0
+    orphans: int = 0                                      # orphan storages found
+
 
     @property
     def clean(self) -> bool:
         return not self.problems
 
     def summary(self) -> str:
-        return (f"fsck: {self.directories} directories, {self.files} files checked: "
+        orphans = f", {self.orphans} orphaned storages" if self.orphans else ""
+        return (f"fsck: {self.directories} directories, {self.files} files checked{orphans}: "
                 f"{len(self.problems)} problems, {len(self.repaired)} repaired")
 
 
@@ -130,7 +141,11 @@ class Fsck:
         for bpath, what in planted:
             await self._planted(bpath, what)
         self.storages: set[str] = {root.storage}
+        # False once some directory could not be walked: its children's storages would
+        # look like orphans, so none is removed.
+        self.complete = True
         await self._check_dir(root.storage, "", root)
+        await self._check_storages()
         for file_id in sorted(self.journals):      # no file has this id any more
             path = journal_path(file_id)
             await self._safe(self._where(None, path), "write journal of a file that no longer exists",
@@ -144,12 +159,20 @@ class Fsck:
             entries = await self.backend.scandir(bpath)
         except OSError as exc:
             self.problem(self._where(plain, bpath), f"cannot list directory: {exc}")
+            self.complete = False
             return
         names = dict(entries)
         for entry, bstat in sorted(entries):
             child = join(bpath, entry)
             here = self._where(None, child)
             if entry.startswith(TEMP_PREFIX) or entry.startswith(HIDDEN_PREFIX):
+                if bstat.is_dir and not bstat.foreign \
+                        and not await self._is_leftover(bpath, entry, bstat, set(names)):
+                    # As rmdir has it (FORMAT.md 9.2): not what an interrupted mkdir,
+                    # rmdir or rename leaves, so not ours to delete.
+                    self.problem(here, "a temporary directory holding more than a directory "
+                                       "record: not a leftover of sealfs's, kept")
+                    continue
                 await self._safe(here, "leftover of an interrupted operation",
                                  lambda c=child, d=bstat.is_dir: self._remove_tree(c, d),
                                  "removed leftover")
@@ -189,6 +212,7 @@ class Fsck:
             info = await self.vol.paths.read_dir_info(stub)
         except IntegrityError as exc:
             self.problem(where, f"directory record: {exc}{self._cipher_note(plain, stub)}")
+            self.complete = False
             return None
         for entry in await self.backend.listdir(stub):
             if entry != DIR_META_NAME:
@@ -225,6 +249,86 @@ class Fsck:
             self.problem(self._where(None, join(bpath, entry)), "unknown sealfs.* entry")
             return False
         return self.vol.names.decode(entry, info.dir_id)
+
+    # -- storages under d/ --------------------------------------------------------------
+    async def _check_storages(self) -> None:
+        """Everything under d/ after the walk: a storage it did not reach is an orphan;
+        anything else is not sealfs's and is reported, never listed into or followed."""
+        for fanout, bstat in await self._scan_store_dir(STORAGE_DIR):
+            top = join(STORAGE_DIR, fanout)
+            if not _fanout_name(fanout) or not bstat.is_dir or bstat.foreign:
+                self._not_ours(top, bstat, "d/ holds only the fan-out directories of storages")
+                continue
+            for entry, st in await self._scan_store_dir(top):
+                storage = join(top, entry)
+                if not is_storage_path(storage) or not st.is_dir or st.foreign:
+                    self._not_ours(storage, st, "a fan-out directory holds only storages")
+                elif storage not in self.storages:
+                    await self._orphan(storage)
+
+    async def _scan_store_dir(self, bpath: str) -> list[tuple[str, BackendStat]]:
+        try:
+            return sorted(await self.backend.scandir(bpath))
+        except FileNotFoundError:
+            return []       # no d/ at all: the walk reported the root's missing storage
+        except OSError as exc:
+            self.problem(self._where(None, bpath), f"cannot list directory: {exc}")
+            return []
+
+    def _not_ours(self, bpath: str, bstat: BackendStat, why: str) -> None:
+        what = bstat.foreign or ("a directory" if bstat.is_dir else "a file")
+        self.problem(self._where(None, bpath), f"{what} not written by sealfs ({why}); "
+                                               "never followed, not removed")
+
+    async def _orphan(self, storage: str) -> None:
+        """A storage no directory record names (FORMAT.md 9.2): removable only when it holds
+        nothing but leftovers, and only when the walk saw every record."""
+        self.result.orphans += 1
+        where = self._where(None, storage)
+        what = "orphaned directory storage (no directory record names it: an interrupted " \
+               "mkdir, rmdir or rename over a directory)"
+        try:
+            entries = await self.backend.scandir(storage)
+        except OSError as exc:
+            self.problem(where, f"{what}; cannot list it: {exc}")
+            return
+        names = {entry for entry, _ in entries}
+        kept = [entry for entry, st in entries
+                if not await self._is_leftover(storage, entry, st, names)]
+        if kept:
+            self.problem(where, f"{what}, holding {_entries(len(kept))} a reader would show "
+                                "(kept: they may be another client's work)")
+        elif not self.complete:
+            self.problem(where, f"{what}; kept, as some directory could not be walked and "
+                                "this may be its storage")
+        else:
+            await self._safe(where, what, lambda: self._remove_orphan(storage, entries),
+                             "removed orphaned directory storage")
+
+    async def _is_leftover(self, storage: str, entry: str, st: BackendStat,
+                           names: set[str]) -> bool:
+        """What an interrupted operation leaves in a storage (FORMAT.md 9.2): sealfs.tmp.* /
+        sealfs.del.* files, a sealfs.tmp.* stub holding at most its record, a long-name
+        sidecar whose entry is gone."""
+        if st.foreign:
+            return False
+        if entry.startswith(TEMP_PREFIX) and st.is_dir:
+            try:
+                inside = await self.backend.listdir(join(storage, entry))
+            except OSError:
+                return False
+            return all(name == DIR_META_NAME for name in inside)
+        if st.is_dir:
+            return False
+        if entry.startswith(TEMP_PREFIX) or entry.startswith(HIDDEN_PREFIX):
+            return True
+        return is_sidecar(entry) and entry_of_sidecar(entry) not in names
+
+    async def _remove_orphan(self, storage: str,
+                             entries: list[tuple[str, BackendStat]]) -> None:
+        for entry, st in entries:
+            await self._remove_tree(join(storage, entry), st.is_dir)
+        await self.backend.rmdir(storage)
 
     async def _planted(self, bpath: str, what: str) -> None:
         """Someone wrote into the store: a problem even once removed (fsck exits 4), and
@@ -364,6 +468,14 @@ class Fsck:
             self.problem(where, f"chunk {i} failed authentication")
         if len(bad) > MAX_CHUNK_LINES:
             self.problem(where, f"{len(bad) - MAX_CHUNK_LINES} more chunks failed authentication")
+
+
+def _entries(n: int) -> str:
+    return "1 entry" if n == 1 else f"{n} entries"
+
+
+def _fanout_name(name: str) -> bool:
+    return len(name) == LOCATOR_SPLIT and set(name) <= set("abcdefghijklmnopqrstuvwxyz234567")
 
 
 def _strip(exc: BaseException, bpath: str) -> str:
