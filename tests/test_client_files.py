@@ -449,28 +449,3 @@ def test_an_unchanged_tree_is_not_copied_again_whatever_the_time_resolution(
     r = run("sync", src, url, "--keyfile", keyfile, env=env)
     assert r.returncode == 0, r.stderr
     assert sync_summary(r) == "sync: 0 copied (0 bytes), 0 deleted, 6 unchanged, 0 errors"
-
-
-def test_a_35_deep_tree_of_100_byte_names_syncs_restores_and_passes_fsck(any_store, keyfile,
-                                                                         tmp_path):
-    """3.5 KB of visible path: format 1 stored it under a path four times as long, which
-    no backend takes; format 2's store paths do not grow with the depth."""
-    _factory, url, env, where = any_store
-    src = tmp_path / "src"
-    deep = src.joinpath(*(f"{i:02d}".ljust(100, "n") for i in range(35)))
-    deep.mkdir(parents=True)
-    assert len(os.fsencode(str(deep.relative_to(src)))) == 35 * 101 - 1
-    (deep / "bottom.txt").write_bytes(b"at the bottom")
-    (src / "top.txt").write_bytes(b"at the top")
-    r = run("sync", src, url, "--keyfile", keyfile, env=env)
-    assert r.returncode == 0 and sync_summary(r).endswith("0 errors"), r.stdout + r.stderr
-    r = run("fsck", url, "--keyfile", keyfile, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "36 directories, 2 files checked: 0 problems" in r.stdout.decode()
-    out = tmp_path / "out"
-    r = run("restore", url, out, "--keyfile", keyfile, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    def untimed(root: Path) -> dict[str, tuple]:      # SMB keeps times to 100 ns
-        return {k: v[:2] + v[3:] for k, v in snapshot(root).items()}
-    assert untimed(out) == untimed(src)
-    assert max(len(str(p.relative_to(where))) for p in where.rglob("*")) <= 300
