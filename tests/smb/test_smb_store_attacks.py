@@ -16,6 +16,7 @@ from sealfs.crypto.format.header import HEADER_SIZE, read_header_public
 from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
+from tests.storepaths import entry_of, record_of
 
 PRECIOUS = b"someone else's file on the same share\n" * 100
 
@@ -34,11 +35,6 @@ async def volume(smb_store, keyfile) -> Volume:
     return await Volume.load(smb_store.backend(), secrets, pins=PinStore())
 
 
-def stored(smb_store, *, dirs: bool):
-    return [p for p in smb_store.local.iterdir()
-            if not p.name.startswith("sealfs.") and p.is_dir() == dirs]
-
-
 async def test_journal_symlink_to_elsewhere_on_the_share(smb_store, keyfile) -> None:
     target = victim(smb_store)
     vol = await volume(smb_store, keyfile)
@@ -46,7 +42,7 @@ async def test_journal_symlink_to_elsewhere_on_the_share(smb_store, keyfile) -> 
         f = await vol.create("/f", 0o644)
         await f.write(0, os.urandom(3 * 4096))
         await f.close()
-        (ciphertext,) = stored(smb_store, dirs=False)
+        ciphertext = smb_store.local / await entry_of(vol, "/f")
         with open(ciphertext, "rb") as fh:
             file_id = read_header_public(fh.read(HEADER_SIZE))[1]
         (smb_store.local / JOURNAL_DIR).mkdir(exist_ok=True)
@@ -72,9 +68,9 @@ async def test_dir_record_symlink_to_elsewhere_on_the_share(smb_store, keyfile) 
     vol = await volume(smb_store, keyfile)
     try:
         await vol.mkdir("/d", 0o755)
-        (cdir,) = stored(smb_store, dirs=True)
-        (cdir / "sealfs.dir").unlink()
-        os.symlink(target, cdir / "sealfs.dir")
+        record = smb_store.local / await record_of(vol, "/d")
+        record.unlink()
+        os.symlink(target, record)
         with pytest.raises(OSError):
             await vol.setattr("/d", mode=0o700)
     finally:
