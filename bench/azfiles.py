@@ -99,6 +99,21 @@ class AzShare:
             _remove(client, path)
 
 
+    def tree_bytes(self) -> int:
+        """Bytes of every file under the directory this URL names (what Azure bills)."""
+        _, _, path = self.split()
+        with self.share_client(4) as client:
+            return _tree_bytes(client, path)
+
+
+def _tree_bytes(client: Any, path: str) -> int:
+    total = 0
+    for e in client.get_directory_client(path).list_directories_and_files():
+        sub = "/".join(p for p in (path, e["name"]) if p)
+        total += _tree_bytes(client, sub) if e.get("is_directory") else int(e.get("size") or 0)
+    return total
+
+
 def _remove(client: Any, path: str) -> None:
     from azure.core.exceptions import ResourceNotFoundError
     dc = client.get_directory_client(path)

@@ -82,6 +82,11 @@ class SealfsTarget(ProcessTarget):
     def label(self) -> str:
         return f"sealfs-{self.backend}-{self.chunk_size}"
 
+    def storage_bytes(self) -> int | None:
+        if self.backend == "azfiles":
+            return self.azure.tree_bytes()
+        return super().storage_bytes()
+
     def _cli(self, *args: str, timeout: float = 300) -> None:
         result = subprocess.run([*SEALFS, *args], env=self.env, capture_output=True, timeout=timeout)
         if result.returncode != 0:
