@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .azfiles import AzShare
 from .samba import SmbShare
 from .targets import ProcessTarget, Target, TargetError, drop_file_cache, lazy_unmount, run_tool, wait_live
 
@@ -52,7 +53,7 @@ class SealfsTarget(ProcessTarget):
 
     def __init__(self, work: Path, chunk_size: str = "64K", backend: str = "local",
                  smb_url: str | None = None, smb_local: Path | None = None,
-                 smb_password: str | None = None) -> None:
+                 smb_password: str | None = None, azure: AzShare | None = None) -> None:
         self.chunk_size = chunk_size
         self.backend = backend
         super().__init__(work)
@@ -67,12 +68,24 @@ class SealfsTarget(ProcessTarget):
             self.storage = smb_local
             if smb_password is not None:
                 self.env["SEALFS_SMB_PASSWORD"] = smb_password
+        elif backend == "azfiles":
+            if azure is None:
+                raise TargetError("azfiles backend needs a share")
+            self.azure = azure
+            self.store = azure.url
+            self.storage = None          # no local directory holds the ciphertext
+            self.env.update(azure.env)
         else:
             self.store = str(self.work / "store")
 
     @property
     def label(self) -> str:
         return f"sealfs-{self.backend}-{self.chunk_size}"
+
+    def storage_bytes(self) -> int | None:
+        if self.backend == "azfiles":
+            return self.azure.tree_bytes()
+        return super().storage_bytes()
 
     def _cli(self, *args: str, timeout: float = 300) -> None:
         result = subprocess.run([*SEALFS, *args], env=self.env, capture_output=True, timeout=timeout)
@@ -103,6 +116,8 @@ class SealfsTarget(ProcessTarget):
         finally:
             if self.backend == "smb" and self.storage is not None:
                 shutil.rmtree(self.storage, ignore_errors=True)
+            elif self.backend == "azfiles":
+                self.azure.remove()
 
 
 class GocryptfsTarget(Target):

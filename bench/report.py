@@ -13,13 +13,17 @@ from .workloads import WORKLOADS
 RATIO_BASES: dict[str, str | None] = {"plain": None, "gocryptfs": None, "securefs": None,
                                       "pyfuse3": "local", "smbprotocol": "smb",
                                       "smbprotocol-reuse": "smb", "smb-raw": "smb",
-                                      "smbclient": "smb", "rclone-smb": "smb"}
+                                      "smbclient": "smb", "rclone-smb": "smb",
+                                      "azfiles-sdk": "azfiles", "azfiles-raw": "azfiles"}
 RATIO_NOTES = {"smbprotocol": " (the goal for seq_*: at least 0.80 of raw smbprotocol)",
                "smbprotocol-reuse": (" (the same goal against smbprotocol without its page "
                                      "faults: the stricter form)"),
                "smb-raw": " (sealfs's own SMB backend without crypto and FUSE: the stricter ceiling)",
                "smbclient": " (Samba's C client; the aim: toward half of it)",
-               "pyfuse3": " (the Python FUSE stack without crypto: how close to its ceiling)"}
+               "pyfuse3": " (the Python FUSE stack without crypto: how close to its ceiling)",
+               "azfiles-sdk": (" (the plain azure-storage-file-share SDK, upload_file/download_file: "
+                               "the ceiling; the goal for seq_*: at least 0.80)"),
+               "azfiles-raw": " (sealfs's own Azure Files backend without crypto and FUSE)"}
 
 SIZE_ORDER = ["4K", "8K", "16K", "32K", "64K", "128K", "256K", "512K", "1M", "2M", "4M"]
 
@@ -90,7 +94,8 @@ def markdown(results: Results) -> str:
              f"{m.get('cpus')} CPUs; sequential {m.get('size_mib')} MiB (1 MiB I/O); random 4 KiB "
              f"({'O_DIRECT' if m.get('random_io_direct', True) else 'buffered'}, fio psync) "
              f"for {m.get('seconds')} s each; {m.get('files')} small files; repeats {m.get('repeats')} "
-             "(median, [min–max]).", ""]
+             "(median, [min–max])."
+             + (f" Latency: {m['latency']}." if m.get("latency") else ""), ""]
     head = ["workload", "unit"] + targets
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
@@ -163,7 +168,7 @@ def charts(results: Results, out: Path) -> list[Path]:
               "securefs": "tab:cyan", "pyfuse3": "tab:red",
               "smb-raw": "tab:olive", "rclone-smb": "tab:pink", "smbprotocol": "tab:orange",
               "smbprotocol-reuse": "goldenrod",
-              "smbclient": "black"}
+              "smbclient": "black", "azfiles-sdk": "tab:blue", "azfiles-raw": "navy"}
     paths = []
 
     def panel(ax, workload: str, with_peers: bool = True) -> None:

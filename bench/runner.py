@@ -8,6 +8,7 @@ skewing one of them; ratios against peers measured in the same run are what to r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -17,8 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import workloads as W
+from .azfiles import AZ_PEERS, AzShare, BenchAzureFiles, share_from_env
+from .latency import LatencyProxy
 from .peers import PEERS, SMB_PEERS, SealfsTarget, peer_available
 from .samba import SmbShare
 from .targets import DirectTarget, Target
@@ -40,6 +44,8 @@ class BenchConfig:
     workdir: Path | None = None
     rand_file_mib: int | None = None
     direct: bool = True
+    azfiles_url: str | None = None
+    latency_ms: float = 0          # round-trip time added in front of smb and azfiles (0: none)
 
 
 @dataclass
@@ -79,17 +85,19 @@ def skipped_peers(cfg: BenchConfig) -> dict[str, str]:
     """Requested peers that will not run, and why."""
     why = {}
     for peer in cfg.peers:
-        if peer not in PEERS and peer not in SMB_PEERS:
+        if peer not in PEERS and peer not in SMB_PEERS and peer not in AZ_PEERS:
             why[peer] = "unknown peer"
         elif not peer_available(peer):
             why[peer] = "not installed"
         elif peer in SMB_PEERS and "smb" not in cfg.backends:
             why[peer] = "runs only with --backends smb"
+        elif peer in AZ_PEERS and "azfiles" not in cfg.backends:
+            why[peer] = "runs only with --backends azfiles"
     return why
 
 
 def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None,
-                share: SmbShare | None = None) -> list[TargetSpec]:
+                share: SmbShare | None = None, azure: AzShare | None = None) -> list[TargetSpec]:
     specs: list[TargetSpec] = []
     skipped = skipped_peers(cfg)
     for peer in cfg.peers:
@@ -99,6 +107,9 @@ def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None,
             share = share or SmbShare(smb_url, cfg.smb_password, smb_local)
             specs.append(TargetSpec(peer, "peer", "smb", None,
                                     lambda work, f=SMB_PEERS[peer], share=share: f(work, share)))
+        elif peer in AZ_PEERS:
+            specs.append(TargetSpec(peer, "peer", "azfiles", None,
+                                    lambda work, f=AZ_PEERS[peer]: f(work, _az_dir(azure))))
         else:
             specs.append(TargetSpec(peer, "peer", "local", None, PEERS[peer]))
     for backend in cfg.backends:
@@ -106,6 +117,9 @@ def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None,
             if backend == "local":
                 def factory(work: Path, cs: str = cs) -> Target:
                     return SealfsTarget(work, cs)
+            elif backend == "azfiles":
+                def factory(work: Path, cs: str = cs) -> Target:
+                    return SealfsTarget(work, cs, "azfiles", azure=_az_dir(azure))
             else:
                 def factory(work: Path, cs: str = cs) -> Target:
                     import secrets
@@ -115,6 +129,58 @@ def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None,
                                         smb_password=cfg.smb_password)
             specs.append(TargetSpec(f"sealfs-{backend}-{cs}", "sealfs", backend, cs, factory))
     return specs
+
+
+def _az_dir(azure: AzShare | None) -> AzShare:
+    """A fresh directory of the share for one target run (the target removes it)."""
+    import secrets
+    if azure is None:
+        raise RuntimeError("the azfiles backend has no share")
+    return azure.child(f"bench-{secrets.token_hex(4)}")
+
+
+def open_shares(cfg: BenchConfig, stack: contextlib.ExitStack, meta: dict
+                ) -> tuple[str | None, Path | None, SmbShare | None, AzShare | None]:
+    """The SMB and Azure Files shares the backends in cfg need (throwaway servers unless
+    given), each behind a latency proxy when cfg.latency_ms asks for one."""
+    smb_url, smb_local, share, azure = cfg.smb_url, None, None, None
+    if "smb" in cfg.backends:
+        if not smb_url:
+            from .samba import BenchSamba
+            server = stack.enter_context(BenchSamba())
+            smb_url, smb_local = server.url, server.share_path
+            cfg.smb_password = server.password
+            share = server.share()
+            meta["smb"] = "throwaway smbd on 127.0.0.1, encryption required"
+        if cfg.latency_ms > 0:
+            from ..backends.smb import SmbTarget
+            t = SmbTarget.parse(smb_url)
+            proxy = stack.enter_context(LatencyProxy(t.host, t.port, cfg.latency_ms))
+            smb_url = _with_port(smb_url, proxy.port)
+            share = dataclasses.replace(share or SmbShare(cfg.smb_url, cfg.smb_password, None), url=smb_url)
+    if "azfiles" in cfg.backends:
+        if cfg.azfiles_url:
+            azure = share_from_env(cfg.azfiles_url)
+            meta["azfiles"] = "the share --azfiles-url names"
+        else:
+            azure = stack.enter_context(BenchAzureFiles())
+            meta["azfiles"] = ("the Azure Files REST test server (tests/servers/azfiles.py) on 127.0.0.1: "
+                               "HTTPS, SharedKey, bytes in memory")
+        if cfg.latency_ms > 0:
+            proxy = stack.enter_context(LatencyProxy(*azure.address, cfg.latency_ms))
+            azure = azure.via(proxy.port)
+    if cfg.latency_ms > 0:
+        meta["latency"] = (f"{cfg.latency_ms:g} ms round trip added by a delaying TCP proxy "
+                           f"(bench/latency.py, {cfg.latency_ms / 2:g} ms each way) in front of "
+                           + " and ".join(b for b in cfg.backends if b != "local"))
+    return smb_url, smb_local, share, azure
+
+
+def _with_port(url: str, port: int) -> str:
+    """smb://USER@HOST[:PORT]/SHARE with the port replaced and the host 127.0.0.1 (the proxy)."""
+    u = urlsplit(url)
+    user = f"{u.username}@" if u.username else ""
+    return u._replace(netloc=f"{user}127.0.0.1:{port}").geturl()
 
 
 def run_one(target: Target, cfg: BenchConfig, tar_path: Path | None,
@@ -163,18 +229,12 @@ def run_bench(cfg: BenchConfig, console=None) -> Results:
         "tarball": cfg.tarball, "random_io_direct": cfg.direct, "repeats": cfg.repeats,
         "chunk_sizes": cfg.chunk_sizes,
         "backends": cfg.backends, "peers_requested": cfg.peers, "workdir": str(base),
+        "latency_ms": cfg.latency_ms,
     })
     try:
         with contextlib.ExitStack() as stack:
-            smb_url, smb_local, share = cfg.smb_url, None, None
-            if "smb" in cfg.backends and not smb_url:
-                from .samba import BenchSamba
-                server = stack.enter_context(BenchSamba())
-                smb_url, smb_local = server.url, server.share_path
-                cfg.smb_password = server.password
-                share = server.share()
-                results.meta["smb"] = "throwaway smbd on 127.0.0.1, encryption required"
-            specs = build_specs(cfg, smb_url, smb_local, share)
+            smb_url, smb_local, share, azure = open_shares(cfg, stack, results.meta)
+            specs = build_specs(cfg, smb_url, smb_local, share, azure)
             results.specs = {s.label: s for s in specs}
             results.meta["targets"] = [s.label for s in specs]
             results.meta["peers_skipped"] = skipped_peers(cfg)

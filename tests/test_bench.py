@@ -239,3 +239,93 @@ def test_chart_legend_lists_a_peer_missing_from_the_first_panel() -> None:
         assert list(legend_entries([first, second])) == ["gocryptfs", "sealfs (local)", "securefs"]
     finally:
         plt.close(fig)
+
+
+@needs_fuse
+@pytest.mark.azfiles
+@pytest.mark.timeout(240)
+def test_azfiles_bench_reports_sealfs_as_a_ratio_of_the_sdk_through_the_latency_proxy(tmp_path: Path) -> None:
+    """`--backends azfiles` starts the Azure Files test server itself; the SDK ceiling and
+    the raw backend run on the same share as the mount, through the same delaying proxy."""
+    data = _bench(tmp_path / "out", tmp_path / "work", "--backends", "azfiles", "--chunk-sizes", "64K",
+                  "--peers", "azfiles-sdk,azfiles-raw,plain", "--size", "4", "--files", "5",
+                  "--seconds", "0", "--latency-ms", "10", timeout=230)
+    t = _by_target(data["rows"])
+    for peer in ("azfiles-sdk", "azfiles-raw"):
+        assert set(t[peer]) == {"seq_write", "seq_read", "cold_read"}, peer
+        assert t[peer]["seq_write"]["backend"] == "azfiles"
+    sealfs = t["sealfs-azfiles-64K"]
+    assert {"seq_write", "seq_read", "cold_read", "create", "stat", "delete"} <= set(sealfs)
+    # the bytes on the share, listed through the REST API: 64 KiB chunks cost a tag and a nonce each
+    assert 1.0 < sealfs["overhead_large"]["median"] < 1.01
+    assert 1.0 < sealfs["overhead_small"]["median"] < 1.1
+    assert "10 ms round trip" in data["meta"]["latency"] and "azfiles" in data["meta"]["latency"]
+    assert "max_concurrency=16" in data["meta"]["target_notes"]["azfiles-sdk"]["pattern"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    for base in ("azfiles-sdk", "azfiles-raw"):
+        section = md.split(f"Ratio to {base}", 1)[1].split("\n\n", 2)[1]
+        assert "sealfs-azfiles-64K" in section and "| seq_write | " in section, base
+    assert not any(os.path.ismount(p) for p in (tmp_path / "work").rglob("mnt"))
+
+
+def test_azfiles_peers_are_skipped_with_a_reason_without_the_azfiles_backend() -> None:
+    from sealfs.bench.runner import BenchConfig, skipped_peers
+    cfg = BenchConfig(chunk_sizes=["64K"], backends=["local", "smb"], peers=["azfiles-sdk", "azfiles-raw"])
+    assert skipped_peers(cfg) == {"azfiles-sdk": "runs only with --backends azfiles",
+                                  "azfiles-raw": "runs only with --backends azfiles"}
+
+
+def test_bench_refuses_a_latency_proxy_in_front_of_a_real_azure_share(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sealfs.fs.cli", "bench", "--azfiles-url",
+         "https://acct.file.core.windows.net/share", "--latency-ms", "10", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--latency-ms" in result.stderr and "real share" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_latency_proxy_delays_every_round_trip_yet_pipelines_and_keeps_every_byte() -> None:
+    """A delay line, not a slow link: one exchange costs the round trip, twenty exchanges
+    sent back to back cost about one, and a bulk transfer arrives intact and in order."""
+    import socket
+    import threading
+    import time
+
+    from sealfs.bench.latency import LatencyProxy
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(1 << 20):
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    rtt = 0.1
+    with LatencyProxy("127.0.0.1", listener.getsockname()[1], rtt * 1000) as proxy, \
+            socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def exchange(payload: bytes) -> float:
+            t0 = time.monotonic()
+            got = bytearray()
+            reader = threading.Thread(target=lambda: [got.extend(s.recv(1 << 20))
+                                                      for _ in iter(lambda: len(got) < len(payload), False)])
+            reader.start()
+            s.sendall(payload)
+            reader.join(30)
+            assert bytes(got) == payload
+            return time.monotonic() - t0
+
+        assert exchange(b"x") >= rtt
+        t0 = time.monotonic()
+        for i in range(20):
+            s.sendall(bytes([i]))
+        got = b""
+        while len(got) < 20:
+            got += s.recv(64)
+        assert got == bytes(range(20))
+        assert rtt <= time.monotonic() - t0 < 5 * rtt, "requests in flight overlap their round trips"
+        assert exchange(os.urandom(8 << 20)) < 30
+    listener.close()
