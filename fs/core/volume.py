@@ -316,6 +316,7 @@ class Volume(DirectoryOps, XattrOps):
         parent, name, bpath, long = await self.paths.entry(path)
         if parent_of(temp.bpath) != parent.storage:
             raise OSError(errno.EXDEV, "a temporary is placed in its own directory", path)
+        victim_blob = None
         try:
             d_stat = await self.backend.stat(bpath)
         except FileNotFoundError:
@@ -323,6 +324,7 @@ class Volume(DirectoryOps, XattrOps):
         if d_stat is not None:
             if d_stat.is_dir:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            victim_blob = await self._last_blob(bpath, d_stat)
             victim = await self.open_files.at(bpath)
             if victim is not None and not self.backend.capabilities.unlink_open_files:
                 await self._remove_file_entry(parent, bpath, None)
@@ -331,6 +333,8 @@ class Volume(DirectoryOps, XattrOps):
         if long is not None:
             await self.paths.write_sidecar(bpath, long)
         await self.backend.rename(temp.bpath, bpath, replace=True)
+        if victim_blob is not None:
+            await self.xattrs.delete(KIND_FILE, victim_blob)
         self.headers.forget_header(temp.bpath)
         self.headers.forget_header(bpath)
         for state in self.open_files.values():
@@ -464,7 +468,7 @@ class Volume(DirectoryOps, XattrOps):
         s_parent, s_name, s_bpath, s_long = await self.paths.entry(src)
         d_parent, d_name, d_bpath, d_long = await self.paths.entry(dst)
         s_stat = await self._bstat(s_bpath, src)
-        victim_dir = victim_info = None
+        victim_dir = victim_info = victim_blob = None
         try:
             d_stat = await self.backend.stat(d_bpath)
         except FileNotFoundError:
@@ -484,6 +488,7 @@ class Volume(DirectoryOps, XattrOps):
                                                                        dst)
             else:
                 await self._losing_link(d_bpath, d_stat)
+                victim_blob = await self._last_blob(d_bpath, d_stat)
                 victim = await self.open_files.at(d_bpath)
                 if victim is not None and not self.backend.capabilities.unlink_open_files:
                     await self._remove_file_entry(d_parent, d_bpath, None)
@@ -515,6 +520,8 @@ class Volume(DirectoryOps, XattrOps):
             await remove_quietly(self.backend, sidecar_of(s_bpath))
         if victim_info is not None:
             await self._victim_dir_remove(victim_dir, victim_info)
+        if victim_blob is not None:         # the replaced file's last link went
+            await self.xattrs.delete(KIND_FILE, victim_blob)
         self.headers.forget_header(s_bpath)
         self.headers.forget_header(d_bpath)
         if s_stat.is_dir:

@@ -211,6 +211,11 @@ def test_blobs_sealed_and_removed_with_their_inode(mounted, keyfile):
     gblob = xattr_blob_path(store, keyfile, "g")
     os.removexattr(m / "g", "user.a")               # the last one: the blob goes
     assert not gblob.exists()
+    (m / "victim").write_bytes(b"")
+    os.setxattr(m / "victim", "user.v", b"1")
+    vblob = xattr_blob_path(store, keyfile, "victim")
+    os.replace(m / "g", m / "victim")              # rename over: the victim's blob goes
+    assert not vblob.exists()
 
 
 @pytest.mark.store_dir
