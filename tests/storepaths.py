@@ -75,3 +75,13 @@ def longest_store_path(root: Path) -> int:
 def store_depth(root: Path) -> int:
     """The deepest backend path in a local store, in components below its root."""
     return max(len(p.relative_to(root).parts) for p in Path(root).rglob("*"))
+
+
+async def xattr_blob_of(vol: Volume, path: str) -> str:
+    """The backend path of the sealed xattr blob of path's inode."""
+    return await vol.xattr_blob_of(path)
+
+
+def xattr_blob_path(store: Path, keyfile: Path, path: str) -> Path:
+    """xattr_blob_of() of a local store, opening it with keyfile."""
+    return _run(store, keyfile, path, xattr_blob_of)

@@ -10,6 +10,7 @@ MAGIC = b"SEALFS"                     # first bytes of every file header
 CONFIG_NAME = "sealfs.json"           # volume config at the store root
 DIR_META_NAME = "sealfs.dir"          # a directory's record (sealed id + metadata), in its stub
 STORAGE_DIR = "d"                     # at the store root: every directory's storage, by locator
+XATTR_DIR = "x"                       # at the store root: every inode's sealed xattr blob, by locator
 LOCATOR_CHARS = 32                    # base32 characters of a locator (160 bits)
 LOCATOR_SPLIT = 2                     # d/<first 2>/<other 30>: at most 1024 fan-out directories
 LONGNAME_PREFIX = "sealfs.ln."        # hashed long-name entries; sidecar adds ".name"
@@ -41,10 +42,19 @@ INFO_CONFIG = b"sealfs/v1/config"
 INFO_DIRS = b"sealfs/v1/dirs"
 INFO_PIN = b"sealfs/v1/pin"
 INFO_LOCATOR = b"sealfs/v2/locator"
+INFO_XATTRS = b"sealfs/v2/xattrs"
 
 # AAD prefixes
 CHUNK_AAD_PREFIX = b"sealfs"
 DIR_AAD_PREFIX = b"sealfs.dir"
+XATTR_AAD_PREFIX = b"sealfs.xattr"
+
+# Extended attributes (one sealed blob per inode): Linux's limits, and what one inode holds
+XATTR_BLOB_VERSION = 2
+XATTR_NAME_MAX = 255                  # bytes of a name (Linux XATTR_NAME_MAX)
+XATTR_VALUE_MAX = 64 * 1024           # bytes of one value (Linux XATTR_SIZE_MAX)
+XATTR_TOTAL_MAX = 384 * 1024          # payload bytes of one inode: 256 KiB of values and their names fit
+META_FLAG_XATTRS = 0x01               # sealed metadata flags: the inode has an xattr blob
 
 # scrypt defaults for passphrase KEKs: 128 MiB (128*N*r bytes) and a fraction of a second
 # of one core, once per mount or command that unwraps with a passphrase

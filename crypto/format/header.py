@@ -24,6 +24,7 @@ from .constants import (
     FILE_FORMAT_VERSION,
     FILE_ID_SIZE,
     MAGIC,
+    META_FLAG_XATTRS,
     NONCE_SIZE,
     TAG_SIZE,
 )
@@ -53,12 +54,20 @@ class Metadata:
     # recorded). The backend's change time cannot be trusted to show it: SMB servers
     # report the write time there, and a directory's mode lives in sealfs.dir.
     ctime_ns: int = 0
+    # META_FLAG_XATTRS: the inode has an xattr blob. Sealed here so that the kernel's
+    # getxattr of security.capability before every write is answered from memory.
+    flags: int = 0
+
+    @property
+    def has_xattrs(self) -> bool:
+        return bool(self.flags & META_FLAG_XATTRS)
 
     def with_(self, **changes) -> Metadata:
         return replace(self, **changes)
 
 
-_META = struct.Struct(">B3xIIIQQQ")           # 40 bytes
+_META = struct.Struct(">BB2xIIIQQQ")          # 40 bytes
+_KNOWN_FLAGS = META_FLAG_XATTRS
 _FILE_PUBLIC = struct.Struct(">6sBxI16s")    # magic, version, reserved, dek id, file id
 _DIR_PUBLIC = struct.Struct(">6sBc")         # magic, version, b"D" (the dir id is sealed)
 
@@ -69,17 +78,19 @@ DIR_META_SIZE = _DIR_PUBLIC.size + NONCE_SIZE + DIR_ID_SIZE + META_SIZE + TAG_SI
 
 
 def _pack_meta(meta: Metadata) -> bytes:
-    return _META.pack(int(meta.kind), meta.mode & 0o7777, meta.uid, meta.gid, meta.rdev, meta.size,
-                      meta.ctime_ns)
+    return _META.pack(int(meta.kind), meta.flags, meta.mode & 0o7777, meta.uid, meta.gid, meta.rdev,
+                      meta.size, meta.ctime_ns)
 
 
 def _unpack_meta(raw: bytes) -> Metadata:
-    kind, mode, uid, gid, rdev, size, ctime_ns = _META.unpack(raw)
+    kind, flags, mode, uid, gid, rdev, size, ctime_ns = _META.unpack(raw)
     try:
         kind = Kind(kind)
     except ValueError:
         raise IntegrityError(f"unknown file kind {kind}") from None
-    return Metadata(kind, mode, uid, gid, rdev, size, ctime_ns)
+    if flags & ~_KNOWN_FLAGS:
+        raise IntegrityError(f"unknown metadata flags {flags:#x}")
+    return Metadata(kind, mode, uid, gid, rdev, size, ctime_ns, flags)
 
 
 @dataclass(frozen=True)

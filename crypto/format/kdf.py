@@ -9,7 +9,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ...errors import KeyAccessError
 from ..secmem import SecretBuffer, secret
-from .constants import INFO_CONFIG, INFO_DIRS, INFO_FILE, INFO_LOCATOR, INFO_NAMES, INFO_PIN
+from .constants import (
+    INFO_CONFIG,
+    INFO_DIRS,
+    INFO_FILE,
+    INFO_LOCATOR,
+    INFO_NAMES,
+    INFO_PIN,
+    INFO_XATTRS,
+)
 
 KeyBytes = bytes | bytearray | memoryview
 
@@ -73,6 +81,16 @@ def locator_key(dek: KeyBytes) -> bytes:
 def locator_key_secret(dek: KeyBytes) -> SecretBuffer:
     """locator_key() in locked memory, for the key a volume holds while open."""
     return hkdf_secret(dek, INFO_LOCATOR, 32)
+
+
+def xattr_key(dek: KeyBytes) -> bytes:
+    """The key of extended-attribute blobs (crypto/format/xattrs.py), from the names DEK."""
+    return hkdf(dek, INFO_XATTRS, 32)
+
+
+def xattr_key_secret(dek: KeyBytes) -> SecretBuffer:
+    """xattr_key() in locked memory, for the key a volume holds while open."""
+    return hkdf_secret(dek, INFO_XATTRS, 32)
 
 
 def pin_fingerprint(dek: KeyBytes) -> str:

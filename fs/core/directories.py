@@ -21,9 +21,10 @@ import time
 import trio
 
 from ...backends.base import Backend, BackendStat, ForeignEntryError, join
-from ...crypto.format.constants import DIR_META_NAME, TEMP_PREFIX
+from ...crypto.format.constants import DIR_META_NAME, META_FLAG_XATTRS, TEMP_PREFIX
 from ...crypto.format.header import Kind, Metadata, new_dir_id
 from ...crypto.format.names import sidecar_of
+from ...crypto.format.xattrs import KIND_DIR
 from ...errors import IntegrityError
 from .attrs import Attr, Listing, ListingProblem
 from .headers import HeaderCache
@@ -127,6 +128,8 @@ class DirectoryOps:
             await self._touch_dir(info, mode=info.meta.mode if mode is None else mode & 0o7777,
                                   uid=info.meta.uid if uid is None else uid,
                                   gid=info.meta.gid if gid is None else gid)
+            if mode is not None:
+                await self._acl_follow_mode(KIND_DIR, info.dir_id, info.meta)
         if set_times:
             cur = await self._storage_stat(info, path)
             await self.backend.set_times(info.storage,
@@ -209,10 +212,15 @@ class DirectoryOps:
         temporary name with its record, then the stub renamed into place (the name
         appears with everything behind it)."""
         parent, name, bpath, long = await self.paths.entry(path)
+        inherited: dict[bytes, bytes] = {}
         if inherit:
             mode, gid = setgid_rule(parent, mode, gid, directory=True)
-        meta = Metadata(Kind.DIRECTORY, mode & 0o7777, uid_or_own(uid), gid_or_own(gid))
+            mode, inherited = await self._inherited(parent, mode, directory=True)
+        meta = Metadata(Kind.DIRECTORY, mode & 0o7777, uid_or_own(uid), gid_or_own(gid),
+                        flags=META_FLAG_XATTRS if inherited else 0)
         dir_id = new_dir_id()
+        if inherited:       # before anything names it (a crash: an orphan blob)
+            await self.xattrs.write(KIND_DIR, dir_id, inherited)
         storage = await self.paths.create_storage(dir_id)
         tmp = join(parent.storage, TEMP_PREFIX + os.urandom(8).hex())
         try:
@@ -263,6 +271,7 @@ class DirectoryOps:
             raise
         await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
         await self.backend.rmdir(tmp)
+        await self._drop_blob(KIND_DIR, info.dir_id, info.meta)
         if long is not None:
             await remove_quietly(self.backend, sidecar_of(bpath))
         self.paths.forget(path)
@@ -301,6 +310,7 @@ class DirectoryOps:
             log.warning("%s: replaced directory's storage not removed: %s", victim.storage, exc)
         await remove_quietly(self.backend, join(tmp, DIR_META_NAME))
         await remove_quietly(self.backend, tmp, is_dir=True)
+        await self._drop_blob(KIND_DIR, victim.dir_id, victim.meta)
         self.headers.dir_removed(victim.storage)
 
     async def _dir_renamed(self, src: str, dst: str, s_parent: DirInfo, d_parent: DirInfo,

@@ -189,13 +189,16 @@ class OpenFiles:
         return self.state_attr(state, bstat, await self.headers.nlink(state.bpath, bstat, state.file_id))
 
     async def new_file(self, tmp: str, bpath: str, mode: int, uid: int, gid: int, kind: Kind,
-                       rdev: int, content: bytes) -> FileState:
+                       rdev: int, content: bytes, file_id: bytes | None = None,
+                       flags: int = 0) -> FileState:
         """A new file written complete under the temporary backend name tmp, its handle
-        open; its state says bpath (where it will live). On failure nothing is left."""
+        open; its state says bpath (where it will live). On failure nothing is left.
+        file_id and flags: for a file whose xattr blob (inherited ACLs) exists already."""
         dek_id = self.config.current_dek_id
         dek = await self.broker.acquire(dek_id)      # held while the file is open
-        header = FileHeader(dek_id, new_file_id(), Metadata(kind, mode & 0o7777, uid, gid, rdev,
-                                                            len(content)))
+        header = FileHeader(dek_id, file_id or new_file_id(),
+                            Metadata(kind, mode & 0o7777, uid, gid, rdev, len(content),
+                                     flags=flags))
         # The state derives the file key and chunk cipher once; the first bytes use them.
         # (its handle is set once the backend file exists)
         state = FileState(backend=self.backend, handle=None,  # type: ignore[arg-type]

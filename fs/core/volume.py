@@ -27,11 +27,13 @@ from ...crypto.format.config import VolumeConfig
 from ...crypto.format.constants import (
     DEFAULT_CHUNK_SIZE,
     HIDDEN_PREFIX,
+    META_FLAG_XATTRS,
     TEMP_PREFIX,
 )
 from ...crypto.format.header import (
     FileHeader,
     Kind,
+    new_file_id,
     seal_header,
 )
 from ...crypto.format.kdf import (
@@ -41,11 +43,13 @@ from ...crypto.format.kdf import (
     locator_key_secret,
     name_key_secret,
     pin_fingerprint,
+    xattr_key_secret,
 )
 from ...crypto.format.names import (
     NameCipher,
     sidecar_of,
 )
+from ...crypto.format.xattrs import KIND_FILE
 from ...crypto.keys.audit import AuditLog
 from ...crypto.keys.broker import KeyBroker
 from ...crypto.keys.kms import KekProvider, KeySecrets, provider_from_config
@@ -59,6 +63,7 @@ from .openfiles import OpenFile, OpenFiles
 from .paths import DirInfo, PathResolver, split_path
 from .pins import PinStore
 from .storeio import remove_quietly, stat_entry
+from .xattrs import XattrBlobs, XattrOps
 
 log = logging.getLogger("sealfs.volume")
 
@@ -85,7 +90,7 @@ class TempName:
 _TEMP_TAG = re.compile(r"[a-z]{1,16}\.")
 
 
-class Volume(DirectoryOps):
+class Volume(DirectoryOps, XattrOps):
     def __init__(self, backend: Backend, config: VolumeConfig, broker: KeyBroker,
                  names_dek: bytes, tuning: VolumeTuning | None = None) -> None:
         self.backend = backend
@@ -106,6 +111,9 @@ class Volume(DirectoryOps):
         #: headers, committed sizes and link counts of files and directories
         self.headers = HeaderCache(backend, broker, self.chunk_size, self.open_files.get)
         self.open_files.headers = self.headers
+        #: sealed xattr blobs, one per inode (fs/core/xattrs.py)
+        self.xattrs = XattrBlobs(backend, xattr_key_secret(names_dek), locator_key_secret(names_dek))
+        self._xattr_lock = trio.Lock()
         #: the mount's nursery, for background read-ahead (None for one-off CLI commands)
         self.background: trio.Nursery | None = None
 
@@ -165,6 +173,7 @@ class Volume(DirectoryOps):
             self.cache.clear()
             self.broker.close()
             self.paths.close()
+            self.xattrs.close()
             await self.backend.aclose()
 
     async def save_config(self) -> None:
@@ -252,8 +261,21 @@ class Volume(DirectoryOps):
         parent, name, bpath, long = await self.paths.entry(path)
         mode, gid = setgid_rule(parent, mode, gid, directory=False)
         tmp = join(parent.storage, TEMP_PREFIX + os.urandom(8).hex())
-        state = await self.open_files.new_file(tmp, bpath, mode, uid_or_own(uid), gid_or_own(gid), kind, rdev,
-                                                content)
+        # The parent's default ACL: the new file's blob exists before the file does.
+        inherited: dict[bytes, bytes] = {}
+        if kind != Kind.SYMLINK:
+            mode, inherited = await self._inherited(parent, mode, directory=False)
+        file_id = new_file_id() if inherited else None
+        if file_id is not None:
+            await self.xattrs.write(KIND_FILE, file_id, inherited)
+        try:
+            state = await self.open_files.new_file(
+                tmp, bpath, mode, uid_or_own(uid), gid_or_own(gid), kind, rdev, content,
+                file_id, META_FLAG_XATTRS if inherited else 0)
+        except BaseException:
+            if file_id is not None:
+                await self.xattrs.delete(KIND_FILE, file_id)
+            raise
         handle = state.handle
         try:
             if long is not None:
@@ -264,6 +286,8 @@ class Volume(DirectoryOps):
             self.broker.release(state.dek_id)
             await self.backend.close(handle)
             await remove_quietly(self.backend, tmp)
+            if file_id is not None:
+                await self.xattrs.delete(KIND_FILE, file_id)
             raise
         opened = self.open_files.open_new(state, path, append)
         opened.fresh_stat = created       # FUSE's create asks for attributes right away
@@ -292,6 +316,7 @@ class Volume(DirectoryOps):
         parent, name, bpath, long = await self.paths.entry(path)
         if parent_of(temp.bpath) != parent.storage:
             raise OSError(errno.EXDEV, "a temporary is placed in its own directory", path)
+        victim_blob = None
         try:
             d_stat = await self.backend.stat(bpath)
         except FileNotFoundError:
@@ -299,6 +324,7 @@ class Volume(DirectoryOps):
         if d_stat is not None:
             if d_stat.is_dir:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            victim_blob = await self._last_blob(bpath, d_stat)
             victim = await self.open_files.at(bpath)
             if victim is not None and not self.backend.capabilities.unlink_open_files:
                 await self._remove_file_entry(parent, bpath, None)
@@ -307,6 +333,8 @@ class Volume(DirectoryOps):
         if long is not None:
             await self.paths.write_sidecar(bpath, long)
         await self.backend.rename(temp.bpath, bpath, replace=True)
+        if victim_blob is not None:
+            await self.xattrs.delete(KIND_FILE, victim_blob)
         self.headers.forget_header(temp.bpath)
         self.headers.forget_header(bpath)
         for state in self.open_files.values():
@@ -386,8 +414,21 @@ class Volume(DirectoryOps):
         if bstat.is_dir:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         await self._losing_link(bpath, bstat)
+        last_blob = await self._last_blob(bpath, bstat)
         await self._remove_file_entry(parent, bpath, long)
+        if last_blob is not None:
+            await self.xattrs.delete(KIND_FILE, last_blob)
         await self._entries_changed(parent)
+
+    async def _last_blob(self, bpath: str, bstat: BackendStat) -> bytes | None:
+        """The file id whose xattr blob goes with this name: its last link, not open (an
+        open one keeps its blob: fsck reports it once the file is gone)."""
+        header, _size = await self.headers.header(bpath, bstat)
+        if not header.meta.has_xattrs or header.file_id in self.open_files:
+            return None
+        if await self.headers.nlink(bpath, bstat, header.file_id) > 1:
+            return None
+        return header.file_id
 
     async def _losing_link(self, bpath: str, bstat: BackendStat) -> None:
         """A file is about to lose the name bpath: its change time moves, which its other
@@ -427,7 +468,7 @@ class Volume(DirectoryOps):
         s_parent, s_name, s_bpath, s_long = await self.paths.entry(src)
         d_parent, d_name, d_bpath, d_long = await self.paths.entry(dst)
         s_stat = await self._bstat(s_bpath, src)
-        victim_dir = victim_info = None
+        victim_dir = victim_info = victim_blob = None
         try:
             d_stat = await self.backend.stat(d_bpath)
         except FileNotFoundError:
@@ -447,6 +488,7 @@ class Volume(DirectoryOps):
                                                                        dst)
             else:
                 await self._losing_link(d_bpath, d_stat)
+                victim_blob = await self._last_blob(d_bpath, d_stat)
                 victim = await self.open_files.at(d_bpath)
                 if victim is not None and not self.backend.capabilities.unlink_open_files:
                     await self._remove_file_entry(d_parent, d_bpath, None)
@@ -478,6 +520,8 @@ class Volume(DirectoryOps):
             await remove_quietly(self.backend, sidecar_of(s_bpath))
         if victim_info is not None:
             await self._victim_dir_remove(victim_dir, victim_info)
+        if victim_blob is not None:         # the replaced file's last link went
+            await self.xattrs.delete(KIND_FILE, victim_blob)
         self.headers.forget_header(s_bpath)
         self.headers.forget_header(d_bpath)
         if s_stat.is_dir:
@@ -611,6 +655,8 @@ class Volume(DirectoryOps):
                         uid=state.meta.uid if uid is None else uid,
                         gid=state.meta.gid if gid is None else gid, ctime_ns=time.time_ns())
                     await state.write_metadata(meta)
+                    if mode is not None:
+                        await self._acl_follow_mode(KIND_FILE, state.file_id, state.meta)
                 if atime_ns is not None or mtime_ns is not None:
                     await state.settle()          # no write of ours may land after the times
                     cur = await self.backend.fstat(state.handle)

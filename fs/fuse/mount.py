@@ -114,6 +114,8 @@ async def serve(volume: Volume, mountpoint: Path, options: set[str],
     if os.getuid() == 0:
         fuse_options.add("allow_other")
     fuse_options |= options - {"nonempty"}
+    # An ACL the kernel would not enforce is refused (EOPNOTSUPP), never stored.
+    volume.acls_enforced = "default_permissions" in fuse_options
     ops.after_init = lambda: widen_readahead(mountpoint)
     pyfuse3.init(ops, str(mountpoint), fuse_options)
     unmounted = False

@@ -77,7 +77,8 @@ def fuse_op(fn):
             if isinstance(exc, OSError):
                 if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR,
                                      errno.EISDIR, errno.EINVAL, errno.ENAMETOOLONG, errno.EPERM,
-                                     errno.EACCES, errno.EXDEV, errno.ENODATA):
+                                     errno.EACCES, errno.EXDEV, errno.ENODATA,
+                                     errno.EOPNOTSUPP, errno.ERANGE, errno.E2BIG):
                     log.warning("%s(%s): %s", fn.__name__, self._describe(fn.__name__, args), exc)
                 raise pyfuse3.FUSEError(errno_of(exc)) from None
             log.exception("unexpected error in %s(%s)", fn.__name__,
@@ -89,7 +90,9 @@ def fuse_op(fn):
 class SealfsOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    # The kernel enforces POSIX ACLs (FUSE_POSIX_ACL, with default_permissions); Volume
+    # keeps the mode bits, chmod and inheritance in step with them (fs/core/acl.py).
+    enable_acl = True
 
     def __init__(self, volume: Volume) -> None:
         super().__init__()
@@ -475,20 +478,40 @@ class SealfsOperations(pyfuse3.Operations):
         out.f_namemax = 255
         return out
 
+    # -- extended attributes: Volume decides (fs/core/xattrs.py) ----------------------
+    def _xattr_target(self, inode: int) -> tuple[str, OpenFile | None]:
+        """The path of inode and, if it is open, a handle: the flag that says whether
+        it has attributes is then in memory (the kernel's security.capability check
+        before every write costs no round trip)."""
+        node = self._node(inode)
+        handle = node.handles[0] if node.handles else None
+        path = node.path
+        if path is None:
+            if handle is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            path = handle.path
+        return path, handle
+
+    @fuse_op
     async def getxattr(self, inode, name, ctx):
-        # ENOSYS, not ENODATA: the kernel then stops asking (apps get EOPNOTSUPP, as from
-        # setxattr). Otherwise every write(2) costs a second round trip, the kernel's
-        # security.capability check before it may skip clearing setuid bits.
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        path, handle = self._xattr_target(inode)
+        return await self.volume.getxattr(path, name, uid=ctx.uid, handle=handle)
 
+    @fuse_op
     async def listxattr(self, inode, ctx):
-        return []
+        path, handle = self._xattr_target(inode)
+        return await self.volume.listxattr(path, uid=ctx.uid, handle=handle)
 
+    @fuse_op
     async def setxattr(self, inode, name, value, ctx):
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        # pyfuse3 checks XATTR_CREATE / XATTR_REPLACE with a getxattr before calling this
+        path, handle = self._xattr_target(inode)
+        await self.volume.setxattr(path, name, value, uid=ctx.uid, handle=handle)
 
+    @fuse_op
     async def removexattr(self, inode, name, ctx):
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        path, handle = self._xattr_target(inode)
+        await self.volume.removexattr(path, name, uid=ctx.uid, handle=handle)
 
 
 async def periodic_writeback(volume: Volume, interval: float = 5.0) -> None:

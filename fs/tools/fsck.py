@@ -15,6 +15,10 @@ The check then walks the directories from the root, each directory's storage
     (FileState.resolve_size); backend bytes beyond the committed extent are an
     "uncommitted tail".
 
+  - each inode whose sealed flags say it has extended attributes: its blob
+    (x/<locator>, FORMAT.md section 12) must open under its own id; blobs no inode
+    claims are orphans of an interrupted update (--repair removes them).
+
 Problems are printed one per line as "PROBLEM: <where>: <what>", <where> being the
 plaintext path when every component decrypted, else the backend (ciphertext) path.
 --repair fixes only what loses nothing a reader could see, each as "REPAIRED: ...":
@@ -49,8 +53,9 @@ from ...crypto.format.constants import (
     NONCE_SIZE,
     STORAGE_DIR,
     TEMP_PREFIX,
+    XATTR_DIR,
 )
-from ...crypto.format.header import HEADER_SIZE
+from ...crypto.format.header import HEADER_SIZE, Metadata
 from ...crypto.format.kdf import file_key
 from ...crypto.format.layout import chunk_count, chunk_plain_length, slot_offset, stored_size
 from ...crypto.format.locator import is_storage_path
@@ -61,6 +66,7 @@ from ...crypto.format.names import (
     is_sidecar,
     sidecar_of,
 )
+from ...crypto.format.xattrs import KIND_DIR, KIND_FILE, is_blob_path
 from ...errors import IntegrityError, KeyAccessError
 from ..core.files import FileState
 from ..core.journal import journal_entries, journal_path
@@ -144,8 +150,11 @@ class Fsck:
         # False once some directory could not be walked: its children's storages would
         # look like orphans, so none is removed.
         self.complete = True
+        self.blobs: set[str] = set()
+        await self._check_xattrs(KIND_DIR, root.dir_id, root.meta, "/")
         await self._check_dir(root.storage, "", root)
         await self._check_storages()
+        await self._check_blob_area()
         for file_id in sorted(self.journals):      # no file has this id any more
             path = journal_path(file_id)
             await self._safe(self._where(None, path), "write journal of a file that no longer exists",
@@ -199,6 +208,8 @@ class Fsck:
             if bstat.is_dir:
                 child_info = await self._check_stub(child, child_plain)
                 if child_info is not None:
+                    await self._check_xattrs(KIND_DIR, child_info.dir_id, child_info.meta,
+                                             self._where(child_plain, child))
                     await self._check_dir(child_info.storage, child_plain, child_info)
             else:
                 await self._check_file(child, self._where(child_plain, child), bstat.size,
@@ -362,6 +373,45 @@ class Fsck:
             await self._remove_tree(join(bpath, entry), bstat.is_dir)
         await self.backend.rmdir(bpath)
 
+    # -- extended attributes ---------------------------------------------------------------
+    async def _check_xattrs(self, kind: bytes, ident: bytes, meta: Metadata, where: str) -> None:
+        """An inode's blob, if its flag says it has one (once per inode: hard links)."""
+        bpath = self.vol.xattrs.path(kind, ident)
+        if not meta.has_xattrs or bpath in self.blobs:
+            return
+        self.blobs.add(bpath)
+        try:
+            await self.vol.xattrs.read(kind, ident)
+        except IntegrityError as exc:
+            self.problem(where, f"extended attributes: {_strip(exc, bpath)} (ciphertext path "
+                                f"{self.backend.location.rstrip('/')}/{bpath})")
+
+    async def _check_blob_area(self) -> None:
+        """x/: blobs no inode claims (orphans), leftovers, and what sealfs never writes."""
+        try:
+            fanouts = await self.backend.scandir(XATTR_DIR)
+        except FileNotFoundError:
+            return
+        for fan, fstat in sorted(fanouts):
+            fan_path = join(XATTR_DIR, fan)
+            if not fstat.is_dir or fstat.foreign:
+                self.problem(self._where(None, fan_path), "not written by sealfs")
+                continue
+            for entry, bstat in sorted(await self.backend.scandir(fan_path)):
+                child = join(fan_path, entry)
+                here = self._where(None, child)
+                if bstat.is_dir or bstat.foreign:
+                    self.problem(here, "not written by sealfs")
+                elif entry.startswith(TEMP_PREFIX):
+                    await self._safe(here, "leftover of an interrupted xattr update",
+                                     lambda c=child: self.backend.unlink(c), "removed leftover")
+                elif not is_blob_path(child):
+                    self.problem(here, "not written by sealfs")
+                elif child not in self.blobs:
+                    await self._safe(here, "orphaned xattr blob (no inode has it)",
+                                     lambda c=child: self.backend.unlink(c),
+                                     "removed orphaned xattr blob")
+
     # -- files -------------------------------------------------------------------------------
     async def _check_file(self, bpath: str, where: str, stored: int, note: str = "") -> None:
         self.result.files += 1
@@ -381,6 +431,7 @@ class Fsck:
             except (IntegrityError, KeyAccessError) as exc:
                 self.problem(where, f"file header: {_strip(exc, bpath)}{note}")
                 return
+            await self._check_xattrs(KIND_FILE, header.file_id, header.meta, where)
             cipher = ChunkCipher(file_key(dek, header.file_id), header.file_id)
             if header.file_id in self.journals:
                 self.journals.discard(header.file_id)
