@@ -132,6 +132,7 @@ def test_sync_and_restore_keep_xattrs_acls_and_capabilities(any_store, keyfile, 
                                   "2 xattrs updated")
     r = run("sync", src, store, *k, env=env)                  # and then nothing is left to do
     assert summary(r, "sync") == "sync: 0 copied (0 bytes), 0 deleted, 4 unchanged, 0 errors"
+    assert "0 problems" in ok(run("fsck", store, *k, env=env))     # no orphaned blob left
     r = run("restore", store, out, *k, env=env)
     assert summary(r, "restore") == "restore: 0 copied (0 bytes), 4 unchanged, 0 errors, 2 xattrs updated"
     assert xattr_view(out) == xattr_view(src)
