@@ -245,3 +245,8 @@ def test_attributes_a_non_root_target_refuses_are_warnings(shared_dir, keyfile):
     view = xattr_view(out)
     assert "user.comment" in view[0] and "user:1234:rw-" in view[1] and view[2] == ""
     assert "default:user:1234:rwx" in view[1]
+
+    # Synced back as that user, who cannot see trusted.*: the volume keeps it (as rsync).
+    r = run("sync", out, store, "--keyfile", key, user=nobody, env={"SEALFS_STATE_DIR": str(state)})
+    assert r.returncode == 0, r.stderr.decode()
+    assert 'trusted.origin="scanner"' in ok(run("xattr", store, "/docs/report.txt", "-d", *k))
