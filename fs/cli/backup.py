@@ -35,13 +35,18 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
                   help="Files transferred at once.")
     @click.option("--snapshot", "take_snapshot", is_flag=True, default=False,
                   help="After a sync without errors, snapshot the store (Azure Files REST stores).")
+    @click.option("--no-xattrs", "no_xattrs", is_flag=True, default=False,
+                  help="Do not copy extended attributes and POSIX ACLs (kept by default).")
     @key_options
-    def sync(src, store, vpath, delete, dry_run, exclude, checksum, jobs, take_snapshot) -> None:
+    def sync(src, store, vpath, delete, dry_run, exclude, checksum, jobs, take_snapshot,
+             no_xattrs) -> None:
         """Back up the local directory SRC into the volume in STORE (incremental, resumable).
 
-        Prints "sync: N copied (B bytes), M deleted, K unchanged, E errors"; exits 4 when
-        a volume entry failed authentication, else 1 when some files failed. With --config
-        NAME, SRC and STORE default to sync.source and store.
+        Prints "sync: N copied (B bytes), M deleted, K unchanged, E errors" (then ", X
+        xattrs updated" and ", W warnings" when not 0); exits 4 when a volume entry failed
+        authentication, else 1 when some files failed. Xattrs and ACLs are kept (an
+        attribute that cannot be read or stored is a warning). With --config NAME, SRC
+        and STORE default to sync.source and store.
         """
         from ..tools.sync import Reporter, SyncOptions, snapshot_after_sync, sync_tree
         c = ctx()
@@ -57,7 +62,7 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
             dry_run=dry_run,
             excludes=tuple(exclude) + (tuple(cfg.exclude) if cfg is not None else ()),
             checksum=checksum or (cfg.checksum if cfg is not None else False),
-            jobs=jobs)
+            jobs=jobs, xattrs=not no_xattrs)
         result = {}
 
         async def main() -> None:
@@ -89,13 +94,16 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
                   help="Files transferred at once.")
     @click.option("--snapshot", "snapshot", default=None, metavar="ID",
                   help="Restore the volume as it was in this snapshot (`sealfs snapshot list`).")
+    @click.option("--no-xattrs", "no_xattrs", is_flag=True, default=False,
+                  help="Do not restore extended attributes and POSIX ACLs.")
     @key_options
-    def restore(store, dst, vpath, jobs, snapshot) -> None:
+    def restore(store, dst, vpath, jobs, snapshot, no_xattrs) -> None:
         """Restore the volume tree (or --path) from STORE into the local directory DST.
 
-        Prints "restore: N copied (B bytes), K unchanged, E errors"; exits 4 when a volume
-        entry failed authentication (each named by its ciphertext path), else 1 when some
-        files failed.
+        Prints "restore: N copied (B bytes), K unchanged, E errors" (then xattrs updated
+        and warnings, when not 0); exits 4 when a volume entry failed authentication (each
+        named by its ciphertext path), else 1 when some files failed. Xattrs and ACLs are
+        set after the content, before the times; one the target refuses is a warning.
         """
         from ..tools.sync import Reporter, restore_tree
         c = ctx()
@@ -108,7 +116,8 @@ def register(cli, Context, key_options, opened_volume, run) -> None:
         async def main() -> None:
             async with opened_volume(store) as vol:
                 with Reporter("restore") as reporter:
-                    result["stats"] = await restore_tree(vol, dst, path, reporter, jobs)
+                    result["stats"] = await restore_tree(vol, dst, path, reporter, jobs,
+                                                         xattrs=not no_xattrs)
 
         run(main)
         stats = result["stats"]

@@ -324,12 +324,13 @@ def info(store: str) -> None:
     run(main)
 
 
-def _format_entry(name: str, attr: Attr, long: bool) -> str:
+def _format_entry(name: str, attr: Attr, long: bool, mark: str = " ") -> str:
+    """mark: after the mode, '+' for an ACL, '@' for other xattrs (fs/cli/xattr.py)."""
     if not long:
         return name + ("/" if attr.is_dir else "")
     mtime = datetime.fromtimestamp(attr.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
-    return (f"{stat_module.filemode(attr.st_mode)} {attr.nlink:>3} {attr.uid:>5} {attr.gid:>5} "
-            f"{attr.size:>12} {mtime} {name}")
+    return (f"{stat_module.filemode(attr.st_mode)}{mark} {attr.nlink:>2} {attr.uid:>5} "
+            f"{attr.gid:>5} {attr.size:>12} {mtime} {name}")
 
 
 @cli.command(name="ls")
@@ -343,16 +344,21 @@ def ls_cmd(store: str, path: str, long: bool, recursive: bool) -> None:
     """List a directory of the volume (decrypted names)."""
     store, path = _ctx().positionals(store, path, required=1)
     path = path or "/"
+    from .xattr import mark_of
+
     async def main() -> None:
         async with opened_volume(store) as vol:
             attr = await vol.stat(path)
             if not attr.is_dir:
-                click.echo(_format_entry(path.rstrip("/").rsplit("/", 1)[-1], attr, long))
+                mark = await mark_of(vol, path, attr) if long else " "
+                click.echo(_format_entry(path.rstrip("/").rsplit("/", 1)[-1], attr, long, mark))
                 return
             listing = await (vol.walk(path) if recursive else vol.listdir(path))
             entries = listing if recursive else sorted(listing, key=lambda entry: entry[0])
             for name, cattr in entries:
-                click.echo(_format_entry(name, cattr, long))
+                full = name if recursive else path.rstrip("/") + "/" + name
+                mark = await mark_of(vol, full, cattr) if long else " "
+                click.echo(_format_entry(name, cattr, long, mark))
             fail_on_problems(vol, listing.problems, "listed")
     run(main)
 
@@ -639,7 +645,7 @@ def umount(mountpoint: str | None, timeout: float, config_name: str | None) -> N
 def _register_extensions() -> None:
     """Command groups that live in their own modules (backups, keys, benchmarks)."""
     import importlib
-    for module in ("backup", "keys", "bench", "snapshot"):
+    for module in ("backup", "keys", "bench", "snapshot", "xattr"):
         try:
             mod = importlib.import_module(f"{__package__}.{module}")
         except ModuleNotFoundError as exc:

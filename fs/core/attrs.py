@@ -39,6 +39,9 @@ class Attr:
     #: False for a listed directory whose subdirectories were not counted (SMB): its
     #: nlink is a guess, not to be cached by the kernel
     nlink_known: bool = True
+    #: whether the inode has extended attributes (its sealed flag): tools skip reading
+    #: the blob of every entry that has none
+    xattrs: bool = False
 
     @property
     def is_dir(self) -> bool:

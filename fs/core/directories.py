@@ -60,7 +60,7 @@ class DirectoryOps:
         meta = info.meta
         return Attr(Kind.DIRECTORY, meta.mode, meta.uid, meta.gid, 4096, nlink,
                     bstat.atime_ns, bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), 0,
-                    info.dir_id, known)
+                    info.dir_id, known, xattrs=meta.has_xattrs)
 
     async def _dir_attr_at(self, parts: list[str], stub: str, stub_stat: BackendStat,
                            path: str, count: bool = True) -> Attr:

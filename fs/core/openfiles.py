@@ -181,7 +181,7 @@ class OpenFiles:
         return Attr(meta.kind, meta.mode, meta.uid, meta.gid, state.size, nlink,
                     state.pending_times[0] if state.pending_times else bstat.atime_ns,
                     mtime, max(bstat.ctime_ns, meta.ctime_ns, state.mtime_ns or 0), meta.rdev,
-                    state.file_id)
+                    state.file_id, xattrs=meta.has_xattrs)
 
     async def attr_of(self, state: FileState, bstat: BackendStat | None = None) -> Attr:
         if bstat is None:

@@ -228,7 +228,8 @@ class Volume(DirectoryOps, XattrOps):
             return self.open_files.state_attr(state, bstat, nlink)
         meta = header.meta
         return Attr(meta.kind, meta.mode, meta.uid, meta.gid, size, nlink, bstat.atime_ns,
-                    bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), meta.rdev, header.file_id)
+                    bstat.mtime_ns, max(bstat.ctime_ns, meta.ctime_ns), meta.rdev, header.file_id,
+                    xattrs=meta.has_xattrs)
 
     async def file_dek_id(self, path: str) -> int:
         """The id of the DEK that seals a file (rekey, `keys list`): from its header."""

@@ -193,6 +193,13 @@ class XattrOps:
         inode = await self._inode(path, handle)
         return [n for n in await self._entries(inode) if not _hidden(n, uid)]
 
+    async def xattr_items(self, path: str, *, uid: int | None = None,
+                          handle: OpenFile | None = None) -> dict[bytes, bytes]:
+        """Every attribute and its value from one blob read (sync, restore, the CLI's
+        dump), not one read per name."""
+        inode = await self._inode(path, handle)
+        return {n: v for n, v in (await self._entries(inode)).items() if not _hidden(n, uid)}
+
     async def setxattr(self, path: str, name: bytes, value: bytes, *, flags: int = 0,
                        uid: int | None = None, handle: OpenFile | None = None) -> None:
         """Set one attribute (XATTR_CREATE: EEXIST if it exists; XATTR_REPLACE: ENODATA if

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import stat as stat_module
+from collections.abc import Callable
 from typing import BinaryIO
 
 TEMP_PREFIX = ".sealfs-part."
@@ -66,15 +67,18 @@ class NewFile:
         self.file: BinaryIO = os.fdopen(fd, "wb")
 
     def place(self, name: str, mode: int, atime_ns: int, mtime_ns: int,
-              owner: tuple[int, int] | None = None) -> None:
-        """Owner, then mode (chown clears setuid/setgid), then times, all on the descriptor;
-        then rename over name."""
+              owner: tuple[int, int] | None = None,
+              xattrs: Callable[[int], None] | None = None) -> None:
+        """Owner, then mode (chown clears setuid/setgid), then xattrs(fd) (chown clears
+        security.capability), then times, all on the descriptor; then rename over name."""
         self.file.flush()
         fd = self.file.fileno()
         if owner is not None:
             with contextlib.suppress(OSError):
                 os.fchown(fd, *owner)
         os.fchmod(fd, mode & 0o7777)
+        if xattrs is not None:
+            xattrs(fd)
         os.utime(fd, ns=(atime_ns, mtime_ns))
         self.file.close()
         os.replace(self.name, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
@@ -91,9 +95,10 @@ class NewFile:
 
 
 def place_symlink(dir_fd: int, name: str, target: str, atime_ns: int, mtime_ns: int,
-                  owner: tuple[int, int] | None = None) -> None:
-    """A symlink made under a random temporary name, given its owner and times without
-    following it, then renamed over name."""
+                  owner: tuple[int, int] | None = None,
+                  xattrs: Callable[[str], None] | None = None) -> None:
+    """A symlink made under a random temporary name, given its owner, xattrs(temporary
+    name) and times without following it, then renamed over name."""
     for _ in range(_ATTEMPTS):
         tmp = temp_name()
         try:
@@ -107,6 +112,8 @@ def place_symlink(dir_fd: int, name: str, target: str, atime_ns: int, mtime_ns: 
         if owner is not None:
             with contextlib.suppress(OSError):
                 os.chown(tmp, *owner, dir_fd=dir_fd, follow_symlinks=False)
+        if xattrs is not None:
+            xattrs(tmp)
         os.utime(tmp, ns=(atime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:

@@ -13,6 +13,13 @@ sync SRC -> volume PATH
     the directories it visits first: a killed sync simply resumes.
   - Modes, uid/gid, mtimes, symlinks and empty directories are kept. Directory modes
     and times are applied last, deepest first (creating children changes them).
+  - Extended attributes and POSIX ACLs are kept (xattrs=False skips them) through the
+    Volume's own setxattr/removexattr (fs/tools/xattrcopy.py). A file whose content is
+    unchanged is still compared by its attributes: the local set against the sealed
+    one, read only when either side has any (the inode's flag), so a tree without
+    xattrs costs no store read. A difference updates the attributes in place, without
+    copying the content (rsync -X does the same). ctime could not serve: the volume's
+    is the sync's own, never the source's.
   - At most `jobs` files are transferred at once (one trio nursery, a capacity limiter).
   - Excluded entries (`--exclude` glob, matched against the basename, or against the
     path relative to SRC when the pattern contains "/"; a trailing "/" matches only
@@ -57,6 +64,7 @@ from ...crypto.format.header import Kind
 from ...errors import IntegrityError, UsageError
 from ..core.volume import Attr, ListingProblem, OpenFile, Volume, split_path
 from . import localfiles
+from .xattrcopy import XattrCopier, at, volume_xattrs
 
 COPY_BLOCK = 1024 * 1024
 DEFAULT_JOBS = 4
@@ -72,6 +80,7 @@ class SyncOptions:
     excludes: tuple[str, ...] = ()
     checksum: bool = False
     jobs: int = DEFAULT_JOBS
+    xattrs: bool = True
 
 
 @dataclass
@@ -84,6 +93,10 @@ class SyncStats:
     #: the errors that were authentication failures (or entries planted in the store)
     integrity_errors: int = 0
     error_lines: list[str] = field(default_factory=list)
+    #: entries whose xattrs changed without their content
+    xattrs_updated: int = 0
+    #: xattrs that could not be read or set (refused by the target, unsupported)
+    warnings: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -94,7 +107,10 @@ class SyncStats:
         line = (f"{verb}: {self.copied} copied ({self.bytes} bytes), ")
         if verb == "sync":
             line += f"{self.deleted} deleted, "
-        return line + f"{self.unchanged} unchanged, {self.errors} errors"
+        line += f"{self.unchanged} unchanged, {self.errors} errors"
+        if self.xattrs_updated:
+            line += f", {self.xattrs_updated} xattrs updated"
+        return line + (f", {self.warnings} warnings" if self.warnings else "")
 
 
 class Reporter:
@@ -350,6 +366,7 @@ async def sync_tree(vol: Volume, source: str | os.PathLike[str], opts: SyncOptio
             await vol.mkdir(sub, 0o755)
 
     src = scan_source(root, opts.excludes, lambda t: reporter.line(f"sync: warning: {t}"))
+    xc = XattrCopier(lambda t: reporter.line(f"sync: warning: {t}")) if opts.xattrs else None
     reported: set[str] = set()
 
     def on_problem(problem: ListingProblem) -> None:
@@ -431,7 +448,8 @@ async def sync_tree(vol: Volume, source: str | os.PathLike[str], opts: SyncOptio
     async def one(rel: str, st: os.stat_result) -> None:
         async with limiter:
             try:
-                await _sync_entry(vol, root, base, rel, st, dst.get(rel), opts, stats, reporter, say)
+                await _sync_entry(vol, root, base, rel, st, dst.get(rel), opts, stats, reporter,
+                                  say, xc)
             except _PER_FILE_ERRORS as exc:
                 reporter.error(stats, str(root / rel), exc)
             finally:
@@ -453,10 +471,14 @@ async def sync_tree(vol: Volume, source: str | os.PathLike[str], opts: SyncOptio
                 mode = stat_module.S_IMODE(st.st_mode)
                 if attr.mode != mode or attr.uid != st.st_uid or attr.gid != st.st_gid:
                     await vol.setattr(path, mode=mode, uid=st.st_uid, gid=st.st_gid)
+                if xc is not None and await xc.entry_to_volume(vol, str(root / rel), path, attr) \
+                        and rel in dst:
+                    stats.xattrs_updated += 1
                 if not same_time(attr.mtime_ns, st.st_mtime_ns, resolution):
                     await vol.setattr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
             except _PER_FILE_ERRORS as exc:
                 reporter.error(stats, str(root / rel), exc)
+    stats.warnings += xc.warnings if xc is not None else 0
     return stats
 
 
@@ -476,7 +498,8 @@ def same_time(stored_ns: int, local_ns: int, resolution: int) -> bool:
 
 async def _sync_entry(vol: Volume, root: Path, base: str, rel: str, st: os.stat_result,
                       attr: Attr | None, opts: SyncOptions, stats: SyncStats,
-                      reporter: Reporter, say: Callable[[str], None]) -> None:
+                      reporter: Reporter, say: Callable[[str], None],
+                      xc: XattrCopier | None = None) -> None:
     path = _vjoin(base, rel)
     local = root / rel
     resolution = vol.backend.capabilities.time_resolution_ns
@@ -504,6 +527,10 @@ async def _sync_entry(vol: Volume, root: Path, base: str, rel: str, st: os.stat_
                 await vol.setattr(path, mode=mode, uid=st.st_uid, gid=st.st_gid)
                 if not same_time(attr.mtime_ns, st.st_mtime_ns, resolution):
                     await vol.setattr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
+        if xc is not None and await xc.entry_to_volume(vol, str(local), path, attr,
+                                                                opts.dry_run):
+            stats.xattrs_updated += 1
+            say(f"set xattrs of {path}")
         return
     if opts.dry_run:
         say(f"copy {local} -> {path}")
@@ -512,6 +539,9 @@ async def _sync_entry(vol: Volume, root: Path, base: str, rel: str, st: os.stat_
         return
     parent = _vjoin(base, _parent_rel(rel))
     fh = None if is_link else await trio.to_thread.run_sync(localfiles.open_source, local)
+    # Read through the descriptor the content comes from (a symlink: its own, unfollowed).
+    want = None if xc is None else xc.read_local(str(local) if fh is None else fh.fileno(),
+                                                 str(local))
     temp = None
     written = 0
     try:
@@ -524,6 +554,8 @@ async def _sync_entry(vol: Volume, root: Path, base: str, rel: str, st: os.stat_
         try:
             if fh is not None:
                 written = await _upload(f, fh, reporter)
+            if want:
+                await xc.write_volume(vol, path, want, {}, handle=f)
             await vol.setattr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns, handle=f)
         finally:
             await f.close()
@@ -568,11 +600,13 @@ async def snapshot_after_sync(vol: Volume, source: str | os.PathLike[str],
 
 
 async def restore_tree(vol: Volume, dest: str | os.PathLike[str], path: str = "/",
-                       reporter: Reporter | None = None, jobs: int = DEFAULT_JOBS) -> SyncStats:
+                       reporter: Reporter | None = None, jobs: int = DEFAULT_JOBS,
+                       xattrs: bool = True) -> SyncStats:
     """Copy the volume tree at `path` into the local directory `dest` (created if needed).
 
-    Files already present with the same size and mtime are left alone. Each file appears
-    under its name only once complete (temp name, then os.replace).
+    Files already present with the same size and mtime are left alone (their xattrs made
+    the volume's). Each file appears under its name only once complete (temp name, then
+    os.replace), with owner, mode, xattrs and ACLs, then times set on its descriptor.
     """
     reporter = reporter or Reporter("restore", progress=False)
     stats = SyncStats()
@@ -588,7 +622,9 @@ async def restore_tree(vol: Volume, dest: str | os.PathLike[str], path: str = "/
     # who can write into DST cannot make this run write, chmod or chown outside it.
     root_fd = os.open(root, localfiles.DIR_FLAGS)
     try:
-        await _restore_into(vol, base, root, root_fd, entries, stats, reporter, jobs)
+        xc = XattrCopier(lambda t: reporter.line(f"restore: warning: {t}")) if xattrs else None
+        await _restore_into(vol, base, root, root_fd, entries, stats, reporter, jobs, xc)
+        stats.warnings += xc.warnings if xc is not None else 0
     finally:
         os.close(root_fd)
     return stats
@@ -596,7 +632,7 @@ async def restore_tree(vol: Volume, dest: str | os.PathLike[str], path: str = "/
 
 async def _restore_into(vol: Volume, base: str, root: Path, root_fd: int,
                         entries: dict[str, Attr], stats: SyncStats, reporter: Reporter,
-                        jobs: int) -> None:
+                        jobs: int, xc: XattrCopier | None = None) -> None:
     chown = os.geteuid() == 0
     dirs = sorted((rel for rel, a in entries.items() if a.is_dir), key=_depth)
     failed: set[str] = set()
@@ -625,7 +661,8 @@ async def _restore_into(vol: Volume, base: str, root: Path, root_fd: int,
     async def one(rel: str, attr: Attr) -> None:
         async with limiter:
             try:
-                await _restore_entry(vol, base, root, root_fd, rel, attr, stats, reporter, chown)
+                await _restore_entry(vol, base, root, root_fd, rel, attr, stats, reporter, chown,
+                                     xc)
             except _PER_FILE_ERRORS as exc:
                 reporter.error(stats, _vjoin(base, rel), exc)
             finally:
@@ -646,6 +683,9 @@ async def _restore_into(vol: Volume, base: str, root: Path, root_fd: int,
                     with contextlib.suppress(OSError):
                         os.fchown(fd, attr.uid, attr.gid)
                 os.fchmod(fd, attr.mode & 0o7777)
+                if xc is not None:      # last: a default ACL set earlier would be inherited
+                    want = await volume_xattrs(vol, _vjoin(base, rel), attr.xattrs)
+                    xc.write_local(fd, str(root / rel if rel else root), want)
                 os.utime(fd, ns=(attr.atime_ns, attr.mtime_ns))
             finally:
                 os.close(fd)
@@ -654,7 +694,8 @@ async def _restore_into(vol: Volume, base: str, root: Path, root_fd: int,
 
 
 async def _restore_entry(vol: Volume, base: str, root: Path, root_fd: int, rel: str,
-                         attr: Attr, stats: SyncStats, reporter: Reporter, chown: bool) -> None:
+                         attr: Attr, stats: SyncStats, reporter: Reporter, chown: bool,
+                         xc: XattrCopier | None = None) -> None:
     vpath = _vjoin(base, rel)
     if attr.kind not in (Kind.REGULAR, Kind.SYMLINK):
         reporter.line(f"restore: warning: {vpath}: skipped (special file)")
@@ -662,40 +703,54 @@ async def _restore_entry(vol: Volume, base: str, root: Path, root_fd: int, rel: 
     dir_fd = localfiles.open_dir(root_fd, _parent_rel(rel))
     try:
         await _restore_at(vol, vpath, dir_fd, rel.rsplit("/", 1)[-1], root / rel, attr,
-                          stats, reporter, chown)
+                          stats, reporter, chown, xc)
     finally:
         os.close(dir_fd)
 
 
 async def _restore_at(vol: Volume, vpath: str, dir_fd: int, name: str, local: Path,
-                      attr: Attr, stats: SyncStats, reporter: Reporter, chown: bool) -> None:
+                      attr: Attr, stats: SyncStats, reporter: Reporter, chown: bool,
+                      xc: XattrCopier | None = None) -> None:
     lst = localfiles.lstat_at(dir_fd, name)
     if lst is not None and lst.st_mtime_ns == attr.mtime_ns:
+        same = False
         if attr.kind == Kind.REGULAR and stat_module.S_ISREG(lst.st_mode) \
                 and lst.st_size == attr.size:
             if stat_module.S_IMODE(lst.st_mode) != attr.mode & 0o7777:
                 os.chmod(name, attr.mode & 0o7777, dir_fd=dir_fd, follow_symlinks=False)
-            stats.unchanged += 1
-            return
-        if attr.kind == Kind.SYMLINK and stat_module.S_ISLNK(lst.st_mode) \
+            same = True
+        elif attr.kind == Kind.SYMLINK and stat_module.S_ISLNK(lst.st_mode) \
                 and os.readlink(name, dir_fd=dir_fd) == await vol.readlink(vpath):
+            same = True
+        if same:
             stats.unchanged += 1
+            if xc is not None and await xc.entry_to_local(vol, vpath, attr, dir_fd, name,
+                                                        str(local)):
+                stats.xattrs_updated += 1
             return
     if lst is not None and stat_module.S_ISDIR(lst.st_mode):
         raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(local))
     owner = (attr.uid, attr.gid) if chown else None
     written = 0
+    want = await volume_xattrs(vol, vpath, attr.xattrs) if xc is not None else None
+
+    def set_xattrs(target: int | str) -> None:
+        if xc is not None:
+            xc.write_local(target, str(local), want)
+
     if attr.kind == Kind.SYMLINK:
         localfiles.place_symlink(dir_fd, name, await vol.readlink(vpath),
-                                 attr.atime_ns, attr.mtime_ns, owner)
+                                 attr.atime_ns, attr.mtime_ns, owner,
+                                 lambda tmp: set_xattrs(at(dir_fd, tmp)))
     else:
-        written = await _download(vol, vpath, dir_fd, name, attr, owner, reporter)
+        written = await _download(vol, vpath, dir_fd, name, attr, owner, reporter, set_xattrs)
     stats.copied += 1
     stats.bytes += written
 
 
 async def _download(vol: Volume, vpath: str, dir_fd: int, name: str, attr: Attr,
-                    owner: tuple[int, int] | None, reporter: Reporter) -> int:
+                    owner: tuple[int, int] | None, reporter: Reporter,
+                    set_xattrs: Callable[[int], None] | None = None) -> int:
     f = await vol.open(vpath)
     try:
         new = await trio.to_thread.run_sync(localfiles.NewFile, dir_fd)
@@ -706,7 +761,7 @@ async def _download(vol: Volume, vpath: str, dir_fd: int, name: str, attr: Attr,
                 offset += len(block)
                 reporter.advance(len(block))
             await trio.to_thread.run_sync(new.place, name, attr.mode, attr.atime_ns,
-                                          attr.mtime_ns, owner)
+                                          attr.mtime_ns, owner, set_xattrs)
         except BaseException:
             new.discard()
             raise
