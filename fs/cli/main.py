@@ -639,7 +639,7 @@ def umount(mountpoint: str | None, timeout: float, config_name: str | None) -> N
 def _register_extensions() -> None:
     """Command groups that live in their own modules (backups, keys, benchmarks)."""
     import importlib
-    for module in ("backup", "keys", "bench", "snapshot"):
+    for module in ("backup", "keys", "bench", "snapshot", "gateway"):
         try:
             mod = importlib.import_module(f"{__package__}.{module}")
         except ModuleNotFoundError as exc:
