@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_CONFIG_DIR",
     "ConfigFileError",
     "SecretFiles",
+    "GatewayConfig",
     "SyncConfig",
     "VolumeConfigFile",
     "config_dir",
@@ -94,6 +95,16 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """The [gateway] table: serve the volume over SMB 3 as `share` (`sealfs gateway`)."""
+
+    share: str
+    listen: str | None = None              # ADDR[:PORT]; None: every address, port 445
+    hosts_allow: tuple[str, ...] = ()      # empty: loopback only
+    force_user: str | None = None          # every SMB user works as this Unix account
+
+
+@dataclass(frozen=True)
 class VolumeConfigFile:
     """One parsed config file. Paths are absolute; sizes are in bytes; None means "not set"."""
 
@@ -112,6 +123,7 @@ class VolumeConfigFile:
     dirty_limit: int | None = None
     options: tuple[str, ...] = ()  # mount -o options, one per item
     sync: SyncConfig | None = None
+    gateway: GatewayConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -224,8 +236,9 @@ class _Validator:
 
     TOP_KEYS = ("store", "mountpoint", "keyfile", "passphrase_file", "smb_password_file",
                 "azure_sas_file", "azure_account_key_file", "kek", "audit_log", "chunk_cache",
-                "dirty_limit", "options", "sync")
+                "dirty_limit", "options", "sync", "gateway")
     SYNC_KEYS = ("source", "path", "exclude", "delete", "checksum")
+    GATEWAY_KEYS = ("share", "listen", "hosts_allow", "force_user")
 
     def __init__(self, text: str, path: Path) -> None:
         self.lines = text.splitlines()
@@ -351,6 +364,7 @@ class _Validator:
             dirty_limit=self._size(data, "dirty_limit", "dirty_limit"),
             options=options,
             sync=self._sync(data.get("sync")),
+            gateway=self._gateway(data.get("gateway")),
         )
 
     def _store(self, store: str) -> str:
@@ -391,6 +405,28 @@ class _Validator:
                                    lambda s: None if s.strip() else "empty pattern"),
             delete=bool(delete),
             checksum=bool(checksum),
+        )
+
+
+    def _gateway(self, raw: Any) -> GatewayConfig | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise self.fail("gateway", f"expected a table ([gateway]), got {_toml_type(raw)}")
+        self._unknown(raw, self.GATEWAY_KEYS, "gateway.")
+        share = self._string(raw, "share", "gateway.share")
+        if share is None:
+            raise ConfigFileError(self.path, "missing required key in [gateway]",
+                                  line=self._line_of("gateway"), key="gateway.share")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", share):
+            raise self.fail("gateway.share", "letters, digits and _.- only, up to 64")
+        return GatewayConfig(
+            share=share,
+            listen=self._string(raw, "listen", "gateway.listen"),
+            hosts_allow=self._str_list(raw, "hosts_allow", "gateway.hosts_allow",
+                                       lambda s: None if s.strip() and " " not in s
+                                       else "one address or network per item"),
+            force_user=self._string(raw, "force_user", "gateway.force_user"),
         )
 
 

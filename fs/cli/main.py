@@ -645,7 +645,7 @@ def umount(mountpoint: str | None, timeout: float, config_name: str | None) -> N
 def _register_extensions() -> None:
     """Command groups that live in their own modules (backups, keys, benchmarks)."""
     import importlib
-    for module in ("backup", "keys", "bench", "snapshot", "xattr"):
+    for module in ("backup", "keys", "bench", "snapshot", "xattr", "gateway"):
         try:
             mod = importlib.import_module(f"{__package__}.{module}")
         except ModuleNotFoundError as exc:

@@ -10,7 +10,7 @@ import pytest
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 
-UNITS = ["sealfs@.service", "sealfs-sync@.service", "sealfs-sync@.timer"]
+UNITS = ["sealfs@.service", "sealfs-sync@.service", "sealfs-sync@.timer", "sealfs-gateway@.service"]
 
 
 def _verify(root: Path, *units: str) -> subprocess.CompletedProcess[str]:
@@ -36,7 +36,8 @@ def test_all_units_present() -> None:
     assert (SYSTEMD_DIR / "README.md").is_file()
 
 
-@pytest.mark.parametrize("unit", UNITS + ["sealfs@vol1.service", "sealfs-sync@vol1.timer"])
+@pytest.mark.parametrize("unit", UNITS + ["sealfs@vol1.service", "sealfs-sync@vol1.timer",
+                                  "sealfs-gateway@vol1.service"])
 def test_systemd_analyze_verify_is_clean(systemd_root: Path, unit: str) -> None:
     res = _verify(systemd_root, unit)
     assert res.returncode == 0, res.stderr
@@ -68,9 +69,24 @@ NAMESPACING = {
 }
 
 
-def test_mount_unit_has_no_mount_namespace() -> None:
-    d = _directives("sealfs@.service")
+@pytest.mark.parametrize("unit", ["sealfs@.service", "sealfs-gateway@.service"])
+def test_mount_unit_has_no_mount_namespace(unit: str) -> None:
+    d = _directives(unit)
     assert NAMESPACING.isdisjoint(d), NAMESPACING & set(d)
+
+
+def test_gateway_unit_contract() -> None:
+    """SIGTERM reaches the gateway alone (it orders smbd before the unmount); secrets and
+    hardening as for the mount."""
+    d = _directives("sealfs-gateway@.service")
+    assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"]
+    assert d["ExecStart"] == ["/usr/local/bin/sealfs gateway --config %i"]
+    assert d["KillMode"] == ["mixed"]
+    creds = {v.split(":", 1)[0] for v in d["LoadCredential"]}
+    assert creds == {"keyfile", "passphrase", "smb-password"}
+    assert d["DeviceAllow"] == ["/dev/fuse rw"] and d["DevicePolicy"] == ["closed"]
+    assert d["NoNewPrivileges"] == ["yes"] and d["LimitCORE"] == ["0"]
+    assert "RestrictSUIDSGID" not in d and "MemoryDenyWriteExecute" not in d
 
 
 def test_mount_unit_contract() -> None:
@@ -86,7 +102,7 @@ def test_mount_unit_contract() -> None:
     assert "MemoryDenyWriteExecute" not in d
 
 
-@pytest.mark.parametrize("unit", ["sealfs@.service", "sealfs-sync@.service"])
+@pytest.mark.parametrize("unit", ["sealfs@.service", "sealfs-sync@.service", "sealfs-gateway@.service"])
 def test_no_secrets_in_units(unit: str) -> None:
     d = _directives(unit)
     assert "SetCredential" not in d and "Environment" in d
@@ -107,7 +123,8 @@ def test_sync_units() -> None:
 
 
 @pytest.mark.parametrize("unit,limit", [("sealfs@vol1.service", 5.0),
-                                        ("sealfs-sync@vol1.service", 3.0)])
+                                        ("sealfs-sync@vol1.service", 3.0),
+                                        ("sealfs-gateway@vol1.service", 6.5)])
 def test_security_exposure(systemd_root: Path, unit: str, limit: float) -> None:
     """systemd's own hardening score, so a regression in the unit shows up here."""
     res = subprocess.run(
