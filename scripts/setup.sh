@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   python3 python3-venv python3-dev build-essential pkg-config
   fuse3 libfuse3-dev attr acl libcap2-bin
-  samba samba-vfs-modules smbclient tcpdump
+  samba samba-vfs-modules samba-testsuite smbclient tcpdump
   softhsm2 opensc
   sqlite3 rsync git tar systemd util-linux
   gocryptfs rclone fio cryfs securefs
