@@ -167,6 +167,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         parts = Path(str(item.fspath)).parts
         fixtures = set(getattr(item, "fixturenames", ()))
         params = getattr(getattr(item, "callspec", None), "params", {})
+        if "gateway" in parts:      # a real mount served by a real smbd
+            item.add_marker(pytest.mark.fuse)
+            item.add_marker(pytest.mark.smb)
         if "fuse" in parts or fixtures & _FUSE_FIXTURES or hasattr(item.module, "Mount"):
             item.add_marker(pytest.mark.fuse)
         kinds = {v for v in params.values() if isinstance(v, str)}   # e.g. a backend_kind param

@@ -198,6 +198,7 @@ def test_two_clients_see_each_others_writes_after_close(gateway: Gateway) -> Non
                 assert f.read() == data
 
 
+@pytest.mark.slow
 def test_a_ten_thousand_file_listing(gateway: Gateway) -> None:
     big = gateway.mountpoint / "big-dir"
     big.mkdir()
