@@ -113,6 +113,7 @@ class Volume(DirectoryOps, XattrOps):
         self.open_files.headers = self.headers
         #: sealed xattr blobs, one per inode (fs/core/xattrs.py)
         self.xattrs = XattrBlobs(backend, xattr_key_secret(names_dek), locator_key_secret(names_dek))
+        self.open_files.xattrs = self.xattrs
         self._xattr_lock = trio.Lock()
         #: the mount's nursery, for background read-ahead (None for one-off CLI commands)
         self.background: trio.Nursery | None = None
@@ -422,7 +423,7 @@ class Volume(DirectoryOps, XattrOps):
 
     async def _last_blob(self, bpath: str, bstat: BackendStat) -> bytes | None:
         """The file id whose xattr blob goes with this name: its last link, not open (an
-        open one keeps its blob: fsck reports it once the file is gone)."""
+        open one keeps its blob until its last close, which deletes it: OpenFiles._drop)."""
         header, _size = await self.headers.header(bpath, bstat)
         if not header.meta.has_xattrs or header.file_id in self.open_files:
             return None
