@@ -68,3 +68,58 @@ async def test_fsck_checks_blobs_and_finds_orphans(make_volume, open_volume):
         assert not (d_blob.parent / "sealfs.tmp.0123").exists()
     finally:
         await vol.close()
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    from sealfs.fs.core import acl
+    return acl.pack(list(entries))
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+async def test_a_crash_at_any_step_of_chmod_keeps_mode_and_mask_in_step(kind, make_volume,
+                                                                        keyfile, tmp_path):
+    """chmod of an inode with an access ACL: at every crash point, the mode a reader
+    shows and the ACL's owner, mask and other bits agree, and are the old or the new."""
+    from sealfs.crypto.keys.kms import KeySecrets
+    from sealfs.fs.core import acl
+    from sealfs.fs.core.pins import PinStore
+    from sealfs.fs.core.volume import Volume
+    from tests.test_crash_ordering import SnapshotRecorder, _install_store, _load
+
+    store = await make_volume()
+    secrets = KeySecrets(keyfile=keyfile)
+    vol = await _load(store, secrets)
+    if kind == "file":
+        await vol.write_file("x", b"data")
+    else:
+        await vol.mkdir("x")
+    await vol.setxattr("x", b"user.keep", b"1")
+    await vol.setxattr("x", acl.ACCESS, _acl((acl.USER_OBJ, 6, 0), (acl.USER, 6, 4242),
+                                             (acl.GROUP_OBJ, 4, 0), (acl.MASK, 6, 0),
+                                             (acl.OTHER, 4, 0)))
+    assert (await vol.stat("x")).mode & 0o777 == 0o664
+    await vol.close()
+
+    rec = SnapshotRecorder(store)
+    vol = await Volume.load(rec, secrets, pins=PinStore())
+    await vol.setattr("x", mode=0o600)
+    await vol.close()
+    assert len(rec.states) > 2
+
+    crashed = tmp_path / "crashed"
+    seen = set()
+    for label, files in rec.states:
+        _install_store(crashed, files)
+        vol = await _load(crashed, secrets)
+        try:
+            entries = acl.parse(await vol.getxattr("x", acl.ACCESS))
+            mode = (await vol.stat("x")).mode & 0o777
+            assert await vol.getxattr("x", b"user.keep") == b"1"
+        finally:
+            await vol.close()
+        bits = acl.mode_of(entries, 0)
+        assert bits == mode, f"crash {label}: ACL says {bits:o}, mode {mode:o}"
+        assert mode in (0o664, 0o600), f"crash {label}: mode {mode:o}"
+        assert (acl.USER, 6, 4242) in entries, f"crash {label}: the named entry went"
+        seen.add(mode)
+    assert seen == {0o664, 0o600}

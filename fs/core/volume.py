@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import trio
@@ -641,7 +642,9 @@ class Volume(DirectoryOps, XattrOps):
                                      or uid is not None or gid is not None)
             state = opened.state
         try:
-            async with state.lock:
+            # chmod takes the xattr lock first (setxattr's order: xattr lock, then the
+            # file's), as it writes the access ACL's blob before the mode (blob first).
+            async with self._xattr_lock if mode is not None else nullcontext(), state.lock:
                 if size is not None:
                     if not state.writable:
                         raise OSError(errno.EROFS, "read-only", path)
@@ -655,9 +658,10 @@ class Volume(DirectoryOps, XattrOps):
                         mode=state.meta.mode if mode is None else mode & 0o7777,
                         uid=state.meta.uid if uid is None else uid,
                         gid=state.meta.gid if gid is None else gid, ctime_ns=time.time_ns())
-                    await state.write_metadata(meta)
                     if mode is not None:
-                        await self._acl_follow_mode(KIND_FILE, state.file_id, state.meta)
+                        await self._acl_follow_mode(KIND_FILE, state.file_id, state.meta,
+                                                    meta.mode)
+                    await state.write_metadata(meta)
                 if atime_ns is not None or mtime_ns is not None:
                     await state.settle()          # no write of ours may land after the times
                     cur = await self.backend.fstat(state.handle)
