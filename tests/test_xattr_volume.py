@@ -123,3 +123,55 @@ async def test_a_crash_at_any_step_of_chmod_keeps_mode_and_mask_in_step(kind, ma
         assert (acl.USER, 6, 4242) in entries, f"crash {label}: the named entry went"
         seen.add(mode)
     assert seen == {0o664, 0o600}
+
+
+async def test_an_open_files_xattrs_are_read_once_per_open(make_volume, open_volume, keyfile):
+    """The kernel asks for security.capability before every write: on a file with xattrs
+    that costs no backend read while the file is open; setxattr and removexattr keep the
+    copy in memory right; the next open reads the blob again (another client's change)."""
+    from sealfs.backends.local import LocalBackend
+    from sealfs.crypto.keys.kms import KeySecrets
+    from sealfs.fs.core.pins import PinStore
+    from sealfs.fs.core.volume import Volume
+
+    class Counting(LocalBackend):
+        blob_opens = 0
+
+        async def open(self, path, *, write=False, create=False, exclusive=False):
+            if path.startswith("x/") and not write:
+                type(self).blob_opens += 1
+            return await super().open(path, write=write, create=create, exclusive=exclusive)
+
+    store = await make_volume()
+    vol = await Volume.load(Counting(store), KeySecrets(keyfile=keyfile), pins=PinStore())
+    other = await open_volume(store)
+    try:
+        await vol.write_file("f", b"")
+        await vol.setxattr("f", b"user.a", b"1")
+        h = await vol.open("f", write=True)
+        Counting.blob_opens = 0
+        for i in range(20):
+            with pytest.raises(OSError) as e:
+                await vol.getxattr("f", b"security.capability", handle=h)
+            assert e.value.errno == errno.ENODATA
+            await h.write(i * 4096, b"x" * 4096)
+        assert Counting.blob_opens == 1
+        await vol.setxattr("f", b"user.b", b"2", handle=h)
+        assert await vol.getxattr("f", b"user.b", handle=h) == b"2"
+        await vol.removexattr("f", b"user.a", handle=h)
+        assert await vol.listxattr("f", handle=h) == [b"user.b"]
+        assert Counting.blob_opens == 1
+        await h.close()
+        await other.setxattr("f", b"user.c", b"3")        # another client, while closed
+        h = await vol.open("f")
+        assert sorted(await vol.listxattr("f", handle=h)) == [b"user.b", b"user.c"]
+        await vol.removexattr("f", b"user.b", handle=h)
+        await vol.removexattr("f", b"user.c", handle=h)   # the last: the blob goes
+        assert await vol.listxattr("f", handle=h) == []
+        with pytest.raises(OSError) as e:
+            await vol.getxattr("f", b"user.c", handle=h)
+        assert e.value.errno == errno.ENODATA
+        await h.close()
+    finally:
+        await other.close()
+        await vol.close()
