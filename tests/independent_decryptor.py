@@ -8,8 +8,10 @@ that sealfs writes what FORMAT.md says.
     result = decrypt_store("/path/to/store", keyfile=Path("vol.key").read_bytes())
     result.files["docs/report.pdf"]      # bytes (regular files and symlink targets)
     result.entries["docs"]               # Entry(kind, mode, uid, gid, rdev, size, ...)
+    result.entries["docs"].xattrs        # {name: value} (FORMAT.md 12), POSIX ACLs included
     result.errors                        # [(backend path, reason)] for damaged entries
     result.orphans                       # storages under d/ that no record names
+    result.xattr_orphans                 # blobs under x/ that no inode's flag claims
 
 Command line: python tests/independent_decryptor.py STORE KEYFILE [OUTDIR]
 """
@@ -25,7 +27,7 @@ import re
 import stat
 import struct
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -49,6 +51,10 @@ LONG_NAME = re.compile(r"^sealfs\.ln\.[a-z2-7]{52}$")
 CANONICAL_B32 = re.compile(r"^[a-z2-7]+$")
 FANOUT = re.compile(r"^[a-z2-7]{2}$")
 STORAGE = re.compile(r"^[a-z2-7]{30}$")
+XATTRS = "x"                      # x/<X[0:2]>/<X[2:32]> (12)
+XATTR_FLAG = 0x01                 # bit 0 of the sealed metadata's flags byte (7.2)
+XATTR_PAYLOAD_MAX = 393216        # (12)
+XATTR_VALUE_MAX = 65536
 
 
 class FormatError(Exception):
@@ -97,13 +103,16 @@ class Meta:
     rdev: int
     size: int
     ctime: int                    # ns; 0: none recorded
+    flags: int = 0                # bit 0: the inode has an xattr blob (12)
 
 
 def unpack_meta(raw: bytes) -> Meta:
-    kind, mode, uid, gid, rdev, size, ctime = struct.unpack(">B3xIIIQQQ", raw)
+    kind, flags, mode, uid, gid, rdev, size, ctime = struct.unpack(">BB2xIIIQQQ", raw)
     if kind not in KINDS:
         raise FormatError(f"unknown kind {kind}")
-    return Meta(kind, mode, uid, gid, rdev, size, ctime)
+    if flags & ~XATTR_FLAG:
+        raise FormatError(f"unknown metadata flags {flags:#x}")
+    return Meta(kind, mode, uid, gid, rdev, size, ctime, flags)
 
 
 # -- layout (section 7.3) ----------------------------------------------------------------------
@@ -163,6 +172,16 @@ class Keys:
         """FORMAT.md 1: the backend path of the storage of the directory with this id."""
         loc = b32encode(hmac.new(self.locator_key, dir_id, hashlib.sha256).digest())[:32]
         return f"{STORAGES}/{loc[:2]}/{loc[2:]}"
+
+    @property
+    def xattr_key(self) -> bytes:
+        return hkdf(self.name_dek, b"sealfs/v2/xattrs", 32)
+
+    def xattr_blob(self, kind: bytes, ident: bytes) -> str:
+        """FORMAT.md 12: the backend path of the blob of the inode (kind b"f"|b"d", id)."""
+        loc = b32encode(hmac.new(self.locator_key, b"x" + kind + ident,
+                                 hashlib.sha256).digest())[:32]
+        return f"{XATTRS}/{loc[:2]}/{loc[2:]}"
 
     @property
     def pin_fingerprint(self) -> str:
@@ -236,6 +255,36 @@ def open_dir_record(keys: Keys, raw: bytes) -> tuple[bytes, Meta]:
     if meta.kind != 7:
         raise FormatError("directory record without directory kind")
     return plain[:16], meta
+
+
+def open_xattr_blob(keys: Keys, kind: bytes, ident: bytes, raw: bytes) -> dict[bytes, bytes]:
+    """FORMAT.md 12: the attributes of the inode (kind, id) from its blob."""
+    if not 20 + 16 <= len(raw) <= 20 + XATTR_PAYLOAD_MAX + 16 or raw[:6] != MAGIC \
+            or raw[6] != 2 or raw[7:8] != b"X":
+        raise FormatError("bad xattr blob")
+    try:
+        payload = AESGCM(keys.xattr_key).decrypt(raw[8:20], raw[20:],
+                                                 b"sealfs.xattr" + raw[:8] + kind + ident)
+    except InvalidTag:
+        raise FormatError("xattr blob does not authenticate (altered, or another "
+                          "inode's)") from None
+    entries: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(payload):
+        n = payload[pos]
+        name = payload[pos + 1:pos + 1 + n]
+        pos += 1 + n
+        if n == 0 or len(name) != n or b"\0" in name or (entries and name <= max(entries)):
+            raise FormatError("xattr blob: an empty, NUL-holding, unsorted or repeated name")
+        if pos + 4 > len(payload):
+            raise FormatError("xattr blob is truncated")
+        (size,) = struct.unpack_from(">I", payload, pos)
+        pos += 4
+        if size > XATTR_VALUE_MAX or pos + size > len(payload):
+            raise FormatError("xattr blob: a bad value length")
+        entries[name] = payload[pos:pos + size]
+        pos += size
+    return entries
 
 
 def decode_name(keys: Keys, encoded: str, dir_id: bytes) -> str:
@@ -374,6 +423,7 @@ class Entry:
     storage: str | None = None    # directories: where their children live
     nlink: int | None = None      # directories: 2 + the stubs in their storage
     ctime: int = 0                # the sealed ctime (ns; 0: none recorded)
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)    # (12)
 
 
 @dataclass
@@ -386,6 +436,7 @@ class Result:
     entries: dict[str, Entry] = field(default_factory=dict)    # everything but the root
     errors: list[tuple[str, str]] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)           # storages no record names
+    xattr_orphans: list[str] = field(default_factory=list)     # blobs no inode's flag claims
 
 
 def decrypt_store(store: str | os.PathLike, *, keyfile: bytes | None = None,
@@ -395,12 +446,56 @@ def decrypt_store(store: str | os.PathLike, *, keyfile: bytes | None = None,
     root_id, root_meta = open_dir_record(keys, (root / "sealfs.dir").read_bytes())
     storage = keys.storage(root_id)
     listing = _list(root, storage)             # a missing root storage: the store is unreadable
+    claimed: set[str] = set()
     result = Result(keys.volume_id, keys.pin_fingerprint, keys.chunk_size,
                     _dir_entry(root_meta, root_id, "", storage, listing))
+    try:
+        result.root = _with_xattrs(keys, root, result.root, root_meta, b"d", claimed)
+    except (FormatError, OSError) as exc:
+        result.errors.append(("sealfs.dir", str(exc)))
     reached = {storage}
-    _walk(keys, root, storage, listing, "", root_id, result, reached)
+    _walk(keys, root, storage, listing, "", root_id, result, reached, claimed)
     result.orphans = sorted(set(_storages(root, result)) - reached)
+    result.xattr_orphans = sorted(set(_blobs(root, result)) - claimed)
     return result
+
+
+def _with_xattrs(keys: Keys, root: Path, entry: Entry, meta: Meta, kind: bytes,
+                 claimed: set[str]) -> Entry:
+    """entry with its attributes: read from its blob when its flag is set (a missing blob
+    is damage); none, whatever lies at its blob path, when not."""
+    if not meta.flags & XATTR_FLAG:
+        return entry
+    bpath = keys.xattr_blob(kind, entry.identity)
+    claimed.add(bpath)
+    try:
+        raw = (root / bpath).read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"its xattr blob {bpath} is missing") from None
+    try:
+        xattrs = open_xattr_blob(keys, kind, entry.identity, raw)
+    except FormatError as exc:
+        raise FormatError(f"{bpath}: {exc}") from None
+    return replace(entry, xattrs=xattrs)
+
+
+def _blobs(root: Path, result: Result) -> list[str]:
+    """Every blob under x/; temporaries of an interrupted update are skipped, anything
+    else not of a blob's shape is reported."""
+    out = []
+    top = root / XATTRS
+    for fan in sorted(os.listdir(top)) if top.is_dir() else []:
+        if not (FANOUT.match(fan) and stat.S_ISDIR(os.lstat(top / fan).st_mode)):
+            result.errors.append((f"{XATTRS}/{fan}", "not written by sealfs (not a blob fan-out)"))
+            continue
+        for name in sorted(os.listdir(top / fan)):
+            bpath = f"{XATTRS}/{fan}/{name}"
+            regular = stat.S_ISREG(os.lstat(root / bpath).st_mode)
+            if STORAGE.match(name) and regular:
+                out.append(bpath)
+            elif not (name.startswith("sealfs.tmp.") and regular):
+                result.errors.append((bpath, "not written by sealfs (not an xattr blob)"))
+    return out
 
 
 def _list(root: Path, storage: str) -> list[tuple[str, int]]:
@@ -453,7 +548,7 @@ def _name_of(keys: Keys, root: Path, storage: str, entry: str, dir_id: bytes) ->
 
 
 def _walk(keys: Keys, root: Path, storage: str, listing: list[tuple[str, int]], pdir: str,
-          dir_id: bytes, result: Result, reached: set[str]) -> None:
+          dir_id: bytes, result: Result, reached: set[str], claimed: set[str]) -> None:
     for entry, mode in listing:
         bpath = f"{storage}/{entry}"
         try:
@@ -477,16 +572,19 @@ def _walk(keys: Keys, root: Path, storage: str, listing: list[tuple[str, int]], 
                     child_listing = _list(root, child_storage)
                 except FileNotFoundError:
                     raise FormatError(f"its storage {child_storage} is missing") from None
-                result.entries[path] = _dir_entry(meta, child_id, bpath, child_storage,
-                                                  child_listing)
-                _walk(keys, root, child_storage, child_listing, path, child_id, result, reached)
+                result.entries[path] = _with_xattrs(
+                    keys, root, _dir_entry(meta, child_id, bpath, child_storage, child_listing),
+                    meta, b"d", claimed)
+                _walk(keys, root, child_storage, child_listing, path, child_id, result, reached,
+                      claimed)
             else:
                 f = decrypt_file(keys, (root / bpath).read_bytes(), root / "sealfs.journal")
                 kind = KINDS[f.meta.kind]
                 target = f.content.decode("utf-8", "surrogateescape") if kind == "symlink" else None
-                result.entries[path] = Entry(kind, f.meta.mode, f.meta.uid, f.meta.gid, f.meta.rdev,
-                                             f.size, f.file_id, bpath, f.how, target,
-                                             ctime=f.meta.ctime)
+                result.entries[path] = _with_xattrs(
+                    keys, root, Entry(kind, f.meta.mode, f.meta.uid, f.meta.gid, f.meta.rdev,
+                                      f.size, f.file_id, bpath, f.how, target,
+                                      ctime=f.meta.ctime), f.meta, b"f", claimed)
                 if kind in ("regular", "symlink"):
                     result.files[path] = f.content
         except (FormatError, OSError, UnicodeDecodeError, ValueError) as exc:
@@ -502,10 +600,14 @@ def main(argv: list[str]) -> int:
         print(f"{e.kind:9} {e.mode:04o} {e.uid}:{e.gid} {e.size:>10} {path}"
               + (f" -> {e.target}" if e.target else "") + ("" if e.size_source == "header"
                                                              else f" [{e.size_source}]"))
+        for name, value in sorted(e.xattrs.items()):
+            print(f"  xattr {name.decode('ascii', 'backslashreplace')} = {value.hex()}")
     for bpath, why in result.errors:
         print(f"ERROR {bpath}: {why}", file=sys.stderr)
     for bpath in result.orphans:
         print(f"ORPHAN {bpath}: a storage no directory record names", file=sys.stderr)
+    for bpath in result.xattr_orphans:
+        print(f"ORPHAN {bpath}: an xattr blob no inode's flag claims", file=sys.stderr)
     if len(argv) == 3:
         out = Path(argv[2])
         for path, e in result.entries.items():

@@ -7,8 +7,10 @@ docs/FORMAT.md alone, must read them back.
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
+import hmac
 import importlib.util
 import json
 import shutil
@@ -41,6 +43,8 @@ from sealfs.crypto.format.layout import (
 )
 from sealfs.crypto.format.locator import locator, storage_path
 from sealfs.crypto.format.names import NameCipher, check_name, long_name_entry, pad_name
+from sealfs.crypto.format.xattrs import blob_path as xattr_blob_path
+from sealfs.crypto.format.xattrs import open_xattrs, pack_entries, seal_xattrs, xattr_locator
 from sealfs.crypto.keys.kms import KeySecrets
 from sealfs.crypto.keys.kms_local import KeyfileKek, PassphraseKek
 from sealfs.errors import ConfigError, IntegrityError, KeyAccessError
@@ -58,7 +62,8 @@ X = bytes.fromhex
 
 
 def meta_of(d: dict) -> Metadata:
-    return Metadata(Kind(d["kind"]), d["mode"], d["uid"], d["gid"], d["rdev"], d["size"], d["ctime"])
+    return Metadata(Kind(d["kind"]), d["mode"], d["uid"], d["gid"], d["rdev"], d["size"], d["ctime"],
+                    d["flags"])
 
 
 def ind_keys(chunk_size: int = 4096) -> ind.Keys:
@@ -87,9 +92,12 @@ def test_hkdf():
     assert kdf.config_mac_key(dek).hex() == v["config_mac_key"]["okm"]
     assert kdf.dir_meta_key(dek).hex() == v["dir_meta_key"]["okm"]
     assert kdf.locator_key(dek).hex() == v["locator_key"]["okm"]
+    assert kdf.xattr_key(dek).hex() == v["xattr_key"]["okm"]
+    assert v["xattr_key"]["info"] == "sealfs/v2/xattrs"
     assert v["locator_key"]["info"] == "sealfs/v2/locator"
     assert kdf.pin_fingerprint(dek) == v["pin_fingerprint"]
-    for name in ("file_key", "name_key", "config_mac_key", "dir_meta_key", "locator_key", "pin_key"):
+    for name in ("file_key", "name_key", "config_mac_key", "dir_meta_key", "locator_key", "pin_key",
+                 "xattr_key"):
         e = v[name]
         salt = X(e["salt"]) if e["salt"] else None
         assert ind.hkdf(dek, e["info"].encode(), e["length"], salt).hex() == e["okm"], name
@@ -115,8 +123,20 @@ def test_header(v):
     assert raw[:28].hex() == v["aad"]
     plain = AESGCM(ind_keys().file_key(dek_id, file_id)).decrypt(raw[28:40], raw[40:], raw[:28])
     m = ind.unpack_meta(plain)
-    assert (m.kind, m.mode, m.uid, m.gid, m.rdev, m.size, m.ctime) == tuple(
-        v["meta"][k] for k in ("kind", "mode", "uid", "gid", "rdev", "size", "ctime"))
+    assert (m.kind, m.flags, m.mode, m.uid, m.gid, m.rdev, m.size, m.ctime) == tuple(
+        v["meta"][k] for k in ("kind", "flags", "mode", "uid", "gid", "rdev", "size", "ctime"))
+    assert plain[1] == v["meta"]["flags"]                  # FORMAT.md 7.2: byte 1
+    for bit in range(1, 8):                                # any other flag bit: refused
+        bad = plain[:1] + bytes([plain[1] | 1 << bit]) + plain[2:]
+        with pytest.raises(ind.FormatError):
+            ind.unpack_meta(bad)
+        with pytest.raises(IntegrityError):
+            open_header(key, _reseal(key, raw, bad))
+
+
+def _reseal(key: bytes, raw: bytes, meta40: bytes) -> bytes:
+    """A header of the same public part and nonce whose sealed metadata is meta40."""
+    return raw[:28] + raw[28:40] + AESGCM(key).encrypt(raw[28:40], meta40, raw[:28])
 
 
 @pytest.mark.parametrize("v", FMT["dir_meta"], ids=lambda v: v["label"])
@@ -135,7 +155,7 @@ def test_dir_record(v):
     assert X(v["dir_id"]) not in raw                       # the id is sealed
     dir_id, m = ind.open_dir_record(ind_keys(), raw)
     assert dir_id.hex() == v["dir_id"] and m.kind == 7 and m.mode == v["meta"]["mode"]
-    assert m.ctime == v["meta"]["ctime"]
+    assert m.ctime == v["meta"]["ctime"] and m.flags == v["meta"]["flags"]
     format1 = raw[:6] + b"\x01" + raw[7:]                  # a format-1 record's version byte
     flipped = raw[:30] + bytes([raw[30] ^ 1]) + raw[31:]   # a bit of the sealed id
     for bad in (format1, flipped, raw[:91], raw + b"\0"):
@@ -377,6 +397,55 @@ async def test_size_resolution_through_volume(tmp_path: Path):
         assert hashlib.sha256(data).hexdigest() == v["expected_sha256"], v["label"]
 
 
+# -- extended attributes (FORMAT.md 12) -------------------------------------------------------------
+@pytest.mark.parametrize("v", FMT["xattrs"]["blobs"], ids=lambda v: v["label"])
+def test_xattr_blob(v):
+    x = FMT["xattrs"]
+    key, loc_key = X(x["xattr_key"]), X(x["locator_key"])
+    assert key == kdf.xattr_key(IN["dek1"]) and loc_key == kdf.locator_key(IN["dek1"])
+    kind, ident, raw = v["kind"].encode(), X(v["id"]), X(v["bytes"])
+    entries = {k.encode(): X(val) for k, val in v["entries"].items()}
+    # sealfs writes exactly these bytes and reads them back
+    assert seal_xattrs(key, kind, ident, entries, nonce=X(v["nonce"])) == raw
+    assert open_xattrs(key, kind, ident, raw) == entries
+    assert pack_entries(entries).hex() == v["payload"]
+    loc = xattr_locator(loc_key, kind, ident)
+    assert (loc, xattr_blob_path(loc)) == (v["locator"], v["blob_path"])
+    # FORMAT.md 12, byte by byte
+    assert raw[:8] == b"SEALFS\x02X" and raw[8:20].hex() == v["nonce"]
+    assert v["aad"] == (b"sealfs.xattr" + raw[:8] + kind + ident).hex()
+    assert AESGCM(key).decrypt(raw[8:20], raw[20:], X(v["aad"])).hex() == v["payload"]
+    assert hmac.new(loc_key, b"x" + kind + ident, hashlib.sha256).hexdigest() == v["hmac"]
+    assert base64_b32(X(v["hmac"]))[:32] == v["locator"]
+    # the independent reader
+    keys = ind_keys()
+    assert keys.xattr_blob(kind, ident) == v["blob_path"]
+    assert ind.open_xattr_blob(keys, kind, ident, raw) == entries
+    for name in entries:                   # nothing in clear
+        assert name not in raw
+    # bound to its owner: the other kind, or another id, fails
+    other = (b"d" if kind == b"f" else b"f", ident)
+    for owner in (other, (kind, bytes(16))):
+        with pytest.raises(IntegrityError):
+            open_xattrs(key, *owner, raw)
+        with pytest.raises(ind.FormatError):
+            ind.open_xattr_blob(keys, *owner, raw)
+
+
+def base64_b32(data: bytes) -> str:
+    return base64.b32encode(data).decode().rstrip("=").lower()
+
+
+@pytest.mark.parametrize("v", FMT["xattrs"]["invalid"], ids=lambda v: v["label"])
+def test_xattr_blob_invalid(v):
+    key = X(FMT["xattrs"]["xattr_key"])
+    kind, ident, raw = v["kind"].encode(), X(v["id"]), X(v["bytes"])
+    with pytest.raises(IntegrityError):
+        open_xattrs(key, kind, ident, raw)
+    with pytest.raises(ind.FormatError):
+        ind.open_xattr_blob(ind_keys(), kind, ident, raw)
+
+
 # -- a complete store ------------------------------------------------------------------------------
 def materialize(dest: Path) -> Path:
     dest.mkdir(parents=True)
@@ -426,6 +495,11 @@ def test_store_independent(tmp_path: Path):
         else:
             assert e.backend_path == t["backend_path"], path
     assert r.entries["link"].target == STORE["tree"]["link"]["target"]
+    assert r.xattr_orphans == STORE["xattr_orphans"]
+    for path, t in STORE["tree"].items():       # xattrs and ACLs (FORMAT.md 12)
+        want = {k.encode(): X(val) for k, val in t.get("xattrs", {}).items()}
+        assert r.entries[path].xattrs == want, path
+    assert r.root.xattrs == {}
     assert r.entries["crash-tail"].size_source == "tail"
     assert r.entries["crash-stale-header"].size_source == "stale-header"
     assert r.pin_fingerprint == FMT["config"]["keyfile_volume"]["pin"]["fingerprint"]
@@ -434,8 +508,11 @@ def test_store_independent(tmp_path: Path):
 def test_store_shape():
     """FORMAT.md 1: a flat store. Every entry lives in a storage d/<2>/<30>, at most a stub
     deeper, whatever the plaintext depth; no store path comes near the 300-character bound."""
-    paths = [p for p in STORE["files"] if p not in ("sealfs.json", "sealfs.dir")]
+    paths = [p for p in STORE["files"] if p not in ("sealfs.json", "sealfs.dir")
+             and p != "x" and not p.startswith("x/")]             # xattr blobs: x/<2>/<30>
     assert all(p == "d" or p.startswith("d/") for p in paths)
+    blobs = [p for p in STORE["files"] if p.startswith("x/")]
+    assert blobs and all(p.count("/") in (1, 2) for p in blobs)
     assert max(p.count("/") for p in paths) == 4          # d/xx/storage/stub/sealfs.dir
     assert max(len(p) for p in STORE["files"]) <= 300
     deepest = max(STORE["tree"], key=lambda p: p.count("/"))
@@ -469,6 +546,12 @@ async def test_store_sealfs(tmp_path: Path):
         assert (await vol.stat("")).nlink == STORE["root"]["nlink"] + temp_stubs[""]
         assert (await vol.stat("")).identity.hex() == STORE["root"]["dir_id"]
         assert await vol.readlink("link") == STORE["tree"]["link"]["target"]
+        for path, t in STORE["tree"].items():   # xattrs and ACLs (FORMAT.md 12)
+            want = {k.encode(): X(val) for k, val in t.get("xattrs", {}).items()}
+            assert sorted(await vol.listxattr(path)) == sorted(want), path
+            for name, value in want.items():
+                assert await vol.getxattr(path, name) == value, (path, name)
+        assert (await vol.stat("docs/acl.txt")).mode & 0o777 == 0o640   # the ACL's bits
     finally:
         await vol.close()
     # Reading never writes: the crash states are still there for the independent reader.

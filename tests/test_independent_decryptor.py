@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,92 @@ async def test_tampering_is_reported_per_file(make_volume, open_volume, keyfile:
     assert "final chunk" in errors[bp["cut"].relative_to(store).as_posix()]
     assert r.files["zeroed"] == blob(cs, 2) + bytes(cs) + blob(3 * cs, 2)[2 * cs:]  # a hole
     assert r.files["fine"] == b"fine"
+
+
+async def test_xattrs_and_acls_written_by_sealfs(make_volume, open_volume, keyfile: Path):
+    """What the Volume writes (set, replace, remove, inheritance of a default ACL, hard
+    links, rename, the root) reads the same through FORMAT.md 12 alone."""
+    from sealfs.fs.core import acl
+    user_acl = acl.pack([(acl.USER_OBJ, 6, 0), (acl.USER, 4, 1001), (acl.GROUP_OBJ, 4, 0),
+                         (acl.MASK, 4, 0), (acl.OTHER, 0, 0)])
+    default = acl.pack([(acl.USER_OBJ, 7, 0), (acl.GROUP_OBJ, 5, 0), (acl.GROUP, 7, 50),
+                        (acl.MASK, 7, 0), (acl.OTHER, 0, 0)])
+    store = await make_volume(4096)
+    vol = await open_volume(store)
+    try:
+        await vol.write_file("f", b"data")
+        await vol.setxattr("f", b"user.a", b"1")
+        await vol.setxattr("f", b"user.a", b"replaced")
+        await vol.setxattr("f", b"trusted.t", bytes(range(256)))
+        await vol.setxattr("f", acl.ACCESS, user_acl)
+        await vol.link("f", "f-link")
+        await vol.rename("f", "renamed")
+        await vol.mkdir("d")
+        await vol.setxattr("d", acl.DEFAULT, default)
+        await vol.write_file("d/inherits", b"")           # takes d's default ACL
+        await vol.mkdir("d/sub")
+        await vol.write_file("gone", b"")
+        await vol.setxattr("gone", b"user.x", b"1")
+        await vol.removexattr("gone", b"user.x")             # the last one: no blob left
+        await vol.setxattr("", b"user.root", b"r")
+        view = {p: {n: await vol.getxattr(p, n) for n in await vol.listxattr(p)}
+                for p in ("renamed", "f-link", "d", "d/inherits", "d/sub", "gone", "")}
+    finally:
+        await vol.close()
+    r = ind.decrypt_store(store, keyfile=keyfile.read_bytes())
+    assert r.errors == [] and r.xattr_orphans == []
+    got = {p: (r.entries[p] if p else r.root).xattrs for p in view}
+    assert got == view
+    assert got["renamed"][acl.ACCESS] == acl.pack(acl.parse(user_acl)) and r.entries["renamed"].mode & 0o777 == 0o640
+    assert got["d/sub"][acl.DEFAULT] == acl.pack(acl.parse(default)) and acl.ACCESS in got["d/inherits"]
+    assert got["gone"] == {}
+    blobs = sorted(p.relative_to(store).as_posix() for p in (store / "x").rglob("*")
+                   if p.is_file())
+    keys = ind.open_config((store / "sealfs.json").read_bytes(), keyfile.read_bytes())
+    assert blobs == sorted({keys.xattr_blob(b"f", r.entries["renamed"].identity),
+                            keys.xattr_blob(b"d", r.entries["d"].identity),
+                            keys.xattr_blob(b"f", r.entries["d/inherits"].identity),
+                            keys.xattr_blob(b"d", r.entries["d/sub"].identity),
+                            keys.xattr_blob(b"d", r.root.identity)})
+    for path in blobs:                                   # nothing in clear
+        data = (store / path).read_bytes()
+        assert b"user." not in data and b"replaced" not in data
+
+
+async def test_xattr_blob_damage_is_reported(make_volume, open_volume, keyfile: Path):
+    """A blob altered, given to another inode, deleted (its flag still set), or left
+    behind by its inode (flag off): each reported where it is, other inodes still read."""
+    store = await make_volume(4096)
+    vol = await open_volume(store)
+    try:
+        for name in ("altered", "moved-to", "moved-from", "deleted", "fine", "orphaned"):
+            await vol.write_file(name, b"")
+            await vol.setxattr(name, b"user.k", name.encode())
+        bpath = {n: await vol.xattr_blob_of(n)
+                 for n in ("altered", "moved-to", "moved-from", "deleted", "orphaned")}
+        orphan = (store / bpath["orphaned"]).read_bytes()
+        await vol.removexattr("orphaned", b"user.k")       # flag off, blob gone...
+    finally:
+        await vol.close()
+    (store / bpath["orphaned"]).write_bytes(orphan)       # ...and back: an orphan
+    raw = bytearray((store / bpath["altered"]).read_bytes())
+    raw[25] ^= 1
+    (store / bpath["altered"]).write_bytes(bytes(raw))
+    shutil.copy(store / bpath["moved-from"], store / bpath["moved-to"])
+    (store / bpath["deleted"]).unlink()
+
+    r = ind.decrypt_store(store, keyfile=keyfile.read_bytes())
+    errors = dict(r.errors)
+    assert set(r.entries) >= {"fine", "moved-from", "orphaned"}
+    assert {"altered", "moved-to", "deleted"}.isdisjoint(r.entries)
+    reasons = " | ".join(errors.values())
+    assert "does not authenticate" in reasons and "is missing" in reasons
+    assert sum("does not authenticate" in why for why in errors.values()) == 2
+    assert r.entries["fine"].xattrs == {b"user.k": b"fine"}
+    assert r.entries["moved-from"].xattrs == {b"user.k": b"moved-from"}
+    assert r.entries["orphaned"].xattrs == {}
+    assert r.xattr_orphans == [bpath["orphaned"]]
+    assert len(r.errors) == 3
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

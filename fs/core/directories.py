@@ -17,6 +17,7 @@ import logging
 import os
 import stat as stat_module
 import time
+from contextlib import nullcontext
 
 import trio
 
@@ -125,11 +126,13 @@ class DirectoryOps:
         set_times = atime_ns is not None or mtime_ns is not None
         if mode is not None or uid is not None or gid is not None \
                 or set_times and not self.backend.capabilities.real_change_time:
-            await self._touch_dir(info, mode=info.meta.mode if mode is None else mode & 0o7777,
-                                  uid=info.meta.uid if uid is None else uid,
-                                  gid=info.meta.gid if gid is None else gid)
-            if mode is not None:
-                await self._acl_follow_mode(KIND_DIR, info.dir_id, info.meta)
+            new_mode = info.meta.mode if mode is None else mode & 0o7777
+            async with self._xattr_lock if mode is not None else nullcontext():
+                if mode is not None:          # blob first: the access ACL, then the mode
+                    await self._acl_follow_mode(KIND_DIR, info.dir_id, info.meta, new_mode)
+                await self._touch_dir(info, mode=new_mode,
+                                      uid=info.meta.uid if uid is None else uid,
+                                      gid=info.meta.gid if gid is None else gid)
         if set_times:
             cur = await self._storage_stat(info, path)
             await self.backend.set_times(info.storage,

@@ -109,6 +109,10 @@ class FileState:
         self.tail_at: int | None = None       # cut the backend file here on the first flush
         self.unlinked = False
         self.victims: list[str] = []         # hidden names to delete on last close (SMB)
+        # The inode's xattrs as last read or written while open (fs/core/xattrs.py): the
+        # kernel's security.capability check before each write answers from here. Gone
+        # with the last close, so the next open reads the blob again (close-to-open).
+        self.xattrs: dict[bytes, bytes] | None = None
         self.lock = trio.Lock()
         self.journal = Journal(backend, header.file_id)
         self._next_sequential = -1

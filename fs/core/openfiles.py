@@ -20,6 +20,7 @@ from ...crypto.format.config import VolumeConfig
 from ...crypto.format.header import FileHeader, Kind, Metadata, new_file_id
 from ...crypto.format.kdf import file_key
 from ...crypto.format.layout import stored_size
+from ...crypto.format.xattrs import KIND_FILE
 from ...crypto.keys.broker import KeyBroker
 from ...errors import IntegrityError
 from .attrs import Attr
@@ -31,6 +32,7 @@ from .storeio import remove_quietly
 
 if TYPE_CHECKING:
     from .volume import VolumeTuning
+    from .xattrs import XattrBlobs
 
 
 class held:
@@ -146,6 +148,9 @@ class OpenFiles:
         self.spawn = spawn
         #: set by the volume once its header cache exists (which asks us for open states)
         self.headers: HeaderCache = None  # type: ignore[assignment]
+        #: set by the volume: a file whose last link went while it was open loses its
+        #: xattr blob with the last close (unlink and rename leave an open file's blob)
+        self.xattrs: XattrBlobs | None = None
         self._states: dict[bytes, FileState] = {}
         #: file id -> set when the state of that file being built, or closing after its
         #: last close, is done: meanwhile no other state of the file is built (state_for)
@@ -358,10 +363,14 @@ class OpenFiles:
             if state.file_id not in self._gates:
                 # Until its handle and journal are closed, no new state of the file.
                 gate = self._gates[state.file_id] = trio.Event()
+        gone = False
         try:
             if flush_error is not None:
                 raise flush_error
             fst = await self.backend.fstat(state.handle)
+            # No link left once the hidden names go: an unlinked file's nlink is 0 (local),
+            # or counts only the names hidden while it was open (SMB, Azure Files).
+            gone = fst.nlink is not None and fst.nlink <= len(state.victims)
             ctime: int | None = fst.ctime_ns
             if state.has_writer and not state.unlinked \
                     and self.backend.capabilities.stamps_write_time_on_close:
@@ -374,6 +383,8 @@ class OpenFiles:
             await self.backend.close(state.handle)
             for victim in state.victims:
                 await remove_quietly(self.backend, victim)
+            if gone and state.meta.has_xattrs and self.xattrs is not None:
+                await self.xattrs.delete(KIND_FILE, state.file_id)
             try:
                 await state.journal.remove()
             finally:

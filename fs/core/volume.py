@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import trio
@@ -113,6 +114,7 @@ class Volume(DirectoryOps, XattrOps):
         self.open_files.headers = self.headers
         #: sealed xattr blobs, one per inode (fs/core/xattrs.py)
         self.xattrs = XattrBlobs(backend, xattr_key_secret(names_dek), locator_key_secret(names_dek))
+        self.open_files.xattrs = self.xattrs
         self._xattr_lock = trio.Lock()
         #: the mount's nursery, for background read-ahead (None for one-off CLI commands)
         self.background: trio.Nursery | None = None
@@ -423,7 +425,7 @@ class Volume(DirectoryOps, XattrOps):
 
     async def _last_blob(self, bpath: str, bstat: BackendStat) -> bytes | None:
         """The file id whose xattr blob goes with this name: its last link, not open (an
-        open one keeps its blob: fsck reports it once the file is gone)."""
+        open one keeps its blob until its last close, which deletes it: OpenFiles._drop)."""
         header, _size = await self.headers.header(bpath, bstat)
         if not header.meta.has_xattrs or header.file_id in self.open_files:
             return None
@@ -641,7 +643,9 @@ class Volume(DirectoryOps, XattrOps):
                                      or uid is not None or gid is not None)
             state = opened.state
         try:
-            async with state.lock:
+            # chmod takes the xattr lock first (setxattr's order: xattr lock, then the
+            # file's), as it writes the access ACL's blob before the mode (blob first).
+            async with self._xattr_lock if mode is not None else nullcontext(), state.lock:
                 if size is not None:
                     if not state.writable:
                         raise OSError(errno.EROFS, "read-only", path)
@@ -655,9 +659,10 @@ class Volume(DirectoryOps, XattrOps):
                         mode=state.meta.mode if mode is None else mode & 0o7777,
                         uid=state.meta.uid if uid is None else uid,
                         gid=state.meta.gid if gid is None else gid, ctime_ns=time.time_ns())
-                    await state.write_metadata(meta)
                     if mode is not None:
-                        await self._acl_follow_mode(KIND_FILE, state.file_id, state.meta)
+                        await self._acl_follow_mode(KIND_FILE, state.file_id, state.meta,
+                                                    meta.mode)
+                    await state.write_metadata(meta)
                 if atime_ns is not None or mtime_ns is not None:
                     await state.settle()          # no write of ours may land after the times
                     cur = await self.backend.fstat(state.handle)

@@ -40,6 +40,7 @@ from ...crypto.format.xattrs import (
 from ...crypto.secmem import SecretBuffer
 from ...errors import IntegrityError
 from . import acl
+from .files import FileState
 from .headers import HeaderCache
 from .openfiles import OpenFile, OpenFiles
 from .paths import DirInfo, PathResolver, split_path
@@ -170,10 +171,34 @@ class XattrOps:
         meta = state.meta if state is not None else header.meta
         return _Inode(KIND_FILE, header.file_id, meta, path)
 
+    def _open_state(self, kind: bytes, ident: bytes) -> FileState | None:
+        return self.open_files.get(ident) if kind == KIND_FILE else None
+
     async def _entries(self, inode: _Inode) -> dict[bytes, bytes]:
+        """The inode's attributes (a copy: callers change it): an open file's from memory
+        once read, since sealfs wrote every change of them made while it is open."""
         if not inode.meta.has_xattrs:
             return {}
-        return await self.xattrs.read(inode.kind, inode.ident)
+        return await self._read_blob(inode.kind, inode.ident)
+
+    async def _read_blob(self, kind: bytes, ident: bytes) -> dict[bytes, bytes]:
+        state = self._open_state(kind, ident)
+        if state is not None and state.xattrs is not None:
+            return dict(state.xattrs)
+        entries = await self.xattrs.read(kind, ident)
+        if state is not None and self._open_state(kind, ident) is state:
+            state.xattrs = dict(entries)
+        return entries
+
+    async def _write_blob(self, kind: bytes, ident: bytes, entries: dict[bytes, bytes]) -> None:
+        """Replace the blob; an open file's copy in memory follows (forgotten first, so a
+        failed write leaves the next reader to read the blob)."""
+        state = self._open_state(kind, ident)
+        if state is not None:
+            state.xattrs = None
+        await self.xattrs.write(kind, ident, entries)
+        if state is not None and self._open_state(kind, ident) is state:
+            state.xattrs = dict(entries)
 
     async def getxattr(self, path: str, name: bytes, *, uid: int | None = None,
                        handle: OpenFile | None = None) -> bytes:
@@ -186,7 +211,29 @@ class XattrOps:
         value = (await self._entries(inode)).get(name)
         if value is None:
             raise OSError(errno.ENODATA, "No data available", path)
+        if name == acl.ACCESS:
+            await self._roll_mode_forward(inode, value)
         return value
+
+    async def _roll_mode_forward(self, inode: _Inode, value: bytes) -> None:
+        """An access ACL whose bits the mode does not show: a chmod or setfacl crashed
+        between its blob and its metadata (blob first), so the blob is the newer: the
+        mode takes its bits, as the interrupted operation would have done."""
+        mode = acl.mode_of(acl.parse(value), inode.meta.mode)
+        if mode == inode.meta.mode:
+            return
+        async with self._xattr_lock:
+            inode = await self._inode(inode.path, inode.handle)
+            current = (await self._entries(inode)).get(acl.ACCESS)
+            if current is None:
+                return
+            mode = acl.mode_of(acl.parse(current), inode.meta.mode)
+            if mode != inode.meta.mode:
+                try:
+                    await self._rewrite_meta(inode, mode=mode)
+                except OSError as exc:      # a read-only store: the next writer does it
+                    if exc.errno != errno.EROFS:
+                        raise
 
     async def listxattr(self, path: str, *, uid: int | None = None,
                         handle: OpenFile | None = None) -> list[bytes]:
@@ -271,13 +318,16 @@ class XattrOps:
         """Blob, then flag (set); or flag, then blob (the last one removed). The metadata
         is rewritten either way: ctime moves, and an access ACL sets the mode."""
         if entries:
-            await self.xattrs.write(inode.kind, inode.ident, entries)
+            await self._write_blob(inode.kind, inode.ident, entries)
         flags = inode.meta.flags | META_FLAG_XATTRS if entries \
             else inode.meta.flags & ~META_FLAG_XATTRS
         await self._rewrite_meta(inode, flags=flags,
                                  mode=inode.meta.mode if mode is None else mode)
         if not entries and inode.meta.has_xattrs:
             await self.xattrs.delete(inode.kind, inode.ident)
+            state = self._open_state(inode.kind, inode.ident)
+            if state is not None:
+                state.xattrs = {}
 
     async def _rewrite_meta(self, inode: _Inode, **changes) -> None:
         if inode.info is not None:
@@ -302,16 +352,20 @@ class XattrOps:
         return self.xattrs.path(inode.kind, inode.ident)
 
     # -- hooks of other operations ------------------------------------------------------
-    async def _acl_follow_mode(self, kind: bytes, ident: bytes, meta: Metadata) -> None:
-        """After a chmod: a stored access ACL takes the new mode's bits (posix_acl_chmod)."""
+    async def _acl_follow_mode(self, kind: bytes, ident: bytes, meta: Metadata,
+                               mode: int) -> None:
+        """A chmod to mode, before its metadata is written (the caller holds the xattr
+        lock): a stored access ACL takes the new mode's bits (posix_acl_chmod). Blob
+        first, as setxattr: a crash between leaves the ACL newer than the mode, which
+        getxattr rolls forward (_roll_mode_forward)."""
         if not meta.has_xattrs:
             return
-        async with self._xattr_lock:
-            entries = await self.xattrs.read(kind, ident)
-            if acl.ACCESS in entries:
-                entries[acl.ACCESS] = acl.pack(acl.chmod(acl.parse(entries[acl.ACCESS]),
-                                                         meta.mode))
-                await self.xattrs.write(kind, ident, entries)
+        entries = await self._read_blob(kind, ident)
+        if acl.ACCESS in entries:
+            old = entries[acl.ACCESS]
+            entries[acl.ACCESS] = acl.pack(acl.chmod(acl.parse(old), mode))
+            if entries[acl.ACCESS] != old:
+                await self._write_blob(kind, ident, entries)
 
     async def _inherited(self, parent: DirInfo, mode: int,
                          directory: bool) -> tuple[int, dict[bytes, bytes]]:

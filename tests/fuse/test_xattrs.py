@@ -31,6 +31,17 @@ def _getxattr_sized(path: Path, name: bytes, size: int) -> int:
     return n if n >= 0 else -ctypes.get_errno()
 
 
+def _gone_after_release(path: Path, limit: float = 10.0) -> bool:
+    """Whether path disappears: the kernel sends RELEASE after close(2) returns, so the
+    last close's work is done a moment later."""
+    deadline = time.monotonic() + limit
+    while path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _as_nobody(mountpoint: Path, script: str) -> subprocess.CompletedProcess:
     """A shell as uid/gid 65534 without supplementary groups; the mount's parents made
     searchable for it first."""
@@ -216,6 +227,48 @@ def test_blobs_sealed_and_removed_with_their_inode(mounted, keyfile):
     vblob = xattr_blob_path(store, keyfile, "victim")
     os.replace(m / "g", m / "victim")              # rename over: the victim's blob goes
     assert not vblob.exists()
+
+
+@pytest.mark.store_dir
+def test_blob_of_a_file_unlinked_while_open_goes_with_its_last_close(mounted, keyfile):
+    m = mounted.mountpoint
+    store = mounted.store_dir
+    (m / "f").write_bytes(b"x")
+    os.setxattr(m / "f", "user.a", b"1")
+    blob = xattr_blob_path(store, keyfile, "f")
+    (m / "g").write_bytes(b"y")
+    os.setxattr(m / "g", "user.b", b"2")
+    gblob = xattr_blob_path(store, keyfile, "g")
+    (m / "over").write_bytes(b"")
+    with open(m / "f", "rb") as f, open(m / "g", "rb"):
+        os.unlink(m / "f")
+        os.replace(m / "over", m / "g")            # g's last name replaced while open
+        assert os.getxattr(f.fileno(), "user.a") == b"1"     # still readable while open
+        assert blob.exists() and gblob.exists()
+    assert _gone_after_release(blob) and _gone_after_release(gblob)
+    # a file that keeps a name keeps its blob after its last close
+    (m / "h").write_bytes(b"z")
+    os.setxattr(m / "h", "user.c", b"3")
+    hblob = xattr_blob_path(store, keyfile, "h")
+    with open(m / "h", "rb"):
+        pass
+    assert hblob.exists() and os.getxattr(m / "h", "user.c") == b"3"
+
+
+@pytest.mark.hard_links
+@pytest.mark.store_dir
+def test_blob_of_an_open_file_goes_when_its_last_link_does(mounted, keyfile):
+    m = mounted.mountpoint
+    (m / "a").write_bytes(b"x")
+    os.setxattr(m / "a", "user.a", b"1")
+    os.link(m / "a", m / "b")
+    blob = xattr_blob_path(mounted.store_dir, keyfile, "a")
+    with open(m / "a", "rb"):
+        os.unlink(m / "a")
+    assert blob.exists() and os.getxattr(m / "b", "user.a") == b"1"   # b still names it
+    with open(m / "b", "rb"):
+        os.unlink(m / "b")
+    assert _gone_after_release(blob)
 
 
 @pytest.mark.store_dir

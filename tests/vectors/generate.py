@@ -9,9 +9,11 @@ fails) and decrypts them with tests/independent_decryptor.py (so FORMAT.md is en
 read them). Never regenerate to make a failing test pass: a diff here is a format change.
 
 format_v2.json   primitives: HKDF outputs, locators, headers, sealfs.dir records, chunks,
-                 names, layout sizes, sealfs.json (keyfile and passphrase), size resolution.
+                 names, layout sizes, sealfs.json (keyfile and passphrase), size resolution,
+                 xattr blobs (key, locator, payload, bytes, and blobs that must fail).
 store_v2.json    a complete small store (chunk size 4096) as {backend path: hex | null},
-                 with the plaintext tree a reader must produce from it and its orphans.
+                 with the plaintext tree a reader must produce from it (xattrs and ACLs
+                 included) and its orphans (storages, xattr blobs).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from sealfs.crypto.format.constants import (
     INFO_LOCATOR,
     INFO_NAMES,
     INFO_PIN,
+    INFO_XATTRS,
+    META_FLAG_XATTRS,
     STORAGE_DIR,
     TEMP_PREFIX,
 )
@@ -51,6 +55,14 @@ from sealfs.crypto.format.layout import (
 )
 from sealfs.crypto.format.locator import locator, storage_path
 from sealfs.crypto.format.names import NameCipher, pad_name, sidecar_of
+from sealfs.crypto.format.xattrs import (
+    KIND_DIR,
+    KIND_FILE,
+    blob_path,
+    pack_entries,
+    seal_xattrs,
+    xattr_locator,
+)
 from sealfs.crypto.keys.kms_local import KeyfileKek, PassphraseKek
 
 HERE = Path(__file__).resolve().parent
@@ -107,13 +119,15 @@ def hkdf_vectors() -> dict:
         "locator_key": {"salt": None, "info": INFO_LOCATOR.decode(), "length": 32,
                         "okm": h(kdf.locator_key(dek))},
         "pin_key": {"salt": None, "info": INFO_PIN.decode(), "length": 32, "okm": h(pin_key)},
+        "xattr_key": {"salt": None, "info": INFO_XATTRS.decode(), "length": 32,
+                      "okm": h(kdf.xattr_key(dek))},
         "pin_fingerprint": kdf.pin_fingerprint(dek),
     }
 
 
 def meta_json(meta: Metadata) -> dict:
-    return {"kind": int(meta.kind), "mode": meta.mode, "uid": meta.uid, "gid": meta.gid,
-            "rdev": meta.rdev, "size": meta.size, "ctime": meta.ctime_ns}
+    return {"kind": int(meta.kind), "flags": meta.flags, "mode": meta.mode, "uid": meta.uid,
+            "gid": meta.gid, "rdev": meta.rdev, "size": meta.size, "ctime": meta.ctime_ns}
 
 
 def header_vectors() -> list:
@@ -127,6 +141,8 @@ def header_vectors() -> list:
          Metadata(Kind.REGULAR, 0o4755, 0xfffffffe, 0xfffffffe, 0, (1 << 40) + 3)),
         ("sealed ctime", 2, INPUTS["dek2"],
          Metadata(Kind.REGULAR, 0o640, 1000, 1000, 0, 7, CTIME_NS)),
+        ("xattr flag (the file has a blob)", 2, INPUTS["dek2"],
+         Metadata(Kind.REGULAR, 0o644, 1000, 1000, 0, 5, CTIME_NS, META_FLAG_XATTRS)),
     ]
     for i, (label, dek_id, dek, meta) in enumerate(cases):
         key = kdf.file_key(dek, INPUTS["file_id"])
@@ -144,7 +160,9 @@ def dir_meta_vectors() -> list:
     cases = [("root", INPUTS["dir_id"], Metadata(Kind.DIRECTORY, 0o755, 1000, 1000)),
              ("sticky tmp", INPUTS["other_dir_id"], Metadata(Kind.DIRECTORY, 0o1777, 0, 0)),
              ("setgid, sealed ctime", INPUTS["dir_id"],
-              Metadata(Kind.DIRECTORY, 0o2775, 1000, 50, ctime_ns=CTIME_NS))]
+              Metadata(Kind.DIRECTORY, 0o2775, 1000, 50, ctime_ns=CTIME_NS)),
+             ("xattr flag (the directory has a blob)", INPUTS["other_dir_id"],
+              Metadata(Kind.DIRECTORY, 0o755, 0, 0, ctime_ns=CTIME_NS, flags=META_FLAG_XATTRS))]
     for i, (label, dir_id, meta) in enumerate(cases):
         nonce = fixed(f"dir/{i}", 12)
         raw = seal_dir_meta(key, dir_id, meta, nonce=nonce)
@@ -155,9 +173,9 @@ def dir_meta_vectors() -> list:
 
 
 def _meta_bytes(meta: Metadata) -> bytes:
-    """The 40-byte sealed metadata, packed from FORMAT.md 7.2 (struct ">B3xIIIQQQ")."""
-    return struct.pack(">B3xIIIQQQ", int(meta.kind), meta.mode, meta.uid, meta.gid, meta.rdev,
-                       meta.size, meta.ctime_ns)
+    """The 40-byte sealed metadata, packed from FORMAT.md 7.2 (struct ">BB2xIIIQQQ")."""
+    return struct.pack(">BB2xIIIQQQ", int(meta.kind), meta.flags, meta.mode, meta.uid, meta.gid,
+                       meta.rdev, meta.size, meta.ctime_ns)
 
 
 def locator_vectors() -> dict:
@@ -292,6 +310,91 @@ def config_vectors(tmp: Path) -> dict:
     return {"keyfile_volume": keyfile_vol, "passphrase_volume": passphrase_vol}
 
 
+# -- extended attributes (FORMAT.md 12) ------------------------------------------------------
+def acl_value(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX ACL in the kernel's xattr form: u32le version 2, then (u16le tag, u16le perm,
+    u32le id) per entry (id 0xffffffff where the tag has none)."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+NO_ID = 0xFFFFFFFF
+#: a minimal-plus-named-user access ACL: user::rw- user:1001:r-- group::r-- mask::r-- other::---
+ACCESS_ACL = acl_value((0x01, 6, NO_ID), (0x02, 4, 1001), (0x04, 4, NO_ID), (0x10, 4, NO_ID),
+                       (0x20, 0, NO_ID))
+#: a default ACL: user::rwx group::r-x group:50:rwx mask::rwx other::---
+DEFAULT_ACL = acl_value((0x01, 7, NO_ID), (0x04, 5, NO_ID), (0x08, 7, 50), (0x10, 7, NO_ID),
+                        (0x20, 0, NO_ID))
+
+
+def xattr_json(entries: dict[bytes, bytes]) -> dict[str, str]:
+    """{name (ASCII): value hex}, sorted by name."""
+    return {n.decode("ascii"): h(v) for n, v in sorted(entries.items())}
+
+
+def xattr_vectors() -> dict:
+    key = kdf.xattr_key(INPUTS["dek1"])
+    loc_key = kdf.locator_key(INPUTS["dek1"])
+    cases = [
+        ("a file, one user attribute", KIND_FILE, INPUTS["file_id"], {b"user.mime": b"text/plain"}),
+        ("a file, several, unsorted on input", KIND_FILE, INPUTS["file_id"],
+         {b"user.z": b"last", b"security.capability": bytes.fromhex("0100000200200000" + "00" * 12),
+          b"trusted.t": b"", b"user.a": b"\x00\xff"}),
+        ("a file, an access ACL", KIND_FILE, INPUTS["file_id"],
+         {b"system.posix_acl_access": ACCESS_ACL}),
+        ("a directory, a default ACL", KIND_DIR, INPUTS["dir_id"],
+         {b"system.posix_acl_default": DEFAULT_ACL, b"user.d": b"dir value"}),
+        ("the same directory id as a file id: another owner", KIND_FILE, INPUTS["dir_id"],
+         {b"user.d": b"dir value"}),
+        ("a 255-byte name, a 64 KiB value", KIND_FILE, INPUTS["file_id"],
+         {b"user." + b"n" * 250: pattern(65536, 9)}),
+    ]
+    out = []
+    for i, (label, kind, ident, entries) in enumerate(cases):
+        nonce = fixed(f"xattr/{i}", 12)
+        raw = seal_xattrs(key, kind, ident, entries, nonce=nonce)
+        loc = xattr_locator(loc_key, kind, ident)
+        out.append({"label": label, "kind": kind.decode(), "id": h(ident),
+                    "entries": xattr_json(entries), "nonce": h(nonce),
+                    "hmac": h(hmac.new(loc_key, b"x" + kind + ident, hashlib.sha256).digest()),
+                    "locator": loc, "blob_path": blob_path(loc),
+                    "payload": h(pack_entries(entries)), "aad": h(b"sealfs.xattr" + raw[:8] + kind + ident),
+                    "bytes": h(raw)})
+    # blobs every reader must refuse for the owner given (IntegrityError / EIO)
+    good = seal_xattrs(key, KIND_FILE, INPUTS["file_id"], {b"user.a": b"1"}, nonce=fixed("xattr/bad", 12))
+    flipped = bytearray(good)
+    flipped[-1] ^= 1
+    bad_version = bytearray(good)
+    bad_version[6] = 1
+    aesgcm = __import__("cryptography.hazmat.primitives.ciphers.aead", fromlist=["AESGCM"]).AESGCM
+
+    def sealed_payload(payload: bytes, n: int) -> bytes:
+        public = good[:8]
+        nonce = fixed(f"xattr/bad/{n}", 12)
+        return public + nonce + aesgcm(key).encrypt(
+            nonce, payload, b"sealfs.xattr" + public + KIND_FILE + INPUTS["file_id"])
+
+    bad = [
+        ("another file's blob (owner in the AAD)", KIND_FILE, INPUTS["file_id"],
+         seal_xattrs(key, KIND_FILE, INPUTS["dir_id"], {b"user.a": b"1"}, nonce=fixed("xattr/other", 12))),
+        ("a directory's blob, same 16 bytes as the file id", KIND_FILE, INPUTS["dir_id"],
+         seal_xattrs(key, KIND_DIR, INPUTS["dir_id"], {b"user.a": b"1"}, nonce=fixed("xattr/kind", 12))),
+        ("tag flipped", KIND_FILE, INPUTS["file_id"], bytes(flipped)),
+        ("version 1", KIND_FILE, INPUTS["file_id"], bytes(bad_version)),
+        ("truncated below nonce and tag", KIND_FILE, INPUTS["file_id"], good[:35]),
+        ("names unsorted (authentic)", KIND_FILE, INPUTS["file_id"],
+         sealed_payload(b"\x06user.b\x00\x00\x00\x00\x06user.a\x00\x00\x00\x00", 0)),
+        ("a name twice (authentic)", KIND_FILE, INPUTS["file_id"],
+         sealed_payload(b"\x06user.a\x00\x00\x00\x00\x06user.a\x00\x00\x00\x00", 1)),
+        ("an empty name (authentic)", KIND_FILE, INPUTS["file_id"],
+         sealed_payload(b"\x00\x00\x00\x00\x00", 2)),
+        ("a value longer than its payload (authentic)", KIND_FILE, INPUTS["file_id"],
+         sealed_payload(b"\x06user.a\x00\x00\x00\x09abc", 3)),
+    ]
+    return {"xattr_key": h(key), "locator_key": h(loc_key), "blobs": out,
+            "invalid": [{"label": label, "kind": kind.decode(), "id": h(ident), "bytes": h(raw)}
+                        for label, kind, ident, raw in bad]}
+
+
 # -- size resolution (crash ordering) ------------------------------------------------------
 def _file_bytes(cipher: ChunkCipher, key: bytes, dek_id: int, header_size: int,
                 content: bytes, cs: int, label: str, final_at: int | None = None) -> bytes:
@@ -385,6 +488,7 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
     nk = NameCipher(kdf.name_key(INPUTS["dek1"]))
     dir_key = kdf.dir_meta_key(INPUTS["dek1"])
     loc_key = kdf.locator_key(INPUTS["dek1"])
+    x_key = kdf.xattr_key(INPUTS["dek1"])
     files: dict[str, str | None] = {CONFIG_NAME: config_json.encode().hex()}
     tree: dict[str, dict] = {}
     counter = iter(range(10_000))
@@ -399,12 +503,26 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
         files[storage] = None
         return storage
 
-    def record(stub: str, dir_id: bytes, mode: int, n: int) -> None:
-        meta = Metadata(Kind.DIRECTORY, mode, 1000, 1000)
+    def add_blob(kind: bytes, ident: bytes, entries: dict[bytes, bytes], n: int) -> str:
+        """The sealed xattr blob of an inode at its keyed locator (FORMAT.md 12)."""
+        bpath = blob_path(xattr_locator(loc_key, kind, ident))
+        files["x"] = None
+        files[bpath.rsplit("/", 1)[0]] = None
+        files[bpath] = seal_xattrs(x_key, kind, ident, entries,
+                                   nonce=fixed(f"store/xattr/{n}", 12)).hex()
+        return bpath
+
+    def record(stub: str, dir_id: bytes, mode: int, n: int,
+               xattrs: dict[bytes, bytes] | None = None) -> None:
+        meta = Metadata(Kind.DIRECTORY, mode, 1000, 1000,
+                        flags=META_FLAG_XATTRS if xattrs else 0)
+        if xattrs:
+            add_blob(KIND_DIR, dir_id, xattrs, n)
         files[f"{stub}/{DIR_META_NAME}".lstrip("/")] = seal_dir_meta(
             dir_key, dir_id, meta, nonce=fixed(f"store/dirmeta/{n}", 12)).hex()
 
-    def mkdir(parent: str, parent_id: bytes, path: str, name: str | None, mode: int) -> tuple[str, bytes]:
+    def mkdir(parent: str, parent_id: bytes, path: str, name: str | None, mode: int,
+              xattrs: dict[bytes, bytes] | None = None) -> tuple[str, bytes]:
         """A directory (the root when name is None); returns (its storage, its id)."""
         n = next(counter)
         dir_id = fixed(f"store/dir/{n}", 16)
@@ -419,12 +537,15 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
                 files[sidecar_of(stub)] = long.encode().hex()
             tree[path] = {"kind": int(Kind.DIRECTORY), "mode": mode, "uid": 1000, "gid": 1000,
                           "storage": storage, "stub": stub}
-        record(stub, dir_id, mode, n)
+            if xattrs:
+                tree[path]["xattrs"] = xattr_json(xattrs)
+        record(stub, dir_id, mode, n, xattrs)
         return storage, dir_id
 
     def mkfile(parent: str, parent_id: bytes, path: str, name: str, content: bytes,
                kind: Kind = Kind.REGULAR, mode: int = 0o644, rdev: int = 0,
-               dek_id: int = 2, holes: tuple[int, ...] = (), raw: bytes | None = None) -> None:
+               dek_id: int = 2, holes: tuple[int, ...] = (), raw: bytes | None = None,
+               xattrs: dict[bytes, bytes] | None = None) -> bytes:
         n = next(counter)
         dek = INPUTS["dek1"] if dek_id == 1 else INPUTS["dek2"]
         fid = fixed(f"store/file/{n}", 16)
@@ -433,7 +554,8 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
         entry, long = nk.entry_for(name, parent_id)
         bpath = f"{parent}/{entry}"
         if raw is None:
-            meta = Metadata(kind, mode, 1000, 1000, rdev, len(content))
+            meta = Metadata(kind, mode, 1000, 1000, rdev, len(content),
+                            flags=META_FLAG_XATTRS if xattrs else 0)
             data = bytearray(seal_header(key, FileHeader(dek_id, fid, meta),
                                          nonce=fixed(f"store/header/{n}", 12)))
             count = max(1, -(-len(content) // cs))
@@ -452,6 +574,10 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
                       "backend_path": bpath}
         if kind == Kind.SYMLINK:
             tree[path]["target"] = content.decode()
+        if xattrs:
+            tree[path]["xattrs"] = xattr_json(xattrs)
+            tree[path]["xattr_blob"] = add_blob(KIND_FILE, fid, xattrs, n)
+        return fid
 
     root, root_id = mkdir("", b"", "", None, 0o755)
     mkfile(root, root_id, "hello.txt", "hello.txt", b"hello, sealfs\n")
@@ -500,6 +626,20 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
     orphan = add_storage(orphan_id)
     files[f"{docs}/{TEMP_PREFIX}5eed5eed5eed5eed"] = None
     record(f"{docs}/{TEMP_PREFIX}5eed5eed5eed5eed", orphan_id, 0o755, n)
+    # extended attributes (FORMAT.md 12): a file with an access ACL (mode 0640: the ACL's
+    # owner, mask and other), a directory with a default ACL and a user attribute
+    mkfile(docs, docs_id, "docs/acl.txt", "acl.txt", b"readable by uid 1001\n", mode=0o640,
+           xattrs={b"system.posix_acl_access": ACCESS_ACL, b"user.origin": b"vectors",
+                   b"security.capability": bytes.fromhex("0100000200200000" + "00" * 12)})
+    mkdir(docs, docs_id, "docs/shared", "shared", 0o2770,
+          xattrs={b"system.posix_acl_default": DEFAULT_ACL, b"user.note": "ünïcode".encode()})
+    # an orphan xattr blob (a removal or a last unlink interrupted after the inode's flag
+    # went: no inode with the flag names it) and an interrupted blob update's temporary
+    n = next(counter)
+    orphan_blob = add_blob(KIND_FILE, fixed(f"store/file/{n}", 16), {b"user.gone": b"1"}, n)
+    files[f"{orphan_blob.rsplit('/', 1)[0]}/{TEMP_PREFIX}0badc0ffee0badc0"] = seal_xattrs(
+        x_key, KIND_FILE, fixed(f"store/file/{n}", 16), {b"user.half": b"1"},
+        nonce=fixed("store/xattr/tmp", 12)).hex()
     # a directory's link count: 2 + its subdirectories (the stubs in its storage)
     parents = [p.rpartition("/")[0] for p, t in tree.items() if t["kind"] == int(Kind.DIRECTORY)]
     for path, t in tree.items():
@@ -508,7 +648,7 @@ def store_vectors(tmp: Path, config_json: str) -> dict:
     return {"chunk_size": cs, "keyfile": h(INPUTS["keyfile"]),
             "root": {"dir_id": h(root_id), "mode": 0o755, "uid": 1000, "gid": 1000,
                      "storage": root, "nlink": 2 + parents.count("")},
-            "orphans": [orphan],
+            "orphans": [orphan], "xattr_orphans": [orphan_blob],
             "files": dict(sorted(files.items())), "tree": dict(sorted(tree.items()))}
 
 
@@ -528,6 +668,7 @@ def generate() -> tuple[dict, dict]:
             "layout": layout_vectors(),
             "config": config,
             "size_resolution": size_resolution_vectors(),
+            "xattrs": xattr_vectors(),
         }
         store = store_vectors(tmp, config["keyfile_volume"]["sealfs_json"])
     return fmt, store
