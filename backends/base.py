@@ -16,6 +16,8 @@ import stat as stat_module
 import time
 from dataclasses import dataclass
 
+import trio
+
 
 class BackendError(OSError):
     """The backend could not complete a request (connection lost, server error)."""
@@ -136,6 +138,8 @@ class Handle(abc.ABC):
 
 
 PAGE_SIZE = 4096
+#: read_heads' requests in flight at once: enough to hide a network round trip
+_HEADS_IN_FLIGHT = 16
 
 
 class Backend(abc.ABC):
@@ -202,6 +206,27 @@ class Backend(abc.ABC):
             return await self.read(handle, 0, size), await self.fstat(handle)
         finally:
             await self.close(handle)
+
+    async def read_heads(self, directory: str, names: list[str],
+                         size: int) -> list[tuple[bytes, BackendStat] | OSError]:
+        """read_head of several files of one directory, in the order of names; a file that
+        cannot be read gives its error in its place. For a listing, which needs the
+        header of every file: backends overlap the round trips (this default keeps a few
+        read_heads in flight) or save the path walk of each."""
+        results: list[tuple[bytes, BackendStat] | OSError] = [OSError()] * len(names)
+        limit = trio.Semaphore(_HEADS_IN_FLIGHT)
+
+        async def one(i: int, name: str) -> None:
+            async with limit:
+                try:
+                    results[i] = await self.read_head(join(directory, name), size)
+                except OSError as exc:
+                    results[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i, name in enumerate(names):
+                nursery.start_soon(one, i, name)
+        return results
 
     @abc.abstractmethod
     async def truncate(self, handle: Handle, size: int) -> None: ...

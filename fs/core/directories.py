@@ -119,6 +119,7 @@ class DirectoryOps:
         stats = dict(entries)
         out = Listing()
         seen: set[str] = set()
+        named: list[tuple[str, BackendStat, str]] = []
         for entry, bstat in entries:
             bpath = join(info.storage, entry)
             name = None
@@ -136,12 +137,20 @@ class DirectoryOps:
                 if name in seen:     # cannot happen with the checks above: never crash on it
                     raise IntegrityError(f"a second entry for the name {name!r}")
                 seen.add(name)
+                named.append((entry, bstat, name))
+            except (IntegrityError, ForeignEntryError) as exc:
+                out.problems.append(_problem(bpath, exc, parts, bstat, name))
+            except FileNotFoundError:
+                continue
+        # Every file's header in one batch, rather than a round trip each below.
+        await self.headers.prefetch(info.storage, [(entry, bstat) for entry, bstat, _ in named
+                                                   if not bstat.is_dir])
+        for entry, bstat, name in named:
+            bpath = join(info.storage, entry)
+            try:
                 out.append((name, await self._attr(parts + [name], bpath, bstat, count=False)))
             except (IntegrityError, ForeignEntryError) as exc:
-                reason = str(exc)
-                if reason.startswith(bpath + ": "):
-                    reason = reason[len(bpath) + 2:]
-                out.problems.append(ListingProblem(bpath, reason, "/".join(parts), bstat, name))
+                out.problems.append(_problem(bpath, exc, parts, bstat, name))
             except FileNotFoundError:
                 continue
         return out
@@ -290,6 +299,15 @@ class DirectoryOps:
         if replaced:
             self.headers.subdir_change(d_parent.storage, -1)
         await self._touch_dir(await self.paths.directory(split_path(dst)))
+
+
+def _problem(bpath: str, exc: Exception, parts: list[str], bstat: BackendStat,
+             name: str | None) -> ListingProblem:
+    """A listed entry that failed, by its ciphertext path (said once, not in the reason)."""
+    reason = str(exc)
+    if reason.startswith(bpath + ": "):
+        reason = reason[len(bpath) + 2:]
+    return ListingProblem(bpath, reason, "/".join(parts), bstat, name)
 
 
 def _by_name(entry: tuple[str, Attr]) -> str:

@@ -61,13 +61,42 @@ class HeaderCache:
         """A file's header and committed size, cached while the backend file is unchanged.
 
         Read with the file's full stat in one go, which refreshes its link count too."""
-        stamp = (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)
-        cached = self._headers.get(bpath)
-        if cached is not None and cached[0] == stamp:
-            known = self._files.get(cached[1])
-            if known is not None:
-                return known
+        known = self._known(bpath, bstat)
+        if known is not None:
+            return known
         raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
+        return await self._learn(bpath, bstat, raw, fresh)
+
+    def _known(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int] | None:
+        """The cached header and size of the file at bpath if it is unchanged since."""
+        cached = self._headers.get(bpath)
+        if cached is not None and cached[0] == _stamp(bstat):
+            return self._files.get(cached[1])
+        return None
+
+    async def prefetch(self, directory: str, entries: list[tuple[str, BackendStat]]) -> None:
+        """Read the headers of these files of one directory (entry names and their listed
+        stats) that are not cached, in one batch (Backend.read_heads), so that a listing
+        does not pay one round trip, or one path walk, per file. A header that cannot be
+        read or opened is left out: header() then reads it again and reports it."""
+        todo = [(entry, bstat) for entry, bstat in entries
+                if self._known(f"{directory}/{entry}" if directory else entry, bstat) is None]
+        if not todo:
+            return
+        heads = await self.backend.read_heads(directory, [entry for entry, _ in todo], HEADER_SIZE)
+        for (entry, bstat), head in zip(todo, heads, strict=True):
+            if isinstance(head, BaseException):
+                continue
+            try:
+                await self._learn(f"{directory}/{entry}" if directory else entry, bstat, *head)
+            except (IntegrityError, OSError):
+                continue
+
+    async def _learn(self, bpath: str, bstat: BackendStat, raw: bytes,
+                     fresh: BackendStat) -> tuple[FileHeader, int]:
+        """Open a header read for bpath (listed as bstat, read with its full stat fresh),
+        resolve its committed size, and cache both."""
+        stamp = _stamp(bstat)
         header, dek = await self.open_header_bytes(raw, bpath)
         size = header.meta.size
         state = self._open_state(header.file_id)
@@ -212,3 +241,9 @@ class HeaderCache:
 
     def dir_removed(self, bpath: str) -> None:
         self._subdirs.pop(bpath, None)
+
+
+def _stamp(bstat: BackendStat) -> tuple:
+    """What identifies one version of a backend file: another client's write, link or
+    unlink changes it."""
+    return (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)

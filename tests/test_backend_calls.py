@@ -1,0 +1,168 @@
+"""What each metadata operation costs in backend calls, on local and SMB: the budget the
+speed of creates and of cold stats and listings rests on (docs/PERFORMANCE.md). A change
+that adds a call to one of them fails here; one that saves a call lowers the budget."""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import os
+from pathlib import Path
+
+import pytest
+
+from sealfs.backends.base import ForeignEntryError
+from sealfs.backends.local import LocalBackend
+from sealfs.crypto.format.header import HEADER_SIZE
+from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
+from sealfs.fs.core.pins import PinStore
+from sealfs.fs.core.volume import Volume
+from tests.servers.samba import new_store
+
+#: the calls of one create of a 4 KiB file, as the kernel drives it: lookup of the new
+#: name (stat), create (create_file, place_new), write and close (locally write_many,
+#: write, fstat, close; on SMB write, fstat, close and the two time pins of a writer):
+#: what format 1 made
+CREATE_BUDGET = {"local": 7, "smb": 8}
+
+
+class Counting:
+    """A backend that counts the calls made to it (by name), and passes them on."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if name.startswith("_") or not inspect.iscoroutinefunction(attr):
+            return attr
+
+        async def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return await attr(*args, **kwargs)
+        return counted
+
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+
+@pytest.fixture(params=["local", "smb"])
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_backend(request, kind: str, tmp_path: Path):
+    """A fresh backend on the same (empty) store each call."""
+    if kind == "local":
+        store = tmp_path / "store"
+        store.mkdir()
+        return lambda: LocalBackend(store)
+    samba = request.getfixturevalue("samba")
+    store = new_store(samba)
+    return store.backend
+
+
+async def _volume(make_backend, keyfile: Path, *, init: bool = False) -> tuple[Volume, Counting]:
+    secrets = KeySecrets(keyfile=keyfile)
+    if init:
+        await Volume.init(make_backend(), provider_for_init(None, secrets), pins=PinStore())
+    backend = Counting(make_backend())
+    return await Volume.load(backend, secrets, pins=PinStore()), backend
+
+
+async def _create(volume: Volume, path: str, data: bytes) -> None:
+    """What a FUSE create of a new file costs: lookup, create, write, close."""
+    assert await volume.lookup(path) is None
+    f = await volume.create(path)
+    await f.stat()
+    await f.write(0, data)
+    await f.flush()
+    await f.close()
+
+
+async def test_create_costs_no_more_calls_than_format_1(make_backend, kind: str,
+                                                        keyfile: Path) -> None:
+    volume, backend = await _volume(make_backend, keyfile, init=True)
+    try:
+        await volume.mkdir("d")
+        await _create(volume, "d/warm", b"x")         # the directory resolved and cached
+        backend.calls.clear()
+        for i in range(5):
+            await _create(volume, f"d/f{i}", os.urandom(4096))
+        assert backend.total() / 5 <= CREATE_BUDGET[kind], backend.calls
+    finally:
+        await volume.close()
+
+
+async def _tree(make_backend, keyfile: Path, files: int, dirs: int) -> None:
+    volume, _backend = await _volume(make_backend, keyfile, init=True)
+    try:
+        await volume.mkdir("d")
+        for i in range(files):
+            await volume.write_file(f"d/f{i:03d}", b"data")
+        for i in range(dirs):
+            await volume.mkdir(f"d/sub{i}")
+    finally:
+        await volume.close()
+
+
+async def test_cold_stat_is_one_stat_and_one_header_read(make_backend, keyfile: Path) -> None:
+    await _tree(make_backend, keyfile, 3, 0)
+    volume, backend = await _volume(make_backend, keyfile)      # cold: a fresh mount
+    try:
+        assert (await volume.lookup("d")).is_dir
+        backend.calls.clear()
+        for i in range(3):
+            assert (await volume.lookup(f"d/f{i:03d}")).size == 4
+        assert backend.calls == {"stat": 3, "read_head": 3}
+    finally:
+        await volume.close()
+
+
+async def test_cold_listing_reads_headers_in_one_batch(make_backend, keyfile: Path) -> None:
+    """A listing's backend calls do not grow with its files: one listing of the storage and
+    one batch of headers (and per subdirectory, its record and its storage's stat)."""
+    files, dirs = 12, 2
+    await _tree(make_backend, keyfile, files, dirs)
+    volume, backend = await _volume(make_backend, keyfile)
+    try:
+        assert (await volume.lookup("d")).is_dir
+        backend.calls.clear()
+        listing = await volume.listdir("d")
+        assert len(listing) == files + dirs and not listing.problems
+        assert {name: attr.size for name, attr in listing if not attr.is_dir} == {
+            f"f{i:03d}": 4 for i in range(files)}
+        per_dir = {"open": 1, "read": 1, "close": 1, "stat": 1}     # sealfs.dir; storage
+        expected = {"scandir": 1, "read_heads": 1}
+        for call, n in per_dir.items():
+            expected[call] = expected.get(call, 0) + n * dirs
+        assert backend.calls == expected
+        backend.calls.clear()
+        await volume.listdir("d")                          # warm: nothing read again
+        assert backend.calls == {"scandir": 1, "stat": dirs}
+        backend.calls.clear()
+        for i in range(files):                             # nor by the lookups that follow
+            await volume.lookup(f"d/f{i:03d}")
+        assert backend.calls == {"stat": files}
+    finally:
+        await volume.close()
+
+
+async def test_local_read_heads_reports_each_entry(tmp_path: Path) -> None:
+    """A batch read gives every name its own answer: content and stat, or the error a
+    read_head of it alone gives (a planted symlink is never followed)."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a").write_bytes(b"A" * 100)
+    (tmp_path / "dir" / "sub").mkdir()
+    (tmp_path / "outside").write_bytes(b"secret")
+    (tmp_path / "dir" / "link").symlink_to(tmp_path / "outside")
+    backend = LocalBackend(tmp_path)
+    heads = await backend.read_heads("dir", ["a", "missing", "sub", "link"], HEADER_SIZE)
+    data, st = heads[0]
+    assert data == b"A" * min(100, HEADER_SIZE) and st.size == 100 and not st.is_dir
+    assert isinstance(heads[1], FileNotFoundError)
+    assert isinstance(heads[2], IsADirectoryError)
+    assert isinstance(heads[3], ForeignEntryError)
+    await backend.aclose()
