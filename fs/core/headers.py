@@ -84,20 +84,26 @@ class HeaderCache:
         if not todo:
             return
         heads = await self.backend.read_heads(directory, [entry for entry, _ in todo], HEADER_SIZE)
-        for (entry, bstat), head in zip(todo, heads, strict=True):
-            if isinstance(head, BaseException):
-                continue
-            try:
-                await self._learn(f"{directory}/{entry}" if directory else entry, bstat, *head)
-            except (IntegrityError, OSError):
-                continue
+        deks: dict[int, memoryview] = {}     # each DEK taken once for the batch, pinned
+        try:
+            for (entry, bstat), head in zip(todo, heads, strict=True):
+                if isinstance(head, BaseException):
+                    continue
+                try:
+                    await self._learn(f"{directory}/{entry}" if directory else entry, bstat,
+                                      *head, deks)
+                except (IntegrityError, OSError):
+                    continue
+        finally:
+            for dek_id in deks:
+                self.broker.release(dek_id)
 
-    async def _learn(self, bpath: str, bstat: BackendStat, raw: bytes,
-                     fresh: BackendStat) -> tuple[FileHeader, int]:
+    async def _learn(self, bpath: str, bstat: BackendStat, raw: bytes, fresh: BackendStat,
+                     deks: dict[int, memoryview] | None = None) -> tuple[FileHeader, int]:
         """Open a header read for bpath (listed as bstat, read with its full stat fresh),
         resolve its committed size, and cache both."""
         stamp = _stamp(bstat)
-        header, dek = await self.open_header_bytes(raw, bpath)
+        header, dek = await self.open_header_bytes(raw, bpath, deks)
         size = header.meta.size
         state = self._open_state(header.file_id)
         if state is not None:
@@ -173,10 +179,18 @@ class HeaderCache:
         """Read and open the header of an open backend file: (header, its DEK)."""
         return await self.open_header_bytes(await self.backend.read(handle, 0, HEADER_SIZE), bpath)
 
-    async def open_header_bytes(self, raw: bytes, bpath: str) -> tuple[FileHeader, bytes]:
+    async def open_header_bytes(self, raw: bytes, bpath: str,
+                                deks: dict[int, memoryview] | None = None) -> tuple[FileHeader, bytes]:
+        """deks: DEKs acquired already, by id; one this needs is acquired into it (the
+        caller releases them)."""
         try:
             dek_id, file_id = read_header_public(raw)
-            dek = await self.broker.dek(dek_id)
+            if deks is None:
+                dek = await self.broker.dek(dek_id)
+            else:
+                dek = deks.get(dek_id)
+                if dek is None:
+                    dek = deks[dek_id] = await self.broker.acquire(dek_id)
             return open_header(file_key(dek, file_id), raw), dek
         except IntegrityError as exc:
             raise IntegrityError(f"{bpath}: {exc}") from None
