@@ -272,15 +272,26 @@ class LocalBackend(Backend):
             self._done(dfd)
         return results
 
+    def _open_at(self, dfd: int, name: str, flags: int) -> int:
+        """openat of one name in the directory open at dfd; what fails as a planted entry
+        would is opened again by _walk, which says which entry it is."""
+        try:
+            return os.open(name, flags, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno not in _MAYBE_FOREIGN:
+                raise
+            return self._walk(dfd, name, flags)
+
     def _open_in(self, dfd: int, name: str) -> tuple[int, os.stat_result]:
         """_open_file for read of one entry of the directory open at dfd."""
         flags = os.O_RDONLY | FILE_BASE
+        check_component(name, name)
         try:
-            fd = self._walk(dfd, name, flags | self._noatime)
+            fd = self._open_at(dfd, name, flags | self._noatime)
         except PermissionError as exc:
             if not self._noatime or exc.errno != errno.EPERM:
                 raise
-            fd = self._walk(dfd, name, flags)
+            fd = self._open_at(dfd, name, flags)
             self._noatime = 0               # as _open_noatime: not the owner of the store
         try:
             st = os.fstat(fd)
