@@ -67,6 +67,24 @@ class HeaderCache:
         raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
         return await self._learn(bpath, bstat, raw, fresh)
 
+    def knows(self, bpath: str) -> bool:
+        """Whether a header was read for this name (it may have changed since)."""
+        return bpath in self._headers
+
+    async def read_cold(self, bpath: str) -> BackendStat | None:
+        """Read the header of a name not known yet, in one call with its stat, and return
+        that stat (FileNotFoundError if there is no such name). None when it is not a
+        file whose header opens (a directory's stub, a planted or damaged entry): the
+        caller stats it, and reports it, as any other name."""
+        try:
+            raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
+            await self._learn(bpath, fresh, raw, fresh)
+        except FileNotFoundError:
+            raise
+        except (IntegrityError, OSError):
+            return None
+        return fresh
+
     def _known(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int] | None:
         """The cached header and size of the file at bpath if it is unchanged since."""
         cached = self._headers.get(bpath)

@@ -192,6 +192,12 @@ class Volume(DirectoryOps):
             return await self.stat(path)
         parent, name, bpath, _ = await self.paths.entry(path)
         try:
+            if self.paths.cached(parts) is None and not self.headers.knows(bpath):
+                # Cold: most names are files, whose header the answer needs anyway; its
+                # read brings the file's stat along (one backend call, not two).
+                bstat = await self.headers.read_cold(bpath)
+                if bstat is not None:
+                    return await self._attr(parts, bpath, bstat)
             bstat = await self.backend.stat(bpath)
         except FileNotFoundError:
             if self.paths.cached(parts) is not None:    # a directory another client removed
