@@ -214,18 +214,18 @@ class Backend(abc.ABC):
         header of every file: backends overlap the round trips (this default keeps a few
         read_heads in flight) or save the path walk of each."""
         results: list[tuple[bytes, BackendStat] | OSError] = [OSError()] * len(names)
-        limit = trio.Semaphore(_HEADS_IN_FLIGHT)
+        todo = iter(enumerate(names))
 
-        async def one(i: int, name: str) -> None:
-            async with limit:
+        async def worker() -> None:
+            for i, name in todo:
                 try:
                     results[i] = await self.read_head(join(directory, name), size)
                 except OSError as exc:
                     results[i] = exc
 
         async with trio.open_nursery() as nursery:
-            for i, name in enumerate(names):
-                nursery.start_soon(one, i, name)
+            for _ in range(min(_HEADS_IN_FLIGHT, len(names))):
+                nursery.start_soon(worker)
         return results
 
     @abc.abstractmethod

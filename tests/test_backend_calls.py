@@ -160,19 +160,30 @@ async def test_cold_listing_reads_headers_in_one_batch(make_backend, keyfile: Pa
         await volume.close()
 
 
-async def test_local_read_heads_reports_each_entry(tmp_path: Path) -> None:
-    """A batch read gives every name its own answer: content and stat, or the error a
-    read_head of it alone gives (a planted symlink is never followed)."""
-    (tmp_path / "dir").mkdir()
-    (tmp_path / "dir" / "a").write_bytes(b"A" * 100)
-    (tmp_path / "dir" / "sub").mkdir()
-    (tmp_path / "outside").write_bytes(b"secret")
-    (tmp_path / "dir" / "link").symlink_to(tmp_path / "outside")
-    backend = LocalBackend(tmp_path)
-    heads = await backend.read_heads("dir", ["a", "missing", "sub", "link"], HEADER_SIZE)
-    data, st = heads[0]
-    assert data == b"A" * min(100, HEADER_SIZE) and st.size == 100 and not st.is_dir
-    assert isinstance(heads[1], FileNotFoundError)
-    assert isinstance(heads[2], IsADirectoryError)
-    assert isinstance(heads[3], ForeignEntryError)
-    await backend.aclose()
+async def test_read_heads_reports_each_entry(make_backend, kind: str, tmp_path: Path) -> None:
+    """A batch read gives every name its own answer, in order: content and stat, or the
+    error a read_head of it alone gives (a planted symlink is never followed)."""
+    backend = make_backend()
+    try:
+        await backend.mkdir("dir")
+        await backend.mkdir("dir/sub")
+        for name in ("a", "b"):
+            handle = await backend.create_file(f"dir/{name}", name.encode() * 100)
+            await backend.close(handle)
+        names = ["a", "missing", "sub", "b"]
+        if kind == "local":
+            (tmp_path / "outside").write_bytes(b"secret")
+            (tmp_path / "store" / "dir" / "link").symlink_to(tmp_path / "outside")
+            names.append("link")
+        heads = await backend.read_heads("dir", names, HEADER_SIZE)
+        assert len(heads) == len(names)
+        for i, name in ((0, "a"), (3, "b")):
+            data, st = heads[i]
+            assert data == name.encode() * min(100, HEADER_SIZE) and st.size == 100
+            assert not st.is_dir
+        assert isinstance(heads[1], FileNotFoundError)
+        assert isinstance(heads[2], IsADirectoryError)
+        if kind == "local":
+            assert isinstance(heads[4], ForeignEntryError)
+    finally:
+        await backend.aclose()
