@@ -245,6 +245,23 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def stat(self, path: str) -> BackendStat: ...
 
+    async def stat_many(self, paths: list[str]) -> list[BackendStat | OSError]:
+        """stat of several paths, in order, each its stat or its error: together, so that
+        a lookup needing two (a directory's stub and its storage) waits for one round
+        trip where the backend has them (this default sends them at once)."""
+        results: list[BackendStat | OSError] = [OSError()] * len(paths)
+
+        async def one(i: int, path: str) -> None:
+            try:
+                results[i] = await self.stat(path)
+            except OSError as exc:
+                results[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i, path in enumerate(paths):
+                nursery.start_soon(one, i, path)
+        return results
+
     @abc.abstractmethod
     async def listdir(self, path: str) -> list[str]: ...
 

@@ -331,6 +331,16 @@ class LocalBackend(Backend):
         finally:
             self._done(fd)
 
+    async def stat_many(self, paths: list[str]) -> list[BackendStat | OSError]:
+        # System calls: nothing to overlap, so one after the other on the loop.
+        results: list[BackendStat | OSError] = []
+        for path in paths:
+            try:
+                results.append(await self.stat(path))
+            except OSError as exc:
+                results.append(exc)
+        return results
+
     def _opendir(self, path: str) -> int:
         return self._open_noatime(path, DIR_READ, at_root=not path)
 

@@ -24,6 +24,10 @@ from tests.servers.samba import new_store
 #: write, fstat, close; on SMB write, fstat, close and the two time pins of a writer):
 #: what format 1 made
 CREATE_BUDGET = {"local": 7, "smb": 8}
+#: format 1's calls for cold lookups of d, d/e, d/e/f: a stat each, two directory records
+#: (open, read, close) and a header (on SMB also the two directories' listings that count
+#: their subdirectories)
+COLD_DIRS_BUDGET = {"local": 10, "smb": 12}
 
 
 class Counting:
@@ -131,6 +135,32 @@ async def test_cold_stat_is_one_header_read(make_backend, keyfile: Path) -> None
         await volume.close()
 
 
+async def test_directory_lookups_cost_no_more_round_trips_than_format_1(
+        make_backend, kind: str, keyfile: Path) -> None:
+    """A directory is two backend objects in format 2 (its stub and its storage): a warm
+    lookup stats both in one go (the stub says the name is still this directory, the
+    storage gives its times), one round trip as format 1's one stat."""
+    volume, _backend = await _volume(make_backend, keyfile, init=True)
+    try:
+        await volume.mkdir("d")
+        await volume.mkdir("d/e")
+        await volume.write_file("d/e/f", b"x")
+    finally:
+        await volume.close()
+    volume, backend = await _volume(make_backend, keyfile)
+    try:
+        backend.calls.clear()
+        for path in ("d", "d/e", "d/e/f"):
+            await volume.lookup(path)
+        assert backend.total() <= COLD_DIRS_BUDGET[kind], backend.calls
+        backend.calls.clear()
+        for path in ("d", "d/e", "d/e/f"):
+            await volume.lookup(path)
+        assert backend.calls == {"stat_many": 2, "stat": 1}
+    finally:
+        await volume.close()
+
+
 async def test_cold_listing_reads_headers_in_one_batch(make_backend, keyfile: Path) -> None:
     """A listing's backend calls do not grow with its files: one listing of the storage and
     one batch of headers (and per subdirectory, its record and its storage's stat)."""
@@ -144,7 +174,7 @@ async def test_cold_listing_reads_headers_in_one_batch(make_backend, keyfile: Pa
         assert len(listing) == files + dirs and not listing.problems
         assert {name: attr.size for name, attr in listing if not attr.is_dir} == {
             f"f{i:03d}": 4 for i in range(files)}
-        per_dir = {"open": 1, "read": 1, "close": 1, "stat": 1}     # sealfs.dir; storage
+        per_dir = {"read_head": 1, "stat": 1}           # its sealfs.dir; its storage
         expected = {"scandir": 1, "read_heads": 1}
         for call, n in per_dir.items():
             expected[call] = expected.get(call, 0) + n * dirs

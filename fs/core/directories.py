@@ -67,6 +67,20 @@ class DirectoryOps:
         info = await self.paths.dir_at(parts, stub, stub_stat)
         return await self._dir_attr(info, await self._storage_stat(info, path), count)
 
+    async def _revalidated_dir_attr(self, info: DirInfo, stub: str, path: str) -> Attr | None:
+        """A lookup of a directory resolved before (info, its stub expected at stub): the
+        stub (is the name still this directory? another client may have renamed it) and
+        the storage (its times and links) stat'ed together, one round trip as format 1's
+        one stat. None when the name is something else now: the caller looks it up anew."""
+        stub_stat, storage_stat = await self.backend.stat_many([stub, info.storage])
+        if isinstance(stub_stat, FileNotFoundError):
+            raise stub_stat
+        if isinstance(stub_stat, OSError) or isinstance(storage_stat, OSError) \
+                or not stub_stat.is_dir or stub_stat.foreign or info.stub != stub \
+                or (stub_stat.ino and info.stub_ino and stub_stat.ino != info.stub_ino):
+            return None
+        return await self._dir_attr(info, storage_stat)
+
     async def _cached_dir_attr(self, parts: list[str], path: str) -> Attr | None:
         """stat() of a directory resolved before (the parent of every new file: the kernel
         asks for its attributes after each create): one stat of its storage, whose path

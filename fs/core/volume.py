@@ -192,7 +192,12 @@ class Volume(DirectoryOps):
             return await self.stat(path)
         parent, name, bpath, _ = await self.paths.entry(path)
         try:
-            if self.paths.cached(parts) is None and not self.headers.knows(bpath):
+            known_dir = self.paths.cached(parts)
+            if known_dir is not None:
+                attr = await self._revalidated_dir_attr(known_dir, bpath, path)
+                if attr is not None:
+                    return attr
+            elif not self.headers.knows(bpath):
                 # Cold: most names are files, whose header the answer needs anyway; its
                 # read brings the file's stat along (one backend call, not two).
                 bstat = await self.headers.read_cold(bpath)
