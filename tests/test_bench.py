@@ -239,3 +239,22 @@ def test_chart_legend_lists_a_peer_missing_from_the_first_panel() -> None:
         assert list(legend_entries([first, second])) == ["gocryptfs", "sealfs (local)", "securefs"]
     finally:
         plt.close(fig)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+                    reason="needs /dev/fuse and fusermount3")
+def test_bench_tree_lists_a_tree_cold(tmp_path: Path) -> None:
+    """--tree-files: cold `ls -lR` and `find` of a tree, for sealfs and the peers alike."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "sealfs.fs.cli", "bench", "--size", "0", "--files", "0",
+         "--seconds", "0", "--tree-files", "200", "--chunk-sizes", "64K", "--peers", "plain",
+         "--out", str(out), "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=85)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert data["errors"] == []
+    got = {(r["target"], r["workload"]): r["median"] for r in data["rows"]}
+    for target in ("plain", "sealfs-local-64K"):
+        for workload in ("ls_lR", "find"):
+            assert got[(target, workload)] > 0, (target, workload)
