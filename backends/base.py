@@ -16,6 +16,8 @@ import stat as stat_module
 import time
 from dataclasses import dataclass, field
 
+import trio
+
 
 class BackendError(OSError):
     """The backend could not complete a request (connection lost, server error)."""
@@ -166,6 +168,8 @@ class Handle(abc.ABC):
 
 
 PAGE_SIZE = 4096
+#: read_heads' requests in flight at once: enough to hide a network round trip
+_HEADS_IN_FLIGHT = 16
 
 
 class Backend(abc.ABC):
@@ -233,6 +237,27 @@ class Backend(abc.ABC):
         finally:
             await self.close(handle)
 
+    async def read_heads(self, directory: str, names: list[str],
+                         size: int) -> list[tuple[bytes, BackendStat] | OSError]:
+        """read_head of several files of one directory, in the order of names; a file that
+        cannot be read gives its error in its place. For a listing, which needs the
+        header of every file: backends overlap the round trips (this default keeps a few
+        read_heads in flight) or save the path walk of each."""
+        results: list[tuple[bytes, BackendStat] | OSError] = [OSError()] * len(names)
+        todo = iter(enumerate(names))
+
+        async def worker() -> None:
+            for i, name in todo:
+                try:
+                    results[i] = await self.read_head(join(directory, name), size)
+                except OSError as exc:
+                    results[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(_HEADS_IN_FLIGHT, len(names))):
+                nursery.start_soon(worker)
+        return results
+
     @abc.abstractmethod
     async def truncate(self, handle: Handle, size: int) -> None: ...
 
@@ -249,6 +274,23 @@ class Backend(abc.ABC):
     # -- namespace ---------------------------------------------------------------------
     @abc.abstractmethod
     async def stat(self, path: str) -> BackendStat: ...
+
+    async def stat_many(self, paths: list[str]) -> list[BackendStat | OSError]:
+        """stat of several paths, in order, each its stat or its error: together, so that
+        a lookup needing two (a directory's stub and its storage) waits for one round
+        trip where the backend has them (this default sends them at once)."""
+        results: list[BackendStat | OSError] = [OSError()] * len(paths)
+
+        async def one(i: int, path: str) -> None:
+            try:
+                results[i] = await self.stat(path)
+            except OSError as exc:
+                results[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i, path in enumerate(paths):
+                nursery.start_soon(one, i, path)
+        return results
 
     @abc.abstractmethod
     async def listdir(self, path: str) -> list[str]: ...

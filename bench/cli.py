@@ -16,13 +16,14 @@ from .runner import BenchConfig, run_bench
 def run(*, chunk_sizes: list[str], backends: list[str], peers: list[str], size_mib: int,
         seconds: float, files: int, direct: bool, tarball: bool, repeats: int, out: Path,
         smb_url: str | None, smb_password: str | None, workdir: Path | None,
-        console: Console, azfiles_url: str | None = None, latency_ms: float = 0) -> list[str]:
+        console: Console, azfiles_url: str | None = None, latency_ms: float = 0,
+        tree_files: int = 0) -> list[str]:
     """Bench every (target, repeat), write results.json/.csv/.md and charts into out, and
     return the target runs that failed (each one line); the others are still written."""
     cfg = BenchConfig(chunk_sizes=chunk_sizes, backends=backends, peers=peers, size_mib=size_mib,
                       seconds=seconds, files=files, direct=direct, tarball=tarball, repeats=repeats,
                       out=out, smb_url=smb_url, smb_password=smb_password, workdir=workdir,
-                      azfiles_url=azfiles_url, latency_ms=latency_ms)
+                      azfiles_url=azfiles_url, latency_ms=latency_ms, tree_files=tree_files)
     if cfg.workdir:
         cfg.workdir.mkdir(parents=True, exist_ok=True)
     results = run_bench(cfg, console)

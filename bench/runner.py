@@ -36,6 +36,7 @@ class BenchConfig:
     size_mib: int = 256
     seconds: float = 5
     files: int = 1000
+    tree_files: int = 0
     tarball: bool = False
     repeats: int = 1
     out: Path = Path("bench-results")
@@ -212,6 +213,8 @@ def run_one(target: Target, cfg: BenchConfig, tar_path: Path | None,
         attempt("random 4K", lambda: W.random_io(target, rand_mib, cfg.seconds, cfg.direct))
     if cfg.files > 0 and "small_files" in runs:
         attempt("small files", lambda: W.small_files(target, cfg.files))
+    if cfg.tree_files > 0 and "small_files" in runs:
+        attempt("tree", lambda: W.tree(target, cfg.tree_files))
     if tar_path is not None and "tarball" in runs:
         attempt("tarball", lambda: W.tarball(target, tar_path))
     return out

@@ -30,6 +30,8 @@ WORKLOADS: dict[str, tuple[str, bool]] = {
     "create": ("files/s", True),
     "stat": ("files/s", True),
     "delete": ("files/s", True),
+    "ls_lR": ("files/s", True),
+    "find": ("files/s", True),
     "tar_extract": ("s", False),
     "tar_read": ("s", False),
     "tar_delete": ("s", False),
@@ -201,6 +203,30 @@ def small_files(target: Target, count: int) -> dict[str, float]:
         os.unlink(name)
     os.rmdir(d)
     out["delete"] = count / (time.perf_counter() - t0)
+    return out
+
+
+def tree(target: Target, count: int, per_dir: int = 100) -> dict[str, float]:
+    """A tree of COUNT small files, PER_DIR to a directory (two levels); after a remount
+    each, `ls -lR` (names and every attribute) and `find` (names only) of all of it, cold:
+    backups, rsync and `ls -l` live on this row. Files per second of wall time."""
+    d = target.mountpoint / "tree"
+    d.mkdir()
+    payload = b"x" * 100
+    dirs = max(1, count // per_dir)
+    for i in range(dirs):
+        sub = d / f"g{i // 10:03d}" / f"d{i:05d}"
+        sub.mkdir(parents=True)
+        for j in range(per_dir):
+            with open(sub / f"file{j:04d}.txt", "wb") as f:
+                f.write(payload)
+    out = {}
+    for name, argv in (("ls_lR", ["ls", "-lR", str(d)]), ("find", ["find", str(d)])):
+        target.remount()
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        out[name] = dirs * per_dir / (time.perf_counter() - t0)
+    shutil.rmtree(d)
     return out
 
 

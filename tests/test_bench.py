@@ -329,3 +329,22 @@ def test_latency_proxy_delays_every_round_trip_yet_pipelines_and_keeps_every_byt
         assert rtt <= time.monotonic() - t0 < 5 * rtt, "requests in flight overlap their round trips"
         assert exchange(os.urandom(8 << 20)) < 30
     listener.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+                    reason="needs /dev/fuse and fusermount3")
+def test_bench_tree_lists_a_tree_cold(tmp_path: Path) -> None:
+    """--tree-files: cold `ls -lR` and `find` of a tree, for sealfs and the peers alike."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "sealfs.fs.cli", "bench", "--size", "0", "--files", "0",
+         "--seconds", "0", "--tree-files", "200", "--chunk-sizes", "64K", "--peers", "plain",
+         "--out", str(out), "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=85)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert data["errors"] == []
+    got = {(r["target"], r["workload"]): r["median"] for r in data["rows"]}
+    for target in ("plain", "sealfs-local-64K"):
+        for workload in ("ls_lR", "find"):
+            assert got[(target, workload)] > 0, (target, workload)

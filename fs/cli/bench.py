@@ -43,6 +43,9 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # every cl
                   help="Random 4 KiB I/O with O_DIRECT (reaches the filesystem) or buffered.")
     @click.option("--files", type=int, default=1000, show_default=True,
                   help="Small 4 KiB files to create/stat/delete; 0 skips.")
+    @click.option("--tree-files", type=int, default=0, show_default=True,
+                  help="Files of a tree (100 to a directory) listed cold with `ls -lR` and "
+                       "`find` after a remount each; 0 skips.")
     @click.option("--tarball/--no-tarball", default=False, show_default=True,
                   help="Extract, read and delete a tarball of a Python package.")
     @click.option("--repeats", type=int, default=1, show_default=True,
@@ -61,8 +64,9 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # every cl
     @click.option("--workdir", type=click.Path(file_okay=False), default=None,
                   help="Where stores and mount points go (default: system temp dir).")
     def bench(chunk_sizes: str, backends: str, smb_url: str | None, azfiles_url: str | None,
-              latency_ms: float, size_mib: int, seconds: float, files: int, direct: bool, tarball: bool,
-              repeats: int, peers: str, out_dir: str, workdir: str | None) -> None:
+              latency_ms: float, size_mib: int, seconds: float, files: int, tree_files: int,
+              direct: bool, tarball: bool, repeats: int, peers: str, out_dir: str,
+              workdir: str | None) -> None:
         """Benchmark sealfs mounts per chunk size and backend against peer filesystems."""
         from rich.console import Console
 
@@ -93,6 +97,6 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # every cl
                            tarball=tarball, repeats=repeats, out=Path(out_dir), smb_url=smb_url,
                            smb_password=os.environ.get("SEALFS_SMB_PASSWORD"),
                            workdir=Path(workdir) if workdir else None, console=Console(stderr=True),
-                           azfiles_url=azfiles_url, latency_ms=latency_ms)
+                           azfiles_url=azfiles_url, latency_ms=latency_ms, tree_files=tree_files)
         if errors:
             raise click.ClickException(f"{len(errors)} target run(s) failed: " + "; ".join(errors)[:2000])

@@ -69,6 +69,20 @@ class DirectoryOps:
         info = await self.paths.dir_at(parts, stub, stub_stat)
         return await self._dir_attr(info, await self._storage_stat(info, path), count)
 
+    async def _revalidated_dir_attr(self, info: DirInfo, stub: str, path: str) -> Attr | None:
+        """A lookup of a directory resolved before (info, its stub expected at stub): the
+        stub (is the name still this directory? another client may have renamed it) and
+        the storage (its times and links) stat'ed together, one round trip as format 1's
+        one stat. None when the name is something else now: the caller looks it up anew."""
+        stub_stat, storage_stat = await self.backend.stat_many([stub, info.storage])
+        if isinstance(stub_stat, FileNotFoundError):
+            raise stub_stat
+        if isinstance(stub_stat, OSError) or isinstance(storage_stat, OSError) \
+                or not stub_stat.is_dir or stub_stat.foreign or info.stub != stub \
+                or (stub_stat.ino and info.stub_ino and stub_stat.ino != info.stub_ino):
+            return None
+        return await self._dir_attr(info, storage_stat)
+
     async def _cached_dir_attr(self, parts: list[str], path: str) -> Attr | None:
         """stat() of a directory resolved before (the parent of every new file: the kernel
         asks for its attributes after each create): one stat of its storage, whose path
@@ -84,32 +98,6 @@ class DirectoryOps:
             self.paths.forget(path)
             return None
         return await self._dir_attr(info, bstat)
-
-    async def _lookup_known_dir(self, info: DirInfo,
-                                path: str) -> tuple[BackendStat, Attr | None]:
-        """A lookup of a directory resolved before: its stub (is the name still there, and
-        still this directory?) and its storage (times, link count) are stated together,
-        one round trip as a lookup of any entry. (stub's stat, the attributes), or None
-        for the attributes when the name is something else now (Volume._attr decides)."""
-        stats: dict[str, BackendStat | OSError] = {}
-
-        async def stat_into(key: str, bpath: str) -> None:
-            try:
-                stats[key] = await self.backend.stat(bpath)
-            except OSError as exc:
-                stats[key] = exc
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stat_into, "stub", info.stub)
-            nursery.start_soon(stat_into, "storage", info.storage)
-        stub, storage = stats["stub"], stats["storage"]
-        if isinstance(stub, OSError):
-            raise stub
-        same = stub.is_dir and not stub.foreign and not (
-            stub.ino and info.stub_ino and stub.ino != info.stub_ino)
-        if not same or isinstance(storage, OSError):
-            return stub, None
-        return stub, await self._dir_attr(info, storage)
 
     async def _touch_dir(self, info: DirInfo, **changes) -> None:
         """Rewrite a directory's record with changes and now as its change time (the
@@ -151,6 +139,7 @@ class DirectoryOps:
         stats = dict(entries)
         out = Listing()
         seen: set[str] = set()
+        named: list[tuple[str, BackendStat, str]] = []
         for entry, bstat in entries:
             bpath = join(info.storage, entry)
             name = None
@@ -168,12 +157,20 @@ class DirectoryOps:
                 if name in seen:     # cannot happen with the checks above: never crash on it
                     raise IntegrityError(f"a second entry for the name {name!r}")
                 seen.add(name)
+                named.append((entry, bstat, name))
+            except (IntegrityError, ForeignEntryError) as exc:
+                out.problems.append(_problem(bpath, exc, parts, bstat, name))
+            except FileNotFoundError:
+                continue
+        # Every file's header in one batch, rather than a round trip each below.
+        await self.headers.prefetch(info.storage, [(entry, bstat) for entry, bstat, _ in named
+                                                   if not bstat.is_dir])
+        for entry, bstat, name in named:
+            bpath = join(info.storage, entry)
+            try:
                 out.append((name, await self._attr(parts + [name], bpath, bstat, count=False)))
             except (IntegrityError, ForeignEntryError) as exc:
-                reason = str(exc)
-                if reason.startswith(bpath + ": "):
-                    reason = reason[len(bpath) + 2:]
-                out.problems.append(ListingProblem(bpath, reason, "/".join(parts), bstat, name))
+                out.problems.append(_problem(bpath, exc, parts, bstat, name))
             except FileNotFoundError:
                 continue
         return out
@@ -329,6 +326,15 @@ class DirectoryOps:
         if replaced:
             self.headers.subdir_change(d_parent.storage, -1)
         await self._touch_dir(await self.paths.directory(split_path(dst)))
+
+
+def _problem(bpath: str, exc: Exception, parts: list[str], bstat: BackendStat,
+             name: str | None) -> ListingProblem:
+    """A listed entry that failed, by its ciphertext path (said once, not in the reason)."""
+    reason = str(exc)
+    if reason.startswith(bpath + ": "):
+        reason = reason[len(bpath) + 2:]
+    return ListingProblem(bpath, reason, "/".join(parts), bstat, name)
 
 
 def _by_name(entry: tuple[str, Attr]) -> str:

@@ -61,14 +61,67 @@ class HeaderCache:
         """A file's header and committed size, cached while the backend file is unchanged.
 
         Read with the file's full stat in one go, which refreshes its link count too."""
-        stamp = (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)
-        cached = self._headers.get(bpath)
-        if cached is not None and cached[0] == stamp:
-            known = self._files.get(cached[1])
-            if known is not None:
-                return known
+        known = self._known(bpath, bstat)
+        if known is not None:
+            return known
         raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
-        header, dek = await self.open_header_bytes(raw, bpath)
+        return await self._learn(bpath, bstat, raw, fresh)
+
+    def knows(self, bpath: str) -> bool:
+        """Whether a header was read for this name (it may have changed since)."""
+        return bpath in self._headers
+
+    async def read_cold(self, bpath: str) -> BackendStat | None:
+        """Read the header of a name not known yet, in one call with its stat, and return
+        that stat (FileNotFoundError if there is no such name). None when it is not a
+        file whose header opens (a directory's stub, a planted or damaged entry): the
+        caller stats it, and reports it, as any other name."""
+        try:
+            raw, fresh = await self.backend.read_head(bpath, HEADER_SIZE)
+            await self._learn(bpath, fresh, raw, fresh)
+        except FileNotFoundError:
+            raise
+        except (IntegrityError, OSError):
+            return None
+        return fresh
+
+    def _known(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int] | None:
+        """The cached header and size of the file at bpath if it is unchanged since."""
+        cached = self._headers.get(bpath)
+        if cached is not None and cached[0] == _stamp(bstat):
+            return self._files.get(cached[1])
+        return None
+
+    async def prefetch(self, directory: str, entries: list[tuple[str, BackendStat]]) -> None:
+        """Read the headers of these files of one directory (entry names and their listed
+        stats) that are not cached, in one batch (Backend.read_heads), so that a listing
+        does not pay one round trip, or one path walk, per file. A header that cannot be
+        read or opened is left out: header() then reads it again and reports it."""
+        todo = [(entry, bstat) for entry, bstat in entries
+                if self._known(f"{directory}/{entry}" if directory else entry, bstat) is None]
+        if not todo:
+            return
+        heads = await self.backend.read_heads(directory, [entry for entry, _ in todo], HEADER_SIZE)
+        deks: dict[int, memoryview] = {}     # each DEK taken once for the batch, pinned
+        try:
+            for (entry, bstat), head in zip(todo, heads, strict=True):
+                if isinstance(head, BaseException):
+                    continue
+                try:
+                    await self._learn(f"{directory}/{entry}" if directory else entry, bstat,
+                                      *head, deks)
+                except (IntegrityError, OSError):
+                    continue
+        finally:
+            for dek_id in deks:
+                self.broker.release(dek_id)
+
+    async def _learn(self, bpath: str, bstat: BackendStat, raw: bytes, fresh: BackendStat,
+                     deks: dict[int, memoryview] | None = None) -> tuple[FileHeader, int]:
+        """Open a header read for bpath (listed as bstat, read with its full stat fresh),
+        resolve its committed size, and cache both."""
+        stamp = _stamp(bstat)
+        header, dek = await self.open_header_bytes(raw, bpath, deks)
         size = header.meta.size
         state = self._open_state(header.file_id)
         if state is not None:
@@ -144,10 +197,18 @@ class HeaderCache:
         """Read and open the header of an open backend file: (header, its DEK)."""
         return await self.open_header_bytes(await self.backend.read(handle, 0, HEADER_SIZE), bpath)
 
-    async def open_header_bytes(self, raw: bytes, bpath: str) -> tuple[FileHeader, bytes]:
+    async def open_header_bytes(self, raw: bytes, bpath: str,
+                                deks: dict[int, memoryview] | None = None) -> tuple[FileHeader, bytes]:
+        """deks: DEKs acquired already, by id; one this needs is acquired into it (the
+        caller releases them)."""
         try:
             dek_id, file_id = read_header_public(raw)
-            dek = await self.broker.dek(dek_id)
+            if deks is None:
+                dek = await self.broker.dek(dek_id)
+            else:
+                dek = deks.get(dek_id)
+                if dek is None:
+                    dek = deks[dek_id] = await self.broker.acquire(dek_id)
             return open_header(file_key(dek, file_id), raw), dek
         except IntegrityError as exc:
             raise IntegrityError(f"{bpath}: {exc}") from None
@@ -212,3 +273,9 @@ class HeaderCache:
 
     def dir_removed(self, bpath: str) -> None:
         self._subdirs.pop(bpath, None)
+
+
+def _stamp(bstat: BackendStat) -> tuple:
+    """What identifies one version of a backend file: another client's write, link or
+    unlink changes it."""
+    return (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)

@@ -36,7 +36,7 @@ from ...crypto.format.names import (
 )
 from ...crypto.secmem import SecretBuffer
 from ...errors import IntegrityError
-from .storeio import overwrite_small, read_small, remove_quietly, write_new_file
+from .storeio import overwrite_small, remove_quietly, write_new_file
 
 #: The longest long-name sidecar read: a sealed name is far shorter.
 SIDECAR_LIMIT = 4096
@@ -107,7 +107,8 @@ class PathResolver:
         """The sealed record of the directory whose stub is at stub, read from the store
         (not cached)."""
         try:
-            raw = await read_small(self.backend, join(stub, DIR_META_NAME), DIR_META_SIZE + 1)
+            # read_head: one round trip where the backend can, not open, read, close
+            raw, _ = await self.backend.read_head(join(stub, DIR_META_NAME), DIR_META_SIZE + 1)
         except FileNotFoundError:
             if stub and not await self._is_dir(stub):
                 # Renamed or removed since it was looked up: a race, not damage.
@@ -264,7 +265,7 @@ class PathResolver:
 
     async def read_sidecar(self, storage: str, entry: str) -> bytes:
         """The raw content of a long-name entry's sidecar, in the storage that lists it."""
-        return await read_small(self.backend, join(storage, sidecar_of(entry)), SIDECAR_LIMIT)
+        return (await self.backend.read_head(join(storage, sidecar_of(entry)), SIDECAR_LIMIT))[0]
 
     def long_name(self, info: DirInfo, entry: str, encoded: str) -> str:
         """The plaintext name a sidecar holds, checked against the entry it names."""

@@ -204,13 +204,18 @@ class Volume(DirectoryOps, XattrOps):
         parent, name, bpath, _ = await self.paths.entry(path)
         known = self.paths.cached(parts)
         try:
-            if known is not None and known.stub == bpath:
+            if known is not None:
                 # A directory resolved before: its stub and its storage stat at once.
-                bstat, attr = await self._lookup_known_dir(known, path)
+                attr = await self._revalidated_dir_attr(known, bpath, path)
                 if attr is not None:
                     return attr
-            else:
-                bstat = await self.backend.stat(bpath)
+            elif not self.headers.knows(bpath):
+                # Cold: most names are files, whose header the answer needs anyway; its
+                # read brings the file's stat along (one backend call, not two).
+                bstat = await self.headers.read_cold(bpath)
+                if bstat is not None:
+                    return await self._attr(parts, bpath, bstat)
+            bstat = await self.backend.stat(bpath)
         except FileNotFoundError:
             if known is not None:    # a directory another client removed
                 self.paths.forget(path)
