@@ -14,7 +14,8 @@ RATIO_BASES: dict[str, str | None] = {"plain": None, "gocryptfs": None, "securef
                                       "pyfuse3": "local", "smbprotocol": "smb",
                                       "smbprotocol-reuse": "smb", "smb-raw": "smb",
                                       "smbclient": "smb", "rclone-smb": "smb",
-                                      "azfiles-sdk": "azfiles", "azfiles-raw": "azfiles"}
+                                      "azfiles-sdk": "azfiles", "azfiles-raw": "azfiles",
+                                      "gateway-plain": "gateway"}
 RATIO_NOTES = {"smbprotocol": " (the goal for seq_*: at least 0.80 of raw smbprotocol)",
                "smbprotocol-reuse": (" (the same goal against smbprotocol without its page "
                                      "faults: the stricter form)"),
@@ -23,7 +24,9 @@ RATIO_NOTES = {"smbprotocol": " (the goal for seq_*: at least 0.80 of raw smbpro
                "pyfuse3": " (the Python FUSE stack without crypto: how close to its ceiling)",
                "azfiles-sdk": (" (the plain azure-storage-file-share SDK, upload_file/download_file: "
                                "the ceiling; the goal for seq_*: at least 0.80)"),
-               "azfiles-raw": " (sealfs's own Azure Files backend without crypto and FUSE)"}
+               "azfiles-raw": " (sealfs's own Azure Files backend without crypto and FUSE)",
+               "gateway-plain": (" (the gateway's own smbd configuration serving a plain directory, "
+                                 "smbclient put/get; the aim for seq_*: 0.5 or more)")}
 
 SIZE_ORDER = ["4K", "8K", "16K", "32K", "64K", "128K", "256K", "512K", "1M", "2M", "4M"]
 
@@ -140,6 +143,7 @@ def markdown(results: Results) -> str:
                     ratio = r["median"] / b if higher else b / r["median"]
                     cells.append(f"{ratio:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
+    lines += _gateway_vs_direct(results, t, workloads)
     notes = m.get("target_notes") or {}
     skipped = m.get("peers_skipped") or {}
     if notes or skipped:
@@ -152,6 +156,27 @@ def markdown(results: Results) -> str:
     if results.errors:
         lines += ["", "Errors:", ""] + [f"- {e}" for e in results.errors]
     return "\n".join(lines) + "\n"
+
+
+def _gateway_vs_direct(results: Results, t: dict, workloads: list[str]) -> list[str]:
+    """sealfs-gateway-CS over sealfs-local-CS: what serving the mount over SMB costs."""
+    pairs = [(label, f"sealfs-local-{results.specs[label].chunk_size}") for label in t
+             if results.specs[label].backend == "gateway" and results.specs[label].kind == "sealfs"]
+    pairs = [(gw, local) for gw, local in pairs if local in t]
+    if not pairs:
+        return []
+    lines = ["", "Ratio of the gateway (smbclient put/get) to the same chunk size's mount used "
+             "directly (same run):", "", "| workload | " + " | ".join(gw for gw, _ in pairs) + " |",
+             "|" + "---|" * (len(pairs) + 1)]
+    for w in ("seq_write", "seq_read", "cold_read"):
+        if w not in workloads:
+            continue
+        cells = [w]
+        for gw, local in pairs:
+            a, b = t[gw].get(w), t[local].get(w)
+            cells.append(f"{a['median'] / b['median']:.2f}" if a and b and b["median"] > 0 else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def charts(results: Results, out: Path) -> list[Path]:
@@ -205,7 +230,8 @@ def charts(results: Results, out: Path) -> list[Path]:
               ("iops.png", ["rand_read_4k", "rand_write_4k", "create", "stat", "delete"]),
               ("tarball.png", ["tar_extract", "tar_read", "tar_delete"]),
               ("overhead.png", ["overhead_small", "overhead_large"]),
-              ("memory.png", ["peak_rss"])]
+              ("memory.png", ["peak_rss"]),
+              ("cpu.png", ["cpu_write", "cpu_read", "cpu_cold_read"])]
     for name, wls in groups:
         wls = [w for w in wls if any(w in t.get(label, {}) for label in specs)]
         if not wls:

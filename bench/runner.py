@@ -101,6 +101,15 @@ def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None,
                 share: SmbShare | None = None, azure: AzShare | None = None) -> list[TargetSpec]:
     specs: list[TargetSpec] = []
     skipped = skipped_peers(cfg)
+    backends = list(cfg.backends)
+    if "gateway" in backends:
+        # its two references in the same run: the same smbd configuration on a plain
+        # directory, and the sealfs mount used directly (the local backend)
+        from .gateway import GatewayPlainTarget
+        specs.append(TargetSpec("gateway-plain", "peer", "gateway", None,
+                                lambda work: GatewayPlainTarget(work, cfg.chunk_sizes[0])))
+        if "local" not in backends:
+            backends.insert(backends.index("gateway"), "local")
     for peer in cfg.peers:
         if peer in skipped:
             continue
@@ -113,11 +122,15 @@ def build_specs(cfg: BenchConfig, smb_url: str | None, smb_local: Path | None,
                                     lambda work, f=AZ_PEERS[peer]: f(work, _az_dir(azure))))
         else:
             specs.append(TargetSpec(peer, "peer", "local", None, PEERS[peer]))
-    for backend in cfg.backends:
+    for backend in backends:
         for cs in cfg.chunk_sizes:
             if backend == "local":
                 def factory(work: Path, cs: str = cs) -> Target:
                     return SealfsTarget(work, cs)
+            elif backend == "gateway":
+                def factory(work: Path, cs: str = cs) -> Target:
+                    from .gateway import GatewayTarget
+                    return GatewayTarget(work, cs)
             elif backend == "azfiles":
                 def factory(work: Path, cs: str = cs) -> Target:
                     return SealfsTarget(work, cs, "azfiles", azure=_az_dir(azure))

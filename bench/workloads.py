@@ -36,6 +36,9 @@ WORKLOADS: dict[str, tuple[str, bool]] = {
     "tar_read": ("s", False),
     "tar_delete": ("s", False),
     "peak_rss": ("MiB", False),
+    "cpu_write": ("CPU s/GiB", False),      # the server's processes (the gateway bench)
+    "cpu_read": ("CPU s/GiB", False),
+    "cpu_cold_read": ("CPU s/GiB", False),
     "overhead_large": ("x", False),
     "overhead_small": ("x", False),
 }

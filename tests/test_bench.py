@@ -119,6 +119,43 @@ def test_smb_peers_measure_the_same_share_as_sealfs(tmp_path: Path) -> None:
     assert not list((tmp_path / "work").rglob("auth")), "smbclient's credentials file is removed"
 
 
+@needs_fuse
+@pytest.mark.smb
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(os.geteuid() != 0, reason="the gateway runs as root")
+def test_gateway_bench_against_its_plain_share_and_the_direct_mount(tmp_path: Path) -> None:
+    """`--backends gateway`: smbclient put/get through the gateway and through the same smbd
+    configuration on a plain directory, the local mount in the same run, the ratios, and the
+    gateway's CPU per GiB split between smbd and the mount; no account, mount or run
+    directory left behind."""
+    from tests.conftest import need_smbd
+    need_smbd()
+    if shutil.which("smbclient") is None:
+        pytest.skip("smbclient is not installed")
+    groups_before = {line.split(":")[0] for line in Path("/etc/group").read_text().splitlines()}
+    data = _bench(tmp_path / "out", tmp_path / "work", "--backends", "gateway", "--chunk-sizes", "64K",
+                  "--peers", "", "--size", "16", "--seconds", "0", "--files", "0", timeout=230)
+    t: dict[str, dict[str, dict]] = {}
+    for r in data["rows"]:
+        t.setdefault(r["target"], {})[r["workload"]] = r
+    seq = {"seq_write", "seq_read", "cold_read"}
+    cpu = {"cpu_write", "cpu_read", "cpu_cold_read"}
+    assert set(t["gateway-plain"]) == seq | cpu
+    assert set(t["sealfs-gateway-64K"]) == seq | cpu
+    assert seq <= set(t["sealfs-local-64K"])
+    assert t["sealfs-gateway-64K"]["seq_write"]["kind"] == "sealfs"
+    assert t["gateway-plain"]["seq_write"]["kind"] == "peer"
+    assert all(t[x][w]["median"] > 0 for x in t for w in seq & set(t[x]))
+    assert t["sealfs-gateway-64K"]["cpu_write"]["median"] > 0     # smbd + encrypting mount
+    notes = data["meta"]["target_notes"]["sealfs-gateway-64K"]
+    assert "smbd" in notes["cpu_write split"] and "mount" in notes["cpu_write split"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Ratio to gateway-plain" in md and "mount used directly" in md
+    groups_after = {line.split(":")[0] for line in Path("/etc/group").read_text().splitlines()}
+    assert not {g for g in groups_after - groups_before if g.startswith("sealfs-bench")}
+    assert not any(os.path.ismount(p) for p in (tmp_path / "work").rglob("*") if p.is_dir())
+
+
 @pytest.mark.smb
 @pytest.mark.timeout(120)
 def test_smb_client_peers_fail_with_a_clear_error_on_a_wrong_password(samba, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import click
 
 DEFAULT_PEERS = ("plain,pyfuse3,gocryptfs,securefs,rclone,cryfs,"
                  "smb-raw,smbprotocol,smbprotocol-reuse,smbclient,rclone-smb,azfiles-sdk,azfiles-raw")
-BACKENDS = ("local", "smb", "azfiles")
+BACKENDS = ("local", "smb", "azfiles", "gateway")
 
 
 def _csv(text: str) -> list[str]:
@@ -25,8 +25,10 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # every cl
     @click.option("--chunk-sizes", default="4K,16K,64K,256K,1M,4M", show_default=True,
                   help="Comma-separated sealfs chunk sizes (each a fresh volume).")
     @click.option("--backends", default="local", show_default=True,
-                  help="local, smb and/or azfiles (smb starts a throwaway encrypted smbd unless --smb-url, "
-                       "azfiles the Azure Files test server of a source checkout unless --azfiles-url).")
+                  help="local, smb, azfiles and/or gateway (smb starts a throwaway encrypted smbd unless "
+                       "--smb-url, azfiles the Azure Files test server of a source checkout unless "
+                       "--azfiles-url; gateway: smbclient put/get through `sealfs gateway` (root), against "
+                       "the same smbd configuration on a plain directory and the local mount used directly).")
     @click.option("--smb-url", default=None, metavar="URL",
                   help="smb://USER@HOST[:PORT]/SHARE[/DIR] to bench against (password: SEALFS_SMB_PASSWORD).")
     @click.option("--azfiles-url", default=None, metavar="URL",

@@ -1,13 +1,16 @@
 """smbd's private configuration for one gateway share, and the directories it names.
 
-Everything smbd keeps (passdb, locks, state, caches, pid, logs) lives under the gateway's
-own state directory, so the gateway neither reads nor changes the host's /etc/samba and
-two gateways on one host never share a lock or a passdb.
+Everything smbd keeps (passdb, state, caches, pid, logs) lives under the gateway's own
+state directory, and its locks in a directory of the gateway's run directory, so the
+gateway neither reads nor changes the host's /etc/samba and two gateways on one host never
+share a lock or a passdb.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -74,6 +77,12 @@ class GatewaySettings:
     def log_file(self) -> Path:
         return self.state_dir / "log" / "smbd.log"
 
+    @property
+    def lock_dir(self) -> Path:
+        """smbd's lock directory: beside the mount point, where smbd serving a client (as
+        that user) can reach it. The leading dot keeps it apart from every share name."""
+        return self.mountpoint.parent / ".smbd-locks" / self.share
+
 
 def state_dir_for(share: str) -> Path:
     """$SEALFS_STATE_DIR/gateway/SHARE, else /var/lib/sealfs/gateway/SHARE."""
@@ -93,12 +102,41 @@ def group_name(share: str) -> str:
     return f"sealfs-{share}"[:32]
 
 
-def prepare_dirs(state_dir: Path) -> None:
-    """smbd's private directories: root only (the passdb holds NT hashes)."""
+def smb_gid(settings: GatewaySettings) -> int | None:
+    """The group an smbd process holds while it works for a client: the share's group (its
+    `force group`), or the forced user's own group; None while that does not exist yet."""
+    try:
+        if settings.force_user:
+            return pwd.getpwnam(settings.force_user).pw_gid
+        return grp.getgrnam(settings.group).gr_gid if settings.group else None
+    except KeyError:
+        return None
+
+
+def prepare_dirs(settings: GatewaySettings) -> None:
+    """smbd's private directories: root only (the passdb holds NT hashes); and its lock
+    directory, which the share's group may enter but not list.
+
+    smbd decides whether the process holding an open, an oplock or a byte-range lock is
+    still alive by looking for that process's file in msg.lock/ of the lock directory, and
+    it does so as the client's user. A lock directory that user cannot enter makes every
+    other connection's process look dead, and its share modes and oplocks are then thrown
+    away as stale: a second client gets in past an exclusive open. Samba's own lock
+    directory (/run/samba) is open to all; this one only to the share's group, as
+    locking.tdb holds the names of open files."""
+    state_dir = settings.state_dir
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state_dir, 0o700)
-    for sub in ("private", "lock", "state", "cache", "pid", "log", "ncalrpc"):
+    for sub in ("private", "state", "cache", "pid", "log", "ncalrpc"):
         (state_dir / sub).mkdir(exist_ok=True, mode=0o700)
+    locks = settings.lock_dir
+    for traversable in (locks.parent.parent, locks.parent):   # the run directory, .smbd-locks
+        traversable.mkdir(parents=True, exist_ok=True, mode=0o711)
+        os.chmod(traversable, 0o711)
+    locks.mkdir(exist_ok=True, mode=0o700)
+    gid = smb_gid(settings)
+    os.chown(locks, 0, 0 if gid is None else gid)
+    os.chmod(locks, 0o700 if gid is None else 0o710)
 
 
 def global_section(settings: GatewaySettings) -> dict[str, str]:
@@ -112,7 +150,7 @@ def global_section(settings: GatewaySettings) -> dict[str, str]:
         "disable netbios": "yes",
         "passdb backend": f"tdbsam:{b / 'private' / 'passdb.tdb'}",
         "private dir": str(b / "private"),
-        "lock directory": str(b / "lock"),
+        "lock directory": str(settings.lock_dir),
         "state directory": str(b / "state"),
         "cache directory": str(b / "cache"),
         "pid directory": str(b / "pid"),
@@ -201,7 +239,7 @@ def render(settings: GatewaySettings) -> str:
 
 def write_conf(settings: GatewaySettings) -> Path:
     """Write smb.conf (0600, atomically) and return its path."""
-    prepare_dirs(settings.state_dir)
+    prepare_dirs(settings)
     tmp = settings.conf_path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:

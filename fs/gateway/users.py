@@ -45,7 +45,7 @@ class Passdb:
         self.created_file = settings.state_dir / "created-accounts.json"
 
     def _write_conf(self) -> None:
-        prepare_dirs(self.settings.state_dir)
+        prepare_dirs(self.settings)
         keep = ("passdb backend", "private dir", "lock directory", "state directory",
                 "cache directory", "pid directory", "ncalrpc dir", "log file", "logging")
         glob = {k: v for k, v in global_section(self.settings).items() if k in keep}
