@@ -148,8 +148,8 @@ def register(cli, Context, key_options, opened_volume, run) -> None:  # every cl
                   help="File holding the password (default: one line on stdin).")
     @key_options
     def users_add(user: str, share: str | None, password_file: str | None) -> None:
-        """Add USER (or set its password). Creates a Unix account without a login shell
-        unless the share has a force_user."""
+        """Add USER (or set its password), with a Unix account without a login shell
+        (Samba authenticates only users that have one)."""
         passdb = Passdb(_settings(ctx(), share))
         if password_file is None and sys.stdin.isatty():
             password = click.prompt("SMB password", hide_input=True, confirmation_prompt=True)

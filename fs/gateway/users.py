@@ -1,8 +1,9 @@
 """The gateway's own SMB users: a tdbsam passdb in its state directory, and Unix accounts.
 
-smbd maps every SMB user to a Unix account. Either each user gets a system account of its
-own (no home, no login shell) in the share's group, or, with `force_user`, every user
-works as that one owner and no account is created. Accounts the gateway created are
+smbd authenticates an SMB user only through a Unix account of the same name, so each
+user gets a system account of its own (no home, no login shell). Without `force_user` the
+share works as that user, in the share's group; with it, every user works as that one
+owner. Accounts the gateway created are
 recorded, so that `users remove` deletes only those, never an account that was there.
 Passwords reach smbpasswd on its stdin, never in argv.
 """
@@ -98,23 +99,26 @@ class Passdb:
 
     # -- Unix accounts --------------------------------------------------------------------
     def _ensure_account(self, user: str) -> bool:
+        """Samba authenticates an SMB user only through a Unix account of that name, so
+        every user gets one (no home, no login shell). With force_user the share then works
+        as that one owner for everybody; without, as the user, in the share's group."""
         if self.settings.force_user:
             pwd.getpwnam(self.settings.force_user)   # KeyError: the config names no account
-            return False
         group = self.settings.group
-        assert group is not None
-        try:
-            grp.getgrnam(group)
-        except KeyError:
-            _run_tool(["groupadd", "--system", group])
+        if group is not None:
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                _run_tool(["groupadd", "--system", group])
         try:
             pwd.getpwnam(user)
         except KeyError:
             _run_tool(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                       "--shell", NOLOGIN, "--gid", group, user])
+                       "--shell", NOLOGIN, *(["--gid", group] if group else ["--user-group"]), user])
             self._record(user, add=True)
             return True
-        _run_tool(["usermod", "--append", "--groups", group, user])
+        if group is not None:
+            _run_tool(["usermod", "--append", "--groups", group, user])
         return False
 
     def _delete_account(self, user: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
 import signal
 import stat
 import subprocess
@@ -274,3 +276,28 @@ def test_users_list_and_remove(tmp_path: Path) -> None:
         assert bad.returncode == 2
     finally:
         gw.close()
+
+
+def test_force_user_owns_every_file_whoever_writes(tmp_path: Path) -> None:
+    """With force_user every SMB user works as that one account: what any of them writes
+    is owned by it on the volume; each still authenticates with their own password."""
+    need_smbd()
+    owner = "gwown" + secrets.token_hex(3)
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", owner],
+                   check=True)
+    gw = Gateway(users=2, force_user=owner)
+    try:
+        gw.start()
+        local = tmp_path / "f.txt"
+        local.write_bytes(b"forced")
+        for i, user in enumerate(gw.users.items()):
+            smbclient_cli(gw, f"put {local} by{i}.txt", user=user)
+        uid = pwd.getpwnam(owner).pw_uid
+        for i in range(2):
+            st = os.stat(gw.mountpoint / f"by{i}.txt")
+            assert st.st_uid == uid, (i, st.st_uid, uid)
+        bad = smbclient_cli(gw, "ls", user=(next(iter(gw.users)), "wrong"), check=False)
+        assert bad.returncode != 0
+    finally:
+        gw.close()
+        subprocess.run(["userdel", owner], capture_output=True)

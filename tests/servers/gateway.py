@@ -51,8 +51,7 @@ class Gateway:
 
     # -- users ------------------------------------------------------------------------------
     def users_cmd(self, *args: str, input: bytes | None = None, check: bool = True):
-        force = ("--force-user", self.force_user) if self.force_user else ()
-        return sealfs("gateway", "users", *args, "--share", self.share, *force, env=self.env,
+        return sealfs("gateway", "users", *args, "--share", self.share, env=self.env,
                       input=input, check=check)
 
     def add_user(self, name: str) -> str:
