@@ -120,9 +120,13 @@ async def test_cold_stat_is_one_header_read(make_backend, keyfile: Path) -> None
     try:
         assert (await volume.lookup("d")).is_dir
         backend.calls.clear()
-        for i in range(3):
+        assert (await volume.lookup("d/f000")).size == 4
+        assert backend.calls == {"read_head": 1}
+        backend.calls.clear()
+        for i in (1, 2):      # a run of cold lookups in d: one listing and one batch
             assert (await volume.lookup(f"d/f{i:03d}")).size == 4
-        assert backend.calls == {"read_head": 3}
+        assert backend.calls == {"scandir": 1, "read_heads": 1}
+        await volume.mkdir("d/sub1")     # a local change: the listing answers no more
         backend.calls.clear()
         for i in range(3):
             assert (await volume.lookup(f"d/f{i:03d}")).size == 4
@@ -217,3 +221,41 @@ async def test_read_heads_reports_each_entry(make_backend, kind: str, tmp_path: 
             assert isinstance(heads[4], ForeignEntryError)
     finally:
         await backend.aclose()
+
+
+async def test_cold_lookups_in_one_directory_read_it_once(make_backend, keyfile: Path) -> None:
+    """A run of cold lookups of names never listed (stat of each name in a manifest) is
+    answered from one listing of their directory and one batch of its headers, once the
+    lookups already paid are an eighth of its files (coldscan.BATCH_RATIO); a local
+    change in between is seen by the next lookup."""
+    files = 40
+    await _tree(make_backend, keyfile, files, 0)
+    volume, backend = await _volume(make_backend, keyfile)
+    try:
+        assert (await volume.lookup("d")).is_dir
+        backend.calls.clear()
+        for i in range(files):
+            assert (await volume.lookup(f"d/f{i:03d}")).size == 4
+        # 4 names read one by one (the 2nd lists d); at the 5th, an eighth of the files,
+        # the rest in one batch
+        assert backend.calls == {"read_head": 4, "scandir": 1, "read_heads": 1}
+        backend.calls.clear()
+        for i in range(files):
+            assert (await volume.lookup(f"d/f{i:03d}")).size == 4
+        assert backend.total() == 0, backend.calls
+        assert await volume.lookup("d/absent") is None      # never answered from a listing
+        await volume.setattr("d/f001", mode=0o600)
+        assert (await volume.lookup("d/f001")).mode == 0o600
+        await volume.write_file("d/f002", b"longer data")
+        assert (await volume.lookup("d/f002")).size == 11
+        await volume.unlink("d/f003")
+        assert await volume.lookup("d/f003") is None
+        await volume.rename("d/f004", "d/f005")
+        assert await volume.lookup("d/f004") is None
+        assert (await volume.lookup("d/f005")).size == 4
+        f = await volume.open("d/f006", write=True)
+        await f.write(0, b"123456")
+        await f.close()
+        assert (await volume.lookup("d/f006")).size == 6
+    finally:
+        await volume.close()
