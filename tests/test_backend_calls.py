@@ -244,18 +244,59 @@ async def test_cold_lookups_in_one_directory_read_it_once(make_backend, keyfile:
             assert (await volume.lookup(f"d/f{i:03d}")).size == 4
         assert backend.total() == 0, backend.calls
         assert await volume.lookup("d/absent") is None      # never answered from a listing
-        await volume.setattr("d/f001", mode=0o600)
-        assert (await volume.lookup("d/f001")).mode == 0o600
-        await volume.write_file("d/f002", b"longer data")
-        assert (await volume.lookup("d/f002")).size == 11
-        await volume.unlink("d/f003")
-        assert await volume.lookup("d/f003") is None
-        await volume.rename("d/f004", "d/f005")
-        assert await volume.lookup("d/f004") is None
-        assert (await volume.lookup("d/f005")).size == 4
-        f = await volume.open("d/f006", write=True)
-        await f.write(0, b"123456")
-        await f.close()
-        assert (await volume.lookup("d/f006")).size == 6
+    finally:
+        await volume.close()
+
+
+async def _chmod(volume: Volume) -> None:
+    await volume.setattr("d/f001", mode=0o600)
+
+
+async def _rewrite(volume: Volume) -> None:
+    await volume.write_file("d/f001", b"longer data")
+
+
+async def _write_open(volume: Volume) -> None:
+    f = await volume.open("d/f001", write=True)
+    await f.write(0, b"123456")
+    await f.close()
+
+
+async def _unlink(volume: Volume) -> None:
+    await volume.unlink("d/f001")
+
+
+async def _rename_over(volume: Volume) -> None:
+    await volume.rename("d/f002", "d/f001")
+
+
+CHANGES = {"chmod": (_chmod, (0o600, 4)), "rewrite": (_rewrite, (0o644, 11)),
+           "write": (_write_open, (0o644, 6)), "unlink": (_unlink, None),
+           "rename": (_rename_over, (0o640, 4))}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+async def test_local_change_ends_a_listings_answers(make_backend, keyfile: Path,
+                                                   change: str) -> None:
+    """A lookup right after a local change in a directory whose listing answers lookups
+    sees the change (the listing is dropped), not the listed stat."""
+    volume, _backend = await _volume(make_backend, keyfile, init=True)
+    try:
+        await volume.mkdir("d")
+        for i in range(4):
+            await volume.write_file(f"d/f{i:03d}", b"data", mode=0o640 if i == 2 else 0o644)
+    finally:
+        await volume.close()
+    volume, backend = await _volume(make_backend, keyfile)
+    try:
+        for i in range(4):
+            await volume.lookup(f"d/f{i:03d}")
+        backend.calls.clear()
+        assert (await volume.lookup("d/f001")).size == 4
+        assert backend.total() == 0                # answered from the listing
+        act, expected = CHANGES[change]
+        await act(volume)
+        attr = await volume.lookup("d/f001")
+        assert (attr if attr is None else (attr.mode, attr.size)) == expected
     finally:
         await volume.close()
