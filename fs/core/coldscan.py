@@ -36,8 +36,9 @@ class ColdListings:
 
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
-        #: storage -> (when listed, entry -> its stat, headers fetched)
-        self._listings: dict[str, tuple[float, dict[str, BackendStat], bool]] = {}
+        #: storage -> (when listed, entry -> its stat, its files, headers fetched)
+        self._listings: dict[str, tuple[float, dict[str, BackendStat],
+                                        list[tuple[str, BackendStat]], bool]] = {}
         #: storage -> (cold lookups in the current run, when the last one was)
         self._colds: dict[str, tuple[int, float]] = {}
         #: bumped by every clear(): a listing asked for before a change is not kept
@@ -47,7 +48,7 @@ class ColdListings:
         """The listed stat of entry if its directory was listed (and its headers fetched)
         within the lifetime and nothing changed here since; None otherwise."""
         listing = self._listings.get(storage)
-        if listing is None or not listing[2]:
+        if listing is None or not listing[3]:
             return None
         if self._clock() - listing[0] > LISTING_LIFETIME:
             del self._listings[storage]
@@ -68,16 +69,18 @@ class ColdListings:
         count, last = self._colds.get(storage, (0, 0.0))
         return count if self._clock() - last <= LISTING_LIFETIME else 0
 
-    def listed(self, storage: str) -> tuple[float, dict[str, BackendStat]] | None:
-        """When a listing of this storage still within its lifetime was taken, and its
-        entries."""
+    def listed(self, storage: str) -> tuple[float, dict[str, BackendStat],
+                                            list[tuple[str, BackendStat]]] | None:
+        """When a listing of this storage still within its lifetime was taken, its
+        entries and its files."""
         listing = self._listings.get(storage)
         if listing is None or self._clock() - listing[0] > LISTING_LIFETIME:
             return None
-        return listing[0], listing[1]
+        return listing[0], listing[1], listing[2]
 
-    def keep(self, storage: str, entries: dict[str, BackendStat], taken: float,
-             generation: int, fetched: bool) -> None:
+    def keep(self, storage: str, entries: dict[str, BackendStat],
+             files: list[tuple[str, BackendStat]], taken: float, generation: int,
+             fetched: bool) -> None:
         """Keep a listing taken at time taken (a clock() reading from before the listing
         was asked for, when the generation was this); fetched once its files' headers
         were read. Not kept if anything changed here since it was asked for."""
@@ -86,7 +89,7 @@ class ColdListings:
         self._listings.pop(storage, None)
         while len(self._listings) >= MAX_LISTINGS:
             del self._listings[next(iter(self._listings))]
-        self._listings[storage] = (taken, entries, fetched)
+        self._listings[storage] = (taken, entries, files, fetched)
 
     def now(self) -> float:
         return self._clock()

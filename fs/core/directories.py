@@ -195,15 +195,15 @@ class DirectoryOps:
         if known is None:
             taken = listings.now()
             entries = dict(await self.backend.scandir(storage))
-            listings.keep(storage, entries, taken, generation, fetched=False)
+            files = [(name, st) for name, st in entries.items() if _plain_file(st)
+                     and (not is_reserved(name) or is_long_name_entry(name))]
+            listings.keep(storage, entries, files, taken, generation, fetched=False)
         else:
-            taken, entries = known
-        files = [(name, st) for name, st in entries.items() if _plain_file(st)
-                 and (not is_reserved(name) or is_long_name_entry(name))]
+            taken, entries, files = known
         if run * BATCH_RATIO < len(files):
             return None
         await self.headers.prefetch(storage, files)
-        listings.keep(storage, entries, taken, generation, fetched=True)
+        listings.keep(storage, entries, files, taken, generation, fetched=True)
         listed = listings.stat_of(storage, entry)
         return listed if listed is not None and _plain_file(listed) else None
 
