@@ -120,9 +120,13 @@ async def test_cold_stat_is_one_header_read(make_backend, keyfile: Path) -> None
     try:
         assert (await volume.lookup("d")).is_dir
         backend.calls.clear()
-        for i in range(3):
+        assert (await volume.lookup("d/f000")).size == 4
+        assert backend.calls == {"read_head": 1}
+        backend.calls.clear()
+        for i in (1, 2):      # a run of cold lookups in d: one listing and one batch
             assert (await volume.lookup(f"d/f{i:03d}")).size == 4
-        assert backend.calls == {"read_head": 3}
+        assert backend.calls == {"scandir": 1, "read_heads": 1}
+        await volume.mkdir("d/sub1")     # a local change: the listing answers no more
         backend.calls.clear()
         for i in range(3):
             assert (await volume.lookup(f"d/f{i:03d}")).size == 4
@@ -217,3 +221,82 @@ async def test_read_heads_reports_each_entry(make_backend, kind: str, tmp_path: 
             assert isinstance(heads[4], ForeignEntryError)
     finally:
         await backend.aclose()
+
+
+async def test_cold_lookups_in_one_directory_read_it_once(make_backend, keyfile: Path) -> None:
+    """A run of cold lookups of names never listed (stat of each name in a manifest) is
+    answered from one listing of their directory and one batch of its headers, once the
+    lookups already paid are an eighth of its files (coldscan.BATCH_RATIO); a local
+    change in between is seen by the next lookup."""
+    files = 40
+    await _tree(make_backend, keyfile, files, 0)
+    volume, backend = await _volume(make_backend, keyfile)
+    try:
+        assert (await volume.lookup("d")).is_dir
+        backend.calls.clear()
+        for i in range(files):
+            assert (await volume.lookup(f"d/f{i:03d}")).size == 4
+        # 4 names read one by one (the 2nd lists d); at the 5th, an eighth of the files,
+        # the rest in one batch
+        assert backend.calls == {"read_head": 4, "scandir": 1, "read_heads": 1}
+        backend.calls.clear()
+        for i in range(files):
+            assert (await volume.lookup(f"d/f{i:03d}")).size == 4
+        assert backend.total() == 0, backend.calls
+        assert await volume.lookup("d/absent") is None      # never answered from a listing
+    finally:
+        await volume.close()
+
+
+async def _chmod(volume: Volume) -> None:
+    await volume.setattr("d/f001", mode=0o600)
+
+
+async def _rewrite(volume: Volume) -> None:
+    await volume.write_file("d/f001", b"longer data")
+
+
+async def _write_open(volume: Volume) -> None:
+    f = await volume.open("d/f001", write=True)
+    await f.write(0, b"123456")
+    await f.close()
+
+
+async def _unlink(volume: Volume) -> None:
+    await volume.unlink("d/f001")
+
+
+async def _rename_over(volume: Volume) -> None:
+    await volume.rename("d/f002", "d/f001")
+
+
+CHANGES = {"chmod": (_chmod, (0o600, 4)), "rewrite": (_rewrite, (0o644, 11)),
+           "write": (_write_open, (0o644, 6)), "unlink": (_unlink, None),
+           "rename": (_rename_over, (0o640, 4))}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+async def test_local_change_ends_a_listings_answers(make_backend, keyfile: Path,
+                                                   change: str) -> None:
+    """A lookup right after a local change in a directory whose listing answers lookups
+    sees the change (the listing is dropped), not the listed stat."""
+    volume, _backend = await _volume(make_backend, keyfile, init=True)
+    try:
+        await volume.mkdir("d")
+        for i in range(4):
+            await volume.write_file(f"d/f{i:03d}", b"data", mode=0o640 if i == 2 else 0o644)
+    finally:
+        await volume.close()
+    volume, backend = await _volume(make_backend, keyfile)
+    try:
+        for i in range(4):
+            await volume.lookup(f"d/f{i:03d}")
+        backend.calls.clear()
+        assert (await volume.lookup("d/f001")).size == 4
+        assert backend.total() == 0                # answered from the listing
+        act, expected = CHANGES[change]
+        await act(volume)
+        attr = await volume.lookup("d/f001")
+        assert (attr if attr is None else (attr.mode, attr.size)) == expected
+    finally:
+        await volume.close()

@@ -24,10 +24,11 @@ import trio
 from ...backends.base import Backend, BackendStat, ForeignEntryError, join
 from ...crypto.format.constants import DIR_META_NAME, META_FLAG_XATTRS, TEMP_PREFIX
 from ...crypto.format.header import Kind, Metadata, new_dir_id
-from ...crypto.format.names import sidecar_of
+from ...crypto.format.names import is_long_name_entry, is_reserved, sidecar_of
 from ...crypto.format.xattrs import KIND_DIR
 from ...errors import IntegrityError
 from .attrs import Attr, Listing, ListingProblem
+from .coldscan import BATCH_RATIO
 from .headers import HeaderCache
 from .paths import DirInfo, PathResolver, split_path
 from .storeio import remove_quietly, stat_entry
@@ -175,6 +176,37 @@ class DirectoryOps:
                 continue
         return out
 
+    async def _listed_stat(self, storage: str, bpath: str, cold: bool) -> BackendStat | None:
+        """The stat of a file at bpath from a recent listing of its directory (storage),
+        its header fetched with the listing's others (fs/core/coldscan.py); None when there
+        is none to answer from. The second cold lookup (cold: its header not read yet)
+        of a run of them that find files (ColdListings.note_cold) lists the directory,
+        and the first at which the run is long enough for the batch to pay fetches its
+        headers."""
+        listings = self.headers.listed
+        entry = bpath[len(storage) + 1:] if storage else bpath
+        listed = listings.stat_of(storage, entry)
+        if listed is not None or not cold:
+            return listed if listed is not None and _plain_file(listed) else None
+        run = listings.run(storage) + 1           # with this one
+        if run < 2:
+            return None
+        generation, known = listings.generation, listings.listed(storage)
+        if known is None:
+            taken = listings.now()
+            entries = dict(await self.backend.scandir(storage))
+            files = [(name, st) for name, st in entries.items() if _plain_file(st)
+                     and (not is_reserved(name) or is_long_name_entry(name))]
+            listings.keep(storage, entries, files, taken, generation, fetched=False)
+        else:
+            taken, entries, files = known
+        if run * BATCH_RATIO < len(files):
+            return None
+        await self.headers.prefetch(storage, files)
+        listings.keep(storage, entries, files, taken, generation, fetched=True)
+        listed = listings.stat_of(storage, entry)
+        return listed if listed is not None and _plain_file(listed) else None
+
     async def walk(self, path: str = "") -> Listing:
         """Every entry below path, depth first, as (plaintext path, attr); .problems
         gathers those of every directory listed (see listdir). A directory met twice (a
@@ -284,6 +316,7 @@ class DirectoryOps:
         ctime move, which backends that leave them alone (Azure Files over REST) need
         done by us, one request a directory. Their subdirectory counts (kept by the
         callers) stay valid at the mtime stamped: no recount for our own change."""
+        self.headers.listed.clear()
         if self.backend.capabilities.dir_times_follow_entries:
             return
         for storage in dict.fromkeys(parent.storage for parent in parents):
@@ -358,3 +391,9 @@ def uid_or_own(uid: int | None) -> int:
 
 def gid_or_own(gid: int | None) -> int:
     return os.getgid() if gid is None else gid
+
+
+def _plain_file(bstat: BackendStat) -> bool:
+    """A listed entry a lookup may be answered from: a file of sealfs's (a directory's
+    stub needs its record and storage; a planted entry is reported by the usual path)."""
+    return not bstat.is_dir and not bstat.foreign

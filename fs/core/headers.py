@@ -19,6 +19,7 @@ from ...crypto.format.layout import logical_size
 from ...crypto.format.names import is_long_name_entry, is_reserved
 from ...crypto.keys.broker import KeyBroker
 from ...errors import IntegrityError
+from .coldscan import ColdListings
 from .files import FileState
 from .journal import journaled_file_ids
 from .journal import recover as recover_journal
@@ -51,6 +52,8 @@ class HeaderCache:
         self._links: dict[bytes, int] = {}
         #: files whose journal a crashed mount left behind (listed once, on load)
         self._journaled: set[bytes] = set()
+        #: listings that answer runs of cold lookups; every forget below drops them
+        self.listed = ColdListings()
 
     async def find_journals(self) -> None:
         """List the write journals a crashed mount left behind (when the volume opens)."""
@@ -147,18 +150,21 @@ class HeaderCache:
 
     def forget_header(self, bpath: str) -> None:
         """A name changed: forget its header, and its file's link count if we knew it."""
+        self.listed.clear()
         cached = self._headers.pop(bpath, None)
         if cached is not None:
             self.forget_file(cached[1])
 
     def forget_file(self, file_id: bytes) -> None:
         """A file's metadata or link count changed: every name of it reads them again."""
+        self.listed.clear()
         self._files.pop(file_id, None)
         self._links.pop(file_id, None)
 
     def forget_names(self) -> None:
         """Which file a name is must be read again for every name (the store changed
         under the volume)."""
+        self.listed.clear()
         self._headers.clear()
 
     async def committed_size(self, handle: Handle, bpath: str, header: FileHeader,
@@ -263,15 +269,18 @@ class HeaderCache:
     def subdir_change(self, parent_bpath: str, delta: int) -> None:
         """Our own mkdir, rmdir or rename changed a known count: keep it, and take the
         directory's next mtime as the one it was counted at."""
+        self.listed.clear()
         cached = self._subdirs.pop(parent_bpath, None)
         if cached is not None:
             self._subdirs[parent_bpath] = (None, max(0, cached[1] + delta))
 
     def dir_created(self, bpath: str) -> None:
         """A directory we just made has no subdirectories."""
+        self.listed.clear()
         self._subdirs[bpath] = (None, 0)
 
     def dir_removed(self, bpath: str) -> None:
+        self.listed.clear()
         self._subdirs.pop(bpath, None)
 
 

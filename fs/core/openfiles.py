@@ -348,6 +348,8 @@ class OpenFiles:
                     await state.flush()
             except BaseException as exc:  # noqa: BLE001 - re-raised below, after the state is dropped
                 flush_error = exc
+        if state.has_writer:
+            self.headers.listed.clear()     # its stat moved: no listing before may answer
         if state.refs > 0 and not force:
             # Reopened meanwhile: it lives on for that opener (with what could not be
             # written still dirty); this closer learns that the write-back failed.

@@ -209,16 +209,22 @@ class Volume(DirectoryOps, XattrOps):
                 attr = await self._revalidated_dir_attr(known, bpath, path)
                 if attr is not None:
                     return attr
+            elif (bstat := await self._listed_stat(parent.storage, bpath,
+                                                   not self.headers.knows(bpath))) is not None:
+                # One of a run of cold lookups in this directory: from its listing.
+                return await self._attr(parts, bpath, bstat)
             elif not self.headers.knows(bpath):
                 # Cold: most names are files, whose header the answer needs anyway; its
                 # read brings the file's stat along (one backend call, not two).
                 bstat = await self.headers.read_cold(bpath)
                 if bstat is not None:
+                    self.headers.listed.note_cold(parent.storage)
                     return await self._attr(parts, bpath, bstat)
             bstat = await self.backend.stat(bpath)
         except FileNotFoundError:
             if known is not None:    # a directory another client removed
                 self.paths.forget(path)
+            self.headers.listed.end_run(parent.storage)
             return None
         return await self._attr(parts, bpath, bstat)
 
@@ -382,6 +388,8 @@ class Volume(DirectoryOps, XattrOps):
             if write:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        if write or truncate:
+            self.headers.listed.clear()     # its stat will move: no listing before may answer
         state, unchanged = await self.open_files.state_for(bpath, path)
         state.refs += 1
         state.has_writer |= write
