@@ -67,6 +67,11 @@ class StoreKit:
         """A STORE argument beside this one that names no store."""
         return self.url.rstrip("/") + "-missing"
 
+    def shown(self, ciphertext: Path) -> str:
+        """How the CLI names a ciphertext path: the store's location, then the backend path
+        (on a local store, the path itself)."""
+        return f"{self.url.rstrip('/')}/{ciphertext.relative_to(self.root)}"
+
     def local_path(self, keyfile: Path, path: str, what: Callable[[Volume, str], Awaitable[str]]) -> Path:
         """root / what(vol, path), from any test (sync or inside trio): a thread of its own."""
         async def main() -> Path:
