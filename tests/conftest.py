@@ -17,6 +17,7 @@ from sealfs.crypto.keys.kms import KeySecrets, provider_for_init
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
 from tests.servers.samba import SambaServer
+from tests.stores import store_kit  # noqa: F401  (a fixture: every backend kind, tests/stores.py)
 
 
 @pytest.fixture(autouse=True)

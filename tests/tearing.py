@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sealfs.backends.base import Backend
 from sealfs.backends.local import LocalBackend
 from sealfs.crypto.format.chunks import ChunkCipher
 from sealfs.crypto.format.constants import JOURNAL_DIR
@@ -17,13 +18,15 @@ from sealfs.fs.core.volume import Volume
 
 
 async def tear_in_place_rewrite(store: Path, keyfile: Path, target: Path, index: int,
-                                new_plain: bytes, chunk_size: int) -> tuple[Path, bytes]:
+                                new_plain: bytes, chunk_size: int,
+                                backend: Backend | None = None) -> tuple[Path, bytes]:
     """The state a mount killed mid-rewrite leaves: the new (non-final) chunk journaled,
     its slot new up to the first page boundary and old after it. Returns the journal's
-    path and the sealed new chunk."""
+    path and the sealed new chunk. store is the ciphertext directory on disk; backend (a
+    connected one, closed here) serves it when it is not a local store."""
     raw = bytearray(target.read_bytes())
     dek_id, file_id = read_header_public(bytes(raw))
-    vol = await Volume.load(LocalBackend(store), KeySecrets(keyfile=keyfile), pins=PinStore())
+    vol = await Volume.load(backend or LocalBackend(store), KeySecrets(keyfile=keyfile), pins=PinStore())
     try:
         cipher = ChunkCipher(file_key(await vol.broker.dek(dek_id), file_id), file_id)
     finally:

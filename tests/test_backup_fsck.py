@@ -1,4 +1,5 @@
-"""`sealfs fsck [--repair]` on real local stores: every damage kind, reported by path."""
+"""`sealfs fsck [--repair]` on local, smb and azfiles stores: every damage kind, reported
+by path (the ciphertext damaged on disk, under the server)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.backends.local import LocalBackend
 from sealfs.crypto.format.constants import NONCE_SIZE
 from sealfs.crypto.format.header import HEADER_PUBLIC_SIZE
 from sealfs.crypto.format.layout import slot_offset
-from sealfs.crypto.keys.kms import KeySecrets
-from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
 from tests.mounting import init_store, sealfs
-from tests.storepaths import storage_path
+from tests.storepaths import storage_of
+from tests.stores import StoreKit
 from tests.tearing import tear_in_place_rewrite
 
 CS = 4096
@@ -30,14 +29,14 @@ CONTENT = {
 }
 
 
-async def load(store: Path, keyfile: Path) -> Volume:
-    return await Volume.load(LocalBackend(store), KeySecrets(keyfile=keyfile), pins=PinStore())
+async def load(store: StoreKit, keyfile: Path) -> Volume:
+    return await store.load(keyfile)
 
 
 @pytest.fixture
-async def vol_store(tmp_path: Path, keyfile: Path) -> Path:
-    store = tmp_path / "vstore"
-    init_store(store, keyfile, chunk_size="4K")
+async def vol_store(store_kit: StoreKit, keyfile: Path) -> StoreKit:
+    store = store_kit
+    init_store(store.url, keyfile, chunk_size="4K")
     vol = await load(store, keyfile)
     try:
         await vol.mkdir("/dir")
@@ -50,17 +49,17 @@ async def vol_store(tmp_path: Path, keyfile: Path) -> Path:
     return store
 
 
-async def bpath_of(store: Path, keyfile: Path, path: str) -> Path:
+async def bpath_of(store: StoreKit, keyfile: Path, path: str) -> Path:
     vol = await load(store, keyfile)
     try:
         _parent, _name, bpath, _long = await vol.paths.entry(path)
-        return store / bpath
+        return store.root / bpath
     finally:
         await vol.close()
 
 
-def fsck(store: Path, keyfile: Path, *extra: str):
-    r = sealfs("fsck", str(store), "--keyfile", str(keyfile), *extra, check=False)
+def fsck(store: StoreKit, keyfile: Path, *extra: str):
+    r = sealfs("fsck", store.url, "--keyfile", str(keyfile), *extra, check=False)
     return r.returncode, r.stdout.decode(), r.stderr.decode()
 
 
@@ -94,7 +93,7 @@ async def test_damage_is_reported_by_path_and_never_repaired(vol_store, keyfile)
     flip(a, HEADER_PUBLIC_SIZE + NONCE_SIZE + 3)                  # a header (sealed part)
     with open(other, "r+b") as f:                                 # cut at a chunk boundary
         f.truncate(slot_offset(2, CS))
-    moved = storage_path(vol_store, keyfile, "") / c.name         # /dir/sub/c.txt -> /
+    moved = vol_store.local_path(keyfile, "", storage_of) / c.name         # /dir/sub/c.txt -> /
     os.rename(c, moved)
     before = {p: p.read_bytes() for p in (big, a, other, moved)}
 
@@ -105,7 +104,7 @@ async def test_damage_is_reported_by_path_and_never_repaired(vol_store, keyfile)
     assert any(line.startswith("PROBLEM: /a.txt: file header") for line in found), out
     assert any(line.startswith("PROBLEM: /dir/other.bin: final chunk failed authentication")
                for line in found), out
-    assert any(str(moved) in line and "does not decrypt" in line for line in found), out
+    assert any(vol_store.shown(moved) in line and "does not decrypt" in line for line in found), out
     assert len(found) == 4, out
 
     code, out, _ = fsck(vol_store, keyfile, "--repair")
@@ -123,7 +122,7 @@ async def test_safe_problems_are_repaired(vol_store, keyfile):
     dirb = long_entry.parent
     orphan = dirb / "sealfs.ln.aaaabbbbccccdddd.name"
     orphan.write_text("x" * 300)
-    root = storage_path(vol_store, keyfile, "")
+    root = vol_store.local_path(keyfile, "", storage_of)
     (root / "sealfs.tmp.0123456789abcdef").mkdir()
     (root / "sealfs.tmp.0123456789abcdef" / "sealfs.dir").write_bytes(b"junk")
     (dirb / "sealfs.tmp.feedface").write_bytes(b"partial")
@@ -135,7 +134,7 @@ async def test_safe_problems_are_repaired(vol_store, keyfile):
     assert code == 4
     found = problems(out)
     assert len(found) == 5, out
-    assert any(str(orphan) in line and "orphaned long-name sidecar" in line for line in found)
+    assert any(vol_store.shown(orphan) in line and "orphaned long-name sidecar" in line for line in found)
     assert any("sealfs.tmp.0123456789abcdef" in line and "leftover" in line for line in found)
     assert any("sealfs.tmp.feedface" in line for line in found)
     assert any("sealfs.del.cafe" in line for line in found)
@@ -193,7 +192,8 @@ async def test_damaged_directory_record_and_long_name_sidecar(vol_store, keyfile
 async def test_a_torn_rewrite_is_restored_from_its_journal_by_fsck_repair(vol_store, keyfile):
     new_chunk = os.urandom(CS)
     journal, _ = await tear_in_place_rewrite(
-        vol_store, keyfile, await bpath_of(vol_store, keyfile, "/dir/big.bin"), 2, new_chunk, CS)
+        vol_store.root, keyfile, await bpath_of(vol_store, keyfile, "/dir/big.bin"), 2, new_chunk, CS,
+        backend=await vol_store.backend())
     code, out, _ = fsck(vol_store, keyfile)
     assert code == 4
     found = problems(out)
@@ -220,7 +220,8 @@ async def test_a_torn_rewrite_is_restored_from_its_journal_by_fsck_repair(vol_st
 async def test_a_torn_rewrite_is_restored_when_the_volume_next_reads_it(vol_store, keyfile):
     new_chunk = os.urandom(CS)
     journal, _ = await tear_in_place_rewrite(
-        vol_store, keyfile, await bpath_of(vol_store, keyfile, "/dir/big.bin"), 1, new_chunk, CS)
+        vol_store.root, keyfile, await bpath_of(vol_store, keyfile, "/dir/big.bin"), 1, new_chunk, CS,
+        backend=await vol_store.backend())
     vol = await load(vol_store, keyfile)
     try:
         expected = CONTENT["/dir/big.bin"]
@@ -237,7 +238,8 @@ async def test_orphaned_and_spent_journals_are_removed_by_repair(vol_store, keyf
     target = await bpath_of(vol_store, keyfile, "/dir/big.bin")
     untouched = target.read_bytes()
     journal, _ = await tear_in_place_rewrite(
-        vol_store, keyfile, await bpath_of(vol_store, keyfile, "/dir/big.bin"), 3, b"x" * CS, CS)
+        vol_store.root, keyfile, await bpath_of(vol_store, keyfile, "/dir/big.bin"), 3, b"x" * CS, CS,
+        backend=await vol_store.backend())
     target.write_bytes(untouched)               # the crash came before the rewrite began
     orphan = journal.parent / ("ab" * 16)
     orphan.write_bytes(journal.read_bytes())

@@ -1,7 +1,8 @@
 """Tampering seen through `sealfs cat`: a non-zero exit (4) and never a wrong byte.
 
 stdout may hold a prefix of the true plaintext made of whole authenticated chunks
-(what was already streamed before the damage was met), or nothing.
+(what was already streamed before the damage was met), or nothing. On local, smb and
+azfiles stores: the ciphertext is damaged on disk, under the server.
 """
 
 from __future__ import annotations
@@ -23,21 +24,21 @@ from sealfs.crypto.keys.kms import KeySecrets, provider_from_config
 from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
 from tests.conftest import run_sealfs, tree_snapshot
-from tests.storepaths import storage_path
+from tests.storepaths import entry_of, storage_of
+from tests.stores import StoreKit
 
 CS = 4096
 SLOT = CS + CHUNK_OVERHEAD
 
 
-def backend_path(store, keyfile, path: str):
-    async def main():
-        vol = await Volume.load(LocalBackend(store), KeySecrets(keyfile=keyfile), pins=PinStore())
-        try:
-            _p, _n, bpath, _l = await vol.paths.entry(path)
-            return store / bpath
-        finally:
-            await vol.close()
-    return trio.run(main)
+def backend_path(kit: StoreKit, keyfile, path: str):
+    """Where path's entry is on disk, found through the store's own backend."""
+    return kit.local_path(keyfile, path, entry_of)
+
+
+def shown(kit: StoreKit, ciphertext) -> str:
+    """How the CLI names a ciphertext path: the store's location, then the backend path."""
+    return f"{kit.url.rstrip('/')}/{ciphertext.relative_to(kit.root)} (ciphertext path)"
 
 
 _SIZE = 2 * 1024 * 1024 + 123          # cat streams it in several 1 MiB blocks
@@ -68,15 +69,16 @@ def template(tmp_path_factory):
 
 
 @pytest.fixture
-def volume(template, tmp_path):
+def volume(template, store_kit: StoreKit):
+    """A copy of the template in a fresh store on each backend kind (its files copied on
+    disk, as another client would have written them)."""
     store, keyfile, files = template
-    copy = tmp_path / "store"
-    shutil.copytree(store, copy)
-    return copy, keyfile, files
+    shutil.copytree(store, store_kit.root, dirs_exist_ok=True)
+    return store_kit, keyfile, files
 
 
-def cat(store, keyfile, path="/victim"):
-    return run_sealfs("cat", store, path, "--keyfile", keyfile)
+def cat(kit: StoreKit, keyfile, path="/victim"):
+    return run_sealfs("cat", kit.url, path, "--keyfile", keyfile)
 
 
 def assert_refused_without_wrong_bytes(res, plaintext: bytes, code: int = 4) -> None:
@@ -90,71 +92,71 @@ def assert_refused_without_wrong_bytes(res, plaintext: bytes, code: int = 4) -> 
 @pytest.mark.parametrize("where", ["header-public", "header-tag", "chunk0-nonce", "chunk0-body",
                                    "chunk400-body", "final-tag"])
 def test_one_flipped_byte_makes_cat_fail_without_printing_a_wrong_byte(volume, where):
-    store, keyfile, files = volume
-    target = backend_path(store, keyfile, "/victim")
+    kit, keyfile, files = volume
+    target = backend_path(kit, keyfile, "/victim")
     raw = bytearray(target.read_bytes())
     pos = {"header-public": 10, "header-tag": HEADER_SIZE - 3, "chunk0-nonce": slot_offset(0, CS) + 1,
            "chunk0-body": slot_offset(0, CS) + 100, "chunk400-body": slot_offset(400, CS) + 2000,
            "final-tag": len(raw) - 1}[where]
     raw[pos] ^= 0x04
     target.write_bytes(raw)
-    res = cat(store, keyfile)
+    res = cat(kit, keyfile)
     assert_refused_without_wrong_bytes(res, files["victim"])
     if where == "chunk400-body":
         assert len(res.out) <= 400 * CS
 
 
 def test_two_swapped_chunks_make_cat_fail(volume):
-    store, keyfile, files = volume
-    target = backend_path(store, keyfile, "/victim")
+    kit, keyfile, files = volume
+    target = backend_path(kit, keyfile, "/victim")
     raw = bytearray(target.read_bytes())
     a, b = slot_offset(300, CS), slot_offset(301, CS)
     raw[a:a + SLOT], raw[b:b + SLOT] = raw[b:b + SLOT], raw[a:a + SLOT]
     target.write_bytes(raw)
-    res = cat(store, keyfile)
+    res = cat(kit, keyfile)
     assert_refused_without_wrong_bytes(res, files["victim"])
     assert len(res.out) <= 300 * CS
 
 
 def test_a_chunk_copied_from_another_file_at_the_same_index_makes_cat_fail(volume):
-    store, keyfile, files = volume
-    target = backend_path(store, keyfile, "/victim")
-    donor = backend_path(store, keyfile, "/donor").read_bytes()
+    kit, keyfile, files = volume
+    target = backend_path(kit, keyfile, "/victim")
+    donor = backend_path(kit, keyfile, "/donor").read_bytes()
     raw = bytearray(target.read_bytes())
     at = slot_offset(5, CS)
     raw[at:at + SLOT] = donor[at:at + SLOT]
     target.write_bytes(raw)
-    assert_refused_without_wrong_bytes(cat(store, keyfile), files["victim"])
-    assert cat(store, keyfile, "/donor").out == files["donor"]
+    assert_refused_without_wrong_bytes(cat(kit, keyfile), files["victim"])
+    assert cat(kit, keyfile, "/donor").out == files["donor"]
 
 
 @pytest.mark.parametrize("chunks", [1, 256, 512])
 def test_a_file_truncated_at_a_chunk_boundary_makes_cat_fail(volume, chunks):
-    store, keyfile, files = volume
-    target = backend_path(store, keyfile, "/victim")
+    kit, keyfile, files = volume
+    target = backend_path(kit, keyfile, "/victim")
     with open(target, "r+b") as fh:
         fh.truncate(stored_size(chunks * CS, CS))
-    assert_refused_without_wrong_bytes(cat(store, keyfile), files["victim"])
+    assert_refused_without_wrong_bytes(cat(kit, keyfile), files["victim"])
 
 
 @pytest.mark.slow
-def test_a_file_moved_into_another_directory_is_not_listed_and_cat_fails(tmp_path, keyfile):
-    store = tmp_path / "store"
+def test_a_file_moved_into_another_directory_is_not_listed_and_cat_fails(tmp_path, keyfile, store_kit):
+    kit, store = store_kit, store_kit.url
     assert run_sealfs("init", store, "--keyfile", keyfile, "--chunk-size", "4K").code == 0
     src = tmp_path / "f"
     src.write_bytes(b"moved secret")
     for cmd in (("mkdir", store, "/a"), ("mkdir", store, "/b"), ("put", store, src, "/a/secret"),
                 ("put", store, src, "/b/other")):
         assert run_sealfs(*cmd, "--keyfile", keyfile).code == 0
-    moved = backend_path(store, keyfile, "/a/secret")
-    bdir = storage_path(store, keyfile, "/b")
+    moved = backend_path(kit, keyfile, "/a/secret")
+    bdir = kit.local_path(keyfile, "/b", storage_of)
     shutil.move(moved, bdir / moved.name)
     res = run_sealfs("ls", store, "/b", "--keyfile", keyfile)
     assert res.code == 4                  # integrity: listed by its ciphertext path only
     assert res.text.splitlines() == ["other"]
-    assert f"{bdir / moved.name} (ciphertext path)" in res.err, res.err
+    assert shown(kit, bdir / moved.name) in res.err, res.err
     res = run_sealfs("ls", store, "-R", "--keyfile", keyfile)
-    assert res.code == 4 and f"{bdir / moved.name} (ciphertext path)" in res.err
+    assert res.code == 4 and shown(kit, bdir / moved.name) in res.err
     assert sorted(res.text.splitlines()) == ["a/", "b/", "b/other"]
     for path in ("/a/secret", "/b/secret"):
         res = run_sealfs("cat", store, path, "--keyfile", keyfile)
@@ -188,8 +190,9 @@ def _edit(raw: bytes, change) -> bytes:
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_a_damaged_volume_config_is_refused_with_a_clear_message(volume, damage):
-    store, keyfile, _files = volume
-    cfg = store / "sealfs.json"
+    kit, keyfile, _files = volume
+    store = kit.url
+    cfg = kit.root / "sealfs.json"
     cfg.write_bytes(DAMAGES[damage](cfg.read_bytes()))
     res = run_sealfs("cat", store, "/victim", "--keyfile", keyfile)
     assert res.code in (3, 4), (res.code, res.err)
@@ -202,18 +205,19 @@ def test_a_damaged_volume_config_is_refused_with_a_clear_message(volume, damage)
 def test_a_format_1_store_is_refused_with_one_line_naming_its_version(volume):
     """No format-1 volume was released: its store (here, a config of version 1 with a
     valid MAC) is refused in one line, by every command, before anything is read."""
-    store, keyfile, _files = volume
-    cfg_path = store / "sealfs.json"
+    kit, keyfile, _files = volume
+    store = kit.url
+    cfg_path = kit.root / "sealfs.json"
     cfg, _mac = VolumeConfig.parse(cfg_path.read_bytes())
     kek = KeySecrets(keyfile=keyfile)
     dek = provider_from_config(cfg.kek, kek).unwrap(cfg.dek(cfg.name_dek_id)).dek
     cfg.version = 1
     cfg_path.write_bytes(cfg.serialize(config_mac_key(bytes(dek))))
-    before = tree_snapshot(store)
+    before = tree_snapshot(kit.root)
     expected = f"sealfs: error: {store} is a format-1 store; this sealfs reads format 2 only"
     for cmd in (("ls", store), ("cat", store, "/victim"), ("info", store), ("fsck", store),
                 ("mkdir", store, "/x")):
         res = run_sealfs(*cmd, "--keyfile", keyfile)
         assert res.code == 3 and res.out == b"", (cmd, res.code, res.err)
         assert res.err_lines == [expected], res.err
-    assert tree_snapshot(store) == before
+    assert tree_snapshot(kit.root) == before
