@@ -130,6 +130,7 @@ def test_an_empty_passphrase_file_is_refused(pass_volume, tmp_path):
 
 # -- key-source precedence (fs/cli/keysource.py) --------------------------------------------------
 
+@pytest.mark.slow
 def test_the_command_line_keyfile_beats_the_environment(key_volume):
     store, keyfile, wrong, _ = key_volume
     res = run_sealfs("cat", store, "/hello", "--keyfile", keyfile, env={"SEALFS_KEYFILE": str(wrong)})
@@ -138,6 +139,7 @@ def test_the_command_line_keyfile_beats_the_environment(key_volume):
     assert_key_error(res, str(wrong))
 
 
+@pytest.mark.slow
 def test_the_environment_beats_credentials_directory(key_volume, tmp_path):
     store, keyfile, wrong, _ = key_volume
     creds_wrong = tmp_path / "creds-wrong"

@@ -68,6 +68,7 @@ def craft_config_with_attacker_dek(store, keyfile, replace_root: bool = True) ->
     return dek
 
 
+@pytest.mark.slow
 def test_first_use_records_the_pin(tmp_path, keyfile):
     store = make_store(tmp_path / "s", keyfile)
     assert pins() == {}
@@ -108,6 +109,7 @@ def test_a_config_from_another_volume_with_the_same_keyfile_is_refused(tmp_path,
     assert pins() == pinned
 
 
+@pytest.mark.slow
 def test_a_config_wrapping_an_attacker_chosen_dek_with_the_same_volume_id_is_refused(tmp_path, keyfile):
     store = make_store(tmp_path / "s", keyfile)
     assert run_sealfs("ls", store, "--keyfile", keyfile).code == 0

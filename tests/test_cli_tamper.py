@@ -202,6 +202,7 @@ def test_a_damaged_volume_config_is_refused_with_a_clear_message(volume, damage)
         or f"{store} is a format-99 store" in res.err, res.err
 
 
+@pytest.mark.slow
 def test_a_format_1_store_is_refused_with_one_line_naming_its_version(volume):
     """No format-1 volume was released: its store (here, a config of version 1 with a
     valid MAC) is refused in one line, by every command, before anything is read."""

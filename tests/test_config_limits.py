@@ -288,6 +288,7 @@ def test_init_on_an_unreachable_smb_store_creates_no_keyfile(tmp_path):
     assert not key.exists()
 
 
+@pytest.mark.slow
 async def test_a_silent_smb_port_is_reported_as_no_reply_within_the_timeout(tcp_listener):
     port, behaviour = tcp_listener
     behaviour[0] = "silent"

@@ -88,6 +88,7 @@ def any_store(request, tmp_path, keyfile):
     return smb.url, env
 
 
+@pytest.mark.slow
 def test_sync_and_restore_keep_xattrs_acls_and_capabilities(any_store, keyfile, tmp_path):
     store, env = any_store
     k = ("--keyfile", keyfile)
@@ -138,6 +139,7 @@ def test_sync_and_restore_keep_xattrs_acls_and_capabilities(any_store, keyfile, 
     assert xattr_view(out) == xattr_view(src)
 
 
+@pytest.mark.slow
 def test_no_xattrs_skips_them_both_ways(tmp_path, keyfile):
     store, src, out = tmp_path / "store", tmp_path / "src", tmp_path / "out"
     k = ("--keyfile", keyfile)
@@ -152,6 +154,7 @@ def test_no_xattrs_skips_them_both_ways(tmp_path, keyfile):
     assert "user:1234" not in view[1]
 
 
+@pytest.mark.slow
 def test_dry_run_names_an_xattr_change_and_makes_none(tmp_path, keyfile):
     store, src = tmp_path / "store", tmp_path / "src"
     k = ("--keyfile", keyfile)
@@ -184,6 +187,7 @@ def no_xattr_dir(tmp_path):
         proc.wait(30)
 
 
+@pytest.mark.slow
 def test_a_filesystem_without_xattrs_is_one_counted_warning(tmp_path, keyfile, no_xattr_dir):
     store, src, out = tmp_path / "store", no_xattr_dir / "src", no_xattr_dir / "out"
     k = ("--keyfile", keyfile)
@@ -218,6 +222,7 @@ def shared_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_attributes_a_non_root_target_refuses_are_warnings(shared_dir, keyfile):
     """trusted.* and security.capability cannot be set by an ordinary user: restored as
     uid 65534, each is one warning; the rest (user.*, the ACLs) lands, exit 0."""
