@@ -188,6 +188,10 @@ def _edit(raw: bytes, change) -> bytes:
     return json.dumps(doc, indent=2).encode()
 
 
+# Parsing and authenticating sealfs.json happens after the bytes arrive, whatever carried
+# them: these run on one backend (the transport's own faults are tested in tests/smb,
+# tests/azfiles and test_config_limits).
+@pytest.mark.parametrize("store_kit", ["local"], indirect=True)
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_a_damaged_volume_config_is_refused_with_a_clear_message(volume, damage):
     kit, keyfile, _files = volume
