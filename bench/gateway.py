@@ -16,6 +16,7 @@ account and the share's group, both removed again when the target closes.
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 import secrets
@@ -298,9 +299,9 @@ class _CpuTimedSmbclient(SmbclientTarget):
         self.cpu: dict[str, float] = {}
         self.reads = 0
 
+    @abc.abstractmethod
     def roots(self) -> dict[str, int]:
         """Part name -> the root pid of a process tree whose CPU time counts."""
-        raise NotImplementedError
 
     def _measured(self, what: str, nbytes: int, fn, *args) -> float:
         roots = self.roots()
