@@ -201,10 +201,13 @@ class XattrOps:
             state.xattrs = dict(entries)
 
     async def getxattr(self, path: str, name: bytes, *, uid: int | None = None,
-                       handle: OpenFile | None = None) -> bytes:
+                       handle: OpenFile | None = None, has_xattrs: bool | None = None) -> bytes:
         """An attribute's value; ENODATA when it has none. An inode without attributes
-        (the flag off) answers from memory when the caller holds it open."""
+        (the flag off) answers from memory when the caller holds it open, or when the
+        caller read the flag recently enough to answer from it (has_xattrs False)."""
         _check_name(name)
+        if has_xattrs is False:
+            raise OSError(errno.ENODATA, "No data available", path)
         inode = await self._inode(path, handle)
         if _hidden(name, uid) or not inode.meta.has_xattrs:
             raise OSError(errno.ENODATA, "No data available", path)
@@ -236,7 +239,10 @@ class XattrOps:
                         raise
 
     async def listxattr(self, path: str, *, uid: int | None = None,
-                        handle: OpenFile | None = None) -> list[bytes]:
+                        handle: OpenFile | None = None,
+                        has_xattrs: bool | None = None) -> list[bytes]:
+        if has_xattrs is False:     # see getxattr
+            return []
         inode = await self._inode(path, handle)
         return [n for n in await self._entries(inode) if not _hidden(n, uid)]
 

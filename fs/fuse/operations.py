@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import stat as stat_module
+import time
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -38,6 +39,11 @@ class Node:
     paths: set[str] = field(default_factory=set)
     lookups: int = 0
     handles: list[OpenFile] = field(default_factory=list)
+    #: whether it has extended attributes, as its attributes last sent to the kernel said,
+    #: and until when (time.monotonic) that answer is as fresh as the kernel's copy of
+    #: those attributes (see SealfsOperations._xattrs_known)
+    xattrs: bool = True
+    fresh_until: float = 0.0
 
     @property
     def path(self) -> str | None:
@@ -172,6 +178,8 @@ class SealfsOperations(pyfuse3.Operations):
         return node
 
     def _entry(self, node: Node, attr: Attr) -> pyfuse3.EntryAttributes:
+        node.xattrs = attr.xattrs
+        node.fresh_until = time.monotonic() + ATTR_TIMEOUT
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = node.inode
         entry.generation = 0
@@ -492,25 +500,49 @@ class SealfsOperations(pyfuse3.Operations):
             path = handle.path
         return path, handle
 
+    def _xattrs_known(self, inode: int) -> bool | None:
+        """Whether inode has extended attributes, from the attributes this mount sent the
+        kernel less than ATTR_TIMEOUT ago; None when those are older (or changed here since).
+
+        `ls -l` asks every entry for security.selinux and its access ACL, and a file
+        without attributes (nearly all) can answer both without a round trip to the
+        store: within ATTR_TIMEOUT the kernel shows the mode and owner from that same
+        reading, so a change by another client shows in both after the same delay."""
+        node = self._nodes.get(inode)
+        if node is None or time.monotonic() >= node.fresh_until:
+            return None
+        return node.xattrs
+
+    def _xattrs_changing(self, inode: int) -> None:
+        """A set or remove starts: until the next reply carries the inode's attributes,
+        the store answers for them."""
+        node = self._nodes.get(inode)
+        if node is not None:
+            node.fresh_until = 0.0
+
     @fuse_op
     async def getxattr(self, inode, name, ctx):
         path, handle = self._xattr_target(inode)
-        return await self.volume.getxattr(path, name, uid=ctx.uid, handle=handle)
+        return await self.volume.getxattr(path, name, uid=ctx.uid, handle=handle,
+                                          has_xattrs=self._xattrs_known(inode))
 
     @fuse_op
     async def listxattr(self, inode, ctx):
         path, handle = self._xattr_target(inode)
-        return await self.volume.listxattr(path, uid=ctx.uid, handle=handle)
+        return await self.volume.listxattr(path, uid=ctx.uid, handle=handle,
+                                           has_xattrs=self._xattrs_known(inode))
 
     @fuse_op
     async def setxattr(self, inode, name, value, ctx):
         # pyfuse3 checks XATTR_CREATE / XATTR_REPLACE with a getxattr before calling this
         path, handle = self._xattr_target(inode)
+        self._xattrs_changing(inode)
         await self.volume.setxattr(path, name, value, uid=ctx.uid, handle=handle)
 
     @fuse_op
     async def removexattr(self, inode, name, ctx):
         path, handle = self._xattr_target(inode)
+        self._xattrs_changing(inode)
         await self.volume.removexattr(path, name, uid=ctx.uid, handle=handle)
 
 
