@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -251,6 +252,13 @@ def test_passthrough_reference_fs_is_a_faithful_pass_through(tmp_path: Path) -> 
         assert sorted(os.listdir(store)) == ["d", "g", "link"]
         os.truncate(mnt / "g", 5)
         assert (store / "g").read_bytes() == payload[:5]
+        # xattrs pass through too (the kernel asks for them on every `ls -l` entry)
+        os.setxattr(store / "g", "user.k", b"v")
+        assert os.getxattr(mnt / "g", "user.k") == b"v"
+        assert "user.k" in os.listxattr(mnt / "g")
+        with pytest.raises(OSError) as missing:
+            os.getxattr(mnt / "g", "security.selinux")
+        assert missing.value.errno == errno.ENODATA
         os.unlink(mnt / "link")
         os.rmdir(mnt / "d")
         assert sorted(os.listdir(mnt)) == ["g"]

@@ -176,8 +176,8 @@ def no_xattr_dir(tmp_path):
     backing, mnt = tmp_path / "backing", tmp_path / "noxattr"
     backing.mkdir()
     mnt.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "sealfs.bench.passthrough", str(backing),
-                             str(mnt)], stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "sealfs.bench.passthrough", "--no-xattrs",
+                             str(backing), str(mnt)], stderr=subprocess.PIPE)
     try:
         from sealfs.bench.targets import wait_live
         wait_live(mnt, proc, 30, None)
