@@ -90,6 +90,11 @@ class BackendStat:
     # symbolic link", ...), else "": nothing sealfs writes, so in a store it was planted.
     # Listed so it can be reported, never opened.
     foreign: str = ""
+    # An opaque value that moves whenever the backend changes the file where ctime cannot
+    # tell (0: the backend keeps none). SMB: the server's LastAccessTime, which every
+    # SET_INFO of times sealfs sends sets anew, since Samba's change time is only the
+    # write time, which a metadata rewrite pins back (backends/smb/messages.py).
+    change_mark: int = 0
 
     @classmethod
     def from_os(cls, st) -> BackendStat:

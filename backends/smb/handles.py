@@ -29,6 +29,7 @@ from .config import SmbSettings
 from .messages import (
     READ_ACCESS,
     WRITE_ACCESS,
+    change_mark,
     close_msg,
     create_msg,
     parse_create,
@@ -148,13 +149,14 @@ class HandleTable:
 
     def _pin_times(self, handle: SmbHandle) -> None:
         """A server stamps its own write time when a handle that wrote closes (MS-FSA);
-        times set through the handle first stick, so the close changes nothing."""
+        times set through the handle first stick, so the close changes nothing. The
+        write time stays as it is now, the change mark moves (messages.py)."""
         resp = handle.channel.call([query_msg(handle.fid, InfoType.SMB2_0_INFO_FILE,
                                               FileInformationClass.FILE_BASIC_INFORMATION, 40)])[0]
-        _ctime, atime, mtime, _change, _attrs = struct.unpack_from("<QQQQI", query_buffer(resp))
+        _ctime, _mark, mtime, _change, _attrs = struct.unpack_from("<QQQQI", query_buffer(resp))
         info = FileBasicInformation()
         info["creation_time"] = 0
-        info["last_access_time"] = atime
+        info["last_access_time"] = change_mark()
         info["last_write_time"] = mtime
         info["change_time"] = 0
         info["file_attributes"] = 0

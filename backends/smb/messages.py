@@ -9,6 +9,19 @@ handle") as "leave it". Putting it back after each read would cost a SET_INFO pe
 for good (that SET_INFO moves the change time, so the next read moves the atime again).
 CreationTime is set once by the server at creation, kept across renames and hard links,
 settable to 100 ns, in every stat and listing reply, and moved by no read.
+
+That leaves LastAccessTime free, and it becomes the CHANGE MARK (BackendStat.change_mark):
+every SET_INFO of times sealfs sends (times_info, and the handle cache's pin) sets it to a
+new value, strictly increasing in the process. Samba reports the last write time as the
+change time, and a metadata-only change (chmod, chown, setxattr: a header or record
+rewritten, its write time pinned back) goes with such a SET_INFO, so the mark is what
+tells another client's caches (fs/core/headers.py, a directory's record in paths.py)
+that the file changed. The mark is this client's clock plus MARK_LEAD: Linux under
+relatime moves an access time at a read only when it is not after the change time (which
+the SET_INFO has just moved to the server's now) or over a day old, so a mark ahead of
+the server's clock stays as it was set, and a read does not look like a change. Whenever
+a server does move it (a day later, a clock further ahead, strictatime), the answers stay
+right: each move only makes those caches read the header or record once more.
 """
 
 from __future__ import annotations
@@ -16,6 +29,8 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
+import time
 from typing import Any
 
 from smbprotocol.exceptions import SMBResponseException
@@ -105,6 +120,25 @@ def _filetime_ns(raw: int) -> int:
 
 def _ns_filetime(ns: int) -> int:
     return ns // 100 + _FILETIME_EPOCH
+
+
+#: How far ahead of this client's clock a change mark is (see the docstring at the top):
+#: well beyond the clock skew Kerberos tolerates between a client and its server (5
+#: minutes), so that the server's next read leaves it as it is.
+MARK_LEAD_NS = 3600 * 10**9
+
+_mark_lock = threading.Lock()
+_last_mark = 0
+
+
+def change_mark() -> int:
+    """A new LastAccessTime (a FILETIME): MARK_LEAD ahead of this client's clock, and later
+    than every mark this process gave before (two SET_INFOs within 100 ns, or a clock
+    stepped back)."""
+    global _last_mark
+    with _mark_lock:
+        _last_mark = max(_ns_filetime(time.time_ns() + MARK_LEAD_NS), _last_mark + 1)
+        return _last_mark
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -265,12 +299,12 @@ def write_msg(fid: bytes, offset: int, data: bytes) -> Any:
 
 def times_info(atime_ns: int | None, mtime_ns: int) -> FileBasicInformation:
     """Access and write time to set; 0 leaves a field (change, None atime) as is. The access
-    time goes to CreationTime, where sealfs keeps it (see the docstring at the top), and to
-    LastAccessTime, so the server shows it too until its next read."""
+    time goes to CreationTime, where sealfs keeps it, and LastAccessTime takes a new change
+    mark (see the docstring at the top)."""
     info = FileBasicInformation()
     atime = 0 if atime_ns is None else _ns_filetime(atime_ns)
     info["creation_time"] = atime
-    info["last_access_time"] = atime
+    info["last_access_time"] = change_mark()
     info["last_write_time"] = _ns_filetime(mtime_ns)
     info["change_time"] = 0
     info["file_attributes"] = 0
@@ -278,14 +312,15 @@ def times_info(atime_ns: int | None, mtime_ns: int) -> FileBasicInformation:
 
 
 def stat_from_infos(basic: bytes, standard: bytes, internal: bytes) -> BackendStat:
-    # The access time is the CreationTime (see the docstring at the top), not the server's LastAccessTime.
-    atime_raw, _server_atime, mtime_raw, change_raw, attrs = struct.unpack_from("<QQQQI", basic)
+    # The access time is the CreationTime, the server's LastAccessTime the change mark (see
+    # the docstring at the top).
+    atime_raw, mark_raw, mtime_raw, change_raw, attrs = struct.unpack_from("<QQQQI", basic)
     _alloc, eof, nlink, _delete_pending, is_dir = struct.unpack_from("<qqIBB", standard)
     ino = struct.unpack_from("<Q", internal)[0] if len(internal) >= 8 else 0
     directory = bool(is_dir) or bool(attrs & _FILE_ATTRIBUTE_DIRECTORY)
     return BackendStat(size=0 if directory else eof, is_dir=directory, mtime_ns=_filetime_ns(mtime_raw),
                        atime_ns=_filetime_ns(atime_raw), ctime_ns=_filetime_ns(change_raw),
-                       nlink=nlink or 1, ino=ino)
+                       nlink=nlink or 1, ino=ino, change_mark=mark_raw)
 
 
 _DIR_ENTRY = struct.Struct("<IIQQQQqqIIIIQ")  # FileIdFullDirectoryInformation fixed part (80 bytes)
@@ -295,14 +330,15 @@ def parse_dir_entries(buf: bytes) -> list[tuple[str, BackendStat]]:
     out = []
     pos = 0
     while True:
-        (next_off, _idx, atime, _server_atime, mtime, change, eof, _alloc, attrs, name_len, _ea,
+        (next_off, _idx, atime, mark, mtime, change, eof, _alloc, attrs, name_len, _ea,
          _res, file_id) = _DIR_ENTRY.unpack_from(buf, pos)
         name = buf[pos + _DIR_ENTRY.size: pos + _DIR_ENTRY.size + name_len].decode("utf-16-le")
         if name not in (".", ".."):
             is_dir = bool(attrs & _FILE_ATTRIBUTE_DIRECTORY)
             out.append((name, BackendStat(size=0 if is_dir else eof, is_dir=is_dir,
                                           mtime_ns=_filetime_ns(mtime), atime_ns=_filetime_ns(atime),
-                                          ctime_ns=_filetime_ns(change), nlink=None, ino=file_id)))
+                                          ctime_ns=_filetime_ns(change), nlink=None, ino=file_id,
+                                          change_mark=mark)))
         if not next_off:
             return out
         pos += next_off

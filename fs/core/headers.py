@@ -23,7 +23,7 @@ from .coldscan import ColdListings
 from .files import FileState
 from .journal import journaled_file_ids
 from .journal import recover as recover_journal
-from .storeio import stat_entry
+from .storeio import stat_entry, version_stamp
 
 
 class HeaderCache:
@@ -91,7 +91,7 @@ class HeaderCache:
     def _known(self, bpath: str, bstat: BackendStat) -> tuple[FileHeader, int] | None:
         """The cached header and size of the file at bpath if it is unchanged since."""
         cached = self._headers.get(bpath)
-        if cached is not None and cached[0] == _stamp(bstat):
+        if cached is not None and cached[0] == version_stamp(bstat):
             return self._files.get(cached[1])
         return None
 
@@ -123,7 +123,7 @@ class HeaderCache:
                      deks: dict[int, memoryview] | None = None) -> tuple[FileHeader, int]:
         """Open a header read for bpath (listed as bstat, read with its full stat fresh),
         resolve its committed size, and cache both."""
-        stamp = _stamp(bstat)
+        stamp = version_stamp(bstat)
         header, dek = await self.open_header_bytes(raw, bpath, deks)
         size = header.meta.size
         state = self._open_state(header.file_id)
@@ -282,9 +282,3 @@ class HeaderCache:
     def dir_removed(self, bpath: str) -> None:
         self.listed.clear()
         self._subdirs.pop(bpath, None)
-
-
-def _stamp(bstat: BackendStat) -> tuple:
-    """What identifies one version of a backend file: another client's write, link or
-    unlink changes it."""
-    return (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns)

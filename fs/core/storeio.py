@@ -47,6 +47,15 @@ async def remove_quietly(backend: Backend, bpath: str, is_dir: bool = False) -> 
         pass
 
 
+def version_stamp(bstat: BackendStat) -> tuple:
+    """What identifies one version of a backend file (a file's header, a directory's
+    record): another client's write, link or unlink changes it, and its metadata-only
+    rewrite (chmod, chown, setxattr) too: that moves the change time, or where the
+    backend's change time is only the write time, which the rewrite pins back (SMB), the
+    change mark."""
+    return (bstat.ino, bstat.size, bstat.mtime_ns, bstat.ctime_ns, bstat.change_mark)
+
+
 async def stat_entry(backend: Backend, bpath: str, path: str) -> BackendStat:
     """The backend's stat of bpath; ENOENT names the plaintext path the caller asked for."""
     try:

@@ -17,12 +17,6 @@ from tests.storepaths import xattr_blob_path
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
-#: README "Status and limits": another client's metadata-only change on Samba
-SAMBA_METADATA_REASON = ("Samba reports a file's last write time as its change time, and "
-                         "a metadata rewrite pins the write time: another client's "
-                         "metadata-only change leaves every stamp of the file as it was")
-
-
 def errno_of(fn, *args, **kwargs) -> int:
     with pytest.raises(OSError) as info:
         fn(*args, **kwargs)
@@ -395,14 +389,11 @@ def test_cp_rsync_tar_round_trips(mounted, tmp_path):
     assert _xattrs_of(back) == want
 
 
-def test_a_file_without_attributes_answers_from_its_listing_and_another_clients_shows(
-        mounted, backend_kind, request):
+def test_a_file_without_attributes_answers_from_its_listing_and_another_clients_shows(mounted):
     """`ls -l` asks every entry for security.selinux and its access ACL; a file without
     attributes answers both from the attributes its listing brought, for no longer than
     the kernel keeps those (ATTR_TIMEOUT): an attribute another client set shows after
-    that, as its mode would. Our own set shows at once."""
-    if backend_kind == "smb":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SAMBA_METADATA_REASON))
+    that, as its mode would (on SMB too: its change mark moved). Our own set shows at once."""
     from sealfs.fs.fuse.tuning import ATTR_TIMEOUT
     from tests.mounting import sealfs
     mnt = mounted.mountpoint
