@@ -185,7 +185,9 @@ async def test_cold_listing_reads_headers_in_one_batch(make_backend, keyfile: Pa
         assert backend.calls == expected
         backend.calls.clear()
         await volume.listdir("d")                          # warm: nothing read again
-        assert backend.calls == {"scandir": 1, "stat": dirs}
+        # per subdirectory one call still: its record and its storage stat'ed together
+        # (was a stat of the storage alone, which could not see another client's chmod)
+        assert backend.calls == {"scandir": 1, "stat_many": dirs}
         backend.calls.clear()
         for i in range(files):                             # nor by the lookups that follow
             await volume.lookup(f"d/f{i:03d}")
@@ -299,4 +301,46 @@ async def test_local_change_ends_a_listings_answers(make_backend, keyfile: Path,
         attr = await volume.lookup("d/f001")
         assert (attr if attr is None else (attr.mode, attr.size)) == expected
     finally:
+        await volume.close()
+
+
+async def test_another_clients_metadata_change_costs_one_read(make_backend, keyfile: Path) -> None:
+    """Another client's chmod of a file and of a directory (a rewrite of its header or its
+    record, nothing else) shows at the next lookup and stat, for one read of what changed:
+    the change moved the version stamp of the file or record (on SMB, whose change time is
+    the write time, its change mark); what did not change is not read again."""
+    volume, _backend = await _volume(make_backend, keyfile, init=True)
+    try:
+        await volume.mkdir("d")
+        await volume.mkdir("d/sub")
+        await volume.write_file("d/f", b"data")
+    finally:
+        await volume.close()
+    volume, backend = await _volume(make_backend, keyfile)
+    other, _other_backend = await _volume(make_backend, keyfile)
+    try:
+        for path in ("d", "d/sub", "d/f"):
+            await volume.lookup(path)
+        for path in ("", "d", "d/sub", "d/f"):
+            await volume.stat(path)
+        backend.calls.clear()
+        for path in ("d", "d/sub", "d/f"):                 # warm: nothing read
+            await volume.lookup(path)
+        for path in ("", "d", "d/sub", "d/f"):
+            await volume.stat(path)
+        assert "read_head" not in backend.calls, backend.calls
+        await other.setattr("d/f", mode=0o600)
+        await other.setattr("d/sub", mode=0o700)
+        await other.setattr("", mode=0o751)                # the root too
+        backend.calls.clear()
+        assert (await volume.lookup("d/f")).mode == 0o600
+        assert (await volume.lookup("d/sub")).mode == 0o700
+        assert (await volume.stat("")).mode == 0o751
+        assert backend.calls == {"stat": 1, "stat_many": 2, "read_head": 3}
+        backend.calls.clear()
+        for path in ("d/f", "d/sub", ""):
+            await volume.stat(path)
+        assert "read_head" not in backend.calls, backend.calls
+    finally:
+        await other.close()
         await volume.close()

@@ -66,39 +66,72 @@ class DirectoryOps:
 
     async def _dir_attr_at(self, parts: list[str], stub: str, stub_stat: BackendStat,
                            path: str, count: bool = True) -> Attr:
-        """The attributes of the directory whose stub a lookup or a listing found."""
+        """The attributes of the directory whose stub a lookup or a listing found: one
+        resolved before is checked against its record (_checked_dir_attr), one that is
+        not has its record read."""
+        info = self.paths.known_at(parts, stub, stub_stat)
+        if info is not None:
+            return await self._checked_dir_attr(parts, info, path, count)
         info = await self.paths.dir_at(parts, stub, stub_stat)
         return await self._dir_attr(info, await self._storage_stat(info, path), count)
 
-    async def _revalidated_dir_attr(self, info: DirInfo, stub: str, path: str) -> Attr | None:
-        """A lookup of a directory resolved before (info, its stub expected at stub): the
-        stub (is the name still this directory? another client may have renamed it) and
-        the storage (its times and links) stat'ed together, one round trip as format 1's
-        one stat. None when the name is something else now: the caller looks it up anew."""
-        stub_stat, storage_stat = await self.backend.stat_many([stub, info.storage])
-        if isinstance(stub_stat, FileNotFoundError):
-            raise stub_stat
-        if isinstance(stub_stat, OSError) or isinstance(storage_stat, OSError) \
-                or not stub_stat.is_dir or stub_stat.foreign or info.stub != stub \
-                or (stub_stat.ino and info.stub_ino and stub_stat.ino != info.stub_ino):
+    async def _checked_dir_attr(self, parts: list[str], info: DirInfo, path: str,
+                                count: bool = True) -> Attr:
+        """The attributes of a directory resolved before: its record (did another client
+        rewrite it? chmod, chown, setxattr) and its storage (times and links) stat'ed
+        together, one round trip where the backend has it; the record read again only
+        if it changed."""
+        record_stat, storage_stat = await self.backend.stat_many([info.record, info.storage])
+        if isinstance(storage_stat, OSError):
+            storage_stat = await self._storage_stat(info, path)      # says what is wrong
+        info = await self.paths.refreshed(parts, info, record_stat)
+        return await self._dir_attr(info, storage_stat, count)
+
+    async def _revalidated_dir_attr(self, parts: list[str], info: DirInfo, stub: str,
+                                    path: str) -> Attr | None:
+        """A lookup of a directory resolved before (info, its stub expected at stub): its
+        record and its storage stat'ed together, one round trip as format 1's one stat.
+        The record says whether the name is still this directory (another client may
+        have renamed another one over it: the record is then another file) and whether
+        its metadata changed; the storage gives its times and links. None when the record
+        cannot be stat'ed (the name went, or is something else now): the caller looks it
+        up anew."""
+        if info.stub != stub:
             return None
+        record_stat, storage_stat = await self.backend.stat_many([info.record, info.storage])
+        if isinstance(record_stat, OSError) or isinstance(storage_stat, OSError):
+            return None
+        info = await self.paths.refreshed(parts, info, record_stat)
         return await self._dir_attr(info, storage_stat)
 
     async def _cached_dir_attr(self, parts: list[str], path: str) -> Attr | None:
         """stat() of a directory resolved before (the parent of every new file: the kernel
-        asks for its attributes after each create): one stat of its storage, whose path
-        never changes. None when it is not resolved, or went (another client removed it)."""
+        asks for its attributes after each create): its record and its storage, whose
+        paths never change, stat'ed together (_checked_dir_attr). None when it is not
+        resolved, or went (another client removed it)."""
         info = await self.paths.root() if not parts else self.paths.cached(parts)
         if info is None:
             return None
-        try:
-            bstat = await self.backend.stat(info.storage)
-        except FileNotFoundError:
+        record_stat, storage_stat = await self.backend.stat_many([info.record, info.storage])
+        if isinstance(storage_stat, FileNotFoundError) or (
+                parts and isinstance(record_stat, OSError)):
             if not parts:
-                raise IntegrityError(f"the root's storage {info.storage} is missing") from None
-            self.paths.forget(path)
+                raise IntegrityError(f"the root's storage {info.storage} is missing")
+            self.paths.forget(path)         # the caller looks the name up anew
             return None
-        return await self._dir_attr(info, bstat)
+        if isinstance(storage_stat, OSError):
+            raise storage_stat
+        info = await self.paths.refreshed(parts, info, record_stat)
+        return await self._dir_attr(info, storage_stat)
+
+    async def _current_dir(self, parts: list[str], stub: str, stub_stat: BackendStat) -> DirInfo:
+        """The directory whose stub is at stub (stat stub_stat) with its record as it is
+        now: what a rewrite of the record (chmod, chown, setxattr) starts from, and what
+        its attributes are answered from."""
+        info = self.paths.known_at(parts, stub, stub_stat)
+        if info is None:
+            return await self.paths.dir_at(parts, stub, stub_stat)      # read just now
+        return await self.paths.current(parts, info)
 
     async def _touch_dir(self, info: DirInfo, **changes) -> None:
         """Rewrite a directory's record with changes and now as its change time (the
@@ -284,7 +317,8 @@ class DirectoryOps:
         bstat = await stat_entry(self.backend, bpath, path)
         if not bstat.is_dir:
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
-        info = await self.paths.dir_at(split_path(path), bpath, bstat)
+        # Its record as it is now: whether it has an xattr blob to remove too.
+        info = await self._current_dir(split_path(path), bpath, bstat)
         await self.paths.check_empty(info.storage, path)
         tmp = join(parent.storage, TEMP_PREFIX + os.urandom(8).hex())
         await self.backend.rename(bpath, tmp, replace=False)
@@ -328,7 +362,7 @@ class DirectoryOps:
                                 path: str) -> tuple[str, DirInfo]:
         """rename over an empty directory, first step: its stub to a temporary name (its
         storage is removed once the source is in place: _victim_dir_remove)."""
-        victim = await self.paths.dir_at(split_path(path), bpath, bstat)
+        victim = await self._current_dir(split_path(path), bpath, bstat)
         await self.paths.check_empty(victim.storage, path)
         tmp = join(parent.storage, TEMP_PREFIX + os.urandom(8).hex())
         await self.backend.rename(bpath, tmp, replace=False)
@@ -358,7 +392,8 @@ class DirectoryOps:
             self.headers.subdir_change(d_parent.storage, +1)
         if replaced:
             self.headers.subdir_change(d_parent.storage, -1)
-        await self._touch_dir(await self.paths.directory(split_path(dst)))
+        parts = split_path(dst)
+        await self._touch_dir(await self.paths.current(parts, await self.paths.directory(parts)))
 
 
 def _problem(bpath: str, exc: Exception, parts: list[str], bstat: BackendStat,

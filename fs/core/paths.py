@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -36,7 +37,7 @@ from ...crypto.format.names import (
 )
 from ...crypto.secmem import SecretBuffer
 from ...errors import IntegrityError
-from .storeio import overwrite_small, remove_quietly, write_new_file
+from .storeio import overwrite_small, remove_quietly, version_stamp, write_new_file
 
 #: The longest long-name sidecar read: a sealed name is far shorter.
 SIDECAR_LIMIT = 4096
@@ -47,13 +48,21 @@ class DirInfo:
     """A directory: its stub (its entry in the parent's storage, "" for the root, whose
     record is the store root's sealfs.dir), its storage (where its children live), its id
     and its sealed metadata. stub_ino is the stub's backend identity when its record was
-    read (None if unknown): a different one at the same path is another directory."""
+    read (None if unknown): a different one at the same path is another directory.
+    record_stamp is the version stamp (storeio.version_stamp) of the record meta was read
+    from; None when unknown (a record this mount wrote): the next check reads it again."""
 
     stub: str
     storage: str
     dir_id: bytes
     meta: Metadata
     stub_ino: int | None = None
+    record_stamp: tuple | None = None
+
+    @property
+    def record(self) -> str:
+        """The backend path of its record."""
+        return join(self.stub, DIR_META_NAME)
 
 
 class Entry(NamedTuple):
@@ -107,15 +116,49 @@ class PathResolver:
         """The sealed record of the directory whose stub is at stub, read from the store
         (not cached)."""
         try:
-            # read_head: one round trip where the backend can, not open, read, close
-            raw, _ = await self.backend.read_head(join(stub, DIR_META_NAME), DIR_META_SIZE + 1)
+            # read_head: one round trip where the backend can, not open, read, close. Its
+            # stat is taken with the bytes or before them, never after (a stamp newer than
+            # the bytes would hide the change between).
+            raw, fresh = await self.backend.read_head(join(stub, DIR_META_NAME), DIR_META_SIZE + 1)
         except FileNotFoundError:
             if stub and not await self._is_dir(stub):
                 # Renamed or removed since it was looked up: a race, not damage.
                 raise FileNotFoundError(errno.ENOENT, "No such file or directory", stub) from None
             raise IntegrityError(f"directory {stub or '/'} has no {DIR_META_NAME}") from None
         dir_id, meta = open_dir_meta(self._dir_key, raw)
-        return DirInfo(stub, self.storage_of(dir_id), dir_id, meta, stub_ino)
+        return DirInfo(stub, self.storage_of(dir_id), dir_id, meta, stub_ino, version_stamp(fresh))
+
+    async def refreshed(self, parts: list[str], info: DirInfo,
+                        record_stat: BackendStat | OSError) -> DirInfo:
+        """The directory resolved at parts (info), checked against its record's stat now
+        (or the error that stat gave): info itself while the record is the one its
+        metadata was read from, else the record read again. Another host's chmod, chown
+        or setxattr rewrote it: info takes the new metadata in place, so that everything
+        holding it (a parent's setgid bit and default ACL) sees them; another directory
+        at the path (renamed over it) replaces it and what was resolved below it."""
+        if not isinstance(record_stat, OSError) and info.record_stamp is not None \
+                and info.record_stamp == version_stamp(record_stat):
+            return info
+        fresh = await self.read_dir_info(info.stub, info.stub_ino)
+        if fresh.dir_id == info.dir_id:
+            info.meta, info.record_stamp = fresh.meta, fresh.record_stamp
+            return info
+        fresh.stub_ino = None
+        if parts:
+            self.forget("/".join(parts))
+        else:                     # another root: nothing resolved below the old one holds
+            self._dirs.clear()
+        self.remember(parts, fresh)
+        return fresh
+
+    async def current(self, parts: list[str], info: DirInfo) -> DirInfo:
+        """refreshed() after a stat of the record: the metadata a rewrite of the record
+        (chmod, chown, setxattr, rename) starts from."""
+        try:
+            record_stat: BackendStat | OSError = await self.backend.stat(info.record)
+        except OSError as exc:
+            record_stat = exc
+        return await self.refreshed(parts, info, record_stat)
 
     async def _is_dir(self, bpath: str) -> bool:
         try:
@@ -131,15 +174,37 @@ class PathResolver:
         return storage
 
     async def write_new_record(self, stub: str, dir_id: bytes, meta: Metadata) -> None:
-        """The record of a directory being created, in its stub (at a temporary name)."""
-        await write_new_file(self.backend, join(stub, DIR_META_NAME),
-                             seal_dir_meta(self._dir_key, dir_id, meta))
+        """The record of a directory being created, in its stub (at a temporary name),
+        durable before it is renamed into place. Where the change time is only the write
+        time (SMB), its times are set through the handle, which gives it a change mark: a
+        new file's access time is its change time, which a server moves at its first read
+        (relatime), and that would look like a change to the next check of the record."""
+        handle = await self.backend.create_file(join(stub, DIR_META_NAME),
+                                                seal_dir_meta(self._dir_key, dir_id, meta))
+        try:
+            if not self.backend.capabilities.real_change_time:
+                now = time.time_ns()
+                await self.backend.fset_times(handle, now, now)
+            await self.backend.flush(handle)
+        finally:
+            await self.backend.close(handle)
 
     async def rewrite_record(self, info: DirInfo) -> None:
-        """Replace a directory's record with info's (the record is in the stub, whose
-        times are never shown: writing it moves no time of the directory)."""
-        await overwrite_small(self.backend, join(info.stub, DIR_META_NAME),
-                              seal_dir_meta(self._dir_key, info.dir_id, info.meta))
+        """Replace a directory's record with info's, in one write request (the record is
+        in the stub, whose times are never shown: writing it moves no time of the
+        directory). Its own stat must move, so that other clients see the change (they
+        compare its version stamp): where the change time does not (SMB), its times are
+        set through the writing handle, which moves the change mark."""
+        data = seal_dir_meta(self._dir_key, info.dir_id, info.meta)
+        try:
+            if self.backend.capabilities.real_change_time:
+                await overwrite_small(self.backend, info.record, data)
+            else:
+                now = time.time_ns()
+                await self.backend.rewrite_head(info.record, data, now, now)
+        finally:
+            # Whatever a check read meanwhile, or whether this landed: read it again next.
+            info.record_stamp = None
 
     async def check_empty(self, storage: str, path: str) -> None:
         """ENOTEMPTY unless the directory whose storage this is holds nothing a user can
@@ -191,13 +256,21 @@ class PathResolver:
 
     async def dir_at(self, parts: list[str], stub: str, bstat: BackendStat) -> DirInfo:
         """The directory whose stub a lookup or listing found at stub (stat bstat): the
-        cached one if it is that stub still, else its record read again (the path may name
-        another directory now: another client renamed or replaced it)."""
+        cached one if it is that stub still (known_at; its record is not checked), else its
+        record read again (the path may name another directory now: another client
+        renamed or replaced it)."""
+        info = self.known_at(parts, stub, bstat)
+        if info is None:
+            info = await self.read_dir_info(stub, bstat.ino or None)
+            self.remember(parts, info)
+        return info
+
+    def known_at(self, parts: list[str], stub: str, bstat: BackendStat) -> DirInfo | None:
+        """The directory cached at parts if its stub is at stub, stat'ed as bstat (no I/O)."""
         info = self._dirs.get("/".join(parts))
         ino = bstat.ino or None
         if info is None or info.stub != stub or (ino and info.stub_ino and ino != info.stub_ino):
-            info = await self.read_dir_info(stub, ino)
-            self.remember(parts, info)
+            return None
         return info
 
     def child_bpath(self, parent: DirInfo, name: str) -> str:

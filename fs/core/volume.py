@@ -205,8 +205,8 @@ class Volume(DirectoryOps, XattrOps):
         known = self.paths.cached(parts)
         try:
             if known is not None:
-                # A directory resolved before: its stub and its storage stat at once.
-                attr = await self._revalidated_dir_attr(known, bpath, path)
+                # A directory resolved before: its record and its storage stat at once.
+                attr = await self._revalidated_dir_attr(parts, known, bpath, path)
                 if attr is not None:
                     return attr
             elif (bstat := await self._listed_stat(parent.storage, bpath,
@@ -226,6 +226,8 @@ class Volume(DirectoryOps, XattrOps):
                 self.paths.forget(path)
             self.headers.listed.end_run(parent.storage)
             return None
+        if known is not None and not bstat.is_dir:   # a file another client put there
+            self.paths.forget(path)
         return await self._attr(parts, bpath, bstat)
 
     async def _attr(self, parts: list[str], bpath: str, bstat: BackendStat,
@@ -640,12 +642,12 @@ class Volume(DirectoryOps, XattrOps):
             state = handle.state
         else:
             parts = split_path(path)
-            info = await self.paths.root() if not parts else None
+            info = await self.paths.current([], await self.paths.root()) if not parts else None
             if parts:
                 _parent, _name, bpath, _long = await self.paths.entry(path)
                 bstat = await self._bstat(bpath, path)
                 if bstat.is_dir:
-                    info = await self.paths.dir_at(parts, bpath, bstat)
+                    info = await self._current_dir(parts, bpath, bstat)
             state = None
             if info is not None:
                 return await self._set_dir_attrs(path, info, mode=mode, uid=uid, gid=gid,

@@ -159,12 +159,12 @@ class XattrOps:
             return _Inode(KIND_FILE, state.file_id, state.meta, path, handle=handle)
         parts = split_path(path)
         if not parts:
-            info = await self.paths.root()
+            info = await self.paths.current([], await self.paths.root())
             return _Inode(KIND_DIR, info.dir_id, info.meta, path, info=info)
         _parent, _name, bpath, _long = await self.paths.entry(path)
         bstat = await self._bstat(bpath, path)
         if bstat.is_dir:
-            info = await self.paths.dir_at(parts, bpath, bstat)
+            info = await self._current_dir(parts, bpath, bstat)
             return _Inode(KIND_DIR, info.dir_id, info.meta, path, info=info)
         header, _size = await self.headers.header(bpath, bstat)
         state = self.open_files.get(header.file_id)
