@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -18,6 +19,33 @@ from sealfs.fs.core.pins import PinStore
 from sealfs.fs.core.volume import Volume
 from tests.servers.samba import SambaServer
 from tests.stores import store_kit  # noqa: F401  (a fixture: every backend kind, tests/stores.py)
+
+
+@pytest.fixture(autouse=True)
+def xdist_serial(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Under pytest-xdist, a test marked `serial` runs while no other worker runs a test.
+
+    The few tests so marked judge wall-clock time against a tight bound, or force a race
+    with millisecond sleeps; a test busy in another worker (a mount, smbd, a benchmark)
+    would make them fail or skip for reasons that are not theirs. A readers-writer lock
+    shared by the workers: every test holds it shared, a `serial` test exclusively. A
+    gate taken before either keeps a waiting `serial` test from being starved by the
+    other worker's stream of shared holders. The lock is taken before the test's
+    function-scoped fixtures are set up, so a mount made for the test is made inside it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        yield
+        return
+    exclusive = request.node.get_closest_marker("serial") is not None
+    shared_dir = tmp_path_factory.getbasetemp().parent       # the run's, above each worker's own
+    with open(shared_dir / "serial.gate", "a") as gate, open(shared_dir / "serial.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            if not exclusive:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        yield                                   # both files close (and unlock) afterwards
 
 
 @pytest.fixture(autouse=True)

@@ -328,6 +328,7 @@ def test_bench_refuses_a_latency_proxy_in_front_of_a_real_azure_share(tmp_path: 
     assert result.returncode == 2 and "--latency-ms" in result.stderr and "real share" in result.stderr
 
 
+@pytest.mark.serial       # twenty round trips must take under five: times the wall clock
 @pytest.mark.timeout(60)
 def test_latency_proxy_delays_every_round_trip_yet_pipelines_and_keeps_every_byte() -> None:
     """A delay line, not a slow link: one exchange costs the round trip, twenty exchanges

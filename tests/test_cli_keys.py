@@ -86,7 +86,8 @@ def test_a_wrong_keyfile_fails_with_exit_5_and_writes_nothing(key_volume, tmp_pa
 
 
 @pytest.mark.parametrize("content,needle", [(os.urandom(31), "32 bytes"), (os.urandom(33), "32 bytes"),
-                                            (None, "does not exist")])
+                                            (None, "does not exist")],
+                         ids=["31-bytes", "33-bytes", "missing"])   # the same ids in every xdist worker
 def test_a_malformed_or_missing_keyfile_is_a_clear_key_error(key_volume, tmp_path, content, needle):
     store = key_volume[0]
     before = tree_snapshot(store)

@@ -28,6 +28,7 @@ from sealfs.crypto.format.config import canonical_json
 from sealfs.crypto.format.kdf import config_mac_key
 from sealfs.crypto.keys.kms_local import scrypt_problem
 from tests.conftest import run_sealfs
+from tests.servers.ports import free_port
 
 
 def assert_one_line_error(res, code: int, *needles: str) -> None:
@@ -220,12 +221,6 @@ def test_init_into_a_store_it_cannot_create_leaves_no_keyfile(tmp_path):
 
 
 # -- SMB addresses that are not SMB servers -------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def tcp_listener() -> Iterator[tuple[int, list]]:
     """A TCP port on 127.0.0.1 that accepts and then does what `behaviour[0]` says."""
@@ -264,7 +259,7 @@ def test_an_unknown_smb_host_is_reported_as_a_name_resolution_failure(keyfile):
 
 
 def test_a_closed_smb_port_is_reported_as_connection_refused(keyfile):
-    port = _free_port()
+    port = free_port()            # nothing listens there (tests/servers/ports.py)
     res = smb_ls(f"127.0.0.1:{port}", keyfile)
     assert_one_line_error(res, 1, f"127.0.0.1:{port}", "connection refused")
     assert "dialect" not in res.err
@@ -281,7 +276,7 @@ def test_a_port_that_closes_without_answering_is_not_a_dialect_problem(keyfile, 
 @pytest.mark.slow
 def test_init_on_an_unreachable_smb_store_creates_no_keyfile(tmp_path):
     key = tmp_path / "new.key"
-    port = _free_port()
+    port = free_port()            # nothing listens there (tests/servers/ports.py)
     res = run_sealfs("init", f"smb://user@127.0.0.1:{port}/share/store", "--keyfile", key,
                      env={"SEALFS_SMB_PASSWORD": "x"})
     assert_one_line_error(res, 1, "connection refused")

@@ -158,7 +158,12 @@ class Channel:
             except (OSError, SMBException, KeyError, struct.error) as exc:
                 _quiet_disconnect(conn)
                 if isinstance(exc, OSError) and not isinstance(exc, SMBException):
-                    raise _Unreachable(str(exc)) from None
+                    # The TCP connect worked (its failure is the ValueError above): the
+                    # server closed or reset the connection before any reply. Whether that
+                    # shows as EBADF (smbprotocol's reader saw the close first and closed
+                    # the socket under the negotiate's send), EPIPE or ECONNRESET is a race.
+                    raise _Unreachable(f"no SMB reply to the negotiate request: the connection "
+                                       f"was closed ({_short(exc)})") from None
                 if isinstance(exc, SMBException) and not isinstance(exc, SMBResponseException):
                     # Closed or silent: an SMB 2/3 server answers even a negotiate it cannot
                     # satisfy (STATUS_NOT_SUPPORTED), so this says nothing about dialects.

@@ -11,6 +11,7 @@ and pyproject pins the versions they were checked against.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import socket
@@ -29,6 +30,19 @@ from smbprotocol.session import Session
 from smbprotocol.transport import Tcp
 
 from .messages import write_msg
+
+
+class _PeerAbortIsReported(logging.Filter):
+    """smbprotocol's Tcp.recv (the transport until the negotiate is answered; LeanTcp after)
+    logs a WARNING when the peer resets the connection and reads that as EOF. The channel
+    reports the dropped connection itself ("no SMB reply to the negotiate request"), and
+    the CLI's error is one line: whether a reset or a plain close comes first is a race."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("socket aborted by peer")
+
+
+logging.getLogger("smbprotocol.transport").addFilter(_PeerAbortIsReported())
 
 
 # -- connection with an inbound-encryption check ----------------------------------------------

@@ -129,6 +129,7 @@ async def test_times_through_a_handle_may_leave_the_access_time(azfiles_backend:
     await b.close(h)
 
 
+@pytest.mark.serial       # twenty round trips in under 0.8 s of wall clock
 async def test_answers_with_a_body_do_not_wait_for_a_delayed_ack(azfiles_backend: AzureFilesBackend) -> None:
     """The test server sends headers and body in two writes: with Nagle's algorithm on,
     each such answer waited for the client's delayed ACK (40 ms on Linux)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
@@ -13,6 +12,7 @@ from sealfs.crypto.keys.kms import KeySecrets, provider_for_init, provider_from_
 from sealfs.crypto.keys.kms_azure import KV_ROLE, AzureKeyRef
 from sealfs.errors import KeyAccessError, UsageError
 from tests.servers.keyvault import BlackholeServer, KeyVaultServer
+from tests.servers.ports import free_port
 
 
 def _unwrap_fresh(entry: dict, res, secrets: KeySecrets) -> bytes:
@@ -145,10 +145,7 @@ def test_404_after_key_deletion(keyvault: KeyVaultServer, kv_key_uri, azure_secr
 
 
 def test_unreachable_vault_fails_fast(keyvault: KeyVaultServer, azure_secrets) -> None:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()                                       # nothing listens there now
+    port = free_port()                              # nothing listens there (tests/servers/ports.py)
     p = provider_for_init(f"https://kv.example.test:{port}/keys/k", azure_secrets)
     t0 = time.monotonic()
     with pytest.raises(KeyAccessError, match="unreachable") as err:

@@ -54,6 +54,7 @@ from xml.sax.saxutils import escape
 
 from tests.servers.azfiles_disk import Node, Share, now_ns
 from tests.servers.keyvault import _TlsServer, ensure_hosts, make_test_pki
+from tests.servers.ports import free_port
 
 CONTRIBUTOR = "Storage File Data Privileged Contributor"
 READER = "Storage File Data Privileged Reader"
@@ -256,6 +257,7 @@ class AzureFilesServer:
         class Idp(_IdpHandler):
             srv = server
 
+        self.port = self.port or free_port()    # and the same port again after go_down()
         self._httpd = _TlsServer(("127.0.0.1", self.port), Files, ctx, self)  # type: ignore[arg-type]
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()

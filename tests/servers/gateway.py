@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from tests.mounting import SEALFS, sealfs
-from tests.servers.samba import free_port
+from tests.servers.ports import free_port
 
 
 class Gateway:

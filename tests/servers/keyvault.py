@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import os
@@ -47,6 +48,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.servers.ports import free_port
+
 TENANT = "72f988bf-0000-4000-8000-00000000test"
 HOSTS_MARK = "# sealfs-tests"
 
@@ -60,19 +63,22 @@ def unb64url(text: str) -> bytes:
 
 
 def ensure_hosts(names: list[str], hosts_file: Path = Path("/etc/hosts")) -> None:
-    """Make test host names resolve to 127.0.0.1 (idempotent; tests run as root)."""
-    text = hosts_file.read_text()
-    present = set()
-    for line in text.splitlines():
-        parts = line.split("#", 1)[0].split()
-        if parts and parts[0] == "127.0.0.1":
-            present.update(parts[1:])
-    missing = [n for n in names if n not in present]
-    if missing:
-        with hosts_file.open("a") as fh:
-            if not text.endswith("\n"):
-                fh.write("\n")
-            fh.write(f"127.0.0.1 {' '.join(missing)} {HOSTS_MARK}\n")
+    """Make test host names resolve to 127.0.0.1 (idempotent; tests run as root). Under an
+    flock of the file: xdist workers start their servers at the same moment, and each would
+    otherwise read the file, find the names missing and append them, once per worker."""
+    with hosts_file.open("a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)          # released when the file closes
+        fh.seek(0)
+        text = fh.read()
+        present = set()
+        for line in text.splitlines():
+            parts = line.split("#", 1)[0].split()
+            if parts and parts[0] == "127.0.0.1":
+                present.update(parts[1:])
+        missing = [n for n in names if n not in present]
+        if missing:
+            fh.write(("" if not text or text.endswith("\n") else "\n")
+                     + f"127.0.0.1 {' '.join(missing)} {HOSTS_MARK}\n")
 
 
 # -- certificates ---------------------------------------------------------------------------
@@ -197,6 +203,7 @@ class KeyVaultServer:
         class Idp(_IdpHandler):
             srv = server
 
+        self.port = self.port or free_port()    # and the same port again after go_down()
         self._httpd = _TlsServer(("127.0.0.1", self.port), Vault, ctx, self)
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()

@@ -32,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from tests.servers.ports import free_port
+
 if TYPE_CHECKING:
     from sealfs.backends.registry import BackendOptions
     from sealfs.backends.smb import SmbBackend
@@ -39,13 +41,6 @@ if TYPE_CHECKING:
 SHARE = "sealfs"
 SHADOW_SHARE = "sealfs-shadow"
 SNAPDIR = ".snapshots"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (bind to 0 and let the kernel pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class SambaError(RuntimeError):
