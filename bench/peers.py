@@ -156,11 +156,17 @@ class RcloneCryptTarget(ProcessTarget):
     """rclone crypt over a local directory, `rclone mount --vfs-cache-mode writes`.
 
     Random writes need the VFS cache, so writes land in rclone's cache first and are
-    uploaded after close: unmount waits for that upload. seq_write here stops at
-    close (the local upload is a copy on the same disk), unlike rclone-smb.
+    uploaded after close: unmount waits for that upload (polling rclone's remote control
+    API: a terminated rclone leaves the rest queued in its cache, and the remounted view
+    can miss those files). seq_write here stops at close (the local upload is a copy on
+    the same disk), unlike rclone-smb.
     """
 
     name = "rclone"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.rc_port = _free_port()
 
     @staticmethod
     def available() -> bool:
@@ -189,12 +195,29 @@ class RcloneCryptTarget(ProcessTarget):
     def mount_args(self) -> list[str]:
         return ["rclone", "mount", "benchcrypt:", str(self.mountpoint),
                 "--vfs-cache-mode", "writes", "--vfs-write-back", "0s",
-                "--cache-dir", str(self.work / "cache"), "--dir-cache-time", "1h"]
+                "--cache-dir", str(self.work / "cache"), "--dir-cache-time", "1h",
+                "--rc", f"--rc-addr=127.0.0.1:{self.rc_port}", "--rc-no-auth"]
 
     def mount(self) -> None:
         self._spawn(self.mount_args(), 30)
 
-    def _request_unmount(self) -> None:
+    def _rc(self, command: str, **params: str) -> dict:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.rc_port}/{command}",
+                                     data=json.dumps(params).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def _uploads_done(self) -> bool:
+        cache = self._rc("vfs/stats").get("diskCache", {})
+        return cache.get("uploadsInProgress", 0) == 0 and cache.get("uploadsQueued", 0) == 0
+
+    def _request_unmount(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._uploads_done():
+            if time.monotonic() > deadline:
+                raise TargetError(f"rclone did not finish its uploads within {timeout:.0f} s")
+            time.sleep(0.01)
         subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True)
         self.proc.terminate()
 
@@ -216,7 +239,6 @@ class RcloneSmbTarget(RcloneCryptTarget):
         self.share = share
         self.subdir = f"rclone-{secrets.token_hex(4)}"
         self.storage = share.local / self.subdir if share.local else None
-        self.rc_port = _free_port()
         self.notes["seq_write_timing"] = ("write + fsync + close + until rclone's VFS cache has "
                                           "uploaded the file to the share (rc vfs/stats, operations/stat)")
 
@@ -237,9 +259,6 @@ class RcloneSmbTarget(RcloneCryptTarget):
             raise TargetError(f"rclone smb cannot use {t.where}: {result.stderr.strip()[-1000:]}")
         return f"benchsmb:{remote}"
 
-    def mount_args(self) -> list[str]:
-        return [*super().mount_args(), "--rc", f"--rc-addr=127.0.0.1:{self.rc_port}", "--rc-no-auth"]
-
     def mount(self) -> None:
         super().mount()
         os.listdir(self.mountpoint)      # one round trip, so that the session exists
@@ -253,19 +272,11 @@ class RcloneSmbTarget(RcloneCryptTarget):
             if self.storage is not None:
                 shutil.rmtree(self.storage, ignore_errors=True)
 
-    def _rc(self, command: str, **params: str) -> dict:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.rc_port}/{command}",
-                                     data=json.dumps(params).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
-
     def settle(self, path: Path, size: int, timeout: float = 600) -> None:
         remote = str(path.relative_to(self.mountpoint))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            cache = self._rc("vfs/stats").get("diskCache", {})
-            if cache.get("uploadsInProgress", 0) == 0 and cache.get("uploadsQueued", 0) == 0:
+            if self._uploads_done():
                 item = self._rc("operations/stat", fs="benchcrypt:", remote=remote).get("item")
                 if item and item.get("Size") == size:
                     return
