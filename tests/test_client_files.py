@@ -5,6 +5,7 @@ leftover never blocks rmdir. Commands run as root through the installed `sealfs`
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -275,12 +276,21 @@ def test_killed_sync_leaves_no_visible_name_and_a_rerun_removes_its_temporaries(
     root = storage_path(vstore, keyfile, "")
     proc = subprocess.Popen([SEALFS_BIN, "sync", str(src), str(vstore), "--keyfile", str(keyfile)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Stopped (SIGSTOP) once files have landed and one is in flight, so that the store
+    # holds still while we look: killed only with a temporary there, however the load
+    # on the machine shifts the sync's timing (it may be between two files).
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if len([n for n in os.listdir(root) if not n.startswith("sealfs.")]) >= 3:
-            break
+    while True:
+        assert proc.poll() is None, "sync finished before it could be killed"
+        assert time.monotonic() < deadline, "never caught the sync with a file in flight"
+        names = os.listdir(root)
+        if len([n for n in names if not n.startswith("sealfs.")]) >= 3 \
+                and any(n.startswith("sealfs.tmp.") for n in names):
+            proc.send_signal(signal.SIGSTOP)
+            if any(n.startswith("sealfs.tmp.") for n in os.listdir(root)):
+                break
+            proc.send_signal(signal.SIGCONT)
         time.sleep(0.002)
-    assert proc.poll() is None, "sync finished before it could be killed"
     proc.kill()
     proc.wait(10)
     temps = [n for n in os.listdir(root) if n.startswith("sealfs.tmp.")]
