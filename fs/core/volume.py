@@ -616,10 +616,18 @@ class Volume(DirectoryOps, XattrOps):
         now = time.time_ns()
         state = await self.open_files.at(bpath)
         if state is not None and state.writable:
-            async with state.lock:
-                await state.write_metadata(state.meta.with_(ctime_ns=now))
-            self.headers.forget_file(state.file_id)
-            return
+            try:
+                async with state.lock:
+                    await state.write_metadata(state.meta.with_(ctime_ns=now))
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    raise
+                # Its last close came first (another process, while we waited): the
+                # file is closed now, and its header is rewritten by path below.
+                bstat = None
+            else:
+                self.headers.forget_file(state.file_id)
+                return
         if bstat is None:
             bstat = await self.backend.stat(bpath)
         header, size = await self.headers.header(bpath, bstat)

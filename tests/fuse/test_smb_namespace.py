@@ -203,6 +203,7 @@ def _churn(root: str, seed: int, out) -> None:
 
 
 @pytest.mark.heavy
+@pytest.mark.serial       # its processes race each other; another worker's load stretches them
 def test_concurrent_namespace_churn_sees_only_race_errnos(mounted):
     """PROCESSES processes, ITERATIONS random mkdir/create/read/rename/rmdir/unlink each,
     in one small tree, so that they collide all the time."""
